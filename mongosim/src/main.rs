@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("mongosim: not available yet");
+    std::process::exit(2);
+}

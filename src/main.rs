@@ -1,0 +1,136 @@
+//! The `bowmark-cdc` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use bowmark_cdc::config::Pipeline;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "bowmark-cdc",
+    version,
+    about = "Change-data-capture from Bow-Mark's MongoDB into RabbitMQ and the PostgreSQL reporting star schemas"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Run the sync daemon (capture, projector, or both).
+    Run {
+        #[arg(long, env = "CDC_PIPELINE")]
+        pipeline: PathBuf,
+        #[arg(long, value_enum, default_value_t = Role::All, env = "CDC_ROLE")]
+        role: Role,
+    },
+    /// One-shot, resumable backfill from MongoDB or a mongodump folder.
+    Backfill {
+        #[arg(long, env = "CDC_PIPELINE")]
+        pipeline: PathBuf,
+        /// Read a mongodump folder (`*.bson` + `*.metadata.json`) instead of MongoDB.
+        #[arg(long)]
+        from_dump: Option<PathBuf>,
+        /// Only these collections (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        collections: Vec<String>,
+        /// Start over instead of continuing from the last completed chunk.
+        #[arg(long)]
+        restart: bool,
+    },
+    /// Apply the embedded migrations (adopts a database the legacy dbmate migrations built).
+    Migrate {
+        #[arg(long, env = "CDC_PIPELINE")]
+        pipeline: PathBuf,
+    },
+    /// Compare MongoDB with PostgreSQL; non-zero exit on drift.
+    Verify {
+        #[arg(long, env = "CDC_PIPELINE")]
+        pipeline: PathBuf,
+    },
+    /// Show checkpoint, lag, queue depth, DLQ depth and backfill progress.
+    Status {
+        #[arg(long, env = "CDC_PIPELINE")]
+        pipeline: PathBuf,
+    },
+    /// Rebuild every star row from the `cdc` source mirror alone.
+    Reproject {
+        #[arg(long, env = "CDC_PIPELINE")]
+        pipeline: PathBuf,
+    },
+    /// Check pipeline files (default: pipeline/*.toml).
+    Validate { files: Vec<PathBuf> },
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+enum Role {
+    All,
+    Capture,
+    Project,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    bowmark_cdc::telemetry::init_logging();
+    match cli.command {
+        Command::Validate { files } => validate(files),
+        Command::Migrate { pipeline } => not_yet("migrate", &pipeline),
+        Command::Run { pipeline, .. } => not_yet("run", &pipeline),
+        Command::Backfill { pipeline, .. } => not_yet("backfill", &pipeline),
+        Command::Verify { pipeline } => not_yet("verify", &pipeline),
+        Command::Status { pipeline } => not_yet("status", &pipeline),
+        Command::Reproject { pipeline } => not_yet("reproject", &pipeline),
+    }
+}
+
+fn not_yet(command: &str, _pipeline: &std::path::Path) -> ExitCode {
+    eprintln!("bowmark-cdc {command}: not available yet");
+    ExitCode::from(2)
+}
+
+fn validate(files: Vec<PathBuf>) -> ExitCode {
+    let files = if files.is_empty() {
+        default_pipeline_files()
+    } else {
+        files
+    };
+    if files.is_empty() {
+        eprintln!("validate: no pipeline files given and none found under pipeline/");
+        return ExitCode::from(2);
+    }
+    let mut failed = false;
+    for f in &files {
+        match Pipeline::load(f) {
+            Ok(p) => println!(
+                "{}: ok (pipeline {}, {} collections)",
+                f.display(),
+                p.name,
+                p.collections.len()
+            ),
+            Err(e) => {
+                eprintln!("{e}");
+                failed = true;
+            }
+        }
+    }
+    if failed {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn default_pipeline_files() -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir("pipeline")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+        .collect();
+    v.sort();
+    v
+}

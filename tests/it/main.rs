@@ -1,0 +1,12 @@
+//! The one integration-test binary. Every module here talks to real services:
+//! PostgreSQL and RabbitMQ on localhost (see `scripts/services.sh`), and MongoDB through
+//! the `mongosim` wire simulator or a real replica set named by `MONGO_TEST_URI`.
+
+mod support;
+
+mod backfill;
+mod capture;
+mod cli;
+mod migrate;
+mod project;
+mod sim;
