@@ -3,5 +3,6 @@
 
 pub mod config;
 pub mod event;
+pub mod metrics;
 pub mod migrate;
 pub mod telemetry;

@@ -6,6 +6,8 @@
 
 #![allow(dead_code)]
 
+pub mod mongo;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::path::PathBuf;
