@@ -3,6 +3,7 @@
 
 pub mod config;
 pub mod event;
+pub mod health;
 pub mod metrics;
 pub mod migrate;
 pub mod telemetry;
