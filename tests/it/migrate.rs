@@ -301,6 +301,27 @@ async fn partially_migrated_dbmate_database_gets_the_remaining_versions() {
 }
 
 #[tokio::test]
+async fn dbmate_versions_this_binary_does_not_know_are_left_alone() {
+    // Given a legacy database whose ledger also holds a later legacy-app migration
+    let mut ledger = LEGACY.map(|(v, _)| v).to_vec();
+    ledger.push("20260425120000");
+    let db = dbmate_db(&[0, 1, 2, 3], &ledger).await;
+    // When migrate runs
+    let report = migrate::run(&db.conn()).await.expect("migrate");
+    // Then the four legacy versions are adopted, the unknown one reported and kept
+    assert!(report.adopted);
+    assert_eq!(report.baseline.len(), 4);
+    assert_eq!(report.dbmate_unknown, vec!["20260425120000".to_string()]);
+    assert_eq!(versions(&report.applied), vec![BOOKKEEPING]);
+    let c = db.client().await;
+    assert!(
+        dbmate_ledger(&c)
+            .await
+            .contains(&"20260425120000".to_string())
+    );
+}
+
+#[tokio::test]
 async fn dbmate_ledger_with_a_gap_is_refused_and_left_untouched() {
     // Given a dbmate ledger that records 20260203100000 but not the older 20260202120000
     let db = dbmate_db(&[0, 2], &[LEGACY[0].0, LEGACY[2].0]).await;
