@@ -442,3 +442,163 @@ async fn start_at_operation_time_and_project() {
     assert!(!e.contains_key("fullDocument"), "projected away: {e:?}");
     assert!(e.contains_key("_id"));
 }
+
+#[tokio::test]
+async fn pre_and_post_images() {
+    let m = TestMongo::start().await;
+    let db = m.db();
+    db.create_collection("img").await.unwrap();
+    db.run_command(doc! {"collMod": "img", "changeStreamPreAndPostImages": {"enabled": true}})
+        .await
+        .unwrap();
+    let c = db.collection::<Document>("img");
+    c.insert_one(doc! {"_id": 1, "v": 1}).await.unwrap();
+    let mut s = c
+        .watch()
+        .full_document(FullDocumentType::WhenAvailable)
+        .full_document_before_change(mongodb::options::FullDocumentBeforeChangeType::WhenAvailable)
+        .max_await_time(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .with_type::<Document>();
+    c.update_one(doc! {"_id": 1}, doc! {"$set": {"v": 2}})
+        .await
+        .unwrap();
+    c.update_one(doc! {"_id": 1}, doc! {"$set": {"v": 3}})
+        .await
+        .unwrap();
+    c.delete_one(doc! {"_id": 1}).await.unwrap();
+    let u1 = next_event(&mut s, WAIT).await.unwrap();
+    assert_eq!(
+        u1.get_document("fullDocument").unwrap(),
+        &doc! {"_id": 1, "v": 2},
+        "post-image at event time"
+    );
+    assert_eq!(
+        u1.get_document("fullDocumentBeforeChange").unwrap(),
+        &doc! {"_id": 1, "v": 1}
+    );
+    let u2 = next_event(&mut s, WAIT).await.unwrap();
+    assert_eq!(
+        u2.get_document("fullDocument").unwrap(),
+        &doc! {"_id": 1, "v": 3}
+    );
+    let d = next_event(&mut s, WAIT).await.unwrap();
+    assert_eq!(
+        d.get_document("fullDocumentBeforeChange").unwrap(),
+        &doc! {"_id": 1, "v": 3}
+    );
+}
+
+#[tokio::test]
+async fn rename_invalidates_and_cluster_stream_sees_all_databases() {
+    let m = TestMongo::start().await;
+    let db = m.db();
+    let c = db.collection::<Document>("before");
+    c.insert_one(doc! {"_id": 1}).await.unwrap();
+    let mut cluster = m
+        .client()
+        .watch()
+        .pipeline([
+            doc! {"$match": {"ns.db": {"$in": [m.db_name(), format!("{}_2", m.db_name())]}}},
+        ])
+        .max_await_time(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .with_type::<Document>();
+    let mut s = c
+        .watch()
+        .max_await_time(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .with_type::<Document>();
+    m.client()
+        .database("admin")
+        .run_command(doc! {"renameCollection": format!("{}.before", m.db_name()), "to": format!("{}.after", m.db_name())})
+        .await
+        .unwrap();
+    let r = next_event(&mut s, WAIT).await.unwrap();
+    assert_eq!(r.get_str("operationType").ok(), Some("rename"));
+    assert_eq!(
+        r.get_document("to").unwrap(),
+        &doc! {"db": m.db_name(), "coll": "after"}
+    );
+    let inv = next_event(&mut s, WAIT).await.unwrap();
+    assert_eq!(inv.get_str("operationType").ok(), Some("invalidate"));
+
+    let other = m.client().database(&format!("{}_2", m.db_name()));
+    other
+        .collection::<Document>("x")
+        .insert_one(doc! {"_id": 7})
+        .await
+        .unwrap();
+    let e = next_event(&mut cluster, WAIT).await.unwrap();
+    assert_eq!(e.get_str("operationType").ok(), Some("rename"));
+    let e = next_event(&mut cluster, WAIT).await.unwrap();
+    assert_eq!(
+        e.get_document("ns").unwrap().get_str("db").ok(),
+        Some(format!("{}_2", m.db_name()).as_str())
+    );
+    other.drop().await.unwrap();
+}
+
+#[tokio::test]
+async fn streaming_hello_mode_survives_step_down() {
+    let sim = mongosim::Sim::start_with(mongosim::SimConfig {
+        streaming_hello: true,
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let client = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
+    let c = client.database("s").collection::<Document>("items");
+    let mut s = c
+        .watch()
+        .max_await_time(Duration::from_millis(200))
+        .await
+        .unwrap()
+        .with_type::<Document>();
+    c.insert_one(doc! {"_id": 1}).await.unwrap();
+    next_event(&mut s, WAIT).await.unwrap();
+    sim.step_down(Duration::from_millis(800));
+    let w = {
+        let c = c.clone();
+        tokio::spawn(async move { c.insert_one(doc! {"_id": 2}).await })
+    };
+    let e = next_event(&mut s, WAIT).await.unwrap();
+    assert_eq!(e.get_document("documentKey").unwrap(), &doc! {"_id": 2});
+    w.await.unwrap().unwrap();
+    let hellos = sim
+        .command_log()
+        .iter()
+        .filter(|c| c.contains_key("topologyVersion"))
+        .count();
+    assert!(hellos >= 1, "the monitor streams (awaitable hello)");
+    assert!(hellos < 50, "no hot loop: {hellos} awaitable hellos");
+}
+
+#[tokio::test]
+async fn malformed_messages_close_only_that_connection() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let m = TestMongo::start().await;
+    let sim = require_sim!(m, "sending garbage on the wire");
+    for garbage in [
+        vec![0u8; 3],
+        vec![16, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xdd, 7, 0, 0],
+        {
+            let mut v = vec![
+                40, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0xdd, 7, 0, 0, 0, 0, 0, 0, 1,
+            ];
+            v.extend_from_slice(&[0xff; 19]);
+            v
+        },
+        vec![0xff; 64],
+    ] {
+        let mut t = tokio::net::TcpStream::connect(sim.addr()).await.unwrap();
+        t.write_all(&garbage).await.unwrap();
+        let _ = t.shutdown().await;
+        let mut buf = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(2), t.read_to_end(&mut buf)).await;
+    }
+    m.db().run_command(doc! {"ping": 1}).await.unwrap();
+}
