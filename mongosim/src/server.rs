@@ -303,12 +303,10 @@ fn run(
         (true, None) => txn::session_key(body).zip(txn::txn_number(body)),
         _ => None,
     };
-    if let Some(k) = &retry_key {
-        if let Some(prev) = st.retry_cache.get(k) {
-            let mut prev = prev.clone();
-            prev.insert("retriedStmtIds", Bson::Array(vec![]));
-            return Ok(prev);
-        }
+    if let Some(k) = &retry_key
+        && let Some(prev) = st.retry_cache.get(k)
+    {
+        return Ok(prev.clone());
     }
     let c = ctx.as_ref();
     let r = match name {

@@ -91,10 +91,10 @@ pub fn open(
         }
         seq
     } else if let Some(Bson::Timestamp(t)) = opts.get("startAtOperationTime") {
-        if let Some(fts) = oplog.floor_ts {
-            if (t.time, t.increment) <= (fts.time, fts.increment) {
-                return Err(CmdError::new(286, HISTORY_LOST));
-            }
+        if let Some(fts) = oplog.floor_ts
+            && (t.time, t.increment) <= (fts.time, fts.increment)
+        {
+            return Err(CmdError::new(286, HISTORY_LOST));
         }
         oplog.position_at_time(*t)
     } else {
@@ -263,17 +263,15 @@ pub fn scan(
         };
         cur.pos = next;
         let (relevant, invalidates) = relevance(cur, e);
-        if relevant {
-            if let Some(ev) = apply_stages(&cur.stages, event(state, cur, e))? {
-                if cur.full_document == "required" && e.op == Op::Update && e.doc.is_none() {
-                    return Err(CmdError::new(
-                        280,
-                        "Change stream was configured to require a post-image for all update events, but the post-image was not found",
-                    ));
-                }
-                bytes += crate::cursors::approx_size(&ev);
-                out.push(ev);
+        if relevant && let Some(ev) = apply_stages(&cur.stages, event(state, cur, e))? {
+            if cur.full_document == "required" && e.op == Op::Update && e.doc.is_none() {
+                return Err(CmdError::new(
+                    280,
+                    "Change stream was configured to require a post-image for all update events, but the post-image was not found",
+                ));
             }
+            bytes += crate::cursors::approx_size(&ev);
+            out.push(ev);
         }
         if invalidates {
             out.push(invalidate_event(e));
