@@ -139,6 +139,20 @@ pub fn encode_reply(request_id: i32, response_to: i32, doc: &Document) -> io::Re
     Ok(out)
 }
 
+/// Encode a reply whose kind-0 body is already encoded BSON.
+pub fn encode_reply_bytes(request_id: i32, response_to: i32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(21 + body.len());
+    let len = (21 + body.len()) as i32;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&request_id.to_le_bytes());
+    out.extend_from_slice(&response_to.to_le_bytes());
+    out.extend_from_slice(&OP_MSG.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.push(0);
+    out.extend_from_slice(body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

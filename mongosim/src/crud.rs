@@ -84,10 +84,10 @@ pub fn insert_one(
     if c.docs.contains_key(&key) {
         return Err(dup_key(db, coll, &id));
     }
-    c.docs.insert(key, d.clone());
     let mut e = Entry::new(Op::Insert, db, coll);
     e.key = Some(id.clone());
-    e.doc = Some(d);
+    e.doc = Some(crate::oplog::encode(&d));
+    c.docs.insert(key, d);
     let undo = txn.map(|_| Undo {
         db: db.into(),
         coll: coll.into(),
@@ -209,8 +209,8 @@ fn update_key(
     let mut e = Entry::new(op, db, coll);
     e.key = Some(key.0.clone());
     e.upd = desc.map(|d| d.to_doc(&after));
-    e.doc = Some(after.clone());
-    e.pre = Some(before.clone());
+    e.doc = Some(crate::oplog::encode(&after));
+    e.pre = Some(crate::oplog::encode(&before));
     let undo = txn.map(|_| Undo {
         db: db.into(),
         coll: coll.into(),
@@ -339,7 +339,7 @@ fn delete_key(
     let before = st.coll_mut(db, coll).docs.remove(key)?;
     let mut e = Entry::new(Op::Delete, db, coll);
     e.key = Some(key.0.clone());
-    e.pre = Some(before.clone());
+    e.pre = Some(crate::oplog::encode(&before));
     let undo = txn.map(|_| Undo {
         db: db.into(),
         coll: coll.into(),

@@ -9,7 +9,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::codec::{self, FLAG_MORE_TO_COME, Message};
-use crate::cursors::{self, Cursor};
+use crate::cursors::{self, Body, Cursor};
 use crate::state::{CmdError, SharedRef, State, code_name};
 use crate::{crud, failpoint, streams, topology, txn};
 
@@ -18,6 +18,7 @@ static CONN_IDS: AtomicU32 = AtomicU32::new(1);
 
 enum Outcome {
     Reply(Document),
+    Bytes(Vec<u8>),
     Close,
 }
 
@@ -99,12 +100,17 @@ async fn serve(shared: SharedRef, stream: TcpStream) {
         };
         match reply {
             Outcome::Close => break,
-            Outcome::Reply(doc) => {
+            reply @ (Outcome::Reply(_) | Outcome::Bytes(_)) => {
                 if more_to_come {
                     continue;
                 }
                 let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
-                let bytes = match codec::encode_reply(id, req, &doc) {
+                let encoded = match reply {
+                    Outcome::Reply(doc) => codec::encode_reply(id, req, &doc),
+                    Outcome::Bytes(b) => Ok(codec::encode_reply_bytes(id, req, &b)),
+                    Outcome::Close => continue,
+                };
+                let bytes = match encoded {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::warn!(conn, error = %e, "mongosim: cannot encode reply");
@@ -169,6 +175,26 @@ fn reply(shared: &SharedRef, r: Result<Document, CmdError>) -> Outcome {
     Outcome::Reply(envelope_tv(&st, r, Some(shared.process_id)))
 }
 
+/// Finish a command result: documents get the envelope; stream batches are assembled as bytes.
+fn finish(st: &State, r: Result<Body, CmdError>, pid: bson::oid::ObjectId) -> Outcome {
+    match r {
+        Ok(Body::Doc(d)) => Outcome::Reply(envelope_tv(st, Ok(d), Some(pid))),
+        Ok(Body::Stream {
+            id,
+            ns,
+            batch,
+            first,
+            pbrt,
+        }) => {
+            let tail = envelope_tv(st, Ok(Document::new()), Some(pid));
+            Outcome::Bytes(cursors::stream_reply_bytes(
+                id, &ns, &batch, first, &pbrt, &tail,
+            ))
+        }
+        Err(e) => Outcome::Reply(envelope_tv(st, Err(e), Some(pid))),
+    }
+}
+
 async fn handle(shared: &SharedRef, conn: u32, app: &mut Option<String>, msg: Message) -> Outcome {
     let Message {
         body, sequences, ..
@@ -211,7 +237,8 @@ async fn handle(shared: &SharedRef, conn: u32, app: &mut Option<String>, msg: Me
 
     let r = if name == "getMore" {
         let r = cursors::get_more(shared, &db, &body).await;
-        reply(shared, r)
+        let st = shared.lock();
+        finish(&st, r, shared.process_id)
     } else {
         let mut seq = sequences;
         let docs = if seq.is_empty() {
@@ -223,12 +250,12 @@ async fn handle(shared: &SharedRef, conn: u32, app: &mut Option<String>, msg: Me
         let before = st.oplog.last_seq;
         let r = run(shared, &mut st, &name, &db, &body, docs);
         let grew = st.oplog.last_seq != before;
-        let out = envelope_tv(&st, r, Some(shared.process_id));
+        let out = finish(&st, r, shared.process_id);
         drop(st);
         if grew {
             shared.notify();
         }
-        Outcome::Reply(out)
+        out
     };
     if close_after { Outcome::Close } else { r }
 }
@@ -282,7 +309,7 @@ fn run(
     db: &str,
     body: &Document,
     seq: Option<Vec<Document>>,
-) -> Result<Document, CmdError> {
+) -> Result<Body, CmdError> {
     if !st.topo.is_primary() {
         if PRIMARY_ONLY.contains(&name) {
             let mut e = CmdError::new(10107, "not primary");
@@ -306,7 +333,7 @@ fn run(
     if let Some(k) = &retry_key
         && let Some(prev) = st.retry_cache.get(k)
     {
-        return Ok(prev.clone());
+        return Ok(Body::Doc(prev.clone()));
     }
     let c = ctx.as_ref();
     let r = match name {
@@ -327,7 +354,7 @@ fn run(
         "findAndModify" | "findandmodify" => crud::find_and_modify(st, db, body, c),
         "find" => crud::find(st, db, body),
         "count" => crud::count(st, db, body),
-        "aggregate" => aggregate(st, db, body),
+        "aggregate" => return aggregate(st, db, body),
         "killCursors" => cursors::kill_cursors(st, body),
         "listCollections" => crud::list_collections(st, db, body),
         "listDatabases" => crud::list_databases(st, body),
@@ -367,10 +394,10 @@ fn run(
     if let (Some(k), Ok(reply)) = (retry_key, &r) {
         st.retry_cache.insert(k, reply.clone());
     }
-    r
+    r.map(Body::Doc)
 }
 
-fn aggregate(st: &mut State, db: &str, body: &Document) -> Result<Document, CmdError> {
+fn aggregate(st: &mut State, db: &str, body: &Document) -> Result<Body, CmdError> {
     let pipeline = body
         .get_array("pipeline")
         .map_err(|_| CmdError::bad_value("aggregate needs a pipeline"))?;
@@ -383,7 +410,7 @@ fn aggregate(st: &mut State, db: &str, body: &Document) -> Result<Document, CmdE
                 "database-level aggregate supports only $changeStream in the simulator",
             ));
         }
-        return crud::aggregate(st, db, body, pipeline);
+        return crud::aggregate(st, db, body, pipeline).map(Body::Doc);
     }
     let target = body.get("aggregate").cloned().unwrap_or(Bson::Null);
     let mut cur = streams::open(st, db, &target, pipeline)?;
@@ -413,5 +440,11 @@ fn aggregate(st: &mut State, db: &str, body: &Document) -> Result<Document, CmdE
         );
         id
     };
-    Ok(cursors::cursor_reply(id, &ns, events, true, Some(pbrt)))
+    Ok(Body::Stream {
+        id,
+        ns,
+        batch: events,
+        first: true,
+        pbrt,
+    })
 }
