@@ -188,6 +188,15 @@ impl Sim {
         self.shared.lock().faults.push((cmd.to_string(), fault));
     }
 
+    /// Hold every command named `cmd` (before it runs) until the guard is dropped.
+    pub fn stall(&self, cmd: &str) -> StallGuard {
+        self.shared.lock().stalled.insert(cmd.to_string());
+        StallGuard {
+            shared: self.shared.clone(),
+            cmd: cmd.to_string(),
+        }
+    }
+
     /// Every command received, in order (kind-0 bodies, including `$db`, `lsid`, ...).
     pub fn command_log(&self) -> Vec<Document> {
         self.shared
@@ -236,6 +245,19 @@ impl Sim {
     /// Stop accepting and close every connection.
     pub fn shutdown(&self) {
         let _ = self.shared.shutdown.send(true);
+    }
+}
+
+/// Releases a stalled command name when dropped (see [`Sim::stall`]).
+pub struct StallGuard {
+    shared: SharedRef,
+    cmd: String,
+}
+
+impl Drop for StallGuard {
+    fn drop(&mut self) {
+        self.shared.lock().stalled.remove(&self.cmd);
+        self.shared.notify();
     }
 }
 

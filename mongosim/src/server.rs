@@ -235,6 +235,19 @@ async fn handle(shared: &SharedRef, conn: u32, app: &mut Option<String>, msg: Me
         close_after = a.close_after;
     }
 
+    // Held by `Sim::stall` / `simStallGetMore` until released.
+    loop {
+        let mut rx = shared.changed.subscribe();
+        if !shared.lock().stalled.contains(&name) {
+            break;
+        }
+        let mut down = shared.shutdown.subscribe();
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = crate::state::until_shutdown(&mut down) => return Outcome::Close,
+        }
+    }
+
     let r = if name == "getMore" {
         let r = cursors::get_more(shared, &db, &body).await;
         let st = shared.lock();
@@ -380,6 +393,15 @@ fn run(
                 .map(|n| n as usize);
             st.oplog.enforce_window();
             Ok(doc! {"floor": st.oplog.floor as i64})
+        }
+        "simStallGetMore" => {
+            if body.get_bool("on").unwrap_or(true) {
+                st.stalled.insert("getMore".into());
+            } else {
+                st.stalled.remove("getMore");
+                shared.notify();
+            }
+            Ok(Document::new())
         }
         "simStepDown" => {
             let secs = body

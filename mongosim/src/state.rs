@@ -170,6 +170,8 @@ pub struct State {
     pub retry_cache: HashMap<(Vec<u8>, i64), Document>,
     pub txns: HashMap<Vec<u8>, Txn>,
     pub log: Vec<LoggedCommand>,
+    /// Commands held before running until released (`Sim::stall`, `simStallGetMore`).
+    pub stalled: std::collections::HashSet<String>,
 }
 
 impl State {
@@ -198,6 +200,7 @@ impl State {
             retry_cache: HashMap::new(),
             txns: HashMap::new(),
             log: Vec::new(),
+            stalled: Default::default(),
         }
     }
 
