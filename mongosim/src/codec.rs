@@ -178,4 +178,29 @@ mod tests {
         assert_eq!(m.sequences[0].0, "documents");
         assert_eq!(m.sequences[0].1, vec![doc! {"_id": 1}]);
     }
+
+    #[tokio::test]
+    async fn garbage_is_an_error_never_a_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = encode_reply(1, 0, &doc! {"ping": 1, "$db": "a"}).unwrap();
+        for _ in 0..20_000 {
+            let mut m = valid.clone();
+            let flips = (next() % 6) as usize + 1;
+            for _ in 0..flips {
+                let at = (next() as usize) % m.len();
+                m[at] = next() as u8;
+            }
+            if next() % 4 == 0 {
+                let cut = (next() as usize) % m.len();
+                m.truncate(cut);
+            }
+            let _ = read_message(&mut &m[..]).await;
+        }
+    }
 }
