@@ -161,7 +161,7 @@ pub async fn get_more(shared: &SharedRef, db: &str, cmd: &Document) -> Result<Bo
     let wait = cmd
         .get("maxTimeMS")
         .and_then(crate::order::as_f64)
-        .map(|ms| Duration::from_millis(ms.max(0.0) as u64))
+        .map(|ms| Duration::from_millis(ms.clamp(0.0, 86_400_000.0) as u64))
         .unwrap_or(Duration::from_secs(1));
     let deadline = Instant::now() + wait;
     loop {

@@ -71,6 +71,7 @@ pub struct Sim {
 }
 
 pub(crate) fn step_down_locked(shared: &SharedRef, st: &mut State, d: Duration) {
+    let d = d.min(Duration::from_secs(86_400));
     st.topo.step_down(d);
     let s = shared.clone();
     shared.runtime.spawn(async move {

@@ -289,7 +289,7 @@ async fn hello(shared: &SharedRef, conn: u32, body: &Document) -> Document {
             .get("maxAwaitTimeMS")
             .and_then(crate::order::as_f64)
             .unwrap_or(10_000.0);
-        let deadline = Instant::now() + Duration::from_millis(wait.max(0.0) as u64);
+        let deadline = Instant::now() + Duration::from_millis(wait.clamp(0.0, 86_400_000.0) as u64);
         loop {
             let mut rx = shared.changed.subscribe();
             {
@@ -408,7 +408,11 @@ fn run(
                 .get("secs")
                 .and_then(crate::order::as_f64)
                 .unwrap_or(1.0);
-            crate::step_down_locked(shared, st, Duration::from_secs_f64(secs.max(0.0)));
+            crate::step_down_locked(
+                shared,
+                st,
+                Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)),
+            );
             Ok(Document::new())
         }
         other => Err(CmdError::new(59, format!("no such command: '{other}'"))),
