@@ -34,7 +34,7 @@ use std::time::Duration;
 use bson::{Document, Timestamp};
 use tokio::sync::watch;
 
-pub use dump::DumpCounts;
+pub use dump::{DumpCounts, read_dump_documents};
 pub use failpoint::Fault;
 pub use state::CmdError;
 
