@@ -214,7 +214,7 @@ pub async fn get_more(shared: &SharedRef, db: &str, cmd: &Document) -> Result<Bo
                             return Err(e);
                         }
                     };
-                    let pbrt = streams::pbrt(&c);
+                    let pbrt = streams::pbrt(state, &c);
                     let invalidated = c.invalidated;
                     if let Some(Cursor::Stream { cur, .. }) = state.cursors.get_mut(&id) {
                         *cur = c;

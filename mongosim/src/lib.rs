@@ -51,6 +51,8 @@ pub struct SimConfig {
     pub streaming_hello: bool,
     /// Address to bind; default `127.0.0.1:0`.
     pub listen: SocketAddr,
+    /// Add `_typeBits` to every other resume token (opaque extra field, as real servers do).
+    pub token_type_bits: bool,
 }
 
 impl Default for SimConfig {
@@ -60,6 +62,7 @@ impl Default for SimConfig {
             oplog_window: None,
             streaming_hello: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token_type_bits: false,
         }
     }
 }

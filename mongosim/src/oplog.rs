@@ -183,7 +183,9 @@ pub fn token(seq: u64, invalidate: bool) -> Document {
 
 /// Decode a token: `(seq, is_invalidate)`.
 pub fn parse_token(tok: &Bson) -> Option<(u64, bool)> {
-    let Bson::Document(d) = tok else { return None };
+    let Bson::Document(d) = tok else {
+        return None;
+    };
     let data = d.get_str("_data").ok()?;
     let hex = data.strip_prefix("82")?;
     let seq = u64::from_str_radix(hex.get(..16)?, 16).ok()?;

@@ -452,7 +452,7 @@ fn aggregate(st: &mut State, db: &str, body: &Document) -> Result<Body, CmdError
         None => format!("{db}.$cmd.aggregate"),
     };
     let events = streams::scan(st, &mut cur, batch, cursors::MAX_BATCH_BYTES)?;
-    let pbrt = streams::pbrt(&cur);
+    let pbrt = streams::pbrt(st, &cur);
     let id = if cur.invalidated {
         0
     } else {

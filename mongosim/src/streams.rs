@@ -121,7 +121,7 @@ pub fn open(
 /// One event as encoded BSON. The images are spliced in as raw bytes (no re-encoding).
 fn event(state: &State, cur: &StreamCursor, e: &Entry) -> Vec<u8> {
     let mut ev = doc! {
-        "_id": token(e.seq, false),
+        "_id": with_type_bits(state, token(e.seq, false), e.seq),
         "operationType": e.op.name(),
         "clusterTime": e.ts,
         "wallTime": e.wall,
@@ -172,9 +172,9 @@ fn event(state: &State, cur: &StreamCursor, e: &Entry) -> Vec<u8> {
     out
 }
 
-fn invalidate_event(e: &Entry) -> Document {
+fn invalidate_event(state: &State, e: &Entry) -> Document {
     doc! {
-        "_id": token(e.seq, true),
+        "_id": with_type_bits(state, token(e.seq, true), e.seq),
         "operationType": "invalidate",
         "clusterTime": e.ts,
         "wallTime": e.wall,
@@ -268,7 +268,7 @@ pub fn scan(
             out.push(ev);
         }
         if invalidates {
-            out.push(encode(&invalidate_event(e)));
+            out.push(encode(&invalidate_event(state, e)));
             cur.invalidated = true;
         }
     }
@@ -276,6 +276,21 @@ pub fn scan(
 }
 
 /// The postBatchResumeToken after a scan.
-pub fn pbrt(cur: &StreamCursor) -> Document {
-    token(cur.pos, cur.invalidated)
+pub fn pbrt(state: &State, cur: &StreamCursor) -> Document {
+    with_type_bits(state, token(cur.pos, cur.invalidated), cur.pos)
+}
+
+/// With `SimConfig::token_type_bits`, odd positions carry `_typeBits` as real tokens
+/// sometimes do, so a consumer that keeps only `_data` is caught.
+fn with_type_bits(state: &State, mut t: Document, seq: u64) -> Document {
+    if state.config.token_type_bits && seq % 2 == 1 {
+        t.insert(
+            "_typeBits",
+            bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: vec![0x40],
+            },
+        );
+    }
+    t
 }
