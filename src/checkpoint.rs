@@ -131,6 +131,18 @@ impl Tracker {
         }
     }
 
+    /// The stream showed an event of `cluster_time` after the confirmed ones (not published):
+    /// the open group is complete if that is another cluster time.
+    pub fn next_group_seen(&mut self, cluster_time: ClusterTime) {
+        if let Some(open) = self.open_group.take() {
+            if open.cluster_time == Some(cluster_time) {
+                self.open_group = Some(open);
+            } else {
+                self.set_safe(open);
+            }
+        }
+    }
+
     fn set_safe(&mut self, cp: Checkpoint) {
         if self.safe.as_ref() != Some(&cp) {
             self.safe = Some(cp);

@@ -91,12 +91,12 @@ pub(super) async fn tail(
     let reader = tokio::spawn(read_stream(stream, Arc::new(p.clone()), tx));
     let mut s = Session::new(stage, lease, &publisher);
     let mut pending = Pending::new();
-    let result = s.run(rx, &mut pending, shutdown).await;
-    reader.abort();
+    let mut rx = rx;
+    let result = s.run(&mut rx, &mut pending, shutdown).await;
     let result = match result {
-        Ok(()) => s.drain(&mut pending).await,
+        Ok(()) => s.drain(&mut pending, &mut rx).await,
         Err(e @ (CaptureError::Invalidated { .. } | CaptureError::HistoryLost { .. })) => {
-            let _ = s.drain(&mut pending).await;
+            let _ = s.drain(&mut pending, &mut rx).await;
             Err(e)
         }
         Err(e) => {
@@ -104,6 +104,7 @@ pub(super) async fn tail(
             Err(e)
         }
     };
+    reader.abort();
     publisher.close().await;
     if matches!(
         result,
@@ -231,7 +232,7 @@ impl<'a> Session<'a> {
 
     async fn run(
         &mut self,
-        mut rx: mpsc::Receiver<Item>,
+        rx: &mut mpsc::Receiver<Item>,
         pending: &mut Pending,
         shutdown: &CancellationToken,
     ) -> Result<(), CaptureError> {
@@ -375,16 +376,23 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Graceful stop: wait (bounded) for outstanding confirms, then store the checkpoint.
-    async fn drain(&mut self, pending: &mut Pending) -> Result<(), CaptureError> {
+    /// Graceful stop: wait (bounded) for outstanding confirms, close the last event group if
+    /// the stream shows it is complete, then store the checkpoint.
+    async fn drain(
+        &mut self,
+        pending: &mut Pending,
+        rx: &mut mpsc::Receiver<Item>,
+    ) -> Result<(), CaptureError> {
         let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
         let name = self.stage.settings.pipeline.name.clone();
+        let mut confirmed_all = true;
         while !pending.is_empty() {
             match tokio::time::timeout_at(deadline, pending.next()).await {
                 Ok(Some(done)) => {
                     if let Err(err) = self.handle_confirm(done) {
                         tracing::warn!(pipeline = %name, error = %err,
                             "a confirm failed while stopping; the checkpoint stays before it");
+                        confirmed_all = false;
                         break;
                     }
                 }
@@ -392,12 +400,28 @@ impl<'a> Session<'a> {
                 Err(_) => {
                     tracing::warn!(pipeline = %name, outstanding = pending.len(),
                         "confirms still outstanding at the stop deadline; they will be re-published");
+                    confirmed_all = false;
                     break;
                 }
             }
         }
+        if confirmed_all && self.tracker.has_open_group() {
+            self.close_open_group(rx).await;
+        }
         self.write_checkpoint().await?;
         tracing::info!(pipeline = %name, "capture stopped; checkpoint stored");
         Ok(())
+    }
+
+    /// Look at the next stream item (not publishing it): an empty batch or an event of
+    /// another cluster time proves the last confirmed group complete.
+    async fn close_open_group(&mut self, rx: &mut mpsc::Receiver<Item>) {
+        let wait = Duration::from_millis(self.stage.settings.pipeline.capture.max_await_ms)
+            + Duration::from_millis(500);
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(Item::Idle(token))) => self.tracker.confirmed(Position::Idle { token }),
+            Ok(Some(Item::Event(e))) => self.tracker.next_group_seen(e.cluster_time),
+            _ => {}
+        }
     }
 }
