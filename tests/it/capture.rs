@@ -122,18 +122,6 @@ impl Tap {
             .unwrap();
     }
 
-    async fn unbind(&self, pattern: &str) {
-        self.channel
-            .queue_unbind(
-                self.queue.as_str().into(),
-                "bowmark.sync".into(),
-                pattern.into(),
-                FieldTable::default(),
-            )
-            .await
-            .unwrap();
-    }
-
     /// Next delivery within `within`, decoded; `None` on timeout.
     async fn next(&mut self, within: Duration) -> Option<Delivered> {
         let d = tokio::time::timeout(within, self.consumer.next())
@@ -736,4 +724,260 @@ fn close_capture_connections(vhost: &str) {
         }
     }
     assert!(closed > 0, "no capture connection found on {vhost}: {text}");
+}
+
+#[tokio::test]
+async fn driver_resume_defect_loses_nothing() {
+    // Given a capture that has delivered event 200
+    let fx = Fixture::new("paving").await;
+    let mut tap = Tap::new(&fx.vhost, &["#"]).await;
+    let run = fx.start().await;
+    let c = fx.coll("dailyreports");
+    for i in 1..=200u32 {
+        c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
+    }
+    tap.until("event 200", |g| {
+        g.iter().any(|d| d.event.key == oid(200).to_hex())
+    })
+    .await;
+    // When the next getMore and the driver's resume aggregate both lose their connection
+    // (spec-mongo-simulator §6: a retried resume aggregate would restart at "now")
+    fx.mongo
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failCommand",
+            "mode": {"times": 2},
+            "data": {"failCommands": ["getMore", "aggregate"], "closeConnection": true},
+        })
+        .await
+        .unwrap();
+    c.insert_one(doc! {"_id": oid(201)}).await.unwrap();
+    c.insert_one(doc! {"_id": oid(202)}).await.unwrap();
+    // Then 201 and 202 are still delivered
+    tap.until("events 201 and 202", |g| {
+        let keys: BTreeSet<&str> = g.iter().map(|d| d.event.key.as_str()).collect();
+        keys.contains(oid(201).to_hex().as_str()) && keys.contains(oid(202).to_hex().as_str())
+    })
+    .await;
+    // And no change stream was ever reopened without a resume point after the first
+    let aggregates = fx.sim.commands_named("aggregate");
+    assert!(aggregates.len() >= 2, "the stream was reopened");
+    let bare = aggregates
+        .iter()
+        .skip(1)
+        .filter(|a| {
+            let cs = a
+                .get_array("pipeline")
+                .ok()
+                .and_then(|p| p.first())
+                .and_then(|s| s.as_document())
+                .and_then(|s| s.get_document("$changeStream").ok())
+                .cloned()
+                .unwrap_or_default();
+            !cs.contains_key("resumeAfter") && !cs.contains_key("startAfter")
+        })
+        .count();
+    assert_eq!(bare, 0, "a resume aggregate went out without its token");
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn history_lost_under_policy_fail_stops_with_the_recovery_command() {
+    // Given a capture that stored a checkpoint and stopped
+    let fx = Fixture::new("paving").await;
+    let _tap = Tap::new(&fx.vhost, &["#"]).await;
+    let run = fx.start().await;
+    fx.coll("crews")
+        .insert_one(doc! {"_id": oid(1)})
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    run.stop().await;
+    // When the oplog loses the history after that checkpoint
+    fx.coll("crews")
+        .insert_one(doc! {"_id": oid(2)})
+        .await
+        .unwrap();
+    fx.sim.truncate_oplog();
+    // Then the capture exits with a fatal error naming the backfill command
+    let run = fx.spawn(Health::default());
+    let err = tokio::time::timeout(WAIT, run.handle)
+        .await
+        .expect("the capture stops instead of looping")
+        .unwrap()
+        .expect_err("history loss is an error");
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    let msg = err.to_string();
+    assert!(msg.contains("286"), "{msg}");
+    assert!(msg.contains("bowmark-cdc backfill --pipeline"), "{msg}");
+    assert!(msg.contains("paving.toml"), "{msg}");
+}
+
+#[tokio::test]
+async fn policy_backfill_is_refused_at_start() {
+    let mut fx = Fixture::new("paving").await;
+    fx.settings.pipeline.history_lost = HistoryLostPolicy::Backfill;
+    let run = fx.spawn(Health::default());
+    let err = run.handle.await.unwrap().expect_err("refused");
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert!(err.to_string().contains("not implemented"), "{err}");
+    assert!(fx.checkpoint().await.is_none(), "nothing was tailed");
+}
+
+#[tokio::test]
+async fn dropping_the_database_is_an_explained_stop_not_a_loop() {
+    let fx = Fixture::new("paving").await;
+    let _tap = Tap::new(&fx.vhost, &["#"]).await;
+    let run = fx.start().await;
+    fx.coll("crews")
+        .insert_one(doc! {"_id": oid(1)})
+        .await
+        .unwrap();
+    fx.mongo.database("paving").drop().await.unwrap();
+    let err = tokio::time::timeout(WAIT, run.handle)
+        .await
+        .expect("stops")
+        .unwrap()
+        .expect_err("a drop is fatal");
+    assert_eq!(err.class(), ErrorClass::Fatal);
+    assert!(err.to_string().contains("drop"), "{err}");
+}
+
+#[tokio::test]
+async fn an_idle_stream_keeps_its_checkpoint_fresh() {
+    // Given a capture with nothing to publish
+    let fx = Fixture::new("paving").await;
+    let mut tap = Tap::new(&fx.vhost, &["#"]).await;
+    let run = fx.start().await;
+    let (first, _) = fx.checkpoint().await.unwrap();
+    // When only unwatched collections change (the oplog moves on)
+    fx.mongo
+        .database("paving")
+        .collection::<Document>("sessions")
+        .insert_one(doc! {"x": 1})
+        .await
+        .unwrap();
+    // Then the stored resume token still advances within seconds, and nothing is published
+    eventually(
+        "the idle checkpoint to advance",
+        Duration::from_secs(10),
+        || async {
+            let (now, _) = fx.checkpoint().await.unwrap();
+            (now != first).then_some(())
+        },
+    )
+    .await;
+    assert!(tap.drain(Duration::from_millis(300)).await.is_empty());
+    run.stop().await;
+}
+
+#[tokio::test]
+async fn two_replicas_one_publishes_and_the_standby_takes_over_without_loss() {
+    // Given two captures of one pipeline
+    let fx = Fixture::new("paving").await;
+    let mut tap = Tap::new(&fx.vhost, &["#"]).await;
+    let a = fx.start().await;
+    let b = fx.spawn(Health::default());
+    eventually("the second replica to stand by", WAIT, || async {
+        (b.health.state(Stage::Capture) == RoleState::Standby).then_some(())
+    })
+    .await;
+    assert_eq!(a.health.state(Stage::Capture), RoleState::Active);
+    // When writes flow, exactly one copy of each event is published
+    let c = fx.coll("vehicles");
+    for i in 0..100u32 {
+        c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
+    }
+    let got = tap.take(100).await;
+    assert!(
+        tap.drain(Duration::from_millis(700)).await.is_empty(),
+        "no duplicates"
+    );
+    assert_eq!(
+        got.iter()
+            .map(|d| &d.event.id)
+            .collect::<BTreeSet<_>>()
+            .len(),
+        100
+    );
+    // When the active replica dies while writes continue
+    a.kill().await;
+    let start = std::time::Instant::now();
+    for i in 100..200u32 {
+        c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
+    }
+    eventually("the standby to take over", WAIT, || async {
+        (b.health.state(Stage::Capture) == RoleState::Active).then_some(())
+    })
+    .await;
+    assert!(
+        start.elapsed() < Duration::from_secs(10),
+        "took {:?}",
+        start.elapsed()
+    );
+    // Then every later write arrives
+    let got = tap
+        .until("writes 100..200", |g| {
+            let keys: BTreeSet<&str> = g.iter().map(|d| d.event.key.as_str()).collect();
+            (100..200u32).all(|i| keys.contains(oid(i).to_hex().as_str()))
+        })
+        .await;
+    assert!(!got.is_empty());
+    b.stop().await;
+}
+
+#[tokio::test]
+async fn killed_at_random_points_and_restarted_every_write_arrives_with_gapless_ids() {
+    // Given a write load of 1,200 inserts and a capture that is killed and restarted repeatedly
+    let fx = Fixture::new("paving").await;
+    let mut tap = Tap::new(&fx.vhost, &["#"]).await;
+    let mut run = fx.start().await;
+    let n = 1200u32;
+    let writer = {
+        let c = fx.coll("jobsites");
+        tokio::spawn(async move {
+            for i in 0..n {
+                c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
+                if i % 100 == 0 {
+                    tokio::time::sleep(Duration::from_millis(30)).await;
+                }
+            }
+        })
+    };
+    let mut all: Vec<ChangeEvent> = Vec::new();
+    for round in 0..5u64 {
+        let pause = 100 + (rand::random::<u64>() % 400) + round * 10;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        run.kill().await;
+        all.extend(
+            tap.drain(Duration::from_millis(50))
+                .await
+                .into_iter()
+                .map(|d| d.event),
+        );
+        run = fx.spawn(Health::default());
+    }
+    writer.await.unwrap();
+    // Then every write is delivered at least once ...
+    let rest = tap
+        .until("every write", |g| {
+            let mut keys: BTreeSet<&str> = all.iter().map(|e| e.key.as_str()).collect();
+            keys.extend(g.iter().map(|d| d.event.key.as_str()));
+            keys.len() >= n as usize
+        })
+        .await;
+    all.extend(rest.into_iter().map(|d| d.event));
+    // ... each write keeps one id across re-deliveries, and the ids follow the oplog gaplessly
+    let mut by_key: BTreeMap<&str, &str> = BTreeMap::new();
+    for e in &all {
+        let prev = by_key.insert(e.key.as_str(), e.id.as_str());
+        assert!(prev.is_none_or(|p| p == e.id), "id changed for {}", e.key);
+    }
+    let ids: BTreeSet<(u32, u32, u32)> = all.iter().map(version).collect();
+    assert_eq!(ids.len(), n as usize);
+    assert!(
+        ids.iter().all(|v| v.2 == 0),
+        "single writes are groups of one"
+    );
+    run.stop().await;
 }
