@@ -5,4 +5,5 @@ pub mod config;
 pub mod event;
 pub mod metrics;
 pub mod migrate;
+pub mod project;
 pub mod telemetry;
