@@ -7,4 +7,6 @@ pub mod health;
 pub mod metrics;
 pub mod migrate;
 pub mod project;
+pub mod projector;
 pub mod telemetry;
+pub mod topology;
