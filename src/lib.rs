@@ -4,9 +4,11 @@
 pub mod config;
 pub mod event;
 pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod migrate;
 pub mod project;
 pub mod projector;
+pub mod runtime;
 pub mod telemetry;
 pub mod topology;

@@ -3,9 +3,10 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
-use bowmark_cdc::config::Pipeline;
+use bowmark_cdc::config::{Pipeline, Settings};
+use bowmark_cdc::runtime::{self, Role, RunOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -26,6 +27,10 @@ enum Command {
         pipeline: PathBuf,
         #[arg(long, value_enum, default_value_t = Role::All, env = "CDC_ROLE")]
         role: Role,
+        /// Listen address of /metrics, /healthz and /readyz (default: the pipeline's
+        /// `http.listen`); port 0 picks a free port, logged at start.
+        #[arg(long, env = "CDC_HTTP_LISTEN")]
+        http_listen: Option<std::net::SocketAddr>,
     },
     /// One-shot, resumable backfill from MongoDB or a mongodump folder.
     Backfill {
@@ -65,20 +70,17 @@ enum Command {
     Validate { files: Vec<PathBuf> },
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    All,
-    Capture,
-    Project,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     bowmark_cdc::telemetry::init_logging();
     match cli.command {
         Command::Validate { files } => validate(files),
         Command::Migrate { pipeline } => not_yet("migrate", &pipeline),
-        Command::Run { pipeline, .. } => not_yet("run", &pipeline),
+        Command::Run {
+            pipeline,
+            role,
+            http_listen,
+        } => run(&pipeline, RunOptions { role, http_listen }),
         Command::Backfill { pipeline, .. } => not_yet("backfill", &pipeline),
         Command::Verify { pipeline } => not_yet("verify", &pipeline),
         Command::Status { pipeline } => not_yet("status", &pipeline),
@@ -89,6 +91,49 @@ fn main() -> ExitCode {
 fn not_yet(command: &str, _pipeline: &std::path::Path) -> ExitCode {
     eprintln!("bowmark-cdc {command}: not available yet");
     ExitCode::from(2)
+}
+
+/// The daemon: exit 0 after a clean shutdown, 1 on a fatal error, 2 on bad configuration.
+fn run(pipeline: &std::path::Path, opts: RunOptions) -> ExitCode {
+    let settings = match Settings::from_file(pipeline) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bowmark-cdc run: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bowmark-cdc run: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(runtime::run(settings, opts));
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let reason = error_chain(&e);
+            tracing::error!(error = %reason, "bowmark-cdc run failed");
+            eprintln!("bowmark-cdc run: {reason}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
 }
 
 fn validate(files: Vec<PathBuf>) -> ExitCode {
