@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 use bowmark_cdc::config::{Pipeline, Settings};
+use bowmark_cdc::migrate::MigrateReport;
 use bowmark_cdc::runtime::{self, Role, RunOptions};
 
 #[derive(Parser, Debug)]
@@ -75,7 +76,7 @@ fn main() -> ExitCode {
     bowmark_cdc::telemetry::init_logging();
     match cli.command {
         Command::Validate { files } => validate(files),
-        Command::Migrate { pipeline } => not_yet("migrate", &pipeline),
+        Command::Migrate { pipeline } => migrate(&pipeline),
         Command::Run {
             pipeline,
             role,
@@ -117,7 +118,7 @@ fn run(pipeline: &std::path::Path, opts: RunOptions) -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            let reason = error_chain(&e);
+            let reason = format!("{:#}", anyhow::Error::from(e));
             tracing::error!(error = %reason, "bowmark-cdc run failed");
             eprintln!("bowmark-cdc run: {reason}");
             ExitCode::FAILURE
@@ -125,15 +126,73 @@ fn run(pipeline: &std::path::Path, opts: RunOptions) -> ExitCode {
     }
 }
 
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
+/// `migrate`: apply the embedded migrations to the pipeline's PostgreSQL database, adopting a
+/// database the legacy dbmate migrations built.
+fn migrate(pipeline: &std::path::Path) -> ExitCode {
+    let settings = match Settings::from_file(pipeline) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("migrate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("migrate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bowmark_cdc::migrate::run(&settings.postgres)) {
+        Ok(report) => {
+            print_migrate_report(&report);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "migrate: database {:?}: {:#}",
+                settings.postgres.database,
+                anyhow::Error::from(e)
+            );
+            ExitCode::FAILURE
+        }
     }
-    s
+}
+
+fn print_migrate_report(report: &MigrateReport) {
+    let db = &report.database;
+    if report.adopted {
+        let versions: Vec<String> = report
+            .baseline
+            .iter()
+            .map(|m| m.version.to_string())
+            .collect();
+        println!(
+            "{db}: adopted the legacy dbmate database (baseline {})",
+            versions.join(", ")
+        );
+    }
+    for m in &report.applied {
+        println!("{db}: applied {m}");
+    }
+    for v in &report.dbmate_recorded {
+        println!("{db}: recorded {v} in dbmate's schema_migrations");
+    }
+    if !report.dbmate_unknown.is_empty() {
+        println!(
+            "{db}: schema_migrations also holds versions this binary does not know (left alone): {}",
+            report.dbmate_unknown.join(", ")
+        );
+    }
+    if report.applied.is_empty() {
+        match report.current {
+            Some(v) => println!("{db}: up to date (version {v})"),
+            None => println!("{db}: up to date"),
+        }
+    }
 }
 
 fn validate(files: Vec<PathBuf>) -> ExitCode {
