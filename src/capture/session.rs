@@ -1,0 +1,427 @@
+//! One tailing session: open the stream at the checkpoint, publish with a bounded confirm
+//! window, advance the checkpoint behind confirms, and stop on the first error.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bson::{Bson, Document};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use metrics::{Counter, Gauge, Histogram};
+use mongodb::change_stream::ChangeStream;
+use mongodb::change_stream::event::ResumeToken;
+use mongodb::options::FullDocumentType;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::CaptureStage;
+use super::error::{CaptureError, HISTORY_LOST, mongo_code};
+use super::leader::{LEASE_PING, Lease};
+use super::normalize::{Malformed, Normalized, Ordinals, StopReason, match_stage, normalize};
+use crate::checkpoint::{CheckpointStore, Position, Tracker};
+use crate::config::Pipeline;
+use crate::event::{ChangeEvent, Op};
+use crate::health::Dependency;
+use crate::metrics as m;
+use crate::publish::{PublishError, Publisher};
+
+/// How often the checkpoint may be written, the broker and lock checked, gauges refreshed.
+const TICK: Duration = Duration::from_secs(1);
+/// How long a graceful stop waits for outstanding confirms.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the stream reader hands to the session, in stream order.
+enum Item {
+    Event(Box<ChangeEvent>),
+    Idle(serde_json::Value),
+    Stop(StopReason),
+    Failed(mongodb::error::Error),
+    Malformed(Malformed),
+}
+
+/// A confirm (or an idle position) resolved, with what it covers.
+struct Done {
+    pos: Position,
+    counted: Option<(Counter, std::time::SystemTime)>,
+    published_at: Instant,
+    confirmed_at: Instant,
+    result: Result<(), PublishError>,
+}
+
+type Pending = FuturesOrdered<Pin<Box<dyn Future<Output = Done> + Send>>>;
+
+/// Run one session until shutdown (`Ok`) or an error.
+pub(super) async fn tail(
+    stage: &CaptureStage,
+    mongo: &mongodb::Client,
+    lease: &Lease,
+    shutdown: &CancellationToken,
+) -> Result<(), CaptureError> {
+    let p = &stage.settings.pipeline;
+    let store = CheckpointStore::new(&lease.client);
+    let checkpoint = store
+        .load(&p.name)
+        .await
+        .map_err(CaptureError::Checkpoint)?;
+    let publisher = Publisher::connect(
+        &stage.settings.rabbitmq,
+        &p.exchange,
+        &format!("bowmark-cdc capture {}", p.name),
+    )
+    .await?;
+    stage.health.set_connected(Dependency::Broker, true);
+    let token = match &checkpoint {
+        Some(cp) => Some(token_from_json(&p.name, &cp.resume_token)?),
+        None => None,
+    };
+    let stream = open_stream(p, mongo, token).await.inspect_err(|_| {
+        stage.health.set_connected(Dependency::Mongo, false);
+    })?;
+    stage.health.set_connected(Dependency::Mongo, true);
+    match &checkpoint {
+        Some(cp) => tracing::info!(pipeline = %p.name, last_event = ?cp.event_id,
+            "change stream resumed from the checkpoint"),
+        None => tracing::info!(pipeline = %p.name,
+            "no checkpoint: the change stream starts now; earlier changes are not captured \
+             (run `bowmark-cdc backfill` to load them)"),
+    }
+    let (tx, rx) = mpsc::channel(256);
+    let reader = tokio::spawn(read_stream(stream, Arc::new(p.clone()), tx));
+    let mut s = Session::new(stage, lease, &publisher);
+    let mut pending = Pending::new();
+    let mut rx = rx;
+    let result = s.run(&mut rx, &mut pending, shutdown).await;
+    let result = match result {
+        Ok(()) => s.drain(&mut pending, &mut rx).await,
+        Err(e @ (CaptureError::Invalidated { .. } | CaptureError::HistoryLost { .. })) => {
+            let _ = s.drain(&mut pending, &mut rx).await;
+            Err(e)
+        }
+        Err(e) => {
+            let _ = s.write_checkpoint().await;
+            Err(e)
+        }
+    };
+    reader.abort();
+    publisher.close().await;
+    if matches!(
+        result,
+        Err(CaptureError::Publish(_) | CaptureError::BrokerClosed)
+    ) {
+        stage.health.set_connected(Dependency::Broker, false);
+    }
+    result
+}
+
+async fn open_stream(
+    p: &Pipeline,
+    mongo: &mongodb::Client,
+    token: Option<ResumeToken>,
+) -> Result<ChangeStream<Document>, CaptureError> {
+    let stream = mongo
+        .database(&p.mongo_database)
+        .watch()
+        .pipeline([match_stage(p)])
+        .full_document(FullDocumentType::UpdateLookup)
+        .max_await_time(Duration::from_millis(p.capture.max_await_ms))
+        .resume_after(token)
+        .await
+        .map_err(|e| classify(p, e))?;
+    Ok(stream.with_type::<Document>())
+}
+
+fn classify(p: &Pipeline, e: mongodb::error::Error) -> CaptureError {
+    if mongo_code(&e) == Some(HISTORY_LOST) {
+        CaptureError::HistoryLost {
+            pipeline: p.name.clone(),
+            file: p.file.display().to_string(),
+            source: e,
+        }
+    } else {
+        CaptureError::Mongo(e)
+    }
+}
+
+fn token_from_json(pipeline: &str, v: &serde_json::Value) -> Result<ResumeToken, CaptureError> {
+    let bad = |message: String| CaptureError::BadCheckpoint {
+        pipeline: pipeline.to_string(),
+        message,
+    };
+    let b = Bson::try_from(v.clone()).map_err(|e| bad(e.to_string()))?;
+    bson::deserialize_from_bson(b).map_err(|e| bad(e.to_string()))
+}
+
+fn token_to_json(t: &ResumeToken) -> Option<serde_json::Value> {
+    bson::serialize_to_bson(t)
+        .ok()
+        .map(Bson::into_relaxed_extjson)
+}
+
+/// The reader task: owns the stream (never cancelled mid-getMore) and normalizes in order.
+async fn read_stream(mut stream: ChangeStream<Document>, p: Arc<Pipeline>, tx: mpsc::Sender<Item>) {
+    let mut ordinals = Ordinals::default();
+    if let Some(t) = stream.resume_token().as_ref().and_then(token_to_json)
+        && tx.send(Item::Idle(t)).await.is_err()
+    {
+        return;
+    }
+    loop {
+        let item = match stream.next_if_any().await {
+            Ok(Some(raw)) => match normalize(&p, &raw, &mut ordinals) {
+                Ok(Normalized::Event(e)) => Item::Event(e),
+                Ok(Normalized::Skip) => continue,
+                Ok(Normalized::Stop(r)) => Item::Stop(r),
+                Err(m) => Item::Malformed(m),
+            },
+            Ok(None) => match stream.resume_token().as_ref().and_then(token_to_json) {
+                Some(t) => Item::Idle(t),
+                None => continue,
+            },
+            Err(e) => Item::Failed(e),
+        };
+        let last = matches!(item, Item::Stop(_) | Item::Failed(_) | Item::Malformed(_));
+        if tx.send(item).await.is_err() || last {
+            return;
+        }
+    }
+}
+
+/// Per-collection/op counters, created once.
+struct OpCounters {
+    captured: Counter,
+    published: Counter,
+    confirmed: Counter,
+}
+
+struct Session<'a> {
+    stage: &'a CaptureStage,
+    lease: &'a Lease,
+    publisher: &'a Publisher,
+    tracker: Tracker,
+    window: usize,
+    counters: HashMap<(String, Op), OpCounters>,
+    latency: Histogram,
+    in_flight: Gauge,
+    lag: Gauge,
+    age: Gauge,
+    caught_up_at: Instant,
+    last_ping: Instant,
+}
+
+impl<'a> Session<'a> {
+    fn new(stage: &'a CaptureStage, lease: &'a Lease, publisher: &'a Publisher) -> Self {
+        let name = stage.settings.pipeline.name.clone();
+        let g = |n: &'static str| metrics::gauge!(n, m::LABEL_PIPELINE => name.clone());
+        Session {
+            stage,
+            lease,
+            publisher,
+            tracker: Tracker::default(),
+            window: stage.settings.pipeline.capture.confirm_window,
+            counters: HashMap::new(),
+            latency: metrics::histogram!(m::CAPTURE_CONFIRM_LATENCY, m::LABEL_PIPELINE => name.clone()),
+            in_flight: g(m::CAPTURE_CONFIRMS_IN_FLIGHT),
+            lag: g(m::CAPTURE_SOURCE_LAG),
+            age: g(m::CAPTURE_CHECKPOINT_AGE),
+            caught_up_at: Instant::now(),
+            last_ping: Instant::now(),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        rx: &mut mpsc::Receiver<Item>,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+    ) -> Result<(), CaptureError> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lost = self.lease.lost().clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = lost.cancelled() => return Err(CaptureError::LeaseLost),
+                Some(done) = pending.next(), if !pending.is_empty() => self.handle_confirm(done)?,
+                _ = tick.tick() => self.handle_tick(pending.len()).await?,
+                item = rx.recv(), if pending.len() < self.window => self.handle_item(item, pending).await?,
+            }
+        }
+    }
+
+    fn handle_confirm(&mut self, done: Done) -> Result<(), CaptureError> {
+        done.result?;
+        if let Some((confirmed, wall)) = done.counted {
+            confirmed.increment(1);
+            self.latency.record(
+                done.confirmed_at
+                    .duration_since(done.published_at)
+                    .as_secs_f64(),
+            );
+            let lag = std::time::SystemTime::now()
+                .duration_since(wall)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.lag.set(lag);
+        } else {
+            self.lag.set(0.0);
+        }
+        self.tracker.confirmed(done.pos);
+        Ok(())
+    }
+
+    async fn handle_item(
+        &mut self,
+        item: Option<Item>,
+        pending: &mut Pending,
+    ) -> Result<(), CaptureError> {
+        let p = &self.stage.settings.pipeline;
+        match item {
+            None => Err(CaptureError::StreamEnded),
+            Some(Item::Event(e)) => self.publish(*e, pending).await,
+            Some(Item::Idle(token)) => {
+                let now = Instant::now();
+                pending.push_back(Box::pin(std::future::ready(Done {
+                    pos: Position::Idle { token },
+                    counted: None,
+                    published_at: now,
+                    confirmed_at: now,
+                    result: Ok(()),
+                })));
+                Ok(())
+            }
+            Some(Item::Stop(reason)) => Err(CaptureError::Invalidated {
+                pipeline: p.name.clone(),
+                file: p.file.display().to_string(),
+                reason,
+            }),
+            Some(Item::Failed(e)) => {
+                self.stage.health.set_connected(Dependency::Mongo, false);
+                Err(classify(p, e))
+            }
+            Some(Item::Malformed(m)) => Err(CaptureError::Malformed(m)),
+        }
+    }
+
+    async fn publish(&mut self, e: ChangeEvent, pending: &mut Pending) -> Result<(), CaptureError> {
+        let name = &self.stage.settings.pipeline.name;
+        let c = self
+            .counters
+            .entry((e.ns.coll.clone(), e.op))
+            .or_insert_with(|| {
+                let c = |n: &'static str| {
+                    metrics::counter!(n, m::LABEL_PIPELINE => name.clone(),
+                        m::LABEL_COLLECTION => e.ns.coll.clone(), m::LABEL_OP => e.op.as_str())
+                };
+                OpCounters {
+                    captured: c(m::CAPTURE_EVENTS_CAPTURED),
+                    published: c(m::CAPTURE_EVENTS_PUBLISHED),
+                    confirmed: c(m::CAPTURE_EVENTS_CONFIRMED),
+                }
+            });
+        c.captured.increment(1);
+        let confirm = self.publisher.publish(&e).await?;
+        c.published.increment(1);
+        let confirmed = c.confirmed.clone();
+        let wall: std::time::SystemTime = e.wall_time.into();
+        let pos = Position::Event {
+            cluster_time: e.cluster_time,
+            id: e.id,
+            token: e.resume_token,
+        };
+        let published_at = Instant::now();
+        pending.push_back(Box::pin(async move {
+            let result = confirm.await;
+            Done {
+                pos,
+                counted: Some((confirmed, wall)),
+                published_at,
+                confirmed_at: Instant::now(),
+                result,
+            }
+        }));
+        Ok(())
+    }
+
+    async fn handle_tick(&mut self, in_flight: usize) -> Result<(), CaptureError> {
+        self.in_flight.set(in_flight as f64);
+        if !self.publisher.is_connected() {
+            return Err(CaptureError::BrokerClosed);
+        }
+        if self.last_ping.elapsed() >= LEASE_PING {
+            self.last_ping = Instant::now();
+            self.lease.check().await?;
+        }
+        self.write_checkpoint().await?;
+        if in_flight == 0 && !self.tracker.has_open_group() {
+            self.caught_up_at = Instant::now();
+        }
+        self.age.set(self.caught_up_at.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Store the safe checkpoint if it moved.
+    async fn write_checkpoint(&mut self) -> Result<(), CaptureError> {
+        let Some(cp) = self.tracker.take_changed() else {
+            return Ok(());
+        };
+        let name = &self.stage.settings.pipeline.name;
+        CheckpointStore::new(&self.lease.client)
+            .save(name, &cp)
+            .await
+            .map_err(CaptureError::Checkpoint)?;
+        tracing::debug!(pipeline = %name, last_event = ?cp.event_id, "checkpoint stored");
+        Ok(())
+    }
+
+    /// Graceful stop: wait (bounded) for outstanding confirms, close the last event group if
+    /// the stream shows it is complete, then store the checkpoint.
+    async fn drain(
+        &mut self,
+        pending: &mut Pending,
+        rx: &mut mpsc::Receiver<Item>,
+    ) -> Result<(), CaptureError> {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let name = self.stage.settings.pipeline.name.clone();
+        let mut confirmed_all = true;
+        while !pending.is_empty() {
+            match tokio::time::timeout_at(deadline, pending.next()).await {
+                Ok(Some(done)) => {
+                    if let Err(err) = self.handle_confirm(done) {
+                        tracing::warn!(pipeline = %name, error = %err,
+                            "a confirm failed while stopping; the checkpoint stays before it");
+                        confirmed_all = false;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(pipeline = %name, outstanding = pending.len(),
+                        "confirms still outstanding at the stop deadline; they will be re-published");
+                    confirmed_all = false;
+                    break;
+                }
+            }
+        }
+        if confirmed_all && self.tracker.has_open_group() {
+            self.close_open_group(rx).await;
+        }
+        self.write_checkpoint().await?;
+        tracing::info!(pipeline = %name, "capture stopped; checkpoint stored");
+        Ok(())
+    }
+
+    /// Look at the next stream item (not publishing it): an empty batch or an event of
+    /// another cluster time proves the last confirmed group complete.
+    async fn close_open_group(&mut self, rx: &mut mpsc::Receiver<Item>) {
+        let wait = Duration::from_millis(self.stage.settings.pipeline.capture.max_await_ms)
+            + Duration::from_millis(500);
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(Item::Idle(token))) => self.tracker.confirmed(Position::Idle { token }),
+            Ok(Some(Item::Event(e))) => self.tracker.next_group_seen(e.cluster_time),
+            _ => {}
+        }
+    }
+}
