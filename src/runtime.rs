@@ -1,4 +1,4 @@
-//! `bowmark-cdc run`: the daemon. Installs the Prometheus recorder, serves the HTTP port,
+//! `bowmark-cdc run`: the daemon (`--role all|capture|project`). Installs the Prometheus recorder, serves the HTTP port,
 //! checks that the database was migrated, turns SIGTERM/SIGINT into a cancellation, runs the
 //! stages of the requested role and waits for them. Exit: `Ok` after a clean shutdown, the
 //! first fatal stage error otherwise (the other stages are then stopped too).
@@ -14,6 +14,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use crate::capture::{CaptureError, CaptureStage};
 use crate::config::{ConfigError, Settings};
 use crate::health::{Dependency, Health, Stage};
 use crate::http::{self, HttpState};
@@ -46,8 +47,6 @@ const POOL_TIMEOUT: Duration = Duration::from_secs(10);
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
-    #[error("capture: not available yet")]
-    CaptureUnavailable,
     #[error(transparent)]
     Config(#[from] ConfigError),
     #[error("cannot install the metrics recorder")]
@@ -69,6 +68,8 @@ pub enum RuntimeError {
     },
     #[error("projector failed")]
     Projector(#[source] ProjectorError),
+    #[error("capture failed")]
+    Capture(#[source] Box<CaptureError>),
     #[error("a stage task panicked")]
     Panicked(#[source] tokio::task::JoinError),
 }
@@ -76,11 +77,8 @@ pub enum RuntimeError {
 /// Run the daemon until SIGTERM/SIGINT or a fatal error.
 pub async fn run(settings: Settings, opts: RunOptions) -> Result<(), RuntimeError> {
     let roles = match opts.role {
-        Role::Capture => return Err(RuntimeError::CaptureUnavailable),
-        Role::All => {
-            warn!("capture is not available in this build yet: --role all runs the projector only");
-            vec![Stage::Projector]
-        }
+        Role::Capture => vec![Stage::Capture],
+        Role::All => vec![Stage::Capture, Stage::Projector],
         Role::Project => vec![Stage::Projector],
     };
     let shutdown = CancellationToken::new();
@@ -101,7 +99,7 @@ pub async fn run(settings: Settings, opts: RunOptions) -> Result<(), RuntimeErro
     ));
     tokio::spawn(upkeep(metrics, http_stop.clone()));
 
-    let result = run_stages(&settings, &health, &shutdown).await;
+    let result = run_stages(&settings, &roles, &health, &shutdown).await;
     http_stop.cancel();
     if let Ok(Err(e)) = http.await {
         warn!(error = %e, "http server ended with an error");
@@ -111,6 +109,7 @@ pub async fn run(settings: Settings, opts: RunOptions) -> Result<(), RuntimeErro
 
 async fn run_stages(
     settings: &Settings,
+    roles: &[Stage],
     health: &Health,
     shutdown: &CancellationToken,
 ) -> Result<(), RuntimeError> {
@@ -121,9 +120,27 @@ async fn run_stages(
     };
     ready?;
     let mut tasks = JoinSet::new();
-    let projector = ProjectorStage::new(settings, pool.clone(), health.clone());
-    let token = shutdown.clone();
-    tasks.spawn(async move { projector.run(token).await.map_err(RuntimeError::Projector) });
+    for role in roles {
+        let token = shutdown.clone();
+        match role {
+            Stage::Capture => {
+                let capture = CaptureStage::new(settings.clone(), health.clone());
+                tasks.spawn(async move {
+                    capture
+                        .run(token)
+                        .await
+                        .map_err(|e| RuntimeError::Capture(Box::new(e)))
+                });
+            }
+            Stage::Projector => {
+                let projector = ProjectorStage::new(settings, pool.clone(), health.clone());
+                tasks.spawn(
+                    async move { projector.run(token).await.map_err(RuntimeError::Projector) },
+                );
+            }
+        }
+        info!(stage = ?role, "stage started");
+    }
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         let outcome = joined.map_err(RuntimeError::Panicked).and_then(|r| r);
