@@ -24,21 +24,6 @@ use crate::support::{self, TestDb, TestVhost, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
 
-/// The `cdc.checkpoint` table as the schema migration defines it.
-async fn checkpoint_table(db: &TestDb) {
-    db.client()
-        .await
-        .batch_execute(
-            "CREATE SCHEMA IF NOT EXISTS cdc;
-             CREATE TABLE IF NOT EXISTS cdc.checkpoint (
-               pipeline text PRIMARY KEY, resume_token jsonb NOT NULL,
-               cluster_time_t bigint, cluster_time_i bigint, event_id text,
-               updated_at timestamptz NOT NULL DEFAULT now())",
-        )
-        .await
-        .expect("checkpoint table");
-}
-
 /// A stored checkpoint: (resume token, last event id).
 async fn checkpoint(db: &TestDb, pipeline: &str) -> Option<(serde_json::Value, Option<String>)> {
     db.client()
@@ -192,7 +177,7 @@ struct Fixture {
 impl Fixture {
     async fn new(pipeline: &str) -> Fixture {
         let sim = mongosim::Sim::start().await;
-        Fixture::with_sim(sim, pipeline, TestDb::new().await).await
+        Fixture::with_sim(sim, pipeline, support::migrated_db().await).await
     }
 
     async fn with_sim(sim: mongosim::Sim, pipeline: &str, db: TestDb) -> Fixture {
@@ -201,7 +186,6 @@ impl Fixture {
             .with_test_writer()
             .try_init();
         let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
-        checkpoint_table(&db).await;
         let vhost = TestVhost::new();
         let mut settings = support::settings(
             support::pipeline(pipeline),
@@ -440,9 +424,8 @@ async fn every_entity_routes_per_pipeline_and_paving_never_reaches_concrete() {
     // Given one MongoDB holding both business lines, and a capture per pipeline
     let sim = mongosim::Sim::start().await;
     let uri = sim.uri();
-    let paving = Fixture::with_sim(sim, "paving", TestDb::new().await).await;
-    let concrete_sim_db = TestDb::new().await;
-    checkpoint_table(&concrete_sim_db).await;
+    let paving = Fixture::with_sim(sim, "paving", support::migrated_db().await).await;
+    let concrete_sim_db = support::migrated_db().await;
     let concrete_vhost = TestVhost::new();
     let mut concrete = support::settings(
         support::pipeline("concrete"),
@@ -587,22 +570,30 @@ async fn a_transaction_shares_one_cluster_time_and_keeps_its_ids_when_resumed_mi
     // When vehicle work becomes routable, the capture resumes from its checkpoint
     tap.bind("vehicle_work.*").await;
     let got = tap
-        .until("the whole transaction", |g| {
-            g.iter().any(|d| d.event.ordinal == 2)
+        .until("the whole transaction after the bind", |g| {
+            g.iter()
+                .position(|d| d.event.ordinal == 1)
+                .is_some_and(|p| g[p..].iter().any(|d| d.event.ordinal == 2))
         })
         .await;
-    // Then the group arrives again with the same ids and one cluster time
-    let ids: Vec<&str> = got.iter().map(|d| d.event.id.as_str()).collect();
+    // Then every delivery of the group (re-deliveries included) has one cluster time, and each
+    // document keeps the same id: <pipeline>:<t>.<i>.<0|1|2>
     let ct = first.cluster_time;
-    let want: Vec<String> = (0..3)
+    let want: BTreeSet<String> = (0..3)
         .map(|o| ChangeEvent::make_id("paving", ct, o))
         .collect();
-    assert_eq!(
-        &ids[ids.len() - 3..],
-        want.iter().map(String::as_str).collect::<Vec<_>>()
-    );
+    let ids: BTreeSet<String> = got.iter().map(|d| d.event.id.clone()).collect();
+    assert_eq!(ids, want);
     assert!(got.iter().all(|d| d.event.cluster_time == ct));
-    assert!(got.iter().filter(|d| d.event.id == first.id).count() >= 1);
+    let mut by_key: BTreeMap<&str, &str> = BTreeMap::new();
+    for d in got.iter() {
+        let prev = by_key.insert(d.event.key.as_str(), d.event.id.as_str());
+        assert!(
+            prev.is_none_or(|p| p == d.event.id),
+            "id changed on re-delivery"
+        );
+    }
+    let want: Vec<String> = want.into_iter().collect();
     run.stop().await;
     let (_, last) = fx.checkpoint().await.unwrap();
     assert_eq!(last.as_deref(), Some(want[2].as_str()));
@@ -980,4 +971,226 @@ async fn killed_at_random_points_and_restarted_every_write_arrives_with_gapless_
         "single writes are groups of one"
     );
     run.stop().await;
+}
+
+// --- the real binary: `bowmark-cdc run --role capture` -------------------------------------
+
+/// A `bowmark-cdc run --role capture` child process for a fixture.
+struct Proc {
+    child: std::process::Child,
+}
+
+impl Proc {
+    fn start(fx: &Fixture) -> Proc {
+        Proc::start_with(fx, std::process::Stdio::inherit())
+    }
+
+    fn start_with(fx: &Fixture, stderr: std::process::Stdio) -> Proc {
+        let uri = fx.sim.uri();
+        let child = support::cdc_bin()
+            .args([
+                "run",
+                "--pipeline",
+                "pipeline/paving.toml",
+                "--role",
+                "capture",
+            ])
+            .args(["--http-listen", "127.0.0.1:0"])
+            .envs(support::child_env(&fx.db, Some(&fx.vhost), Some(&uri)))
+            .env("RUST_LOG", "bowmark_cdc=info")
+            .stdout(std::process::Stdio::null())
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn bowmark-cdc");
+        Proc { child }
+    }
+
+    /// SIGKILL: no cleanup at all.
+    fn kill9(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(ok.success());
+    }
+
+    async fn wait(mut self, within: Duration) -> std::process::Output {
+        let start = std::time::Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait") {
+                let mut stderr = Vec::new();
+                if let Some(mut e) = self.child.stderr.take() {
+                    use std::io::Read;
+                    let _ = e.read_to_end(&mut stderr);
+                }
+                return std::process::Output {
+                    status,
+                    stdout: Vec::new(),
+                    stderr,
+                };
+            }
+            if start.elapsed() > within {
+                let _ = self.child.kill();
+                panic!("bowmark-cdc did not exit within {within:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn process_killed_with_sigkill_and_restarted_delivers_every_write() {
+    // Given the real binary capturing a running write load
+    let fx = Fixture::new("paving").await;
+    let mut tap = Tap::new(&fx.vhost, &["#"]).await;
+    let mut proc = Proc::start(&fx);
+    fx.wait_checkpoint().await;
+    let n = 1000u32;
+    let writer = {
+        let c = fx.coll("employeeworks");
+        tokio::spawn(async move {
+            for i in 0..n {
+                c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
+                if i % 50 == 0 {
+                    tokio::time::sleep(Duration::from_millis(40)).await;
+                }
+            }
+        })
+    };
+    // When it is killed with SIGKILL at random points and restarted each time
+    let mut all: Vec<ChangeEvent> = Vec::new();
+    for _ in 0..3 {
+        let pause = 300 + rand::random::<u64>() % 700;
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        proc.kill9();
+        all.extend(
+            tap.drain(Duration::from_millis(50))
+                .await
+                .into_iter()
+                .map(|d| d.event),
+        );
+        proc = Proc::start(&fx);
+    }
+    writer.await.unwrap();
+    // Then every write arrives at least once, each with one id, and no id is missing
+    let rest = tap
+        .until("every write", |g| {
+            let mut keys: BTreeSet<&str> = all.iter().map(|e| e.key.as_str()).collect();
+            keys.extend(g.iter().map(|d| d.event.key.as_str()));
+            keys.len() >= n as usize
+        })
+        .await;
+    all.extend(rest.into_iter().map(|d| d.event));
+    let mut by_key: BTreeMap<&str, &str> = BTreeMap::new();
+    for e in &all {
+        let prev = by_key.insert(e.key.as_str(), e.id.as_str());
+        assert!(prev.is_none_or(|p| p == e.id), "id changed for {}", e.key);
+    }
+    assert_eq!(
+        all.iter()
+            .map(|e| e.id.as_str())
+            .collect::<BTreeSet<_>>()
+            .len(),
+        n as usize
+    );
+    // And, once the last process is tailing, SIGTERM stops it cleanly (exit 0) with the
+    // checkpoint at the last event
+    fx.coll("employeeworks")
+        .insert_one(doc! {"_id": oid(n)})
+        .await
+        .unwrap();
+    let marker = oid(n).to_hex();
+    let got = tap
+        .until("the marker write", |g| {
+            g.iter().any(|d| d.event.key == marker)
+        })
+        .await;
+    proc.signal("-TERM");
+    let out = proc.wait(WAIT).await;
+    assert!(out.status.success(), "exit status {:?}", out.status);
+    let last = got.iter().map(|d| version(&d.event)).max().unwrap();
+    eventually("the final checkpoint", WAIT, || async {
+        let (_, id) = fx.checkpoint().await?;
+        (id.as_deref().map(version_of_id) == Some(last)).then_some(())
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn process_exits_non_zero_on_history_loss_naming_the_backfill() {
+    // Given a checkpoint whose history the oplog has lost
+    let fx = Fixture::new("paving").await;
+    let _tap = Tap::new(&fx.vhost, &["#"]).await;
+    let proc = Proc::start(&fx);
+    fx.wait_checkpoint().await;
+    proc.signal("-TERM");
+    assert!(proc.wait(WAIT).await.status.success());
+    fx.coll("crews")
+        .insert_one(doc! {"_id": oid(1)})
+        .await
+        .unwrap();
+    fx.sim.truncate_oplog();
+    // When the capture starts
+    let proc = Proc::start_with(&fx, std::process::Stdio::piped());
+    let out = proc.wait(WAIT).await;
+    // Then it exits non-zero and tells the operator how to recover
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("bowmark-cdc backfill --pipeline pipeline/paving.toml"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("286"), "{stderr}");
+}
+
+#[tokio::test]
+async fn process_pair_one_publishes_and_sigkill_hands_over_without_loss() {
+    // Given two capture processes of one pipeline
+    let fx = Fixture::new("paving").await;
+    let mut tap = Tap::new(&fx.vhost, &["#"]).await;
+    let first = Proc::start(&fx);
+    fx.wait_checkpoint().await;
+    let second = Proc::start(&fx);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let c = fx.coll("vehicleworks");
+    for i in 0..100u32 {
+        c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
+    }
+    // Then each event is published once (only the lock holder tails)
+    let got = tap.take(100).await;
+    assert!(
+        tap.drain(Duration::from_secs(1)).await.is_empty(),
+        "no second publisher"
+    );
+    assert_eq!(
+        got.iter()
+            .map(|d| &d.event.id)
+            .collect::<BTreeSet<_>>()
+            .len(),
+        100
+    );
+    // When the holder is killed while writes continue
+    first.kill9();
+    for i in 100..200u32 {
+        c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
+    }
+    // Then the standby takes over and every later write arrives
+    tap.until("writes 100..200 from the standby", |g| {
+        let keys: BTreeSet<&str> = g.iter().map(|d| d.event.key.as_str()).collect();
+        (100..200u32).all(|i| keys.contains(oid(i).to_hex().as_str()))
+    })
+    .await;
+    drop(second);
 }
