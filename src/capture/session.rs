@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bson::{Bson, Document};
@@ -69,8 +70,10 @@ pub(super) async fn tail(
         &stage.settings.rabbitmq,
         &p.exchange,
         &format!("bowmark-cdc capture {}", p.name),
+        !stage.exchange_declared.load(Ordering::Relaxed),
     )
     .await?;
+    stage.exchange_declared.store(true, Ordering::Relaxed);
     stage.health.set_connected(Dependency::Broker, true);
     let token = match &checkpoint {
         Some(cp) => Some(token_from_json(&p.name, &cp.resume_token)?),

@@ -1194,3 +1194,47 @@ async fn process_pair_one_publishes_and_sigkill_hands_over_without_loss() {
     .await;
     drop(second);
 }
+
+#[tokio::test]
+async fn losing_the_lock_session_stops_tailing_and_the_capture_recovers() {
+    // Given a capture holding the lock
+    let fx = Fixture::new("paving").await;
+    let mut tap = Tap::new(&fx.vhost, &["#"]).await;
+    let run = fx.start().await;
+    let c = fx.coll("materials");
+    c.insert_one(doc! {"_id": oid(1)}).await.unwrap();
+    tap.take(1).await;
+    // When PostgreSQL terminates the session that holds the advisory lock
+    let admin = fx.db.client().await;
+    let killed = admin
+        .query(
+            "SELECT pg_terminate_backend(l.pid) FROM pg_locks l \
+             JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(killed.len(), 1, "one lock session");
+    // Then the capture takes the lock again and keeps delivering
+    c.insert_one(doc! {"_id": oid(2)}).await.unwrap();
+    tap.until("the write after the lock loss", |g| {
+        g.iter().any(|d| d.event.key == oid(2).to_hex())
+    })
+    .await;
+    eventually("the lock to be held again", WAIT, || async {
+        let n = admin
+            .query(
+                "SELECT 1 FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+                 WHERE l.locktype = 'advisory' AND l.granted AND d.datname = current_database()",
+                &[],
+            )
+            .await
+            .unwrap()
+            .len();
+        (n == 1).then_some(())
+    })
+    .await;
+    assert_eq!(run.health.state(Stage::Capture), RoleState::Active);
+    run.stop().await;
+}
