@@ -146,3 +146,23 @@ fn check(c: Confirmation, event_id: String, exchange: String) -> Result<(), Publ
         Confirmation::NotRequested => Err(PublishError::NotConfirmed { event_id }),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_plain_ack_is_a_success() {
+        let id = || "p:1.1.0".to_string();
+        let ex = || "bowmark.sync".to_string();
+        assert!(check(Confirmation::Ack(None), id(), ex()).is_ok());
+        assert!(matches!(
+            check(Confirmation::Nack(None), id(), ex()),
+            Err(PublishError::Nacked { .. })
+        ));
+        assert!(matches!(
+            check(Confirmation::NotRequested, id(), ex()),
+            Err(PublishError::NotConfirmed { .. })
+        ));
+    }
+}

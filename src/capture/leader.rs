@@ -26,8 +26,8 @@ pub fn lock_key(pipeline: &str) -> i64 {
     i64::from_ne_bytes(h.to_ne_bytes())
 }
 
-/// A held lock: the session connection (also used for checkpoint writes) and a token that is
-/// cancelled when that session ends.
+/// The lock session: a dedicated connection (also used for checkpoint writes once the lock is
+/// held) and a token that is cancelled when that session ends (the lock is then released).
 pub struct Lease {
     pub client: Client,
     lost: CancellationToken,
@@ -57,26 +57,30 @@ impl Lease {
     }
 }
 
-/// Open a session and try the lock once: `Ok(None)` when another session holds it.
-pub async fn try_acquire(pg: &PostgresConn, key: i64) -> Result<Option<Lease>, LeaderError> {
-    let cfg = pg.pg_config().map_err(LeaderError::Config)?;
-    let (client, connection) = cfg.connect(NoTls).await?;
-    let lost = CancellationToken::new();
-    let on_end = lost.clone();
-    tokio::spawn(async move {
-        if let Err(err) = connection.await {
-            tracing::warn!(error = %err, "capture lock session ended");
-        }
-        on_end.cancel();
-    });
-    let row = client
-        .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-        .await?;
-    let got: bool = row.get(0);
-    if !got {
-        return Ok(None);
+impl Lease {
+    /// Open the dedicated lock session (the lock is not taken yet).
+    pub async fn connect(pg: &PostgresConn) -> Result<Lease, LeaderError> {
+        let cfg = pg.pg_config().map_err(LeaderError::Config)?;
+        let (client, connection) = cfg.connect(NoTls).await?;
+        let lost = CancellationToken::new();
+        let on_end = lost.clone();
+        tokio::spawn(async move {
+            if let Err(err) = connection.await {
+                tracing::warn!(error = %err, "capture lock session ended");
+            }
+            on_end.cancel();
+        });
+        Ok(Lease { client, lost })
     }
-    Ok(Some(Lease { client, lost }))
+
+    /// Try the lock once on this session: `false` while another session holds it.
+    pub async fn try_lock(&self, key: i64) -> Result<bool, LeaderError> {
+        let row = self
+            .client
+            .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
+            .await?;
+        Ok(row.get(0))
+    }
 }
 
 /// A failure to reach PostgreSQL for the lock.

@@ -127,15 +127,20 @@ impl CaptureStage {
     ) -> Result<Option<leader::Lease>, CaptureError> {
         let name = &self.settings.pipeline.name;
         let mut announced = false;
+        let mut session: Option<leader::Lease> = None;
         loop {
-            if let Some(lease) = leader::try_acquire(&self.settings.postgres, key).await? {
-                self.health.set_connected(Dependency::Postgres, true);
+            let lease = match session.take() {
+                Some(s) if !s.lost().is_cancelled() => s,
+                _ => leader::Lease::connect(&self.settings.postgres).await?,
+            };
+            self.health.set_connected(Dependency::Postgres, true);
+            if lease.try_lock(key).await? {
                 self.health.set_state(Stage::Capture, RoleState::Active);
                 metrics::gauge!(m::CAPTURE_LEADER, m::LABEL_PIPELINE => name.clone()).set(1.0);
                 tracing::info!(pipeline = %name, lock_key = key, "capture lock acquired: this replica tails the change stream");
                 return Ok(Some(lease));
             }
-            self.health.set_connected(Dependency::Postgres, true);
+            session = Some(lease);
             self.health.set_state(Stage::Capture, RoleState::Standby);
             if !announced {
                 tracing::info!(pipeline = %name, lock_key = key, "standing by: another replica holds the capture lock");

@@ -30,6 +30,8 @@ use crate::publish::{PublishError, Publisher};
 
 /// How often the checkpoint may be written, the broker and lock checked, gauges refreshed.
 const TICK: Duration = Duration::from_secs(1);
+/// Change events per getMore: bounds the driver's buffered batch (memory) on a backlog.
+const STREAM_BATCH_SIZE: u32 = 1000;
 /// How long a graceful stop waits for outstanding confirms.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -72,16 +74,25 @@ pub(super) async fn tail(
         &format!("bowmark-cdc capture {}", p.name),
         !stage.exchange_declared.load(Ordering::Relaxed),
     )
-    .await?;
+    .await
+    .inspect_err(|_| stage.health.set_connected(Dependency::Broker, false))?;
     stage.exchange_declared.store(true, Ordering::Relaxed);
     stage.health.set_connected(Dependency::Broker, true);
-    let token = match &checkpoint {
-        Some(cp) => Some(token_from_json(&p.name, &cp.resume_token)?),
-        None => None,
+    let opened = match &checkpoint {
+        Some(cp) => match token_from_json(&p.name, &cp.resume_token) {
+            Ok(token) => open_stream(p, mongo, Some(token)).await,
+            Err(e) => Err(e),
+        },
+        None => open_stream(p, mongo, None).await,
     };
-    let stream = open_stream(p, mongo, token).await.inspect_err(|_| {
-        stage.health.set_connected(Dependency::Mongo, false);
-    })?;
+    let stream = match opened {
+        Ok(stream) => stream,
+        Err(e) => {
+            stage.health.set_connected(Dependency::Mongo, false);
+            publisher.close().await;
+            return Err(e);
+        }
+    };
     stage.health.set_connected(Dependency::Mongo, true);
     match &checkpoint {
         Some(cp) => tracing::info!(pipeline = %p.name, last_event = ?cp.event_id,
@@ -128,6 +139,7 @@ async fn open_stream(
         .watch()
         .pipeline([match_stage(p)])
         .full_document(FullDocumentType::UpdateLookup)
+        .batch_size(STREAM_BATCH_SIZE)
         .max_await_time(Duration::from_millis(p.capture.max_await_ms))
         .resume_after(token)
         .await
