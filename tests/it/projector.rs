@@ -540,8 +540,8 @@ async fn kill_9_during_a_large_batch_then_restart_loses_nothing_and_half_applies
 
     // When the daemon is killed with SIGKILL while it works through them
     let mut daemon = rig.start();
-    eventually("the first batch", WAIT, || async {
-        (rig.count("SELECT count(*) FROM dim_employee").await > 0).then_some(())
+    eventually("a few batches", WAIT, || async {
+        (rig.count("SELECT count(*) FROM dim_employee").await >= 1000).then_some(())
     })
     .await;
     daemon.signal("-KILL");
@@ -551,6 +551,7 @@ async fn kill_9_during_a_large_batch_then_restart_loses_nothing_and_half_applies
     // Then what was committed is whole
     let partial = consistent_employees(&rig).await;
     assert!(partial > 0);
+    eprintln!("killed with {partial} of {N} employees committed");
 
     // And after a restart everything arrives, exactly once per employee
     let _daemon = rig.start();
@@ -607,6 +608,7 @@ async fn sigterm_exits_zero_promptly_and_leaves_no_unacked_unapplied_work() {
     })
     .await;
     assert_eq!(applied + waiting, i64::from(N));
+    eprintln!("stopped with {applied} applied and {waiting} requeued of {N}");
 }
 
 #[tokio::test]
