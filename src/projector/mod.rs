@@ -39,6 +39,7 @@ pub use apply::Applied;
 pub use batch::{Batch, Limits, decode};
 pub use dlq::{DeadLetter, Reason};
 pub use error::ProjectorError;
+use error::error_chain;
 
 /// How often the queue depths are sampled.
 pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
@@ -94,7 +95,7 @@ impl ProjectorStage {
                         delays = retry_policy().build();
                     }
                     let delay = next_delay(&mut delays);
-                    self.record_retry(&e, delay);
+                    self.record_retry(&e, delay, "reconnecting to the broker");
                     tokio::select! {
                         _ = shutdown.cancelled() => break Ok(()),
                         _ = tokio::time::sleep(delay) => {}
@@ -104,14 +105,14 @@ impl ProjectorStage {
         };
         self.health.set_state(Stage::Projector, RoleState::Stopping);
         if let Err(e) = &result {
-            error!(error = %e, error_type = e.error_type(), "projector stopped");
+            error!(error = %error_chain(e), error_type = e.error_type(), "projector stopped");
         }
         result
     }
 
-    fn record_retry(&self, e: &ProjectorError, delay: Duration) {
-        warn!(error = %e, error_type = e.error_type(), retry_in_ms = delay.as_millis() as u64,
-              "projector: transient failure, reconnecting");
+    fn record_retry(&self, e: &ProjectorError, delay: Duration, action: &'static str) {
+        warn!(error = %error_chain(e), error_type = e.error_type(),
+              retry_in_ms = delay.as_millis() as u64, action, "projector: transient failure");
         metrics::counter!(m::PROJECTOR_RETRIES_TOTAL,
             m::LABEL_PIPELINE => self.pipeline.name.clone(), m::LABEL_ERROR_TYPE => e.error_type())
         .increment(1);
@@ -329,7 +330,7 @@ impl<'s> Worker<'s> {
                         self.stage.health.set_connected(Dependency::Postgres, false);
                     }
                     let delay = next_delay(&mut delays);
-                    self.stage.record_retry(&e, delay);
+                    self.stage.record_retry(&e, delay, "retrying the batch");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(None),
                         _ = tokio::time::sleep(delay) => {}

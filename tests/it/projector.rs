@@ -517,12 +517,19 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_stream_keep
 }
 
 /// Mirror and star rows agree: every mirrored employee has its dimension row and both rates.
+/// (One statement, so one snapshot, while the daemon may be committing.)
 async fn consistent_employees(rig: &Rig) -> i64 {
-    let mirrored = rig
-        .count("SELECT count(*) FROM cdc.source_doc WHERE entity = 'employee'")
-        .await;
-    let dims = rig.count("SELECT count(*) FROM dim_employee").await;
-    let rates = rig.count("SELECT count(*) FROM dim_employee_rate").await;
+    let row = rig
+        .pg
+        .query_one(
+            "SELECT (SELECT count(*) FROM cdc.source_doc WHERE entity = 'employee'), \
+                    (SELECT count(*) FROM dim_employee), \
+                    (SELECT count(*) FROM dim_employee_rate)",
+            &[],
+        )
+        .await
+        .expect("counts");
+    let (mirrored, dims, rates): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(
         mirrored, dims,
         "a batch was half applied (mirror vs dim_employee)"
@@ -693,4 +700,98 @@ async fn star_snapshot(rig: &Rig) -> Vec<String> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_stops_the_daemon_with_a_clear_reason() {
+    // Given a database nobody migrated
+    let db = TestDb::new().await;
+    let vhost = TestVhost::new();
+    // When the daemon starts on it
+    let mut daemon = Daemon::start(&db, &vhost);
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    // Then it exits non-zero, saying what to do
+    assert_eq!(status.code(), Some(1), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("not migrated") && log.contains("bowmark-cdc migrate"),
+        "{log}"
+    );
+}
+
+/// Close the daemon's broker connections in this vhost only (other tests share the broker).
+fn close_broker_connections(vhost: &TestVhost) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "vhost"])
+        .output()
+        .expect("rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut closed = 0;
+    for line in text.lines() {
+        let mut cols = line.split('\t');
+        let (Some(pid), Some(vh)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        if vh.trim() == vhost.name {
+            let ok = std::process::Command::new("rabbitmqctl")
+                .args([
+                    "-q",
+                    "close_connection",
+                    pid.trim(),
+                    "test: connection loss",
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            closed += usize::from(ok);
+        }
+    }
+    closed
+}
+
+#[tokio::test]
+async fn broker_and_database_connection_losses_are_survived_without_losing_events() {
+    // Given a running daemon working through 3000 events
+    const N: u32 = 3000;
+    let rig = Rig::new().await;
+    let daemon = rig.start();
+    daemon.wait_ready().await;
+    rig.publish(&employees(N, 100)).await;
+    eventually("the first batch", WAIT, || async {
+        (rig.count("SELECT count(*) FROM dim_employee").await > 0).then_some(())
+    })
+    .await;
+
+    // When its PostgreSQL sessions are terminated and its broker connection is closed
+    let admin = support::pg_connect("postgres").await;
+    let own: i32 = rig
+        .pg
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = 'bowmark-cdc' AND pid <> $2",
+            &[&rig.db.name, &own],
+        )
+        .await
+        .expect("terminate backends")
+        .get(0);
+    assert!(killed > 0, "the daemon had no PostgreSQL session");
+    // (this also closes the test's own publisher connection, which is done publishing)
+    assert!(close_broker_connections(&rig.vhost) > 0);
+
+    // Then every event still arrives exactly once and the daemon is ready again
+    eventually("every employee", Duration::from_secs(120), || async {
+        (consistent_employees(&rig).await == i64::from(N)).then_some(())
+    })
+    .await;
+    daemon.wait_ready().await;
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(
+        metrics.contains("cdc_projector_retries_total{"),
+        "a retry was counted:\n{metrics}"
+    );
 }
