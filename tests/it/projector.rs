@@ -142,16 +142,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(db: &TestDb, vhost: &TestVhost) -> Daemon {
+        let mut env = support::child_env(db, Some(vhost), None);
+        env.push(("CDC_HTTP_LISTEN".into(), "127.0.0.1:0".into()));
+        Daemon::spawn(&["--role", "project"], env)
+    }
+
+    fn spawn(args: &[&str], env: Vec<(String, String)>) -> Daemon {
         let mut child = support::cdc_bin()
-            .args([
-                "run",
-                "--pipeline",
-                "pipeline/paving.toml",
-                "--role",
-                "project",
-            ])
-            .envs(support::child_env(db, Some(vhost), None))
-            .env("CDC_HTTP_LISTEN", "127.0.0.1:0")
+            .args(["run", "--pipeline", "pipeline/paving.toml"])
+            .args(args)
+            .envs(env)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -794,4 +794,76 @@ async fn broker_and_database_connection_losses_are_survived_without_losing_event
         metrics.contains("cdc_projector_retries_total{"),
         "a retry was counted:\n{metrics}"
     );
+}
+
+/// Relaxed extended JSON (the seed's form) as a BSON document.
+fn bson_doc(v: &Value) -> bson::Document {
+    match bson::Bson::try_from(v.clone()) {
+        Ok(bson::Bson::Document(d)) => d,
+        other => panic!("not a document: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn role_all_carries_mongodb_writes_to_the_reports_end_to_end() {
+    // Given MongoDB (the simulator), the daemon with both roles, and the spec §6 seed written
+    // to MongoDB's collections
+    let sim = mongosim::Sim::start().await;
+    let rig = Rig::new().await;
+    let mut daemon = {
+        let mut child_env = support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri()));
+        child_env.push(("CDC_HTTP_LISTEN".into(), "127.0.0.1:0".into()));
+        Daemon::spawn(&["--role", "all"], child_env)
+    };
+    let ready = eventually("/readyz with both roles active", WAIT, || async {
+        let (code, body) = daemon.get("/readyz").await;
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(ready.trim(), "ready: capture active, projector active");
+    let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
+    let db = mongo.database(&rig.pipeline.mongo_database);
+    for (entity, _, doc) in &Seed::legacy().docs {
+        db.collection::<bson::Document>(seed::collection(*entity))
+            .insert_one(bson_doc(doc))
+            .await
+            .expect("insert");
+    }
+
+    // Then the reports show the seed's costs
+    let before = eventually("the daily summary", WAIT, || async {
+        employee_cost_on_2022_02_23(&rig).await
+    })
+    .await;
+    assert_eq!(before.parse::<f64>().unwrap(), 200.0, "8 h x 25");
+    let tr = "SELECT total_cost::text FROM fact_trucking WHERE mongo_id = $1";
+    let trucking = eventually("the trucking row", WAIT, || async {
+        rig.text(tr, SHIPMENT_TRUCKING_1).await
+    })
+    .await;
+    assert_eq!(trucking, "240.00");
+
+    // When the foreman's rates get a new entry in MongoDB
+    db.collection::<bson::Document>("employees")
+        .update_one(
+            bson::doc! { "_id": bson::oid::ObjectId::parse_str(BASE_FOREMAN_1).unwrap() },
+            bson::doc! { "$push": { "rates": bson_doc(&json!({
+            "_id": oid("6216645500000000000000d5"),
+            "date": date("2022-02-01T00:00:00Z"), "rate": 31 })) } },
+        )
+        .await
+        .expect("update");
+
+    // Then the report re-costs the foreman's day
+    eventually("the re-costed daily summary", WAIT, || async {
+        employee_cost_on_2022_02_23(&rig)
+            .await
+            .filter(|c| c.parse::<f64>().ok() == Some(248.0))
+    })
+    .await;
+
+    // And SIGTERM stops both roles cleanly
+    daemon.signal("-TERM");
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit {status:?}:\n{}", daemon.log());
 }
