@@ -480,11 +480,10 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_stream_keep
         (n == 2).then_some(())
     })
     .await;
-    let dead = eventually("three dead letters", WAIT, || async {
+    eventually("three dead letters", WAIT, || async {
         (rig.depth(&rig.pipeline.dead_letter_queue).await == 3).then_some(())
     })
     .await;
-    let _ = dead;
     let letters = dead_letters(&rig).await;
     let reasons: Vec<(&str, &str)> = letters
         .iter()
