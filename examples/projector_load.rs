@@ -242,6 +242,10 @@ fn cpu_seconds() -> f64 {
 
 #[tokio::main]
 async fn main() -> Result<()> {
+    // Logs only when asked, e.g. RUST_LOG=bowmark_cdc::projector=debug for per-batch lines.
+    if std::env::var_os("RUST_LOG").is_some() {
+        bowmark_cdc::telemetry::init_logging();
+    }
     let reports: u64 = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
