@@ -374,6 +374,10 @@ async fn seed_scenario_through_the_broker_reaches_the_reports_and_a_rate_edit_re
         "cdc_projector_apply_duration_seconds_bucket{",
         "cdc_projector_rows_written_total{",
         "cdc_projector_lag_seconds{",
+        "cdc_projector_queue_messages{",
+        "cdc_projector_dead_letter_queue_messages{",
+        "# TYPE cdc_projector_batch_duration_seconds histogram",
+        "# HELP cdc_projector_events_applied_total ",
     ] {
         assert!(
             metrics.contains(name),
@@ -621,7 +625,7 @@ async fn sigterm_exits_zero_promptly_and_leaves_no_unacked_unapplied_work() {
 async fn duplicates_and_redeliveries_change_nothing() {
     // Given the seed applied once
     let rig = Rig::new().await;
-    let _daemon = rig.start();
+    let daemon = rig.start();
     let events = Seed::legacy().events("paving", 1000);
     rig.publish(&events).await;
     sentinel(&rig, "621664550000000000000a01", 2000).await;
@@ -648,6 +652,29 @@ async fn duplicates_and_redeliveries_change_nothing() {
     // Then the star rows are exactly as before (the sentinels aside)
     assert_eq!(star_snapshot(&rig).await, snapshot);
     assert_eq!(rig.depth(&rig.pipeline.dead_letter_queue).await, 0);
+    // And the operator sees every replayed event counted as stale, none as applied twice
+    let (_, metrics) = daemon.get("/metrics").await;
+    let applied = events_counted(&metrics, "applied");
+    assert_eq!(
+        events_counted(&metrics, "stale"),
+        again.len() as u64,
+        "{metrics}"
+    );
+    assert_eq!(
+        applied,
+        events.len() as u64 + 2,
+        "seed + two sentinels:\n{metrics}"
+    );
+}
+
+/// Sum of `cdc_projector_events_applied_total` over entities for one outcome.
+fn events_counted(metrics: &str, outcome: &str) -> u64 {
+    let needle = format!("outcome=\"{outcome}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("cdc_projector_events_applied_total{") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Publish a new company and wait for its row: every message before it was processed.
@@ -865,4 +892,36 @@ async fn role_all_carries_mongodb_writes_to_the_reports_end_to_end() {
     daemon.signal("-TERM");
     let status = daemon.wait_exit(Duration::from_secs(15));
     assert!(status.success(), "exit {status:?}:\n{}", daemon.log());
+}
+
+#[tokio::test]
+async fn a_deleted_queue_is_declared_again_and_consumption_resumes() {
+    // Given a running daemon
+    let rig = Rig::new().await;
+    let daemon = rig.start();
+    daemon.wait_ready().await;
+    // When an operator deletes its queue (the broker cancels the consumer)
+    rig.ch
+        .queue_delete(
+            rig.pipeline.queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("queue.delete");
+    eventually("the daemon to consume again", WAIT, || async {
+        (daemon.log().matches("projector consuming").count() >= 2).then_some(())
+    })
+    .await;
+    // Then events published afterwards are applied
+    rig.publish(&[company("621664550000000000000b01", "After Delete", 10)])
+        .await;
+    eventually("the company", WAIT, || async {
+        rig.text(
+            "SELECT name FROM dim_company WHERE mongo_id = $1",
+            "621664550000000000000b01",
+        )
+        .await
+    })
+    .await;
+    assert!(daemon.log().contains("consumer_ended"), "{}", daemon.log());
 }
