@@ -202,7 +202,10 @@ async fn upsert_mirror(
 }
 
 /// Parameters shared by every derivation statement: the report time zone and this call's
-/// `synced_at` stamp (rows not stamped by a step were not derivable in it).
+/// `synced_at` stamp. An upsert stamps the rows it derived with it; a row of an affected
+/// document left unstamped was not derivable, and is archived or deleted. Archiving stamps
+/// `now()` (the transaction's start, always earlier than this stamp), so an archived row
+/// never looks derived to a later step.
 struct Ctx {
     tz: String,
     stamp: DateTime<Utc>,

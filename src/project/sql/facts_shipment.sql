@@ -76,7 +76,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 -- @stmt fact_material_shipment
 UPDATE fact_material_shipment t
 SET archived_at = cdc.detach_time('material_shipment', t.mongo_id, 'materialShipment', dr.mongo_id),
-    synced_at = $2
+    synced_at = now()
 FROM pg_temp.cdc_affected a, dim_daily_report dr
 WHERE a.entity = 'material_shipment' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
   AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
@@ -104,7 +104,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 -- @stmt fact_non_costed_material
 UPDATE fact_non_costed_material t
 SET archived_at = cdc.detach_time('material_shipment', t.mongo_id, 'materialShipment', dr.mongo_id),
-    synced_at = $2
+    synced_at = now()
 FROM pg_temp.cdc_affected a, dim_daily_report dr
 WHERE a.entity = 'material_shipment' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
   AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
@@ -173,7 +173,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 -- @stmt fact_trucking
 UPDATE fact_trucking t
 SET archived_at = cdc.detach_time('material_shipment', t.mongo_id, 'materialShipment', dr.mongo_id),
-    synced_at = $2
+    synced_at = now()
 FROM pg_temp.cdc_affected a, dim_daily_report dr
 WHERE a.entity = 'material_shipment' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
   AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL

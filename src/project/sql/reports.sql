@@ -23,7 +23,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 
 -- @stmt dim_daily_report
 -- No longer derivable (deleted, or its jobsite or crew gone): archived, as the legacy delete.
-UPDATE dim_daily_report t SET archived = true, synced_at = $2
+UPDATE dim_daily_report t SET archived = true, synced_at = now()
 FROM pg_temp.cdc_affected a
 WHERE a.entity = 'daily_report' AND t.mongo_id = a.key
   AND t.synced_at IS DISTINCT FROM $2 AND NOT t.archived
