@@ -202,7 +202,10 @@ async fn upsert_mirror(
 }
 
 /// Parameters shared by every derivation statement: the report time zone and this call's
-/// `synced_at` stamp (rows not stamped by a step were not derivable in it).
+/// `synced_at` stamp. An upsert stamps the rows it derived with it; a row of an affected
+/// document left unstamped was not derivable, and is archived or deleted. Archiving stamps
+/// `now()` (the transaction's start, always earlier than this stamp), so an archived row
+/// never looks derived to a later step.
 struct Ctx {
     tz: String,
     stamp: DateTime<Utc>,
@@ -225,6 +228,7 @@ impl Ctx {
     ) -> Result<u64, ProjectError> {
         let params: [(&(dyn ToSql + Sync), Type); 2] =
             [(&self.tz, Type::TEXT), (&self.stamp, Type::TIMESTAMPTZ)];
+        let started = Instant::now();
         let stream = tx
             .query_typed_raw(&stmt.sql, params)
             .await
@@ -238,6 +242,22 @@ impl Ctx {
             Some(n) => u64::try_from(n).unwrap_or(0),
             None => stream.rows_affected().unwrap_or(0),
         };
+        tracing::debug!(
+            step,
+            label = stmt.label,
+            rows = n,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "projection statement"
+        );
+        if std::env::var_os("PROJECT_TRACE_SQL").is_some() {
+            eprintln!(
+                "{:>8.1} ms {:>6} rows  {} / {}",
+                started.elapsed().as_secs_f64() * 1e3,
+                n,
+                step,
+                &stmt.sql.trim_start()[..60.min(stmt.sql.trim_start().len())].replace('\n', " ")
+            );
+        }
         Ok(n)
     }
 }
