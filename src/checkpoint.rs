@@ -100,6 +100,15 @@ pub struct Tracker {
 }
 
 impl Tracker {
+    /// A tracker continuing from a stored checkpoint (which is not rewritten until it moves).
+    pub fn resume_from(stored: Option<Checkpoint>) -> Tracker {
+        Tracker {
+            open_group: None,
+            safe: stored,
+            dirty: false,
+        }
+    }
+
     /// Record the next confirmed position (every earlier one is confirmed too).
     pub fn confirmed(&mut self, pos: Position) {
         match pos {

@@ -49,11 +49,13 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connect, enable publisher confirms and declare the exchange (topic, durable).
+    /// Connect and enable publisher confirms; with `declare`, also declare the exchange
+    /// (topic, durable). The capture declares it once, at start.
     pub async fn connect(
         conn: &RabbitConn,
         exchange: &str,
         name: &str,
+        declare: bool,
     ) -> Result<Self, PublishError> {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(name.to_string()));
@@ -62,17 +64,19 @@ impl Publisher {
         channel
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
-        channel
-            .exchange_declare(
-                exchange.into(),
-                ExchangeKind::Topic,
-                ExchangeDeclareOptions {
-                    durable: true,
-                    ..ExchangeDeclareOptions::default()
-                },
-                FieldTable::default(),
-            )
-            .await?;
+        if declare {
+            channel
+                .exchange_declare(
+                    exchange.into(),
+                    ExchangeKind::Topic,
+                    ExchangeDeclareOptions {
+                        durable: true,
+                        ..ExchangeDeclareOptions::default()
+                    },
+                    FieldTable::default(),
+                )
+                .await?;
+        }
         Ok(Publisher {
             connection,
             channel,

@@ -15,6 +15,7 @@ pub mod leader;
 pub mod normalize;
 mod session;
 
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use backon::{BackoffBuilder, ExponentialBuilder};
@@ -38,11 +39,17 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 pub struct CaptureStage {
     settings: Settings,
     health: Health,
+    /// The exchange is declared once, by the first session that connects.
+    exchange_declared: AtomicBool,
 }
 
 impl CaptureStage {
     pub fn new(settings: Settings, health: Health) -> CaptureStage {
-        CaptureStage { settings, health }
+        CaptureStage {
+            settings,
+            health,
+            exchange_declared: AtomicBool::new(false),
+        }
     }
 
     /// Tail until `shutdown` is cancelled (then drain confirms, write the checkpoint and return

@@ -4,6 +4,7 @@
 use std::collections::HashMap;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bson::{Bson, Document};
@@ -69,8 +70,10 @@ pub(super) async fn tail(
         &stage.settings.rabbitmq,
         &p.exchange,
         &format!("bowmark-cdc capture {}", p.name),
+        !stage.exchange_declared.load(Ordering::Relaxed),
     )
     .await?;
+    stage.exchange_declared.store(true, Ordering::Relaxed);
     stage.health.set_connected(Dependency::Broker, true);
     let token = match &checkpoint {
         Some(cp) => Some(token_from_json(&p.name, &cp.resume_token)?),
@@ -89,7 +92,7 @@ pub(super) async fn tail(
     }
     let (tx, rx) = mpsc::channel(256);
     let reader = tokio::spawn(read_stream(stream, Arc::new(p.clone()), tx));
-    let mut s = Session::new(stage, lease, &publisher);
+    let mut s = Session::new(stage, lease, &publisher, checkpoint);
     let mut pending = Pending::new();
     let mut rx = rx;
     let result = s.run(&mut rx, &mut pending, shutdown).await;
@@ -211,14 +214,19 @@ struct Session<'a> {
 }
 
 impl<'a> Session<'a> {
-    fn new(stage: &'a CaptureStage, lease: &'a Lease, publisher: &'a Publisher) -> Self {
+    fn new(
+        stage: &'a CaptureStage,
+        lease: &'a Lease,
+        publisher: &'a Publisher,
+        stored: Option<crate::checkpoint::Checkpoint>,
+    ) -> Self {
         let name = stage.settings.pipeline.name.clone();
         let g = |n: &'static str| metrics::gauge!(n, m::LABEL_PIPELINE => name.clone());
         Session {
             stage,
             lease,
             publisher,
-            tracker: Tracker::default(),
+            tracker: Tracker::resume_from(stored),
             window: stage.settings.pipeline.capture.confirm_window,
             counters: HashMap::new(),
             latency: metrics::histogram!(m::CAPTURE_CONFIRM_LATENCY, m::LABEL_PIPELINE => name.clone()),
@@ -280,8 +288,12 @@ impl<'a> Session<'a> {
         let p = &self.stage.settings.pipeline;
         match item {
             None => Err(CaptureError::StreamEnded),
-            Some(Item::Event(e)) => self.publish(*e, pending).await,
+            Some(Item::Event(e)) => {
+                tracing::trace!(pipeline = %p.name, event_id = %e.id, "publishing");
+                self.publish(*e, pending).await
+            }
             Some(Item::Idle(token)) => {
+                tracing::trace!(pipeline = %p.name, in_flight = pending.len(), "idle batch");
                 let now = Instant::now();
                 pending.push_back(Box::pin(std::future::ready(Done {
                     pos: Position::Idle { token },
