@@ -34,10 +34,7 @@ struct Rig {
 
 impl Rig {
     async fn new() -> Rig {
-        let db = TestDb::new().await;
-        bowmark_cdc::migrate::run(&db.conn())
-            .await
-            .expect("migrate the test database");
+        let db = support::migrated_db().await;
         let pg = db.client().await;
         let vhost = TestVhost::new();
         let pipeline = support::pipeline("paving");
