@@ -385,8 +385,37 @@ async fn seed_scenario_through_the_broker_reaches_the_reports_and_a_rate_edit_re
         metrics.contains("entity=\"employee_work\"") && metrics.contains("outcome=\"applied\""),
         "{metrics}"
     );
+    promtool_check(&metrics);
     let (code, _) = daemon.get("/healthz").await;
     assert_eq!(code, 200);
+}
+
+/// `promtool check metrics` (HELP, TYPE, naming) when Prometheus' promtool is installed.
+fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIP promtool check: promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The messages of the dead-letter queue: (reason header, error header, original routing key).
