@@ -460,58 +460,71 @@ fn company(key: &str, name: &str, t: u32) -> ChangeEvent {
 
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_with_their_reason_and_the_stream_keeps_flowing() {
-    // Given a queue holding bad JSON, an unknown entity, a company whose name PostgreSQL
-    // rejects (longer than varchar(255)), and good events around them, in one batch
+    // Given one batch's worth of messages in the queue: ten good companies, and among them bad
+    // JSON, an unknown entity and two companies whose names PostgreSQL rejects (longer than
+    // varchar(255))
     let rig = Rig::new().await;
-    let good_1 = company("621664550000000000000901", "Good Before", 10);
-    let mut unknown: Value =
-        serde_json::to_value(company("621664550000000000000902", "X", 11)).unwrap();
-    unknown["entity"] = json!("spaceship");
-    let too_long = company("621664550000000000000903", &"N".repeat(300), 12);
-    let good_2 = company("621664550000000000000904", "Good After", 13);
-    rig.publish_raw(&[
+    let msg = |e: &ChangeEvent| {
         (
-            "company.created".into(),
-            Some(good_1.id.clone()),
-            serde_json::to_vec(&good_1).unwrap(),
-        ),
+            e.routing_key(),
+            Some(e.id.clone()),
+            serde_json::to_vec(e).unwrap(),
+        )
+    };
+    let mut unknown = serde_json::to_value(company("621664550000000000000902", "X", 11)).unwrap();
+    unknown["entity"] = json!("spaceship");
+    let too_long: Vec<ChangeEvent> = (0..2)
+        .map(|n| {
+            company(
+                &format!("6216645500000000000009f{n}"),
+                &"N".repeat(300),
+                50 + n,
+            )
+        })
+        .collect();
+    let mut msgs: Vec<(String, Option<String>, Vec<u8>)> = (0..10)
+        .map(|n| {
+            msg(&company(
+                &format!("6216645500000000000009a{n}"),
+                &format!("Good {n}"),
+                20 + n,
+            ))
+        })
+        .collect();
+    msgs.insert(
+        2,
         (
             "company.created".into(),
             Some("bad-json-1".into()),
             b"{\"v\": 1, oops".to_vec(),
         ),
+    );
+    msgs.insert(
+        4,
         (
             "spaceship.created".into(),
             Some("unknown-1".into()),
             serde_json::to_vec(&unknown).unwrap(),
         ),
-        (
-            "company.created".into(),
-            Some(too_long.id.clone()),
-            serde_json::to_vec(&too_long).unwrap(),
-        ),
-        (
-            "company.created".into(),
-            Some(good_2.id.clone()),
-            serde_json::to_vec(&good_2).unwrap(),
-        ),
-    ])
-    .await;
+    );
+    msgs.insert(5, msg(&too_long[0]));
+    msgs.insert(10, msg(&too_long[1]));
+    rig.publish_raw(&msgs).await;
 
     // When the projector runs
     let _daemon = rig.start();
 
-    // Then the good events apply, the three poison messages wait in the DLQ with their reasons,
+    // Then the good events apply, the four poison messages wait in the DLQ with their reasons,
     // and the queue is drained
-    eventually("both good companies", WAIT, || async {
+    eventually("all ten good companies", WAIT, || async {
         let n = rig
             .count("SELECT count(*) FROM dim_company WHERE name LIKE 'Good %'")
             .await;
-        (n == 2).then_some(())
+        (n == 10).then_some(())
     })
     .await;
-    eventually("three dead letters", WAIT, || async {
-        (rig.depth(&rig.pipeline.dead_letter_queue).await == 3).then_some(())
+    eventually("four dead letters", WAIT, || async {
+        (rig.depth(&rig.pipeline.dead_letter_queue).await == 4).then_some(())
     })
     .await;
     let letters = dead_letters(&rig).await;
@@ -524,20 +537,18 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_stream_keep
         vec![
             ("bad_json", "company.created"),
             ("rejected_by_postgres", "company.created"),
+            ("rejected_by_postgres", "company.created"),
             ("unknown_entity", "spaceship.created"),
         ]
     );
-    let rejected = &letters[1];
-    assert!(
-        rejected.1.contains("too long"),
-        "error header: {}",
-        rejected.1
-    );
-    assert_eq!(rejected.3.as_deref(), Some(too_long.id.as_str()));
+    for (letter, event) in letters[1..3].iter().zip(&too_long) {
+        assert!(letter.1.contains("too long"), "error header: {}", letter.1);
+        assert_eq!(letter.3.as_deref(), Some(event.id.as_str()));
+    }
     assert_eq!(
         rig.count("SELECT count(*) FROM dim_company").await,
-        2,
-        "the rejected company has no row"
+        10,
+        "the rejected companies have no row"
     );
     eventually("an empty queue", WAIT, || async {
         (rig.depth(&rig.pipeline.queue).await == 0).then_some(())
