@@ -178,18 +178,18 @@ WITH ms AS (
     FROM pairs p
     JOIN cdc.source_doc jm ON jm.entity = 'jobsite_material' AND jm.key = p.jm
     WHERE jm.doc ->> 'costType' = 'invoice' AND p.m IS NOT NULL
+), month_shipments AS MATERIALIZED (
+    -- The shipments listed by the reports of each month (report-date index), once.
+    SELECT DISTINCT inv.jm, cdc.oid(e.v) AS k
+    FROM inv
+    JOIN cdc.source_doc r ON r.entity = 'daily_report'
+     AND cdc.ts(r.doc -> 'date') >= (inv.m::timestamp AT TIME ZONE $1)
+     AND cdc.ts(r.doc -> 'date') < ((inv.m + interval '1 month')::timestamp AT TIME ZONE $1)
+    CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(r.doc -> 'materialShipment')) AS e(v)
 )
 INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT DISTINCT 'material_shipment', s.key
-FROM inv
-CROSS JOIN LATERAL (
-    SELECT DISTINCT cdc.oid(e.v) AS k
-    FROM cdc.source_doc r
-    CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(r.doc -> 'materialShipment')) AS e(v)
-    WHERE r.entity = 'daily_report'
-      AND cdc.ts(r.doc -> 'date') >= (inv.m::timestamp AT TIME ZONE $1)
-      AND cdc.ts(r.doc -> 'date') < ((inv.m + interval '1 month')::timestamp AT TIME ZONE $1)
-) sk
-JOIN cdc.source_doc s ON s.entity = 'material_shipment' AND s.key = sk.k
- AND cdc.oid(s.doc -> 'jobsiteMaterial') = inv.jm
+FROM month_shipments ms
+JOIN cdc.source_doc s ON s.entity = 'material_shipment' AND s.key = ms.k
+WHERE cdc.oid(s.doc -> 'jobsiteMaterial') = ms.jm
 ON CONFLICT DO NOTHING

@@ -37,22 +37,23 @@ inv_cost AS (
       AND cdc.day(cdc.ts(i.doc -> 'date'), $1) < im.m1
     GROUP BY im.jm_key, im.m0
 ),
-inv_qty AS (
-    -- Shipments listed in any report dated in the month (counted once each).
-    SELECT im.jm_key, im.m0, sum(cdc.num(s.doc -> 'quantity')) AS total
+month_shipments AS MATERIALIZED (
+    -- The shipments listed by the reports of each month (report-date index), once each.
+    SELECT DISTINCT im.jm_key, im.m0, cdc.oid(e.v) AS k
     FROM inv_months im
-    CROSS JOIN LATERAL (
-        SELECT DISTINCT cdc.oid(e.v) AS k
-        FROM cdc.source_doc r
-        CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(r.doc -> 'materialShipment')) AS e(v)
-        WHERE r.entity = 'daily_report'
-          AND cdc.ts(r.doc -> 'date') >= (im.m0::timestamp AT TIME ZONE $1)
-          AND cdc.ts(r.doc -> 'date') < (im.m1::timestamp AT TIME ZONE $1)) sk
-    JOIN cdc.source_doc s ON s.entity = 'material_shipment' AND s.key = sk.k
-    WHERE cdc.oid(s.doc -> 'jobsiteMaterial') = im.jm_key
+    JOIN cdc.source_doc r ON r.entity = 'daily_report'
+     AND cdc.ts(r.doc -> 'date') >= (im.m0::timestamp AT TIME ZONE $1)
+     AND cdc.ts(r.doc -> 'date') < (im.m1::timestamp AT TIME ZONE $1)
+    CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(r.doc -> 'materialShipment')) AS e(v)
+),
+inv_qty AS (
+    SELECT ms.jm_key, ms.m0, sum(cdc.num(s.doc -> 'quantity')) AS total
+    FROM month_shipments ms
+    JOIN cdc.source_doc s ON s.entity = 'material_shipment' AND s.key = ms.k
+    WHERE cdc.oid(s.doc -> 'jobsiteMaterial') = ms.jm_key
       AND NOT cdc.bool(s.doc -> 'noJobsiteMaterial')
       AND cdc.ts(s.doc -> 'archivedAt') IS NULL
-    GROUP BY im.jm_key, im.m0
+    GROUP BY ms.jm_key, ms.m0
 )
 INSERT INTO fact_material_shipment AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, jobsite_material_id, crew_type, work_date,
