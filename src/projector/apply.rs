@@ -36,6 +36,9 @@ pub async fn apply_batch(
     pipeline: &Pipeline,
     docs: &[SourceDoc],
 ) -> Result<Applied, ProjectorError> {
+    if docs.is_empty() {
+        return Ok(Applied::default());
+    }
     let mut client = pool.get().await.map_err(ProjectorError::Pool)?;
     let mut tx = client
         .transaction()
