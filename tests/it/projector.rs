@@ -962,3 +962,57 @@ async fn a_deleted_queue_is_declared_again_and_consumption_resumes() {
     .await;
     assert!(daemon.log().contains("consumer_ended"), "{}", daemon.log());
 }
+
+#[tokio::test]
+async fn sigterm_while_postgres_is_unreachable_abandons_the_batch_whole_and_exits_zero() {
+    // Given a running daemon whose database stops accepting connections
+    const N: u32 = 100;
+    let mut rig = Rig::new().await;
+    let mut daemon = rig.start();
+    daemon.wait_ready().await;
+    let admin = support::pg_connect("postgres").await;
+    let db = rig.db.name.clone();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+        ))
+        .await
+        .expect("lock the database");
+
+    // When events arrive, the batch keeps failing, and SIGTERM comes
+    rig.publish(&employees(N, 100)).await;
+    eventually("a batch retry", WAIT, || async {
+        daemon.log().contains("retrying the batch").then_some(())
+    })
+    .await;
+    let (code, body) = daemon.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("postgres disconnected"), "{body}");
+    daemon.signal("-TERM");
+    let status = daemon.wait_exit(Duration::from_secs(10));
+
+    // Then it exits 0, having applied and acked nothing: every event is back in the queue
+    assert!(status.success(), "exit {status:?}:\n{}", daemon.log());
+    assert!(daemon.log().contains("abandoned"), "{}", daemon.log());
+    drop(daemon);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS true"
+        ))
+        .await
+        .expect("unlock the database");
+    rig.pg = rig.db.client().await;
+    assert_eq!(consistent_employees(&rig).await, 0);
+    eventually("every event back in the queue", WAIT, || async {
+        (rig.depth(&rig.pipeline.queue).await == N).then_some(())
+    })
+    .await;
+
+    // And a restarted daemon applies them all
+    let _daemon = rig.start();
+    eventually("every employee", WAIT, || async {
+        (consistent_employees(&rig).await == i64::from(N)).then_some(())
+    })
+    .await;
+}
