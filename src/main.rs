@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use bowmark_cdc::config::Pipeline;
+use bowmark_cdc::config::{Pipeline, Settings};
+use bowmark_cdc::migrate::MigrateReport;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -77,7 +78,7 @@ fn main() -> ExitCode {
     bowmark_cdc::telemetry::init_logging();
     match cli.command {
         Command::Validate { files } => validate(files),
-        Command::Migrate { pipeline } => not_yet("migrate", &pipeline),
+        Command::Migrate { pipeline } => migrate(&pipeline),
         Command::Run { pipeline, .. } => not_yet("run", &pipeline),
         Command::Backfill { pipeline, .. } => not_yet("backfill", &pipeline),
         Command::Verify { pipeline } => not_yet("verify", &pipeline),
@@ -89,6 +90,75 @@ fn main() -> ExitCode {
 fn not_yet(command: &str, _pipeline: &std::path::Path) -> ExitCode {
     eprintln!("bowmark-cdc {command}: not available yet");
     ExitCode::from(2)
+}
+
+/// `migrate`: apply the embedded migrations to the pipeline's PostgreSQL database, adopting a
+/// database the legacy dbmate migrations built.
+fn migrate(pipeline: &std::path::Path) -> ExitCode {
+    let settings = match Settings::from_file(pipeline) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("migrate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("migrate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bowmark_cdc::migrate::run(&settings.postgres)) {
+        Ok(report) => {
+            print_migrate_report(&report);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            let (database, host) = bowmark_cdc::migrate::target(&settings.postgres);
+            eprintln!(
+                "migrate: database {database:?} at {host}: {:#}",
+                anyhow::Error::from(e)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn print_migrate_report(report: &MigrateReport) {
+    let db = &report.database;
+    if report.adopted {
+        let versions: Vec<String> = report
+            .baseline
+            .iter()
+            .map(|m| m.version.to_string())
+            .collect();
+        println!(
+            "{db}: adopted the legacy dbmate database (baseline {})",
+            versions.join(", ")
+        );
+    }
+    for m in &report.applied {
+        println!("{db}: applied {m}");
+    }
+    for v in &report.dbmate_recorded {
+        println!("{db}: recorded {v} in dbmate's schema_migrations");
+    }
+    if !report.dbmate_unknown.is_empty() {
+        println!(
+            "{db}: schema_migrations also holds versions this binary does not know (left alone): {}",
+            report.dbmate_unknown.join(", ")
+        );
+    }
+    if report.applied.is_empty() {
+        match report.current {
+            Some(v) => println!("{db}: up to date (version {v})"),
+            None => println!("{db}: up to date"),
+        }
+    }
 }
 
 fn validate(files: Vec<PathBuf>) -> ExitCode {
