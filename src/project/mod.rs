@@ -98,7 +98,14 @@ pub async fn apply(
         .await
         .map_err(ProjectError::pg("scratch"))?;
     if !batch.is_empty() {
+        let t0 = Instant::now();
         stats.applied = upsert_mirror(tx, &batch, mode).await?;
+        tracing::debug!(
+            docs = batch.len(),
+            changed = stats.applied,
+            elapsed_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "projection mirror upsert"
+        );
         stats.stale += batch.len() as u64 - stats.applied;
     }
     if stats.applied > 0 {
@@ -106,6 +113,9 @@ pub async fn apply(
         for step in sql::AFFECTED_STEPS.iter() {
             ctx.run(tx, step, "affected").await?;
         }
+        tx.batch_execute(sql::ANALYZE_SCRATCH)
+            .await
+            .map_err(ProjectError::pg("affected"))?;
         derive(tx, &ctx, &mut stats).await?;
     }
     record(pipeline, &stats, started);
@@ -125,6 +135,9 @@ pub async fn reproject_all(
         .await
         .map_err(ProjectError::pg("scratch"))?;
     tx.batch_execute(sql::AFFECT_ALL)
+        .await
+        .map_err(ProjectError::pg("affected"))?;
+    tx.batch_execute(sql::ANALYZE_SCRATCH)
         .await
         .map_err(ProjectError::pg("affected"))?;
     derive(tx, &Ctx::new(pipeline), &mut stats).await?;
@@ -249,15 +262,6 @@ impl Ctx {
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "projection statement"
         );
-        if std::env::var_os("PROJECT_TRACE_SQL").is_some() {
-            eprintln!(
-                "{:>8.1} ms {:>6} rows  {} / {}",
-                started.elapsed().as_secs_f64() * 1e3,
-                n,
-                step,
-                &stmt.sql.trim_start()[..60.min(stmt.sql.trim_start().len())].replace('\n', " ")
-            );
-        }
         Ok(n)
     }
 }

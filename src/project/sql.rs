@@ -52,6 +52,10 @@ DELETE FROM pg_temp.cdc_changed;
 DELETE FROM pg_temp.cdc_affected;
 ";
 
+/// Statistics for the scratch tables, so the derivation plans start from the affected keys.
+pub(crate) const ANALYZE_SCRATCH: &str =
+    "ANALYZE pg_temp.cdc_changed; ANALYZE pg_temp.cdc_affected;";
+
 /// Every mirror key is affected: the input of `reproject_all`.
 pub(crate) const AFFECT_ALL: &str =
     "INSERT INTO pg_temp.cdc_affected (entity, key) SELECT entity, key FROM cdc.source_doc";

@@ -190,6 +190,8 @@ WITH ms AS (
 INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT DISTINCT 'material_shipment', s.key
 FROM month_shipments ms
-JOIN cdc.source_doc s ON s.entity = 'material_shipment' AND s.key = ms.k
+CROSS JOIN LATERAL (
+    SELECT s0.key, s0.doc FROM cdc.source_doc s0
+    WHERE s0.entity = 'material_shipment' AND s0.key = ms.k OFFSET 0) s
 WHERE cdc.oid(s.doc -> 'jobsiteMaterial') = ms.jm
 ON CONFLICT DO NOTHING

@@ -49,7 +49,9 @@ month_shipments AS MATERIALIZED (
 inv_qty AS (
     SELECT ms.jm_key, ms.m0, sum(cdc.num(s.doc -> 'quantity')) AS total
     FROM month_shipments ms
-    JOIN cdc.source_doc s ON s.entity = 'material_shipment' AND s.key = ms.k
+    CROSS JOIN LATERAL (
+        SELECT s0.doc FROM cdc.source_doc s0
+        WHERE s0.entity = 'material_shipment' AND s0.key = ms.k OFFSET 0) s
     WHERE cdc.oid(s.doc -> 'jobsiteMaterial') = ms.jm_key
       AND NOT cdc.bool(s.doc -> 'noJobsiteMaterial')
       AND cdc.ts(s.doc -> 'archivedAt') IS NULL

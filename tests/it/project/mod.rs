@@ -33,7 +33,7 @@ impl Harness {
     }
 
     pub async fn with_pipeline(pipeline: Pipeline) -> Harness {
-        let db = migrated_db().await;
+        let db = support::migrated_db().await;
         let client = db.client().await;
         Harness {
             db,
@@ -125,25 +125,4 @@ impl Harness {
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
             .map(|r| r.get(0))
     }
-}
-
-/// TEMPORARY until the `schema` branch lands `support::migrated_db()`: every file of
-/// `migrations/` applied in version order, as plain SQL.
-async fn migrated_db() -> TestDb {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    let dir = support::project_root().join("migrations");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("migrations dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    files.sort();
-    for f in files {
-        let sql = std::fs::read_to_string(&f).expect("migration file");
-        c.batch_execute(&sql)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
-    }
-    db
 }
