@@ -123,6 +123,10 @@ CREATE INDEX source_doc_jobsite_expense_invoices ON cdc.source_doc
 CREATE INDEX source_doc_jobsite_material_invoices ON cdc.source_doc
     USING gin ((doc -> 'invoices') jsonb_path_ops) WHERE entity = 'jobsite_material';
 
+-- The daily reports of a month (invoice-month rates).
+CREATE INDEX source_doc_report_date ON cdc.source_doc (cdc.ts(doc -> 'date'))
+    WHERE entity = 'daily_report';
+
 -- A dimension -> the documents referencing it.
 CREATE INDEX source_doc_report_jobsite ON cdc.source_doc (cdc.oid(doc -> 'jobsite'))
     WHERE entity = 'daily_report';

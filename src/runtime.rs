@@ -202,9 +202,14 @@ async fn on_signal(shutdown: CancellationToken) {
     shutdown.cancel();
 }
 
-fn make_pool(settings: &Settings) -> Result<Pool, RuntimeError> {
+/// The daemon's PostgreSQL pool (also used by the load harness).
+pub fn make_pool(settings: &Settings) -> Result<Pool, RuntimeError> {
+    let mut pg = settings.postgres.pg_config()?;
+    // The projection's scratch tables are `CREATE TEMP TABLE IF NOT EXISTS`: without this every
+    // batch would log two NOTICEs.
+    pg.options("-c client_min_messages=warning");
     let manager = Manager::from_config(
-        settings.postgres.pg_config()?,
+        pg,
         tokio_postgres::NoTls,
         ManagerConfig {
             recycling_method: RecyclingMethod::Verified,

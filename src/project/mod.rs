@@ -98,7 +98,14 @@ pub async fn apply(
         .await
         .map_err(ProjectError::pg("scratch"))?;
     if !batch.is_empty() {
+        let t0 = Instant::now();
         stats.applied = upsert_mirror(tx, &batch, mode).await?;
+        tracing::debug!(
+            docs = batch.len(),
+            changed = stats.applied,
+            elapsed_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "projection mirror upsert"
+        );
         stats.stale += batch.len() as u64 - stats.applied;
     }
     if stats.applied > 0 {
@@ -106,6 +113,9 @@ pub async fn apply(
         for step in sql::AFFECTED_STEPS.iter() {
             ctx.run(tx, step, "affected").await?;
         }
+        tx.batch_execute(sql::ANALYZE_SCRATCH)
+            .await
+            .map_err(ProjectError::pg("affected"))?;
         derive(tx, &ctx, &mut stats).await?;
     }
     record(pipeline, &stats, started);
@@ -125,6 +135,9 @@ pub async fn reproject_all(
         .await
         .map_err(ProjectError::pg("scratch"))?;
     tx.batch_execute(sql::AFFECT_ALL)
+        .await
+        .map_err(ProjectError::pg("affected"))?;
+    tx.batch_execute(sql::ANALYZE_SCRATCH)
         .await
         .map_err(ProjectError::pg("affected"))?;
     derive(tx, &Ctx::new(pipeline), &mut stats).await?;
@@ -202,7 +215,10 @@ async fn upsert_mirror(
 }
 
 /// Parameters shared by every derivation statement: the report time zone and this call's
-/// `synced_at` stamp (rows not stamped by a step were not derivable in it).
+/// `synced_at` stamp. An upsert stamps the rows it derived with it; a row of an affected
+/// document left unstamped was not derivable, and is archived or deleted. Archiving stamps
+/// `now()` (the transaction's start, always earlier than this stamp), so an archived row
+/// never looks derived to a later step.
 struct Ctx {
     tz: String,
     stamp: DateTime<Utc>,
@@ -225,6 +241,7 @@ impl Ctx {
     ) -> Result<u64, ProjectError> {
         let params: [(&(dyn ToSql + Sync), Type); 2] =
             [(&self.tz, Type::TEXT), (&self.stamp, Type::TIMESTAMPTZ)];
+        let started = Instant::now();
         let stream = tx
             .query_typed_raw(&stmt.sql, params)
             .await
@@ -238,6 +255,13 @@ impl Ctx {
             Some(n) => u64::try_from(n).unwrap_or(0),
             None => stream.rows_affected().unwrap_or(0),
         };
+        tracing::debug!(
+            step,
+            label = stmt.label,
+            rows = n,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "projection statement"
+        );
         Ok(n)
     }
 }

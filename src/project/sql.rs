@@ -52,6 +52,10 @@ DELETE FROM pg_temp.cdc_changed;
 DELETE FROM pg_temp.cdc_affected;
 ";
 
+/// Statistics for the scratch tables, so the derivation plans start from the affected keys.
+pub(crate) const ANALYZE_SCRATCH: &str =
+    "ANALYZE pg_temp.cdc_changed; ANALYZE pg_temp.cdc_affected;";
+
 /// Every mirror key is affected: the input of `reproject_all`.
 pub(crate) const AFFECT_ALL: &str =
     "INSERT INTO pg_temp.cdc_affected (entity, key) SELECT entity, key FROM cdc.source_doc";
@@ -103,9 +107,11 @@ fn child_ctx(entity: &str, field: &str) -> String {
     FROM pg_temp.cdc_affected a
     JOIN cdc.source_doc w ON w.entity = a.entity AND w.key = a.key
     CROSS JOIN LATERAL (
-        SELECT r0.key FROM cdc.source_doc r0
-        WHERE r0.entity = 'daily_report' AND r0.doc -> '{field}' @> cdc.oid_probe(w.key)
-        ORDER BY r0.key LIMIT 1
+        -- OFFSET 0 keeps the GIN lookup: ORDER BY key LIMIT 1 would walk the primary key.
+        SELECT min(k) AS key FROM (
+            SELECT r0.key AS k FROM cdc.source_doc r0
+            WHERE r0.entity = 'daily_report' AND r0.doc -> '{field}' @> cdc.oid_probe(w.key)
+            OFFSET 0) ps
     ) p
     JOIN cdc.source_doc r ON r.entity = 'daily_report' AND r.key = p.key
     JOIN dim_daily_report dr ON dr.mongo_id = p.key

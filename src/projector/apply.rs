@@ -15,7 +15,7 @@ use crate::event::Entity;
 use crate::project::{self, ApplyStats, ErrorClass, Guard, SourceDoc};
 
 use super::dlq::{DeadLetter, Reason};
-use super::error::ProjectorError;
+use super::error::{ProjectorError, error_chain};
 
 /// What became of each event of a committed batch.
 #[derive(Debug, Default)]
@@ -36,6 +36,9 @@ pub async fn apply_batch(
     pipeline: &Pipeline,
     docs: &[SourceDoc],
 ) -> Result<Applied, ProjectorError> {
+    if docs.is_empty() {
+        return Ok(Applied::default());
+    }
     let mut client = pool.get().await.map_err(ProjectorError::Pool)?;
     let mut tx = client
         .transaction()
@@ -172,15 +175,3 @@ FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
      WITH ORDINALITY AS b(entity, key, t, i, o, n)
 JOIN cdc.source_doc s ON s.entity = b.entity AND s.key = b.key
 WHERE (s.ct_t, s.ct_i, s.ordinal) >= (b.t, b.i, b.o)";
-
-/// An error and its sources, for the dead-letter header.
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
-}

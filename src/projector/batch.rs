@@ -9,6 +9,9 @@ use crate::event::{ChangeEvent, Entity};
 
 use super::dlq::{DeadLetter, Reason};
 
+/// Slots reserved up front, whatever `batch_max_events` says.
+const MAX_PREALLOCATED: usize = 4096;
+
 /// When a batch is flushed: whichever limit is reached first.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -39,7 +42,7 @@ pub struct Batch<T> {
 impl<T> Batch<T> {
     pub fn new(limits: Limits) -> Batch<T> {
         Batch {
-            items: Vec::with_capacity(limits.max_events),
+            items: Vec::with_capacity(limits.max_events.min(MAX_PREALLOCATED)),
             bytes: 0,
             deadline: None,
             limits,
@@ -76,7 +79,8 @@ impl<T> Batch<T> {
     pub fn take(&mut self) -> Vec<T> {
         self.bytes = 0;
         self.deadline = None;
-        std::mem::replace(&mut self.items, Vec::with_capacity(self.limits.max_events))
+        let capacity = self.limits.max_events.min(MAX_PREALLOCATED);
+        std::mem::replace(&mut self.items, Vec::with_capacity(capacity))
     }
 }
 

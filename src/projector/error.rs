@@ -104,3 +104,15 @@ fn classify_pg(e: &tokio_postgres::Error) -> ErrorClass {
         _ => ErrorClass::Fatal,
     }
 }
+
+/// An error and its sources on one line (logs and the dead-letter header).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

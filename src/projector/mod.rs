@@ -12,11 +12,11 @@ mod apply;
 mod batch;
 pub mod dlq;
 mod error;
+mod flush;
 
 use std::time::Duration;
 
 use backon::{BackoffBuilder, ExponentialBuilder};
-use chrono::Utc;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -39,6 +39,8 @@ pub use apply::Applied;
 pub use batch::{Batch, Limits, decode};
 pub use dlq::{DeadLetter, Reason};
 pub use error::ProjectorError;
+use error::error_chain;
+use flush::Flush;
 
 /// How often the queue depths are sampled.
 pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
@@ -94,7 +96,7 @@ impl ProjectorStage {
                         delays = retry_policy().build();
                     }
                     let delay = next_delay(&mut delays);
-                    self.record_retry(&e, delay);
+                    self.record_retry(&e, delay, "reconnecting to the broker");
                     tokio::select! {
                         _ = shutdown.cancelled() => break Ok(()),
                         _ = tokio::time::sleep(delay) => {}
@@ -104,14 +106,14 @@ impl ProjectorStage {
         };
         self.health.set_state(Stage::Projector, RoleState::Stopping);
         if let Err(e) = &result {
-            error!(error = %e, error_type = e.error_type(), "projector stopped");
+            error!(error = %error_chain(e), error_type = e.error_type(), "projector stopped");
         }
         result
     }
 
-    fn record_retry(&self, e: &ProjectorError, delay: Duration) {
-        warn!(error = %e, error_type = e.error_type(), retry_in_ms = delay.as_millis() as u64,
-              "projector: transient failure, reconnecting");
+    fn record_retry(&self, e: &ProjectorError, delay: Duration, action: &'static str) {
+        warn!(error = %error_chain(e), error_type = e.error_type(),
+              retry_in_ms = delay.as_millis() as u64, action, "projector: transient failure");
         metrics::counter!(m::PROJECTOR_RETRIES_TOTAL,
             m::LABEL_PIPELINE => self.pipeline.name.clone(), m::LABEL_ERROR_TYPE => e.error_type())
         .increment(1);
@@ -125,9 +127,11 @@ impl ProjectorStage {
     ) -> Result<(), ProjectorError> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("bowmark-cdc projector {}", self.pipeline.name).into());
-        let conn = Connection::connect(self.amqp_uri.expose(), props)
-            .await
-            .map_err(ProjectorError::broker("connect"))?;
+        let connect = Connection::connect(self.amqp_uri.expose(), props);
+        let conn = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            c = connect => c.map_err(ProjectorError::broker("connect"))?,
+        };
         let result = async {
             let worker = Worker::open(self, &conn).await?;
             self.health.set_connected(Dependency::Broker, true);
@@ -329,7 +333,7 @@ impl<'s> Worker<'s> {
                         self.stage.health.set_connected(Dependency::Postgres, false);
                     }
                     let delay = next_delay(&mut delays);
-                    self.stage.record_retry(&e, delay);
+                    self.stage.record_retry(&e, delay, "retrying the batch");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(None),
                         _ = tokio::time::sleep(delay) => {}
@@ -345,113 +349,5 @@ async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,
-    }
-}
-
-/// A batch decoded: the events to apply (with their delivery index) and the undecodable.
-struct Flush {
-    docs: Vec<SourceDoc>,
-    doc_delivery: Vec<usize>,
-    undecodable: Vec<(usize, DeadLetter)>,
-    newest_wall: Option<chrono::DateTime<Utc>>,
-}
-
-impl Flush {
-    fn decode(pipeline: &Pipeline, deliveries: &[Delivery]) -> Flush {
-        let mut f = Flush {
-            docs: Vec::with_capacity(deliveries.len()),
-            doc_delivery: Vec::with_capacity(deliveries.len()),
-            undecodable: Vec::new(),
-            newest_wall: None,
-        };
-        for (i, d) in deliveries.iter().enumerate() {
-            match decode(&d.data, &pipeline.name) {
-                Ok(ev) => {
-                    f.newest_wall = f.newest_wall.max(Some(ev.wall_time));
-                    f.docs.push(SourceDoc::from(&ev));
-                    f.doc_delivery.push(i);
-                }
-                Err(dl) => f.undecodable.push((i, dl)),
-            }
-        }
-        f
-    }
-
-    /// Every message to dead-letter, in delivery order, logged by id and reason.
-    fn dead_letters<'a>(
-        &'a self,
-        deliveries: &'a [Delivery],
-        applied: &'a Applied,
-    ) -> Vec<(&'a Delivery, &'a DeadLetter)> {
-        let mut out: Vec<(usize, &DeadLetter)> = self
-            .undecodable
-            .iter()
-            .map(|(i, dl)| (*i, dl))
-            .chain(
-                applied
-                    .rejected
-                    .iter()
-                    .map(|(j, dl)| (self.doc_delivery[*j], dl)),
-            )
-            .collect();
-        out.sort_by_key(|(i, _)| *i);
-        out.into_iter()
-            .map(|(i, dl)| {
-                let d = &deliveries[i];
-                warn!(message_id = %dlq::message_id(d), routing_key = %d.routing_key,
-                      reason = dl.reason.as_str(), error = %dl.error, "projector: dead-lettering message");
-                (d, dl)
-            })
-            .collect()
-    }
-
-    fn record(
-        &self,
-        pipeline: &Pipeline,
-        applied: &Applied,
-        letters: &[(&Delivery, &DeadLetter)],
-        started: Instant,
-    ) {
-        let p = || pipeline.name.clone();
-        let count = |entity: &'static str, outcome: &'static str, n: u64| {
-            metrics::counter!(m::PROJECTOR_EVENTS_APPLIED_TOTAL, m::LABEL_PIPELINE => p(),
-                m::LABEL_ENTITY => entity, m::LABEL_OUTCOME => outcome)
-            .increment(n);
-        };
-        for (e, n) in &applied.fresh {
-            count(e.as_str(), m::OUTCOME_APPLIED, *n);
-        }
-        for (e, n) in &applied.stale {
-            count(e.as_str(), m::OUTCOME_STALE, *n);
-        }
-        for (_, dl) in &self.undecodable {
-            count(m::ENTITY_UNKNOWN, m::OUTCOME_DEAD_LETTERED, 1);
-            metrics::counter!(m::PROJECTOR_DEAD_LETTERED_TOTAL, m::LABEL_PIPELINE => p(),
-                m::LABEL_REASON => dl.reason.as_str())
-            .increment(1);
-        }
-        for (j, dl) in &applied.rejected {
-            count(self.docs[*j].entity.as_str(), m::OUTCOME_DEAD_LETTERED, 1);
-            metrics::counter!(m::PROJECTOR_DEAD_LETTERED_TOTAL, m::LABEL_PIPELINE => p(),
-                m::LABEL_REASON => dl.reason.as_str())
-            .increment(1);
-        }
-        let events = self.docs.len() + self.undecodable.len();
-        metrics::histogram!(m::PROJECTOR_BATCH_EVENTS, m::LABEL_PIPELINE => p())
-            .record(events as f64);
-        metrics::histogram!(m::PROJECTOR_BATCH_DURATION_SECONDS, m::LABEL_PIPELINE => p())
-            .record(started.elapsed().as_secs_f64());
-        if let Some(wall) = self.newest_wall {
-            let lag = (Utc::now() - wall).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::gauge!(m::PROJECTOR_LAG_SECONDS, m::LABEL_PIPELINE => p()).set(lag);
-        }
-        debug!(
-            events,
-            applied = applied.stats.applied,
-            stale = applied.stats.stale,
-            dead_lettered = letters.len(),
-            elapsed_ms = started.elapsed().as_millis() as u64,
-            "projector: batch committed and acked"
-        );
     }
 }

@@ -34,10 +34,7 @@ struct Rig {
 
 impl Rig {
     async fn new() -> Rig {
-        let db = TestDb::new().await;
-        bowmark_cdc::migrate::run(&db.conn())
-            .await
-            .expect("migrate the test database");
+        let db = support::migrated_db().await;
         let pg = db.client().await;
         let vhost = TestVhost::new();
         let pipeline = support::pipeline("paving");
@@ -142,16 +139,16 @@ struct Daemon {
 
 impl Daemon {
     fn start(db: &TestDb, vhost: &TestVhost) -> Daemon {
+        let mut env = support::child_env(db, Some(vhost), None);
+        env.push(("CDC_HTTP_LISTEN".into(), "127.0.0.1:0".into()));
+        Daemon::spawn(&["--role", "project"], env)
+    }
+
+    fn spawn(args: &[&str], env: Vec<(String, String)>) -> Daemon {
         let mut child = support::cdc_bin()
-            .args([
-                "run",
-                "--pipeline",
-                "pipeline/paving.toml",
-                "--role",
-                "project",
-            ])
-            .envs(support::child_env(db, Some(vhost), None))
-            .env("CDC_HTTP_LISTEN", "127.0.0.1:0")
+            .args(["run", "--pipeline", "pipeline/paving.toml"])
+            .args(args)
+            .envs(env)
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -374,6 +371,10 @@ async fn seed_scenario_through_the_broker_reaches_the_reports_and_a_rate_edit_re
         "cdc_projector_apply_duration_seconds_bucket{",
         "cdc_projector_rows_written_total{",
         "cdc_projector_lag_seconds{",
+        "cdc_projector_queue_messages{",
+        "cdc_projector_dead_letter_queue_messages{",
+        "# TYPE cdc_projector_batch_duration_seconds histogram",
+        "# HELP cdc_projector_events_applied_total ",
     ] {
         assert!(
             metrics.contains(name),
@@ -384,8 +385,37 @@ async fn seed_scenario_through_the_broker_reaches_the_reports_and_a_rate_edit_re
         metrics.contains("entity=\"employee_work\"") && metrics.contains("outcome=\"applied\""),
         "{metrics}"
     );
+    promtool_check(&metrics);
     let (code, _) = daemon.get("/healthz").await;
     assert_eq!(code, 200);
+}
+
+/// `promtool check metrics` (HELP, TYPE, naming) when Prometheus' promtool is installed.
+fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIP promtool check: promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The messages of the dead-letter queue: (reason header, error header, original routing key).
@@ -430,61 +460,73 @@ fn company(key: &str, name: &str, t: u32) -> ChangeEvent {
 
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_with_their_reason_and_the_stream_keeps_flowing() {
-    // Given a queue holding bad JSON, an unknown entity, a company whose name PostgreSQL
-    // rejects (longer than varchar(255)), and good events around them, in one batch
+    // Given one batch's worth of messages in the queue: ten good companies, and among them bad
+    // JSON, an unknown entity and two companies whose names PostgreSQL rejects (longer than
+    // varchar(255))
     let rig = Rig::new().await;
-    let good_1 = company("621664550000000000000901", "Good Before", 10);
-    let mut unknown: Value =
-        serde_json::to_value(company("621664550000000000000902", "X", 11)).unwrap();
-    unknown["entity"] = json!("spaceship");
-    let too_long = company("621664550000000000000903", &"N".repeat(300), 12);
-    let good_2 = company("621664550000000000000904", "Good After", 13);
-    rig.publish_raw(&[
+    let msg = |e: &ChangeEvent| {
         (
-            "company.created".into(),
-            Some(good_1.id.clone()),
-            serde_json::to_vec(&good_1).unwrap(),
-        ),
+            e.routing_key(),
+            Some(e.id.clone()),
+            serde_json::to_vec(e).unwrap(),
+        )
+    };
+    let mut unknown = serde_json::to_value(company("621664550000000000000902", "X", 11)).unwrap();
+    unknown["entity"] = json!("spaceship");
+    let too_long: Vec<ChangeEvent> = (0..2)
+        .map(|n| {
+            company(
+                &format!("6216645500000000000009f{n}"),
+                &"N".repeat(300),
+                50 + n,
+            )
+        })
+        .collect();
+    let mut msgs: Vec<(String, Option<String>, Vec<u8>)> = (0..10)
+        .map(|n| {
+            msg(&company(
+                &format!("6216645500000000000009a{n}"),
+                &format!("Good {n}"),
+                20 + n,
+            ))
+        })
+        .collect();
+    msgs.insert(
+        2,
         (
             "company.created".into(),
             Some("bad-json-1".into()),
             b"{\"v\": 1, oops".to_vec(),
         ),
+    );
+    msgs.insert(
+        4,
         (
             "spaceship.created".into(),
             Some("unknown-1".into()),
             serde_json::to_vec(&unknown).unwrap(),
         ),
-        (
-            "company.created".into(),
-            Some(too_long.id.clone()),
-            serde_json::to_vec(&too_long).unwrap(),
-        ),
-        (
-            "company.created".into(),
-            Some(good_2.id.clone()),
-            serde_json::to_vec(&good_2).unwrap(),
-        ),
-    ])
-    .await;
+    );
+    msgs.insert(5, msg(&too_long[0]));
+    msgs.insert(10, msg(&too_long[1]));
+    rig.publish_raw(&msgs).await;
 
     // When the projector runs
     let _daemon = rig.start();
 
-    // Then the good events apply, the three poison messages wait in the DLQ with their reasons,
+    // Then the good events apply, the four poison messages wait in the DLQ with their reasons,
     // and the queue is drained
-    eventually("both good companies", WAIT, || async {
+    eventually("all ten good companies", WAIT, || async {
         let n = rig
             .count("SELECT count(*) FROM dim_company WHERE name LIKE 'Good %'")
             .await;
-        (n == 2).then_some(())
+        (n == 10).then_some(())
     })
     .await;
-    let dead = eventually("three dead letters", WAIT, || async {
-        (rig.depth(&rig.pipeline.dead_letter_queue).await == 3).then_some(())
+    eventually("four dead letters", WAIT, || async {
+        (rig.depth(&rig.pipeline.dead_letter_queue).await == 4).then_some(())
     })
     .await;
-    let _ = dead;
     let letters = dead_letters(&rig).await;
     let reasons: Vec<(&str, &str)> = letters
         .iter()
@@ -495,20 +537,18 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_stream_keep
         vec![
             ("bad_json", "company.created"),
             ("rejected_by_postgres", "company.created"),
+            ("rejected_by_postgres", "company.created"),
             ("unknown_entity", "spaceship.created"),
         ]
     );
-    let rejected = &letters[1];
-    assert!(
-        rejected.1.contains("too long"),
-        "error header: {}",
-        rejected.1
-    );
-    assert_eq!(rejected.3.as_deref(), Some(too_long.id.as_str()));
+    for (letter, event) in letters[1..3].iter().zip(&too_long) {
+        assert!(letter.1.contains("too long"), "error header: {}", letter.1);
+        assert_eq!(letter.3.as_deref(), Some(event.id.as_str()));
+    }
     assert_eq!(
         rig.count("SELECT count(*) FROM dim_company").await,
-        2,
-        "the rejected company has no row"
+        10,
+        "the rejected companies have no row"
     );
     eventually("an empty queue", WAIT, || async {
         (rig.depth(&rig.pipeline.queue).await == 0).then_some(())
@@ -517,12 +557,19 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_stream_keep
 }
 
 /// Mirror and star rows agree: every mirrored employee has its dimension row and both rates.
+/// (One statement, so one snapshot, while the daemon may be committing.)
 async fn consistent_employees(rig: &Rig) -> i64 {
-    let mirrored = rig
-        .count("SELECT count(*) FROM cdc.source_doc WHERE entity = 'employee'")
-        .await;
-    let dims = rig.count("SELECT count(*) FROM dim_employee").await;
-    let rates = rig.count("SELECT count(*) FROM dim_employee_rate").await;
+    let row = rig
+        .pg
+        .query_one(
+            "SELECT (SELECT count(*) FROM cdc.source_doc WHERE entity = 'employee'), \
+                    (SELECT count(*) FROM dim_employee), \
+                    (SELECT count(*) FROM dim_employee_rate)",
+            &[],
+        )
+        .await
+        .expect("counts");
+    let (mirrored, dims, rates): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
     assert_eq!(
         mirrored, dims,
         "a batch was half applied (mirror vs dim_employee)"
@@ -540,8 +587,8 @@ async fn kill_9_during_a_large_batch_then_restart_loses_nothing_and_half_applies
 
     // When the daemon is killed with SIGKILL while it works through them
     let mut daemon = rig.start();
-    eventually("the first batch", WAIT, || async {
-        (rig.count("SELECT count(*) FROM dim_employee").await > 0).then_some(())
+    eventually("a few batches", WAIT, || async {
+        (rig.count("SELECT count(*) FROM dim_employee").await >= 1000).then_some(())
     })
     .await;
     daemon.signal("-KILL");
@@ -551,6 +598,7 @@ async fn kill_9_during_a_large_batch_then_restart_loses_nothing_and_half_applies
     // Then what was committed is whole
     let partial = consistent_employees(&rig).await;
     assert!(partial > 0);
+    eprintln!("killed with {partial} of {N} employees committed");
 
     // And after a restart everything arrives, exactly once per employee
     let _daemon = rig.start();
@@ -607,13 +655,14 @@ async fn sigterm_exits_zero_promptly_and_leaves_no_unacked_unapplied_work() {
     })
     .await;
     assert_eq!(applied + waiting, i64::from(N));
+    eprintln!("stopped with {applied} applied and {waiting} requeued of {N}");
 }
 
 #[tokio::test]
 async fn duplicates_and_redeliveries_change_nothing() {
     // Given the seed applied once
     let rig = Rig::new().await;
-    let _daemon = rig.start();
+    let daemon = rig.start();
     let events = Seed::legacy().events("paving", 1000);
     rig.publish(&events).await;
     sentinel(&rig, "621664550000000000000a01", 2000).await;
@@ -640,6 +689,29 @@ async fn duplicates_and_redeliveries_change_nothing() {
     // Then the star rows are exactly as before (the sentinels aside)
     assert_eq!(star_snapshot(&rig).await, snapshot);
     assert_eq!(rig.depth(&rig.pipeline.dead_letter_queue).await, 0);
+    // And the operator sees every replayed event counted as stale, none as applied twice
+    let (_, metrics) = daemon.get("/metrics").await;
+    let applied = events_counted(&metrics, "applied");
+    assert_eq!(
+        events_counted(&metrics, "stale"),
+        again.len() as u64,
+        "{metrics}"
+    );
+    assert_eq!(
+        applied,
+        events.len() as u64 + 2,
+        "seed + two sentinels:\n{metrics}"
+    );
+}
+
+/// Sum of `cdc_projector_events_applied_total` over entities for one outcome.
+fn events_counted(metrics: &str, outcome: &str) -> u64 {
+    let needle = format!("outcome=\"{outcome}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("cdc_projector_events_applied_total{") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
 }
 
 /// Publish a new company and wait for its row: every message before it was processed.
@@ -691,4 +763,256 @@ async fn star_snapshot(rig: &Rig) -> Vec<String> {
         }
     }
     out
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_stops_the_daemon_with_a_clear_reason() {
+    // Given a database nobody migrated
+    let db = TestDb::new().await;
+    let vhost = TestVhost::new();
+    // When the daemon starts on it
+    let mut daemon = Daemon::start(&db, &vhost);
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    // Then it exits non-zero, saying what to do
+    assert_eq!(status.code(), Some(1), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("not migrated") && log.contains("bowmark-cdc migrate"),
+        "{log}"
+    );
+}
+
+/// Close the daemon's broker connections in this vhost only (other tests share the broker).
+fn close_broker_connections(vhost: &TestVhost) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "vhost"])
+        .output()
+        .expect("rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut closed = 0;
+    for line in text.lines() {
+        let mut cols = line.split('\t');
+        let (Some(pid), Some(vh)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        if vh.trim() == vhost.name {
+            let ok = std::process::Command::new("rabbitmqctl")
+                .args([
+                    "-q",
+                    "close_connection",
+                    pid.trim(),
+                    "test: connection loss",
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            closed += usize::from(ok);
+        }
+    }
+    closed
+}
+
+#[tokio::test]
+async fn broker_and_database_connection_losses_are_survived_without_losing_events() {
+    // Given a running daemon working through 3000 events
+    const N: u32 = 3000;
+    let rig = Rig::new().await;
+    let daemon = rig.start();
+    daemon.wait_ready().await;
+    rig.publish(&employees(N, 100)).await;
+    eventually("the first batch", WAIT, || async {
+        (rig.count("SELECT count(*) FROM dim_employee").await > 0).then_some(())
+    })
+    .await;
+
+    // When its PostgreSQL sessions are terminated and its broker connection is closed
+    let admin = support::pg_connect("postgres").await;
+    let own: i32 = rig
+        .pg
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = 'bowmark-cdc' AND pid <> $2",
+            &[&rig.db.name, &own],
+        )
+        .await
+        .expect("terminate backends")
+        .get(0);
+    assert!(killed > 0, "the daemon had no PostgreSQL session");
+    // (this also closes the test's own publisher connection, which is done publishing)
+    assert!(close_broker_connections(&rig.vhost) > 0);
+
+    // Then every event still arrives exactly once and the daemon is ready again
+    eventually("every employee", Duration::from_secs(120), || async {
+        (consistent_employees(&rig).await == i64::from(N)).then_some(())
+    })
+    .await;
+    daemon.wait_ready().await;
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(
+        metrics.contains("cdc_projector_retries_total{"),
+        "a retry was counted:\n{metrics}"
+    );
+}
+
+/// Relaxed extended JSON (the seed's form) as a BSON document.
+fn bson_doc(v: &Value) -> bson::Document {
+    match bson::Bson::try_from(v.clone()) {
+        Ok(bson::Bson::Document(d)) => d,
+        other => panic!("not a document: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn role_all_carries_mongodb_writes_to_the_reports_end_to_end() {
+    // Given MongoDB (the simulator), the daemon with both roles, and the spec §6 seed written
+    // to MongoDB's collections
+    let sim = mongosim::Sim::start().await;
+    let rig = Rig::new().await;
+    let mut daemon = {
+        let mut child_env = support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri()));
+        child_env.push(("CDC_HTTP_LISTEN".into(), "127.0.0.1:0".into()));
+        Daemon::spawn(&["--role", "all"], child_env)
+    };
+    let ready = eventually("/readyz with both roles active", WAIT, || async {
+        let (code, body) = daemon.get("/readyz").await;
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(ready.trim(), "ready: capture active, projector active");
+    let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
+    let db = mongo.database(&rig.pipeline.mongo_database);
+    for (entity, _, doc) in &Seed::legacy().docs {
+        db.collection::<bson::Document>(seed::collection(*entity))
+            .insert_one(bson_doc(doc))
+            .await
+            .expect("insert");
+    }
+
+    // Then the reports show the seed's costs
+    let before = eventually("the daily summary", WAIT, || async {
+        employee_cost_on_2022_02_23(&rig).await
+    })
+    .await;
+    assert_eq!(before.parse::<f64>().unwrap(), 200.0, "8 h x 25");
+    let tr = "SELECT total_cost::text FROM fact_trucking WHERE mongo_id = $1";
+    let trucking = eventually("the trucking row", WAIT, || async {
+        rig.text(tr, SHIPMENT_TRUCKING_1).await
+    })
+    .await;
+    assert_eq!(trucking, "240.00");
+
+    // When the foreman's rates get a new entry in MongoDB
+    db.collection::<bson::Document>("employees")
+        .update_one(
+            bson::doc! { "_id": bson::oid::ObjectId::parse_str(BASE_FOREMAN_1).unwrap() },
+            bson::doc! { "$push": { "rates": bson_doc(&json!({
+            "_id": oid("6216645500000000000000d5"),
+            "date": date("2022-02-01T00:00:00Z"), "rate": 31 })) } },
+        )
+        .await
+        .expect("update");
+
+    // Then the report re-costs the foreman's day
+    eventually("the re-costed daily summary", WAIT, || async {
+        employee_cost_on_2022_02_23(&rig)
+            .await
+            .filter(|c| c.parse::<f64>().ok() == Some(248.0))
+    })
+    .await;
+
+    // And SIGTERM stops both roles cleanly
+    daemon.signal("-TERM");
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit {status:?}:\n{}", daemon.log());
+}
+
+#[tokio::test]
+async fn a_deleted_queue_is_declared_again_and_consumption_resumes() {
+    // Given a running daemon
+    let rig = Rig::new().await;
+    let daemon = rig.start();
+    daemon.wait_ready().await;
+    // When an operator deletes its queue (the broker cancels the consumer)
+    rig.ch
+        .queue_delete(
+            rig.pipeline.queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("queue.delete");
+    eventually("the daemon to consume again", WAIT, || async {
+        (daemon.log().matches("projector consuming").count() >= 2).then_some(())
+    })
+    .await;
+    // Then events published afterwards are applied
+    rig.publish(&[company("621664550000000000000b01", "After Delete", 10)])
+        .await;
+    eventually("the company", WAIT, || async {
+        rig.text(
+            "SELECT name FROM dim_company WHERE mongo_id = $1",
+            "621664550000000000000b01",
+        )
+        .await
+    })
+    .await;
+    assert!(daemon.log().contains("consumer_ended"), "{}", daemon.log());
+}
+
+#[tokio::test]
+async fn sigterm_while_postgres_is_unreachable_abandons_the_batch_whole_and_exits_zero() {
+    // Given a running daemon whose database stops accepting connections
+    const N: u32 = 100;
+    let mut rig = Rig::new().await;
+    let mut daemon = rig.start();
+    daemon.wait_ready().await;
+    let admin = support::pg_connect("postgres").await;
+    let db = rig.db.name.clone();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+        ))
+        .await
+        .expect("lock the database");
+
+    // When events arrive, the batch keeps failing, and SIGTERM comes
+    rig.publish(&employees(N, 100)).await;
+    eventually("a batch retry", WAIT, || async {
+        daemon.log().contains("retrying the batch").then_some(())
+    })
+    .await;
+    let (code, body) = daemon.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("postgres disconnected"), "{body}");
+    daemon.signal("-TERM");
+    let status = daemon.wait_exit(Duration::from_secs(10));
+
+    // Then it exits 0, having applied and acked nothing: every event is back in the queue
+    assert!(status.success(), "exit {status:?}:\n{}", daemon.log());
+    assert!(daemon.log().contains("abandoned"), "{}", daemon.log());
+    drop(daemon);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS true"
+        ))
+        .await
+        .expect("unlock the database");
+    rig.pg = rig.db.client().await;
+    assert_eq!(consistent_employees(&rig).await, 0);
+    eventually("every event back in the queue", WAIT, || async {
+        (rig.depth(&rig.pipeline.queue).await == N).then_some(())
+    })
+    .await;
+
+    // And a restarted daemon applies them all
+    let _daemon = rig.start();
+    eventually("every employee", WAIT, || async {
+        (consistent_employees(&rig).await == i64::from(N)).then_some(())
+    })
+    .await;
 }

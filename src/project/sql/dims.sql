@@ -104,27 +104,27 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 -- @stmt dim_*
 -- Deleted dimension documents: soft archive at the deleting event's wall time.
 WITH e AS (
-    UPDATE dim_employee t SET archived_at = s.deleted_at, synced_at = $2
+    UPDATE dim_employee t SET archived_at = s.deleted_at, synced_at = now()
     FROM pg_temp.cdc_affected a JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
     WHERE a.entity = 'employee' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
     RETURNING 1
 ), v AS (
-    UPDATE dim_vehicle t SET archived_at = s.deleted_at, synced_at = $2
+    UPDATE dim_vehicle t SET archived_at = s.deleted_at, synced_at = now()
     FROM pg_temp.cdc_affected a JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
     WHERE a.entity = 'vehicle' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
     RETURNING 1
 ), j AS (
-    UPDATE dim_jobsite t SET archived_at = s.deleted_at, synced_at = $2
+    UPDATE dim_jobsite t SET archived_at = s.deleted_at, synced_at = now()
     FROM pg_temp.cdc_affected a JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
     WHERE a.entity = 'jobsite' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
     RETURNING 1
 ), c AS (
-    UPDATE dim_company t SET archived_at = s.deleted_at, synced_at = $2
+    UPDATE dim_company t SET archived_at = s.deleted_at, synced_at = now()
     FROM pg_temp.cdc_affected a JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
     WHERE a.entity = 'company' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
     RETURNING 1
 ), m AS (
-    UPDATE dim_material t SET archived_at = s.deleted_at, synced_at = $2
+    UPDATE dim_material t SET archived_at = s.deleted_at, synced_at = now()
     FROM pg_temp.cdc_affected a JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
     WHERE a.entity = 'material' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
     RETURNING 1

@@ -33,7 +33,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 -- @stmt fact_employee_work
 UPDATE fact_employee_work t
 SET archived_at = cdc.detach_time('employee_work', t.mongo_id, 'employeeWork', dr.mongo_id),
-    synced_at = $2
+    synced_at = now()
 FROM pg_temp.cdc_affected a, dim_daily_report dr
 WHERE a.entity = 'employee_work' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
   AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
@@ -63,7 +63,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 -- @stmt fact_vehicle_work
 UPDATE fact_vehicle_work t
 SET archived_at = cdc.detach_time('vehicle_work', t.mongo_id, 'vehicleWork', dr.mongo_id),
-    synced_at = $2
+    synced_at = now()
 FROM pg_temp.cdc_affected a, dim_daily_report dr
 WHERE a.entity = 'vehicle_work' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
   AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL

@@ -23,7 +23,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 
 -- @stmt dim_daily_report
 -- No longer derivable (deleted, or its jobsite or crew gone): archived, as the legacy delete.
-UPDATE dim_daily_report t SET archived = true, synced_at = $2
+UPDATE dim_daily_report t SET archived = true, synced_at = now()
 FROM pg_temp.cdc_affected a
 WHERE a.entity = 'daily_report' AND t.mongo_id = a.key
   AND t.synced_at IS DISTINCT FROM $2 AND NOT t.archived
@@ -41,15 +41,20 @@ FROM pg_temp.cdc_affected a
 JOIN cdc.source_doc jm ON jm.entity = a.entity AND jm.key = a.key
 CROSS JOIN LATERAL (
     SELECT COALESCE(
-        (SELECT js.key FROM cdc.source_doc js
-         WHERE js.entity = 'jobsite' AND js.doc -> 'materials' @> cdc.oid_probe(jm.key)
-         ORDER BY js.key LIMIT 1),
-        (SELECT cdc.oid(r.doc -> 'jobsite')
-         FROM cdc.source_doc s
-         JOIN cdc.source_doc r ON r.entity = 'daily_report'
-          AND r.doc -> 'materialShipment' @> cdc.oid_probe(s.key)
-         WHERE s.entity = 'material_shipment' AND cdc.oid(s.doc -> 'jobsiteMaterial') = jm.key
-         ORDER BY r.key LIMIT 1)) AS jobsite_key
+        (SELECT min(k) FROM (
+            SELECT js.key AS k FROM cdc.source_doc js
+            WHERE js.entity = 'jobsite' AND js.doc -> 'materials' @> cdc.oid_probe(jm.key)
+            OFFSET 0) c),
+        (SELECT cdc.oid(r.doc -> 'jobsite') FROM cdc.source_doc r
+         WHERE r.entity = 'daily_report' AND r.key = (
+            SELECT min(k) FROM (
+                SELECT r1.key AS k
+                FROM cdc.source_doc s
+                JOIN cdc.source_doc r1 ON r1.entity = 'daily_report'
+                 AND r1.doc -> 'materialShipment' @> cdc.oid_probe(s.key)
+                WHERE s.entity = 'material_shipment'
+                  AND cdc.oid(s.doc -> 'jobsiteMaterial') = jm.key
+                OFFSET 0) f))) AS jobsite_key
 ) o
 JOIN dim_jobsite j ON j.mongo_id = o.jobsite_key
 JOIN dim_material mat ON mat.mongo_id = cdc.oid(jm.doc -> 'material')

@@ -33,7 +33,7 @@ impl Harness {
     }
 
     pub async fn with_pipeline(pipeline: Pipeline) -> Harness {
-        let db = migrated_db().await;
+        let db = support::migrated_db().await;
         let client = db.client().await;
         Harness {
             db,
@@ -125,20 +125,4 @@ impl Harness {
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
             .map(|r| r.get(0))
     }
-}
-
-/// TEMPORARY until the `schema` branch lands `support::migrated_db()`: a stub star schema
-/// (file named by PROJECT_STUB_DDL) plus the mirror migration.
-async fn migrated_db() -> TestDb {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    let stub = std::env::var("PROJECT_STUB_DDL").expect("PROJECT_STUB_DDL");
-    let ddl = std::fs::read_to_string(stub).expect("stub ddl");
-    c.batch_execute(&ddl).await.expect("stub ddl");
-    c.batch_execute(include_str!(
-        "../../../migrations/V20261127000100__cdc_source_mirror.sql"
-    ))
-    .await
-    .expect("mirror migration");
-    db
 }
