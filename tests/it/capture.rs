@@ -20,6 +20,7 @@ use lapin::{Channel, Consumer, ExchangeKind};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::support::mongo::TestMongo;
 use crate::support::{self, TestDb, TestVhost, eventually};
 
 const WAIT: Duration = Duration::from_secs(30);
@@ -165,9 +166,9 @@ struct Delivered {
     event: ChangeEvent,
 }
 
-/// Simulator + database + vhost for one pipeline.
+/// MongoDB (simulator or `MONGO_TEST_URI`) + database + vhost for one pipeline.
 struct Fixture {
-    sim: mongosim::Sim,
+    m: TestMongo,
     mongo: mongodb::Client,
     db: TestDb,
     vhost: TestVhost,
@@ -176,26 +177,28 @@ struct Fixture {
 
 impl Fixture {
     async fn new(pipeline: &str) -> Fixture {
-        let sim = mongosim::Sim::start().await;
-        Fixture::with_sim(sim, pipeline, support::migrated_db().await).await
+        let m = TestMongo::start().await;
+        Fixture::with_mongo(m, pipeline, support::migrated_db().await).await
     }
 
-    async fn with_sim(sim: mongosim::Sim, pipeline: &str, db: TestDb) -> Fixture {
+    /// The pipeline tails this test's own MongoDB database.
+    async fn with_mongo(m: TestMongo, pipeline: &str, db: TestDb) -> Fixture {
         let _ = tracing_subscriber::fmt()
             .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
             .with_test_writer()
             .try_init();
-        let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
+        let mongo = m.client().clone();
         let vhost = TestVhost::new();
         let mut settings = support::settings(
             support::pipeline(pipeline),
             &db,
             Some(&vhost),
-            Some(&sim.uri()),
+            Some(m.uri()),
         );
         settings.pipeline.capture.max_await_ms = 200;
+        settings.pipeline.mongo_database = m.db_name().to_string();
         Fixture {
-            sim,
+            m,
             mongo,
             db,
             vhost,
@@ -336,7 +339,7 @@ async fn golden_events_for_insert_update_replace_delete() {
         );
         assert_eq!(
             (e.ns.db.as_str(), e.ns.coll.as_str()),
-            ("paving", "employeeworks")
+            (fx.m.db_name(), "employeeworks")
         );
         assert_eq!(
             (e.key.as_str(), e.mongo_id.as_str()),
@@ -422,9 +425,9 @@ async fn update_of_a_document_deleted_since_has_null_doc_and_stays_an_update() {
 #[tokio::test]
 async fn every_entity_routes_per_pipeline_and_paving_never_reaches_concrete() {
     // Given one MongoDB holding both business lines, and a capture per pipeline
-    let sim = mongosim::Sim::start().await;
-    let uri = sim.uri();
-    let paving = Fixture::with_sim(sim, "paving", support::migrated_db().await).await;
+    let paving = Fixture::new("paving").await;
+    let uri = paving.m.uri().to_string();
+    let concrete_db = format!("{}_concrete", paving.m.db_name());
     let concrete_sim_db = support::migrated_db().await;
     let concrete_vhost = TestVhost::new();
     let mut concrete = support::settings(
@@ -434,6 +437,7 @@ async fn every_entity_routes_per_pipeline_and_paving_never_reaches_concrete() {
         Some(&uri),
     );
     concrete.pipeline.capture.max_await_ms = 200;
+    concrete.pipeline.mongo_database = concrete_db.clone();
     let mut ptap = Tap::new(&paving.vhost, &["#"]).await;
     let mut ctap = Tap::new(&concrete_vhost, &["#"]).await;
     let prun = paving.start().await;
@@ -454,7 +458,7 @@ async fn every_entity_routes_per_pipeline_and_paving_never_reaches_concrete() {
     }
     let concrete_coll = paving
         .mongo
-        .database("concrete")
+        .database(&concrete_db)
         .collection::<Document>("crews");
     concrete_coll
         .insert_one(doc! {"_id": oid(99)})
@@ -485,7 +489,7 @@ async fn every_entity_routes_per_pipeline_and_paving_never_reaches_concrete() {
     for (i, coll) in concrete.pipeline.collections.keys().enumerate() {
         paving
             .mongo
-            .database("concrete")
+            .database(&concrete_db)
             .collection::<Document>(coll)
             .insert_one(doc! {"_id": oid(1000 + i as u32)})
             .await
@@ -498,6 +502,9 @@ async fn every_entity_routes_per_pipeline_and_paving_never_reaches_concrete() {
     prun.stop().await;
     cshutdown.cancel();
     crun.await.unwrap().unwrap();
+    if paving.m.sim().is_none() {
+        let _ = paving.mongo.database(&concrete_db).drop().await;
+    }
 }
 
 #[tokio::test]
@@ -733,15 +740,15 @@ async fn driver_resume_defect_loses_nothing() {
     .await;
     // When the next getMore and the driver's resume aggregate both lose their connection
     // (spec-mongo-simulator §6: a retried resume aggregate would restart at "now")
-    fx.mongo
-        .database("admin")
-        .run_command(doc! {
-            "configureFailPoint": "failCommand",
-            "mode": {"times": 2},
-            "data": {"failCommands": ["getMore", "aggregate"], "closeConnection": true},
-        })
-        .await
-        .unwrap();
+    fx.m.fail_command(
+        bson::bson!({"times": 2}),
+        doc! {
+            "failCommands": ["getMore", "aggregate"],
+            "closeConnection": true,
+            "appName": "bowmark-cdc-capture-paving",
+        },
+    )
+    .await;
     c.insert_one(doc! {"_id": oid(201)}).await.unwrap();
     c.insert_one(doc! {"_id": oid(202)}).await.unwrap();
     // Then 201 and 202 are still delivered
@@ -751,7 +758,11 @@ async fn driver_resume_defect_loses_nothing() {
     })
     .await;
     // And no change stream was ever reopened without a resume point after the first
-    let aggregates = fx.sim.commands_named("aggregate");
+    let Some(sim) = fx.m.sim() else {
+        run.stop().await;
+        return;
+    };
+    let aggregates = sim.commands_named("aggregate");
     assert!(aggregates.len() >= 2, "the stream was reopened");
     let bare = aggregates
         .iter()
@@ -789,7 +800,11 @@ async fn history_lost_under_policy_fail_stops_with_the_recovery_command() {
         .insert_one(doc! {"_id": oid(2)})
         .await
         .unwrap();
-    fx.sim.truncate_oplog();
+    let Some(sim) = fx.m.sim() else {
+        eprintln!("SKIP: losing oplog history needs the simulator");
+        return;
+    };
+    sim.truncate_oplog();
     // Then the capture exits with a fatal error naming the backfill command
     let run = fx.spawn(Health::default());
     let err = tokio::time::timeout(WAIT, run.handle)
@@ -824,7 +839,7 @@ async fn dropping_the_database_is_an_explained_stop_not_a_loop() {
         .insert_one(doc! {"_id": oid(1)})
         .await
         .unwrap();
-    fx.mongo.database("paving").drop().await.unwrap();
+    fx.mongo.database(fx.m.db_name()).drop().await.unwrap();
     let err = tokio::time::timeout(WAIT, run.handle)
         .await
         .expect("stops")
@@ -980,21 +995,37 @@ struct Proc {
     child: std::process::Child,
 }
 
+/// The paving pipeline file, pointed at this test's MongoDB database.
+fn pipeline_file(fx: &Fixture) -> tempfile::NamedTempFile {
+    let text = std::fs::read_to_string(support::project_root().join("pipeline/paving.toml"))
+        .expect("pipeline/paving.toml");
+    let text = text.replacen(
+        "database = \"paving\"",
+        &format!("database = \"{}\"", fx.m.db_name()),
+        1,
+    );
+    let mut f = tempfile::Builder::new()
+        .suffix(".toml")
+        .tempfile()
+        .expect("temp pipeline file");
+    std::io::Write::write_all(&mut f, text.as_bytes()).expect("write pipeline file");
+    f
+}
+
 impl Proc {
-    fn start(fx: &Fixture) -> Proc {
-        Proc::start_with(fx, std::process::Stdio::inherit())
+    fn start(fx: &Fixture, file: &tempfile::NamedTempFile) -> Proc {
+        Proc::start_with(fx, file, std::process::Stdio::inherit())
     }
 
-    fn start_with(fx: &Fixture, stderr: std::process::Stdio) -> Proc {
-        let uri = fx.sim.uri();
+    fn start_with(
+        fx: &Fixture,
+        file: &tempfile::NamedTempFile,
+        stderr: std::process::Stdio,
+    ) -> Proc {
+        let uri = fx.m.uri().to_string();
         let child = support::cdc_bin()
-            .args([
-                "run",
-                "--pipeline",
-                "pipeline/paving.toml",
-                "--role",
-                "capture",
-            ])
+            .args(["run", "--role", "capture", "--pipeline"])
+            .arg(file.path())
             .args(["--http-listen", "127.0.0.1:0"])
             .envs(support::child_env(&fx.db, Some(&fx.vhost), Some(&uri)))
             .env("RUST_LOG", "bowmark_cdc=info")
@@ -1054,8 +1085,9 @@ impl Drop for Proc {
 async fn process_killed_with_sigkill_and_restarted_delivers_every_write() {
     // Given the real binary capturing a running write load
     let fx = Fixture::new("paving").await;
+    let file = pipeline_file(&fx);
     let mut tap = Tap::new(&fx.vhost, &["#"]).await;
-    let mut proc = Proc::start(&fx);
+    let mut proc = Proc::start(&fx, &file);
     fx.wait_checkpoint().await;
     let n = 1000u32;
     let writer = {
@@ -1081,7 +1113,7 @@ async fn process_killed_with_sigkill_and_restarted_delivers_every_write() {
                 .into_iter()
                 .map(|d| d.event),
         );
-        proc = Proc::start(&fx);
+        proc = Proc::start(&fx, &file);
     }
     writer.await.unwrap();
     // Then every write arrives at least once, each with one id, and no id is missing
@@ -1132,8 +1164,9 @@ async fn process_killed_with_sigkill_and_restarted_delivers_every_write() {
 async fn process_exits_non_zero_on_history_loss_naming_the_backfill() {
     // Given a checkpoint whose history the oplog has lost
     let fx = Fixture::new("paving").await;
+    let file = pipeline_file(&fx);
     let _tap = Tap::new(&fx.vhost, &["#"]).await;
-    let proc = Proc::start(&fx);
+    let proc = Proc::start(&fx, &file);
     fx.wait_checkpoint().await;
     proc.signal("-TERM");
     assert!(proc.wait(WAIT).await.status.success());
@@ -1141,15 +1174,22 @@ async fn process_exits_non_zero_on_history_loss_naming_the_backfill() {
         .insert_one(doc! {"_id": oid(1)})
         .await
         .unwrap();
-    fx.sim.truncate_oplog();
+    let Some(sim) = fx.m.sim() else {
+        eprintln!("SKIP: losing oplog history needs the simulator");
+        return;
+    };
+    sim.truncate_oplog();
     // When the capture starts
-    let proc = Proc::start_with(&fx, std::process::Stdio::piped());
+    let proc = Proc::start_with(&fx, &file, std::process::Stdio::piped());
     let out = proc.wait(WAIT).await;
     // Then it exits non-zero and tells the operator how to recover
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
-        stderr.contains("bowmark-cdc backfill --pipeline pipeline/paving.toml"),
+        stderr.contains(&format!(
+            "bowmark-cdc backfill --pipeline {}",
+            file.path().display()
+        )),
         "{stderr}"
     );
     assert!(stderr.contains("286"), "{stderr}");
@@ -1159,10 +1199,11 @@ async fn process_exits_non_zero_on_history_loss_naming_the_backfill() {
 async fn process_pair_one_publishes_and_sigkill_hands_over_without_loss() {
     // Given two capture processes of one pipeline
     let fx = Fixture::new("paving").await;
+    let file = pipeline_file(&fx);
     let mut tap = Tap::new(&fx.vhost, &["#"]).await;
-    let first = Proc::start(&fx);
+    let first = Proc::start(&fx, &file);
     fx.wait_checkpoint().await;
-    let second = Proc::start(&fx);
+    let second = Proc::start(&fx, &file);
     tokio::time::sleep(Duration::from_secs(2)).await;
     let c = fx.coll("vehicleworks");
     for i in 0..100u32 {
