@@ -28,10 +28,14 @@ pub use error::{CaptureError, ErrorClass};
 use crate::config::{HistoryLostPolicy, Settings};
 use crate::health::{Dependency, Health, RoleState, Stage};
 use crate::metrics as m;
+use crate::publish::Publisher;
 
 /// Backoff between resumes: from 250 ms, doubling, capped at 10 s, jittered.
 const BACKOFF_MIN: Duration = Duration::from_millis(250);
 const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often a standby re-checks MongoDB and RabbitMQ, and how long each check may take.
+const STANDBY_PROBE: Duration = Duration::from_secs(30);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that ran this long resets the backoff.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 
@@ -65,7 +69,7 @@ impl CaptureStage {
         let key = leader::lock_key(&pipeline.name);
         let mut backoff = new_backoff();
         while !shutdown.is_cancelled() {
-            let lease = match self.acquire(key, &shutdown).await {
+            let lease = match self.acquire(key, &mongo, &shutdown).await {
                 Ok(Some(lease)) => lease,
                 Ok(None) => break,
                 Err(err) => {
@@ -123,10 +127,12 @@ impl CaptureStage {
     async fn acquire(
         &self,
         key: i64,
+        mongo: &Client,
         shutdown: &CancellationToken,
     ) -> Result<Option<leader::Lease>, CaptureError> {
         let name = &self.settings.pipeline.name;
         let mut announced = false;
+        let mut probed: Option<Instant> = None;
         let mut session: Option<leader::Lease> = None;
         loop {
             let lease = match session.take() {
@@ -141,6 +147,10 @@ impl CaptureStage {
                 return Ok(Some(lease));
             }
             session = Some(lease);
+            if probed.is_none_or(|t| t.elapsed() >= STANDBY_PROBE) {
+                self.probe_dependencies(mongo).await;
+                probed = Some(Instant::now());
+            }
             self.health.set_state(Stage::Capture, RoleState::Standby);
             if !announced {
                 tracing::info!(pipeline = %name, lock_key = key, "standing by: another replica holds the capture lock");
@@ -151,6 +161,26 @@ impl CaptureStage {
                 _ = tokio::time::sleep(leader::STANDBY_POLL) => {}
             }
         }
+    }
+
+    /// A standby proves it could take over: MongoDB answers a ping and RabbitMQ accepts a
+    /// connection (readiness reports both).
+    async fn probe_dependencies(&self, mongo: &Client) {
+        let admin = mongo.database("admin");
+        let ping = admin.run_command(bson::doc! {"ping": 1});
+        let mongo_up = matches!(tokio::time::timeout(PROBE_TIMEOUT, ping).await, Ok(Ok(_)));
+        self.health.set_connected(Dependency::Mongo, mongo_up);
+        let p = &self.settings.pipeline;
+        let name = format!("bowmark-cdc capture {} (standby probe)", p.name);
+        let connect = Publisher::connect(&self.settings.rabbitmq, &p.exchange, &name, false);
+        let broker_up = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+            Ok(Ok(publisher)) => {
+                publisher.close().await;
+                true
+            }
+            _ => false,
+        };
+        self.health.set_connected(Dependency::Broker, broker_up);
     }
 
     fn report(&self, err: &CaptureError) {

@@ -1074,6 +1074,64 @@ impl Proc {
     }
 }
 
+/// A capture process whose JSON log lines are watched for its HTTP address.
+struct Observed {
+    proc: Proc,
+    addr: std::net::SocketAddr,
+}
+
+impl Observed {
+    async fn start(fx: &Fixture, file: &tempfile::NamedTempFile) -> Observed {
+        let mut proc = Proc::start_with(fx, file, std::process::Stdio::piped());
+        let stderr = proc.child.stderr.take().expect("piped stderr");
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            let mut tx = Some(tx);
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("{line}");
+                if line.contains("http listening") {
+                    let addr = line
+                        .split("\"addr\":\"")
+                        .nth(1)
+                        .and_then(|r| r.split('"').next())
+                        .and_then(|a| a.parse().ok());
+                    if let (Some(tx), Some(addr)) = (tx.take(), addr) {
+                        let _ = tx.send(addr);
+                    }
+                }
+            }
+        });
+        let addr = tokio::time::timeout(WAIT, rx)
+            .await
+            .expect("the http address is logged")
+            .expect("log reader");
+        Observed { proc, addr }
+    }
+
+    /// `GET path` → (status code, body).
+    async fn get(&self, path: &str) -> (u16, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut s = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect http");
+        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        s.write_all(req.as_bytes()).await.unwrap();
+        let mut buf = String::new();
+        s.read_to_string(&mut buf).await.unwrap();
+        let code = buf
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        (code, body)
+    }
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
@@ -1278,4 +1336,72 @@ async fn losing_the_lock_session_stops_tailing_and_the_capture_recovers() {
     .await;
     assert_eq!(run.health.state(Stage::Capture), RoleState::Active);
     run.stop().await;
+}
+
+#[tokio::test]
+async fn process_reports_capture_metrics_and_standby_readiness() {
+    // Given an active capture process and a second one standing by
+    let fx = Fixture::new("paving").await;
+    let file = pipeline_file(&fx);
+    let mut tap = Tap::new(&fx.vhost, &["#"]).await;
+    let active = Observed::start(&fx, &file).await;
+    fx.wait_checkpoint().await;
+    let standby = Observed::start(&fx, &file).await;
+    // When three employee works are inserted and one is deleted
+    let c = fx.coll("employeeworks");
+    for i in 0..3u32 {
+        c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
+    }
+    c.delete_one(doc! {"_id": oid(0)}).await.unwrap();
+    tap.take(4).await;
+    // Then /metrics counts them by collection and op, with the capture's gauges and histogram
+    let metrics = eventually("confirmed counters", WAIT, || async {
+        let (code, body) = active.get("/metrics").await;
+        (code == 200
+            && body.lines().any(|l| {
+                l.starts_with("cdc_capture_events_confirmed_total{")
+                    && l.contains("collection=\"employeeworks\"")
+                    && l.contains("op=\"insert\"")
+                    && l.ends_with(" 3")
+            }))
+        .then_some(body)
+    })
+    .await;
+    for name in [
+        "cdc_capture_events_captured_total",
+        "cdc_capture_events_published_total",
+        "cdc_capture_confirm_latency_seconds_bucket",
+        "cdc_capture_source_lag_seconds",
+        "cdc_capture_checkpoint_age_seconds",
+        "cdc_capture_confirms_in_flight",
+        "cdc_capture_leader",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("# HELP cdc_capture_events_confirmed_total"),
+        "described"
+    );
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cdc_capture_events_confirmed_total{")
+                && l.contains("op=\"delete\"")),
+        "{metrics}"
+    );
+    // And the second replica is ready as a standby, the first as active
+    let body = eventually("the standby to be ready", WAIT, || async {
+        let (code, body) = standby.get("/readyz").await;
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert!(body.contains("capture standby"), "{body}");
+    let (code, body) = active.get("/readyz").await;
+    assert_eq!(code, 200, "{body}");
+    assert!(body.contains("active"), "{body}");
+    drop(standby);
+    drop(active);
 }
