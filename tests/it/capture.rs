@@ -1076,7 +1076,8 @@ impl Proc {
 
 /// A capture process whose JSON log lines are watched for its HTTP address.
 struct Observed {
-    proc: Proc,
+    /// Kept so the process lives (and is killed) with this value.
+    _proc: Proc,
     addr: std::net::SocketAddr,
 }
 
@@ -1109,7 +1110,7 @@ impl Observed {
             .await
             .expect("the http address is logged")
             .expect("log reader");
-        Observed { proc, addr }
+        Observed { _proc: proc, addr }
     }
 
     /// `GET path` → (status code, body).
