@@ -206,6 +206,39 @@ mod tests {
     }
 
     #[test]
+    fn a_resumed_tracker_keeps_the_stored_position_until_it_moves() {
+        let stored = Checkpoint {
+            resume_token: json!({"_data": "stored"}),
+            cluster_time: Some(ClusterTime { t: 1, i: 1 }),
+            event_id: Some("p:1.1.0".into()),
+        };
+        let mut tr = Tracker::resume_from(Some(stored.clone()));
+        tr.confirmed(Position::Idle {
+            token: json!({"_data": "stored"}),
+        });
+        assert_eq!(
+            tr.take_changed(),
+            None,
+            "the same position is not rewritten"
+        );
+        tr.confirmed(Position::Idle {
+            token: json!({"_data": "later"}),
+        });
+        let cp = tr.take_changed().unwrap();
+        assert_eq!(cp.event_id, stored.event_id, "the last event stays named");
+    }
+
+    #[test]
+    fn seeing_the_next_cluster_time_closes_a_group_at_shutdown() {
+        let mut tr = Tracker::default();
+        tr.confirmed(ev(3, 1, 0));
+        tr.next_group_seen(ClusterTime { t: 3, i: 1 });
+        assert_eq!(tr.take_changed(), None, "same transaction: still open");
+        tr.next_group_seen(ClusterTime { t: 3, i: 2 });
+        assert_eq!(token(tr.take_changed()), Some(json!({"_data": "3.1.0"})));
+    }
+
+    #[test]
     fn an_idle_batch_closes_the_group_and_moves_to_the_post_batch_token() {
         let mut tr = Tracker::default();
         tr.confirmed(ev(1, 1, 0));
