@@ -14,6 +14,7 @@ mod error;
 pub mod leader;
 pub mod normalize;
 mod session;
+mod stream;
 
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};

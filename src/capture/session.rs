@@ -7,22 +7,17 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bson::{Bson, Document};
 use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use metrics::{Counter, Gauge, Histogram};
-use mongodb::change_stream::ChangeStream;
-use mongodb::change_stream::event::ResumeToken;
-use mongodb::options::FullDocumentType;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::CaptureStage;
-use super::error::{CaptureError, HISTORY_LOST, mongo_code};
+use super::error::CaptureError;
 use super::leader::{LEASE_PING, Lease};
-use super::normalize::{Malformed, Normalized, Ordinals, StopReason, match_stage, normalize};
+use super::stream::{Item, classify, open_stream, read_stream, token_from_json};
 use crate::checkpoint::{CheckpointStore, Position, Tracker};
-use crate::config::Pipeline;
 use crate::event::{ChangeEvent, Op};
 use crate::health::Dependency;
 use crate::metrics as m;
@@ -30,19 +25,8 @@ use crate::publish::{PublishError, Publisher};
 
 /// How often the checkpoint may be written, the broker and lock checked, gauges refreshed.
 const TICK: Duration = Duration::from_secs(1);
-/// Change events per getMore: bounds the driver's buffered batch (memory) on a backlog.
-const STREAM_BATCH_SIZE: u32 = 1000;
 /// How long a graceful stop waits for outstanding confirms.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// What the stream reader hands to the session, in stream order.
-enum Item {
-    Event(Box<ChangeEvent>),
-    Idle(serde_json::Value),
-    Stop(StopReason),
-    Failed(mongodb::error::Error),
-    Malformed(Malformed),
-}
 
 /// A confirm (or an idle position) resolved, with what it covers.
 struct Done {
@@ -127,80 +111,6 @@ pub(super) async fn tail(
         stage.health.set_connected(Dependency::Broker, false);
     }
     result
-}
-
-async fn open_stream(
-    p: &Pipeline,
-    mongo: &mongodb::Client,
-    token: Option<ResumeToken>,
-) -> Result<ChangeStream<Document>, CaptureError> {
-    let stream = mongo
-        .database(&p.mongo_database)
-        .watch()
-        .pipeline([match_stage(p)])
-        .full_document(FullDocumentType::UpdateLookup)
-        .batch_size(STREAM_BATCH_SIZE)
-        .max_await_time(Duration::from_millis(p.capture.max_await_ms))
-        .resume_after(token)
-        .await
-        .map_err(|e| classify(p, e))?;
-    Ok(stream.with_type::<Document>())
-}
-
-fn classify(p: &Pipeline, e: mongodb::error::Error) -> CaptureError {
-    if mongo_code(&e) == Some(HISTORY_LOST) {
-        CaptureError::HistoryLost {
-            pipeline: p.name.clone(),
-            file: p.file.display().to_string(),
-            source: e,
-        }
-    } else {
-        CaptureError::Mongo(e)
-    }
-}
-
-fn token_from_json(pipeline: &str, v: &serde_json::Value) -> Result<ResumeToken, CaptureError> {
-    let bad = |message: String| CaptureError::BadCheckpoint {
-        pipeline: pipeline.to_string(),
-        message,
-    };
-    let b = Bson::try_from(v.clone()).map_err(|e| bad(e.to_string()))?;
-    bson::deserialize_from_bson(b).map_err(|e| bad(e.to_string()))
-}
-
-fn token_to_json(t: &ResumeToken) -> Option<serde_json::Value> {
-    bson::serialize_to_bson(t)
-        .ok()
-        .map(Bson::into_relaxed_extjson)
-}
-
-/// The reader task: owns the stream (never cancelled mid-getMore) and normalizes in order.
-async fn read_stream(mut stream: ChangeStream<Document>, p: Arc<Pipeline>, tx: mpsc::Sender<Item>) {
-    let mut ordinals = Ordinals::default();
-    if let Some(t) = stream.resume_token().as_ref().and_then(token_to_json)
-        && tx.send(Item::Idle(t)).await.is_err()
-    {
-        return;
-    }
-    loop {
-        let item = match stream.next_if_any().await {
-            Ok(Some(raw)) => match normalize(&p, &raw, &mut ordinals) {
-                Ok(Normalized::Event(e)) => Item::Event(e),
-                Ok(Normalized::Skip) => continue,
-                Ok(Normalized::Stop(r)) => Item::Stop(r),
-                Err(m) => Item::Malformed(m),
-            },
-            Ok(None) => match stream.resume_token().as_ref().and_then(token_to_json) {
-                Some(t) => Item::Idle(t),
-                None => continue,
-            },
-            Err(e) => Item::Failed(e),
-        };
-        let last = matches!(item, Item::Stop(_) | Item::Failed(_) | Item::Malformed(_));
-        if tx.send(item).await.is_err() || last {
-            return;
-        }
-    }
 }
 
 /// Per-collection/op counters, created once.
