@@ -5,13 +5,11 @@
 //! A confirm is a success only when it is `Ack(None)`: a nack, a returned (unroutable) message
 //! (`Ack(Some(_))`) and a closed channel or connection are all errors.
 
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, ExchangeDeclareOptions};
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::types::{AMQPValue, FieldTable, LongString};
-use lapin::{
-    BasicProperties, Channel, Confirmation, Connection, ConnectionProperties, ExchangeKind,
-};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
 
-use crate::config::RabbitConn;
+use crate::config::{Pipeline, RabbitConn};
 use crate::event::{CLUSTER_TIME_HEADER, CONTENT_TYPE, ChangeEvent, EVENT_TYPE};
 
 /// Why a publish did not succeed.
@@ -49,11 +47,13 @@ pub struct Publisher {
 }
 
 impl Publisher {
-    /// Connect and enable publisher confirms; with `declare`, also declare the exchange
-    /// (topic, durable). The capture declares it once, at start.
+    /// Connect and enable publisher confirms; with `declare`, also declare the pipeline's
+    /// topology ([`crate::topology::declare`]: the exchange and the projector's queues, so events
+    /// published before the projector first runs are kept). The capture declares it once, at
+    /// start.
     pub async fn connect(
         conn: &RabbitConn,
-        exchange: &str,
+        pipeline: &Pipeline,
         name: &str,
         declare: bool,
     ) -> Result<Self, PublishError> {
@@ -65,22 +65,12 @@ impl Publisher {
             .confirm_select(ConfirmSelectOptions::default())
             .await?;
         if declare {
-            channel
-                .exchange_declare(
-                    exchange.into(),
-                    ExchangeKind::Topic,
-                    ExchangeDeclareOptions {
-                        durable: true,
-                        ..ExchangeDeclareOptions::default()
-                    },
-                    FieldTable::default(),
-                )
-                .await?;
+            crate::topology::declare(&channel, pipeline).await?;
         }
         Ok(Publisher {
             connection,
             channel,
-            exchange: exchange.to_string(),
+            exchange: pipeline.exchange.clone(),
         })
     }
 

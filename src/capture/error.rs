@@ -5,16 +5,10 @@ use crate::capture::normalize::{Malformed, StopReason};
 use crate::config::ConfigError;
 use crate::publish::PublishError;
 
-/// How the capture reacts to an error.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ErrorClass {
-    /// Reopen the stream from the checkpoint after a backoff.
-    Transient,
-    /// A change the capture cannot read: stop, never skip it silently.
-    Poison,
-    /// Stop and exit non-zero; an operator must act.
-    Fatal,
-}
+/// How the capture reacts to an error (the project-wide classification): `Transient` reopens
+/// the stream from the checkpoint after a backoff; `Poison` (a change the capture cannot read)
+/// and `Fatal` stop the capture, which exits non-zero. A change is never skipped silently.
+pub use crate::project::ErrorClass;
 
 /// Everything that can end a capture session.
 #[derive(Debug, thiserror::Error)]

@@ -173,7 +173,7 @@ impl CaptureStage {
         self.health.set_connected(Dependency::Mongo, mongo_up);
         let p = &self.settings.pipeline;
         let name = format!("bowmark-cdc capture {} (standby probe)", p.name);
-        let connect = Publisher::connect(&self.settings.rabbitmq, &p.exchange, &name, false);
+        let connect = Publisher::connect(&self.settings.rabbitmq, p, &name, false);
         let broker_up = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
             Ok(Ok(publisher)) => {
                 publisher.close().await;

@@ -54,7 +54,7 @@ pub(super) async fn tail(
         .map_err(CaptureError::Checkpoint)?;
     let publisher = Publisher::connect(
         &stage.settings.rabbitmq,
-        &p.exchange,
+        p,
         &format!("bowmark-cdc capture {}", p.name),
         !stage.exchange_declared.load(Ordering::Relaxed),
     )

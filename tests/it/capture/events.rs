@@ -236,6 +236,11 @@ async fn a_burst_arrives_completely_and_in_order() {
     // And the stored checkpoint covers the last one after a graceful stop
     let (_, last) = fx.checkpoint().await.unwrap();
     assert_eq!(last.as_deref(), Some(got.last().unwrap().event.id.as_str()));
+    // And the projector's queue, declared by the capture, kept them for a projector not yet run
+    let depth = bowmark_cdc::topology::depth(&tap.channel, "cdc.projector")
+        .await
+        .unwrap();
+    assert_eq!(depth, n);
 }
 
 #[tokio::test]
@@ -244,6 +249,7 @@ async fn a_transaction_shares_one_cluster_time_and_keeps_its_ids_when_resumed_mi
     let fx = Fixture::new("paving").await;
     let mut tap = Tap::new(&fx.vhost, &["employee_work.*"]).await;
     let run = fx.start().await;
+    tap.delete_queue_named("cdc.projector").await;
     let (before, _) = fx.checkpoint().await.unwrap();
     // When one transaction writes employee work, vehicle work, employee work
     let mut session = fx.mongo.start_session().await.unwrap();

@@ -16,6 +16,7 @@ async fn the_checkpoint_never_passes_an_unconfirmed_event_when_the_queue_disappe
     let last_confirmed = confirmed.last().unwrap().event.id.clone();
     // When the queue is deleted mid-stream (every further publish is returned) and more is written
     tap.delete_queue().await;
+    tap.delete_queue_named("cdc.projector").await;
     for i in 200..400u32 {
         c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
     }

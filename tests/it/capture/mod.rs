@@ -158,8 +158,14 @@ impl Tap {
     }
 
     async fn delete_queue(&self) {
+        self.delete_queue_named(&self.queue.clone()).await;
+    }
+
+    /// Delete a queue of the vhost, e.g. the projector's `cdc.projector` that the capture
+    /// declares at start (so that only this tap decides what is routable).
+    async fn delete_queue_named(&self, queue: &str) {
         self.channel
-            .queue_delete(self.queue.as_str().into(), QueueDeleteOptions::default())
+            .queue_delete(queue.into(), QueueDeleteOptions::default())
             .await
             .unwrap();
     }
