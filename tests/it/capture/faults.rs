@@ -49,39 +49,14 @@ async fn a_closed_broker_connection_loses_nothing() {
     let mut tap = Tap::new(&fx.vhost, &["#"]).await;
     let run = fx.start().await;
     let c = fx.coll("productions");
-    let writer = {
-        let c = c.clone();
-        tokio::spawn(async move {
-            for i in 0..600u32 {
-                c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
-                if i % 50 == 0 {
-                    tokio::time::sleep(Duration::from_millis(20)).await;
-                }
-            }
-        })
-    };
-    let first = tap.take(100).await;
+    let writer = spawn_writer(c, 600);
+    let mut all: Vec<ChangeEvent> = tap.take(100).await.into_iter().map(|d| d.event).collect();
     // When RabbitMQ closes the capture's connection mid-batch
     close_capture_connections(&fx.vhost.name);
     writer.await.unwrap();
     // Then every write still arrives (at least once), each with one stable id
-    let seen: BTreeSet<String> = first.iter().map(|d| d.event.key.clone()).collect();
-    let got = tap
-        .until("all 600 writes", |g| {
-            let mut keys = seen.clone();
-            keys.extend(g.iter().map(|d| d.event.key.clone()));
-            keys.len() >= 600
-        })
-        .await;
-    let mut ids: BTreeMap<String, String> = BTreeMap::new();
-    for d in first.iter().chain(&got) {
-        let prev = ids.insert(d.event.key.clone(), d.event.id.clone());
-        assert!(
-            prev.is_none_or(|p| p == d.event.id),
-            "a re-delivery changed its id"
-        );
-    }
-    assert_eq!(ids.len(), 600);
+    collect_every_write(&mut tap, &mut all, 600).await;
+    assert_eq!(one_id_per_write(&all).len(), 600);
     run.stop().await;
 }
 
@@ -217,17 +192,7 @@ async fn killed_at_random_points_and_restarted_every_write_arrives_with_gapless_
     let mut tap = Tap::new(&fx.vhost, &["#"]).await;
     let mut run = fx.start().await;
     let n = 1200u32;
-    let writer = {
-        let c = fx.coll("jobsites");
-        tokio::spawn(async move {
-            for i in 0..n {
-                c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
-                if i % 100 == 0 {
-                    tokio::time::sleep(Duration::from_millis(30)).await;
-                }
-            }
-        })
-    };
+    let writer = spawn_writer(fx.coll("jobsites"), n);
     let mut all: Vec<ChangeEvent> = Vec::new();
     for round in 0..5u64 {
         let pause = 100 + (rand::random::<u64>() % 400) + round * 10;
@@ -243,20 +208,9 @@ async fn killed_at_random_points_and_restarted_every_write_arrives_with_gapless_
     }
     writer.await.unwrap();
     // Then every write is delivered at least once ...
-    let rest = tap
-        .until("every write", |g| {
-            let mut keys: BTreeSet<&str> = all.iter().map(|e| e.key.as_str()).collect();
-            keys.extend(g.iter().map(|d| d.event.key.as_str()));
-            keys.len() >= n as usize
-        })
-        .await;
-    all.extend(rest.into_iter().map(|d| d.event));
+    collect_every_write(&mut tap, &mut all, n).await;
     // ... each write keeps one id across re-deliveries, and the ids follow the oplog gaplessly
-    let mut by_key: BTreeMap<&str, &str> = BTreeMap::new();
-    for e in &all {
-        let prev = by_key.insert(e.key.as_str(), e.id.as_str());
-        assert!(prev.is_none_or(|p| p == e.id), "id changed for {}", e.key);
-    }
+    assert_eq!(one_id_per_write(&all).len(), n as usize);
     let ids: BTreeSet<(u32, u32, u32)> = all.iter().map(version).collect();
     assert_eq!(ids.len(), n as usize);
     assert!(

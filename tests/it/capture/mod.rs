@@ -342,3 +342,38 @@ fn close_capture_connections(vhost: &str) {
     }
     assert!(closed > 0, "no capture connection found on {vhost}: {text}");
 }
+
+/// A write load: inserts `_id`s `0..n` one at a time, pausing 30 ms every 50 writes.
+fn spawn_writer(c: mongodb::Collection<Document>, n: u32) -> JoinHandle<()> {
+    tokio::spawn(async move {
+        for i in 0..n {
+            c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    })
+}
+
+/// Read until, together with `all`, events for `n` distinct documents arrived; add them to `all`.
+async fn collect_every_write(tap: &mut Tap, all: &mut Vec<ChangeEvent>, n: u32) {
+    let seen: BTreeSet<String> = all.iter().map(|e| e.key.clone()).collect();
+    let rest = tap
+        .until("every write", |g| {
+            let mut keys = seen.clone();
+            keys.extend(g.iter().map(|d| d.event.key.clone()));
+            keys.len() >= n as usize
+        })
+        .await;
+    all.extend(rest.into_iter().map(|d| d.event));
+}
+
+/// Each document keeps one event id across re-deliveries; returns the distinct ids.
+fn one_id_per_write(all: &[ChangeEvent]) -> BTreeSet<&str> {
+    let mut by_key: BTreeMap<&str, &str> = BTreeMap::new();
+    for e in all {
+        let prev = by_key.insert(e.key.as_str(), e.id.as_str());
+        assert!(prev.is_none_or(|p| p == e.id), "id changed for {}", e.key);
+    }
+    by_key.into_values().collect()
+}

@@ -163,17 +163,7 @@ async fn process_killed_with_sigkill_and_restarted_delivers_every_write() {
     let mut proc = Proc::start(&fx, &file);
     fx.wait_checkpoint().await;
     let n = 1000u32;
-    let writer = {
-        let c = fx.coll("employeeworks");
-        tokio::spawn(async move {
-            for i in 0..n {
-                c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
-                if i % 50 == 0 {
-                    tokio::time::sleep(Duration::from_millis(40)).await;
-                }
-            }
-        })
-    };
+    let writer = spawn_writer(fx.coll("employeeworks"), n);
     // When it is killed with SIGKILL at random points and restarted each time
     let mut all: Vec<ChangeEvent> = Vec::new();
     for _ in 0..3 {
@@ -190,25 +180,15 @@ async fn process_killed_with_sigkill_and_restarted_delivers_every_write() {
     }
     writer.await.unwrap();
     // Then every write arrives at least once, each with one id, and no id is missing
-    let rest = tap
-        .until("every write", |g| {
-            let mut keys: BTreeSet<&str> = all.iter().map(|e| e.key.as_str()).collect();
-            keys.extend(g.iter().map(|d| d.event.key.as_str()));
-            keys.len() >= n as usize
-        })
-        .await;
-    all.extend(rest.into_iter().map(|d| d.event));
-    let mut by_key: BTreeMap<&str, &str> = BTreeMap::new();
-    for e in &all {
-        let prev = by_key.insert(e.key.as_str(), e.id.as_str());
-        assert!(prev.is_none_or(|p| p == e.id), "id changed for {}", e.key);
-    }
+    collect_every_write(&mut tap, &mut all, n).await;
+    assert_eq!(one_id_per_write(&all).len(), n as usize);
     assert_eq!(
         all.iter()
             .map(|e| e.id.as_str())
             .collect::<BTreeSet<_>>()
             .len(),
-        n as usize
+        n as usize,
+        "no write has two ids"
     );
     // And, once the last process is tailing, SIGTERM stops it cleanly (exit 0) with the
     // checkpoint at the last event
