@@ -1,9 +1,17 @@
 //! bowmark-cdc: change-data-capture from Bow-Mark's MongoDB databases into RabbitMQ and the
 //! PostgreSQL reporting star schemas. See `docs/architecture.md` and `README.md`.
 
+pub mod capture;
+pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod health;
+pub mod http;
 pub mod metrics;
 pub mod migrate;
+pub mod project;
+pub mod projector;
+pub mod publish;
+pub mod runtime;
 pub mod telemetry;
+pub mod topology;

@@ -3,10 +3,11 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::{Parser, Subcommand};
 
 use bowmark_cdc::config::{Pipeline, Settings};
 use bowmark_cdc::migrate::MigrateReport;
+use bowmark_cdc::runtime::{self, Role, RunOptions};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -27,6 +28,10 @@ enum Command {
         pipeline: PathBuf,
         #[arg(long, value_enum, default_value_t = Role::All, env = "CDC_ROLE")]
         role: Role,
+        /// Listen address of /metrics, /healthz and /readyz (default: the pipeline's
+        /// `http.listen`); port 0 picks a free port, logged at start.
+        #[arg(long, env = "CDC_HTTP_LISTEN")]
+        http_listen: Option<std::net::SocketAddr>,
     },
     /// One-shot, resumable backfill from MongoDB or a mongodump folder.
     Backfill {
@@ -66,20 +71,17 @@ enum Command {
     Validate { files: Vec<PathBuf> },
 }
 
-#[derive(ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
-enum Role {
-    All,
-    Capture,
-    Project,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     bowmark_cdc::telemetry::init_logging();
     match cli.command {
         Command::Validate { files } => validate(files),
         Command::Migrate { pipeline } => migrate(&pipeline),
-        Command::Run { pipeline, .. } => not_yet("run", &pipeline),
+        Command::Run {
+            pipeline,
+            role,
+            http_listen,
+        } => run(&pipeline, RunOptions { role, http_listen }),
         Command::Backfill { pipeline, .. } => not_yet("backfill", &pipeline),
         Command::Verify { pipeline } => not_yet("verify", &pipeline),
         Command::Status { pipeline } => not_yet("status", &pipeline),
@@ -90,6 +92,38 @@ fn main() -> ExitCode {
 fn not_yet(command: &str, _pipeline: &std::path::Path) -> ExitCode {
     eprintln!("bowmark-cdc {command}: not available yet");
     ExitCode::from(2)
+}
+
+/// The daemon: exit 0 after a clean shutdown, 1 on a fatal error, 2 on bad configuration.
+fn run(pipeline: &std::path::Path, opts: RunOptions) -> ExitCode {
+    let settings = match Settings::from_file(pipeline) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("bowmark-cdc run: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("bowmark-cdc run: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = rt.block_on(runtime::run(settings, opts));
+    rt.shutdown_timeout(std::time::Duration::from_secs(5));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            let reason = format!("{:#}", anyhow::Error::from(e));
+            tracing::error!(error = %reason, "bowmark-cdc run failed");
+            eprintln!("bowmark-cdc run: {reason}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// `migrate`: apply the embedded migrations to the pipeline's PostgreSQL database, adopting a

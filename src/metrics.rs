@@ -14,7 +14,69 @@ pub const LABEL_REASON: &str = "reason";
 
 // --- capture ---------------------------------------------------------------------------------
 
+/// Counter {pipeline, collection, op}: changes read from the change stream and normalized.
+pub const CAPTURE_EVENTS_CAPTURED: &str = "cdc_capture_events_captured_total";
+/// Counter {pipeline, collection, op}: events handed to RabbitMQ.
+pub const CAPTURE_EVENTS_PUBLISHED: &str = "cdc_capture_events_published_total";
+/// Counter {pipeline, collection, op}: events the broker confirmed (`Ack`, not returned).
+pub const CAPTURE_EVENTS_CONFIRMED: &str = "cdc_capture_events_confirmed_total";
+/// Histogram {pipeline}: seconds from publish to the broker's confirm.
+pub const CAPTURE_CONFIRM_LATENCY: &str = "cdc_capture_confirm_latency_seconds";
+/// Gauge {pipeline}: publishes awaiting their confirm.
+pub const CAPTURE_CONFIRMS_IN_FLIGHT: &str = "cdc_capture_confirms_in_flight";
+/// Gauge {pipeline}: now minus the wall time of the last confirmed event (0 when idle).
+pub const CAPTURE_SOURCE_LAG: &str = "cdc_capture_source_lag_seconds";
+/// Gauge {pipeline}: seconds since the stored checkpoint was last at the stream's position.
+pub const CAPTURE_CHECKPOINT_AGE: &str = "cdc_capture_checkpoint_age_seconds";
+/// Counter {pipeline, error_type}: change streams reopened from the checkpoint after an error.
+pub const CAPTURE_RESUMES: &str = "cdc_capture_resumes_total";
+/// Counter {pipeline, error_type}: capture errors (transient and fatal).
+pub const CAPTURE_ERRORS: &str = "cdc_capture_errors_total";
+/// Gauge {pipeline}: 1 while this replica holds the capture lock and tails, 0 on standby.
+pub const CAPTURE_LEADER: &str = "cdc_capture_leader";
+
 // --- projector -------------------------------------------------------------------------------
+
+/// Source documents that changed the mirror (version newer than the stored one).
+pub const PROJECTOR_DOCS_APPLIED_TOTAL: &str = "cdc_projector_docs_applied_total";
+/// Source documents ignored: an older or equal version, a duplicate in the batch, or an
+/// update whose looked-up document was gone.
+pub const PROJECTOR_DOCS_STALE_TOTAL: &str = "cdc_projector_docs_stale_total";
+/// Star rows inserted, updated, archived or deleted, by table (label `table`).
+pub const PROJECTOR_ROWS_WRITTEN_TOTAL: &str = "cdc_projector_rows_written_total";
+/// Time to project one batch into the mirror and the star schema (inside the transaction).
+pub const PROJECTOR_APPLY_DURATION_SECONDS: &str = "cdc_projector_apply_duration_seconds";
+/// Events taken from the queue, by entity and outcome (`applied`, `stale`, `dead_lettered`).
+pub const PROJECTOR_EVENTS_APPLIED_TOTAL: &str = "cdc_projector_events_applied_total";
+/// Messages published to the dead-letter queue, by reason.
+pub const PROJECTOR_DEAD_LETTERED_TOTAL: &str = "cdc_projector_dead_lettered_total";
+/// Events per committed batch.
+pub const PROJECTOR_BATCH_EVENTS: &str = "cdc_projector_batch_events";
+/// Time from taking a batch to acking it (decode, transaction, dead letters, ack).
+pub const PROJECTOR_BATCH_DURATION_SECONDS: &str = "cdc_projector_batch_duration_seconds";
+/// Now minus the wall time of the newest event of the last committed batch.
+pub const PROJECTOR_LAG_SECONDS: &str = "cdc_projector_lag_seconds";
+/// Messages ready in the projector queue (sampled every few seconds).
+pub const PROJECTOR_QUEUE_MESSAGES: &str = "cdc_projector_queue_messages";
+/// Messages in the dead-letter queue (sampled every few seconds).
+pub const PROJECTOR_DEAD_LETTER_QUEUE_MESSAGES: &str = "cdc_projector_dead_letter_queue_messages";
+/// Batch retries and broker reconnects after a transient failure, by `error_type`.
+pub const PROJECTOR_RETRIES_TOTAL: &str = "cdc_projector_retries_total";
+
+/// `outcome` values of [`PROJECTOR_EVENTS_APPLIED_TOTAL`].
+pub const OUTCOME_APPLIED: &str = "applied";
+pub const OUTCOME_STALE: &str = "stale";
+pub const OUTCOME_DEAD_LETTERED: &str = "dead_lettered";
+/// `entity` value of a message whose entity could not be read.
+pub const ENTITY_UNKNOWN: &str = "unknown";
+
+/// Histogram buckets of every `*_seconds` histogram.
+pub const SECONDS_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+/// Buckets of [`PROJECTOR_BATCH_EVENTS`].
+pub const BATCH_EVENTS_BUCKETS: [f64; 10] =
+    [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
 // --- backfill --------------------------------------------------------------------------------
 
@@ -25,8 +87,117 @@ pub fn describe() {
     describe_backfill();
 }
 
-fn describe_capture() {}
+fn describe_capture() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        CAPTURE_EVENTS_CAPTURED,
+        Unit::Count,
+        "Changes read from the MongoDB change stream and normalized, by collection and op"
+    );
+    describe_counter!(
+        CAPTURE_EVENTS_PUBLISHED,
+        Unit::Count,
+        "Events published to RabbitMQ (confirm pending), by collection and op"
+    );
+    describe_counter!(
+        CAPTURE_EVENTS_CONFIRMED,
+        Unit::Count,
+        "Events confirmed by RabbitMQ (ack, not returned), by collection and op"
+    );
+    describe_histogram!(
+        CAPTURE_CONFIRM_LATENCY,
+        Unit::Seconds,
+        "Seconds from publishing an event to the broker's confirm"
+    );
+    describe_gauge!(
+        CAPTURE_CONFIRMS_IN_FLIGHT,
+        Unit::Count,
+        "Published events awaiting their publisher confirm"
+    );
+    describe_gauge!(
+        CAPTURE_SOURCE_LAG,
+        Unit::Seconds,
+        "Now minus the MongoDB wall time of the last confirmed event (0 when idle)"
+    );
+    describe_gauge!(
+        CAPTURE_CHECKPOINT_AGE,
+        Unit::Seconds,
+        "Seconds since the stored checkpoint last matched the change stream's position"
+    );
+    describe_counter!(
+        CAPTURE_RESUMES,
+        Unit::Count,
+        "Change streams reopened from the checkpoint after an error, by error_type"
+    );
+    describe_counter!(CAPTURE_ERRORS, Unit::Count, "Capture errors, by error_type");
+    describe_gauge!(
+        CAPTURE_LEADER,
+        "1 while this replica holds the capture lock and tails the stream, 0 on standby"
+    );
+}
 
-fn describe_projector() {}
+fn describe_projector() {
+    use metrics::{Unit, describe_counter, describe_gauge, describe_histogram};
+    describe_counter!(
+        PROJECTOR_DOCS_APPLIED_TOTAL,
+        Unit::Count,
+        "Source documents that changed the projector's mirror"
+    );
+    describe_counter!(
+        PROJECTOR_DOCS_STALE_TOTAL,
+        Unit::Count,
+        "Source documents ignored as stale, duplicate or vanished"
+    );
+    describe_counter!(
+        PROJECTOR_ROWS_WRITTEN_TOTAL,
+        Unit::Count,
+        "Star rows written by the projection, by table"
+    );
+    describe_histogram!(
+        PROJECTOR_APPLY_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to project one batch (mirror upsert and star rows)"
+    );
+    describe_counter!(
+        PROJECTOR_EVENTS_APPLIED_TOTAL,
+        Unit::Count,
+        "Events taken from the queue, by entity and outcome (applied, stale, dead_lettered)"
+    );
+    describe_counter!(
+        PROJECTOR_DEAD_LETTERED_TOTAL,
+        Unit::Count,
+        "Messages published to the dead-letter queue, by reason"
+    );
+    describe_histogram!(
+        PROJECTOR_BATCH_EVENTS,
+        Unit::Count,
+        "Events per committed batch"
+    );
+    describe_histogram!(
+        PROJECTOR_BATCH_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time from taking a batch to acking it, commit included"
+    );
+    describe_gauge!(
+        PROJECTOR_LAG_SECONDS,
+        Unit::Seconds,
+        "Now minus the wall time of the newest event of the last committed batch"
+    );
+    describe_gauge!(
+        PROJECTOR_QUEUE_MESSAGES,
+        Unit::Count,
+        "Messages ready in the projector queue"
+    );
+    describe_gauge!(
+        PROJECTOR_DEAD_LETTER_QUEUE_MESSAGES,
+        Unit::Count,
+        "Messages in the projector's dead-letter queue"
+    );
+    describe_counter!(
+        PROJECTOR_RETRIES_TOTAL,
+        Unit::Count,
+        "Batch retries and broker reconnects after transient failures, by error type"
+    );
+}
 
 fn describe_backfill() {}

@@ -9,4 +9,5 @@ mod capture;
 mod cli;
 mod migrate;
 mod project;
+mod projector;
 mod sim;

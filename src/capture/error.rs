@@ -1,0 +1,113 @@
+//! The capture's errors and the one place that classifies them.
+
+use crate::capture::leader::LeaderError;
+use crate::capture::normalize::{Malformed, StopReason};
+use crate::config::ConfigError;
+use crate::publish::PublishError;
+
+/// How the capture reacts to an error (the project-wide classification): `Transient` reopens
+/// the stream from the checkpoint after a backoff; `Poison` (a change the capture cannot read)
+/// and `Fatal` stop the capture, which exits non-zero. A change is never skipped silently.
+pub use crate::project::ErrorClass;
+
+/// Everything that can end a capture session.
+#[derive(Debug, thiserror::Error)]
+pub enum CaptureError {
+    #[error("MongoDB change stream failed: {0}")]
+    Mongo(#[source] mongodb::error::Error),
+    #[error(
+        "change stream history lost for pipeline {pipeline}: the checkpoint's resume point is no \
+         longer in MongoDB's oplog (code 286), so changes were missed. Recover with \
+         `bowmark-cdc backfill --pipeline {file}` (it re-snapshots the collections and stores a \
+         fresh checkpoint), then start the capture again"
+    )]
+    HistoryLost {
+        pipeline: String,
+        file: String,
+        #[source]
+        source: mongodb::error::Error,
+    },
+    #[error(
+        "change stream of pipeline {pipeline} stopped: `{}` on {}. The capture cannot continue \
+         past it; check the database, then run `bowmark-cdc backfill --pipeline {file} --restart` \
+         and start the capture again", reason.operation, reason.namespace
+    )]
+    Invalidated {
+        pipeline: String,
+        file: String,
+        reason: StopReason,
+    },
+    #[error(
+        "pipeline {file}: history_lost = \"backfill\" is not implemented yet; the capture refuses \
+         to start with it. Set history_lost = \"fail\" (and run `bowmark-cdc backfill` by hand \
+         when the capture reports history loss)"
+    )]
+    BackfillPolicyUnsupported { file: String },
+    #[error("stored checkpoint of pipeline {pipeline} is not a resume token: {message}")]
+    BadCheckpoint { pipeline: String, message: String },
+    #[error("publishing to RabbitMQ failed: {0}")]
+    Publish(#[from] PublishError),
+    #[error("RabbitMQ channel or connection closed")]
+    BrokerClosed,
+    #[error("writing the checkpoint to PostgreSQL failed: {0}")]
+    Checkpoint(#[source] tokio_postgres::Error),
+    #[error("capture lock: {0}")]
+    Leader(#[from] LeaderError),
+    #[error("the capture lock session to PostgreSQL was lost; stopped tailing")]
+    LeaseLost,
+    #[error("the change stream ended without an error")]
+    StreamEnded,
+    #[error("{0}; the capture stops rather than skip it")]
+    Malformed(#[from] Malformed),
+    #[error("configuration: {0}")]
+    Config(#[from] ConfigError),
+}
+
+impl CaptureError {
+    /// The reviewed classification of every error.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            CaptureError::Mongo(_)
+            | CaptureError::Publish(_)
+            | CaptureError::BrokerClosed
+            | CaptureError::Checkpoint(_)
+            | CaptureError::Leader(_)
+            | CaptureError::LeaseLost
+            | CaptureError::StreamEnded => ErrorClass::Transient,
+            CaptureError::Malformed(_) => ErrorClass::Poison,
+            CaptureError::HistoryLost { .. }
+            | CaptureError::Invalidated { .. }
+            | CaptureError::BackfillPolicyUnsupported { .. }
+            | CaptureError::BadCheckpoint { .. }
+            | CaptureError::Config(_) => ErrorClass::Fatal,
+        }
+    }
+
+    /// The bounded `error_type` metric label.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            CaptureError::Mongo(_) | CaptureError::StreamEnded => "mongo",
+            CaptureError::HistoryLost { .. } => "history_lost",
+            CaptureError::Invalidated { .. } => "invalidated",
+            CaptureError::BackfillPolicyUnsupported { .. } | CaptureError::Config(_) => "config",
+            CaptureError::BadCheckpoint { .. } => "bad_checkpoint",
+            CaptureError::Publish(PublishError::Nacked { .. }) => "nack",
+            CaptureError::Publish(PublishError::Returned { .. }) => "returned",
+            CaptureError::Publish(_) | CaptureError::BrokerClosed => "broker",
+            CaptureError::Checkpoint(_) | CaptureError::Leader(_) => "postgres",
+            CaptureError::LeaseLost => "lease_lost",
+            CaptureError::Malformed(_) => "malformed",
+        }
+    }
+}
+
+/// The server error code of a MongoDB error, if it is a command error.
+pub fn mongo_code(err: &mongodb::error::Error) -> Option<i32> {
+    match err.kind.as_ref() {
+        mongodb::error::ErrorKind::Command(c) => Some(c.code),
+        _ => None,
+    }
+}
+
+/// ChangeStreamHistoryLost.
+pub const HISTORY_LOST: i32 = 286;

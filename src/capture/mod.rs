@@ -1,0 +1,222 @@
+//! The capture stage: one database-level MongoDB change stream per pipeline, normalized into v1
+//! events and published with confirms to the pipeline's vhost; the checkpoint in PostgreSQL
+//! advances only behind confirms (see [`crate::checkpoint`]).
+//!
+//! Resume is ours, not the driver's: the tailing client sets `retryReads=false` and, after any
+//! stream, broker or database error, the stage reopens the stream from its own checkpoint with a
+//! capped, jittered backoff (the driver's retried resume loses its token: spec-mongo-simulator
+//! §6). A PostgreSQL advisory lock elects the one replica that tails ([`leader`]).
+
+// Errors carry their sources (driver and broker errors are large); they are rare.
+#![allow(clippy::result_large_err)]
+
+mod error;
+pub mod leader;
+pub mod normalize;
+mod session;
+mod stream;
+
+use std::sync::atomic::AtomicBool;
+use std::time::{Duration, Instant};
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use mongodb::Client;
+use mongodb::options::ClientOptions;
+use tokio_util::sync::CancellationToken;
+
+pub use error::{CaptureError, ErrorClass};
+
+use crate::config::{HistoryLostPolicy, Settings};
+use crate::health::{Dependency, Health, RoleState, Stage};
+use crate::metrics as m;
+use crate::publish::Publisher;
+
+/// Backoff between resumes: from 250 ms, doubling, capped at 10 s, jittered.
+const BACKOFF_MIN: Duration = Duration::from_millis(250);
+const BACKOFF_MAX: Duration = Duration::from_secs(10);
+/// How often a standby re-checks MongoDB and RabbitMQ, and how long each check may take.
+const STANDBY_PROBE: Duration = Duration::from_secs(30);
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+/// A session that ran this long resets the backoff.
+const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
+
+/// The capture role of one pipeline.
+pub struct CaptureStage {
+    settings: Settings,
+    health: Health,
+    /// The exchange is declared once, by the first session that connects.
+    exchange_declared: AtomicBool,
+}
+
+impl CaptureStage {
+    pub fn new(settings: Settings, health: Health) -> CaptureStage {
+        CaptureStage {
+            settings,
+            health,
+            exchange_declared: AtomicBool::new(false),
+        }
+    }
+
+    /// Tail until `shutdown` is cancelled (then drain confirms, write the checkpoint and return
+    /// `Ok`) or a fatal error stops the capture.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), CaptureError> {
+        let pipeline = &self.settings.pipeline;
+        if pipeline.history_lost == HistoryLostPolicy::Backfill {
+            return Err(self.fatal(CaptureError::BackfillPolicyUnsupported {
+                file: pipeline.file.display().to_string(),
+            }));
+        }
+        let mongo = self.mongo_client().await.map_err(|e| self.fatal(e))?;
+        let key = leader::lock_key(&pipeline.name);
+        let mut backoff = new_backoff();
+        while !shutdown.is_cancelled() {
+            let lease = match self.acquire(key, &mongo, &shutdown).await {
+                Ok(Some(lease)) => lease,
+                Ok(None) => break,
+                Err(err) => {
+                    self.report(&err);
+                    self.health.set_connected(Dependency::Postgres, false);
+                    sleep_or_cancel(next_delay(&mut backoff), &shutdown).await;
+                    continue;
+                }
+            };
+            loop {
+                let started = Instant::now();
+                match session::tail(&self, &mongo, &lease, &shutdown).await {
+                    Ok(()) => {
+                        self.health.set_state(Stage::Capture, RoleState::Stopping);
+                        metrics::gauge!(m::CAPTURE_LEADER, m::LABEL_PIPELINE => pipeline.name.clone()).set(0.0);
+                        return Ok(());
+                    }
+                    Err(err) if err.class() != ErrorClass::Transient => return Err(self.fatal(err)),
+                    Err(err) => {
+                        self.report(&err);
+                        metrics::counter!(m::CAPTURE_RESUMES, m::LABEL_PIPELINE => pipeline.name.clone(),
+                            m::LABEL_ERROR_TYPE => err.error_type()).increment(1);
+                        if started.elapsed() > BACKOFF_RESET_AFTER {
+                            backoff = new_backoff();
+                        }
+                        sleep_or_cancel(next_delay(&mut backoff), &shutdown).await;
+                        if shutdown.is_cancelled() || lease.lost().is_cancelled() {
+                            break;
+                        }
+                    }
+                }
+            }
+            metrics::gauge!(m::CAPTURE_LEADER, m::LABEL_PIPELINE => pipeline.name.clone()).set(0.0);
+        }
+        self.health.set_state(Stage::Capture, RoleState::Stopping);
+        Ok(())
+    }
+
+    /// The tailing client: `retryReads=false` so a failed resume reaches us (see module docs).
+    async fn mongo_client(&self) -> Result<Client, CaptureError> {
+        let mut opts = ClientOptions::parse(self.settings.mongo_uri.expose())
+            .await
+            .map_err(CaptureError::Mongo)?;
+        opts.retry_reads = Some(false);
+        if opts.app_name.is_none() {
+            opts.app_name = Some(format!(
+                "bowmark-cdc-capture-{}",
+                self.settings.pipeline.name
+            ));
+        }
+        Client::with_options(opts).map_err(CaptureError::Mongo)
+    }
+
+    /// Wait for the capture lock (standby meanwhile); `None` when shut down first.
+    async fn acquire(
+        &self,
+        key: i64,
+        mongo: &Client,
+        shutdown: &CancellationToken,
+    ) -> Result<Option<leader::Lease>, CaptureError> {
+        let name = &self.settings.pipeline.name;
+        let mut announced = false;
+        let mut probed: Option<Instant> = None;
+        let mut session: Option<leader::Lease> = None;
+        loop {
+            let lease = match session.take() {
+                Some(s) if !s.lost().is_cancelled() => s,
+                _ => leader::Lease::connect(&self.settings.postgres).await?,
+            };
+            self.health.set_connected(Dependency::Postgres, true);
+            if lease.try_lock(key).await? {
+                self.health.set_state(Stage::Capture, RoleState::Active);
+                metrics::gauge!(m::CAPTURE_LEADER, m::LABEL_PIPELINE => name.clone()).set(1.0);
+                tracing::info!(pipeline = %name, lock_key = key, "capture lock acquired: this replica tails the change stream");
+                return Ok(Some(lease));
+            }
+            session = Some(lease);
+            if probed.is_none_or(|t| t.elapsed() >= STANDBY_PROBE) {
+                self.probe_dependencies(mongo).await;
+                probed = Some(Instant::now());
+            }
+            self.health.set_state(Stage::Capture, RoleState::Standby);
+            if !announced {
+                tracing::info!(pipeline = %name, lock_key = key, "standing by: another replica holds the capture lock");
+                announced = true;
+            }
+            tokio::select! {
+                _ = shutdown.cancelled() => return Ok(None),
+                _ = tokio::time::sleep(leader::STANDBY_POLL) => {}
+            }
+        }
+    }
+
+    /// A standby proves it could take over: MongoDB answers a ping and RabbitMQ accepts a
+    /// connection (readiness reports both).
+    async fn probe_dependencies(&self, mongo: &Client) {
+        let admin = mongo.database("admin");
+        let ping = admin.run_command(bson::doc! {"ping": 1});
+        let mongo_up = matches!(tokio::time::timeout(PROBE_TIMEOUT, ping).await, Ok(Ok(_)));
+        self.health.set_connected(Dependency::Mongo, mongo_up);
+        let p = &self.settings.pipeline;
+        let name = format!("bowmark-cdc capture {} (standby probe)", p.name);
+        let connect = Publisher::connect(&self.settings.rabbitmq, p, &name, false);
+        let broker_up = match tokio::time::timeout(PROBE_TIMEOUT, connect).await {
+            Ok(Ok(publisher)) => {
+                publisher.close().await;
+                true
+            }
+            _ => false,
+        };
+        self.health.set_connected(Dependency::Broker, broker_up);
+    }
+
+    fn report(&self, err: &CaptureError) {
+        metrics::counter!(m::CAPTURE_ERRORS, m::LABEL_PIPELINE => self.settings.pipeline.name.clone(),
+            m::LABEL_ERROR_TYPE => err.error_type()).increment(1);
+        tracing::warn!(pipeline = %self.settings.pipeline.name, error = %err,
+            error_type = err.error_type(), "capture interrupted; resuming from the checkpoint");
+    }
+
+    fn fatal(&self, err: CaptureError) -> CaptureError {
+        metrics::counter!(m::CAPTURE_ERRORS, m::LABEL_PIPELINE => self.settings.pipeline.name.clone(),
+            m::LABEL_ERROR_TYPE => err.error_type()).increment(1);
+        tracing::error!(pipeline = %self.settings.pipeline.name, error = %err,
+            error_type = err.error_type(), "capture stopped");
+        self.health.set_state(Stage::Capture, RoleState::Stopping);
+        err
+    }
+}
+
+fn new_backoff() -> backon::ExponentialBackoff {
+    ExponentialBuilder::default()
+        .with_min_delay(BACKOFF_MIN)
+        .with_max_delay(BACKOFF_MAX)
+        .with_jitter()
+        .without_max_times()
+        .build()
+}
+
+fn next_delay(b: &mut backon::ExponentialBackoff) -> Duration {
+    b.next().unwrap_or(BACKOFF_MAX)
+}
+
+async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {
+    tokio::select! {
+        _ = shutdown.cancelled() => {}
+        _ = tokio::time::sleep(d) => {}
+    }
+}

@@ -1,0 +1,361 @@
+//! One tailing session: open the stream at the checkpoint, publish with a bounded confirm
+//! window, advance the checkpoint behind confirms, and stop on the first error.
+
+use std::collections::HashMap;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use futures_util::stream::FuturesOrdered;
+use metrics::{Counter, Gauge, Histogram};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::CaptureStage;
+use super::error::CaptureError;
+use super::leader::{LEASE_PING, Lease};
+use super::stream::{Item, classify, open_stream, read_stream, token_from_json};
+use crate::checkpoint::{CheckpointStore, Position, Tracker};
+use crate::event::{ChangeEvent, Op};
+use crate::health::Dependency;
+use crate::metrics as m;
+use crate::publish::{PublishError, Publisher};
+
+/// How often the checkpoint may be written, the broker and lock checked, gauges refreshed.
+const TICK: Duration = Duration::from_secs(1);
+/// How long a graceful stop waits for outstanding confirms.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A confirm (or an idle position) resolved, with what it covers.
+struct Done {
+    pos: Position,
+    counted: Option<(Counter, std::time::SystemTime)>,
+    published_at: Instant,
+    confirmed_at: Instant,
+    result: Result<(), PublishError>,
+}
+
+type Pending = FuturesOrdered<Pin<Box<dyn Future<Output = Done> + Send>>>;
+
+/// Run one session until shutdown (`Ok`) or an error.
+pub(super) async fn tail(
+    stage: &CaptureStage,
+    mongo: &mongodb::Client,
+    lease: &Lease,
+    shutdown: &CancellationToken,
+) -> Result<(), CaptureError> {
+    let p = &stage.settings.pipeline;
+    let store = CheckpointStore::new(&lease.client);
+    let checkpoint = store
+        .load(&p.name)
+        .await
+        .map_err(CaptureError::Checkpoint)?;
+    let publisher = Publisher::connect(
+        &stage.settings.rabbitmq,
+        p,
+        &format!("bowmark-cdc capture {}", p.name),
+        !stage.exchange_declared.load(Ordering::Relaxed),
+    )
+    .await
+    .inspect_err(|_| stage.health.set_connected(Dependency::Broker, false))?;
+    stage.exchange_declared.store(true, Ordering::Relaxed);
+    stage.health.set_connected(Dependency::Broker, true);
+    let opened = match &checkpoint {
+        Some(cp) => match token_from_json(&p.name, &cp.resume_token) {
+            Ok(token) => open_stream(p, mongo, Some(token)).await,
+            Err(e) => Err(e),
+        },
+        None => open_stream(p, mongo, None).await,
+    };
+    let stream = match opened {
+        Ok(stream) => stream,
+        Err(e) => {
+            stage.health.set_connected(Dependency::Mongo, false);
+            publisher.close().await;
+            return Err(e);
+        }
+    };
+    stage.health.set_connected(Dependency::Mongo, true);
+    match &checkpoint {
+        Some(cp) => tracing::info!(pipeline = %p.name, last_event = ?cp.event_id,
+            "change stream resumed from the checkpoint"),
+        None => tracing::info!(pipeline = %p.name,
+            "no checkpoint: the change stream starts now; earlier changes are not captured \
+             (run `bowmark-cdc backfill` to load them)"),
+    }
+    let (tx, rx) = mpsc::channel(256);
+    let reader = tokio::spawn(read_stream(stream, Arc::new(p.clone()), tx));
+    let mut s = Session::new(stage, lease, &publisher, checkpoint);
+    let mut pending = Pending::new();
+    let mut rx = rx;
+    let result = s.run(&mut rx, &mut pending, shutdown).await;
+    let result = match result {
+        Ok(()) => s.drain(&mut pending, &mut rx).await,
+        Err(e @ (CaptureError::Invalidated { .. } | CaptureError::HistoryLost { .. })) => {
+            let _ = s.drain(&mut pending, &mut rx).await;
+            Err(e)
+        }
+        Err(e) => {
+            let _ = s.write_checkpoint().await;
+            Err(e)
+        }
+    };
+    reader.abort();
+    publisher.close().await;
+    if matches!(
+        result,
+        Err(CaptureError::Publish(_) | CaptureError::BrokerClosed)
+    ) {
+        stage.health.set_connected(Dependency::Broker, false);
+    }
+    result
+}
+
+/// Per-collection/op counters, created once.
+struct OpCounters {
+    captured: Counter,
+    published: Counter,
+    confirmed: Counter,
+}
+
+struct Session<'a> {
+    stage: &'a CaptureStage,
+    lease: &'a Lease,
+    publisher: &'a Publisher,
+    tracker: Tracker,
+    window: usize,
+    counters: HashMap<(String, Op), OpCounters>,
+    latency: Histogram,
+    in_flight: Gauge,
+    lag: Gauge,
+    age: Gauge,
+    caught_up_at: Instant,
+    last_ping: Instant,
+}
+
+impl<'a> Session<'a> {
+    fn new(
+        stage: &'a CaptureStage,
+        lease: &'a Lease,
+        publisher: &'a Publisher,
+        stored: Option<crate::checkpoint::Checkpoint>,
+    ) -> Self {
+        let name = stage.settings.pipeline.name.clone();
+        let g = |n: &'static str| metrics::gauge!(n, m::LABEL_PIPELINE => name.clone());
+        Session {
+            stage,
+            lease,
+            publisher,
+            tracker: Tracker::resume_from(stored),
+            window: stage.settings.pipeline.capture.confirm_window,
+            counters: HashMap::new(),
+            latency: metrics::histogram!(m::CAPTURE_CONFIRM_LATENCY, m::LABEL_PIPELINE => name.clone()),
+            in_flight: g(m::CAPTURE_CONFIRMS_IN_FLIGHT),
+            lag: g(m::CAPTURE_SOURCE_LAG),
+            age: g(m::CAPTURE_CHECKPOINT_AGE),
+            caught_up_at: Instant::now(),
+            last_ping: Instant::now(),
+        }
+    }
+
+    async fn run(
+        &mut self,
+        rx: &mut mpsc::Receiver<Item>,
+        pending: &mut Pending,
+        shutdown: &CancellationToken,
+    ) -> Result<(), CaptureError> {
+        let mut tick = tokio::time::interval(TICK);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let lost = self.lease.lost().clone();
+        loop {
+            tokio::select! {
+                biased;
+                _ = shutdown.cancelled() => return Ok(()),
+                _ = lost.cancelled() => return Err(CaptureError::LeaseLost),
+                Some(done) = pending.next(), if !pending.is_empty() => self.handle_confirm(done)?,
+                _ = tick.tick() => self.handle_tick(pending.len()).await?,
+                item = rx.recv(), if pending.len() < self.window => self.handle_item(item, pending).await?,
+            }
+        }
+    }
+
+    fn handle_confirm(&mut self, done: Done) -> Result<(), CaptureError> {
+        done.result?;
+        if let Some((confirmed, wall)) = done.counted {
+            confirmed.increment(1);
+            self.latency.record(
+                done.confirmed_at
+                    .duration_since(done.published_at)
+                    .as_secs_f64(),
+            );
+            let lag = std::time::SystemTime::now()
+                .duration_since(wall)
+                .map(|d| d.as_secs_f64())
+                .unwrap_or(0.0);
+            self.lag.set(lag);
+        } else {
+            self.lag.set(0.0);
+        }
+        self.tracker.confirmed(done.pos);
+        Ok(())
+    }
+
+    async fn handle_item(
+        &mut self,
+        item: Option<Item>,
+        pending: &mut Pending,
+    ) -> Result<(), CaptureError> {
+        let p = &self.stage.settings.pipeline;
+        match item {
+            None => Err(CaptureError::StreamEnded),
+            Some(Item::Event(e)) => {
+                tracing::trace!(pipeline = %p.name, event_id = %e.id, "publishing");
+                self.publish(*e, pending).await
+            }
+            Some(Item::Idle(token)) => {
+                tracing::trace!(pipeline = %p.name, in_flight = pending.len(), "idle batch");
+                let now = Instant::now();
+                pending.push_back(Box::pin(std::future::ready(Done {
+                    pos: Position::Idle { token },
+                    counted: None,
+                    published_at: now,
+                    confirmed_at: now,
+                    result: Ok(()),
+                })));
+                Ok(())
+            }
+            Some(Item::Stop(reason)) => Err(CaptureError::Invalidated {
+                pipeline: p.name.clone(),
+                file: p.file.display().to_string(),
+                reason,
+            }),
+            Some(Item::Failed(e)) => {
+                self.stage.health.set_connected(Dependency::Mongo, false);
+                Err(classify(p, e))
+            }
+            Some(Item::Malformed(m)) => Err(CaptureError::Malformed(m)),
+        }
+    }
+
+    async fn publish(&mut self, e: ChangeEvent, pending: &mut Pending) -> Result<(), CaptureError> {
+        let name = &self.stage.settings.pipeline.name;
+        let c = self
+            .counters
+            .entry((e.ns.coll.clone(), e.op))
+            .or_insert_with(|| {
+                let c = |n: &'static str| {
+                    metrics::counter!(n, m::LABEL_PIPELINE => name.clone(),
+                        m::LABEL_COLLECTION => e.ns.coll.clone(), m::LABEL_OP => e.op.as_str())
+                };
+                OpCounters {
+                    captured: c(m::CAPTURE_EVENTS_CAPTURED),
+                    published: c(m::CAPTURE_EVENTS_PUBLISHED),
+                    confirmed: c(m::CAPTURE_EVENTS_CONFIRMED),
+                }
+            });
+        c.captured.increment(1);
+        let confirm = self.publisher.publish(&e).await?;
+        c.published.increment(1);
+        let confirmed = c.confirmed.clone();
+        let wall: std::time::SystemTime = e.wall_time.into();
+        let pos = Position::Event {
+            cluster_time: e.cluster_time,
+            id: e.id,
+            token: e.resume_token,
+        };
+        let published_at = Instant::now();
+        pending.push_back(Box::pin(async move {
+            let result = confirm.await;
+            Done {
+                pos,
+                counted: Some((confirmed, wall)),
+                published_at,
+                confirmed_at: Instant::now(),
+                result,
+            }
+        }));
+        Ok(())
+    }
+
+    async fn handle_tick(&mut self, in_flight: usize) -> Result<(), CaptureError> {
+        self.in_flight.set(in_flight as f64);
+        if !self.publisher.is_connected() {
+            return Err(CaptureError::BrokerClosed);
+        }
+        if self.last_ping.elapsed() >= LEASE_PING {
+            self.last_ping = Instant::now();
+            self.lease.check().await?;
+        }
+        self.write_checkpoint().await?;
+        if in_flight == 0 && !self.tracker.has_open_group() {
+            self.caught_up_at = Instant::now();
+        }
+        self.age.set(self.caught_up_at.elapsed().as_secs_f64());
+        Ok(())
+    }
+
+    /// Store the safe checkpoint if it moved.
+    async fn write_checkpoint(&mut self) -> Result<(), CaptureError> {
+        let Some(cp) = self.tracker.take_changed() else {
+            return Ok(());
+        };
+        let name = &self.stage.settings.pipeline.name;
+        CheckpointStore::new(&self.lease.client)
+            .save(name, &cp)
+            .await
+            .map_err(CaptureError::Checkpoint)?;
+        tracing::debug!(pipeline = %name, last_event = ?cp.event_id, "checkpoint stored");
+        Ok(())
+    }
+
+    /// Graceful stop: wait (bounded) for outstanding confirms, close the last event group if
+    /// the stream shows it is complete, then store the checkpoint.
+    async fn drain(
+        &mut self,
+        pending: &mut Pending,
+        rx: &mut mpsc::Receiver<Item>,
+    ) -> Result<(), CaptureError> {
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        let name = self.stage.settings.pipeline.name.clone();
+        let mut confirmed_all = true;
+        while !pending.is_empty() {
+            match tokio::time::timeout_at(deadline, pending.next()).await {
+                Ok(Some(done)) => {
+                    if let Err(err) = self.handle_confirm(done) {
+                        tracing::warn!(pipeline = %name, error = %err,
+                            "a confirm failed while stopping; the checkpoint stays before it");
+                        confirmed_all = false;
+                        break;
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    tracing::warn!(pipeline = %name, outstanding = pending.len(),
+                        "confirms still outstanding at the stop deadline; they will be re-published");
+                    confirmed_all = false;
+                    break;
+                }
+            }
+        }
+        if confirmed_all && self.tracker.has_open_group() {
+            self.close_open_group(rx).await;
+        }
+        self.write_checkpoint().await?;
+        tracing::info!(pipeline = %name, "capture stopped; checkpoint stored");
+        Ok(())
+    }
+
+    /// Look at the next stream item (not publishing it): an empty batch or an event of
+    /// another cluster time proves the last confirmed group complete.
+    async fn close_open_group(&mut self, rx: &mut mpsc::Receiver<Item>) {
+        let wait = Duration::from_millis(self.stage.settings.pipeline.capture.max_await_ms)
+            + Duration::from_millis(500);
+        match tokio::time::timeout(wait, rx.recv()).await {
+            Ok(Some(Item::Idle(token))) => self.tracker.confirmed(Position::Idle { token }),
+            Ok(Some(Item::Event(e))) => self.tracker.next_group_seen(e.cluster_time),
+            _ => {}
+        }
+    }
+}

@@ -1,0 +1,136 @@
+//! The daemon's HTTP port (DESIGN §9): `/metrics` (Prometheus text), `/healthz` (200 while the
+//! process lives) and `/readyz` (503 until the dependencies of the running roles are connected
+//! and every role is active or standing by; the body says which).
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use metrics_exporter_prometheus::PrometheusHandle;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::health::{Dependency, Health, RoleState, Stage};
+
+/// What the endpoints read.
+#[derive(Clone)]
+pub struct HttpState {
+    metrics: PrometheusHandle,
+    health: Health,
+    roles: Arc<[Stage]>,
+}
+
+impl HttpState {
+    /// `roles`: the stages this process runs (readiness waits for each of them).
+    pub fn new(metrics: PrometheusHandle, health: Health, roles: &[Stage]) -> HttpState {
+        HttpState {
+            metrics,
+            health,
+            roles: roles.into(),
+        }
+    }
+}
+
+pub fn router(state: HttpState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(readyz))
+        .with_state(state)
+}
+
+/// Serve until `stop` is cancelled.
+pub async fn serve(
+    listener: TcpListener,
+    state: HttpState,
+    stop: CancellationToken,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(state))
+        .with_graceful_shutdown(async move { stop.cancelled().await })
+        .await
+}
+
+async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        s.metrics.render(),
+    )
+}
+
+async fn readyz(State(s): State<HttpState>) -> impl IntoResponse {
+    let (ready, body) = readiness(&s.health, &s.roles);
+    let code = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    (code, body)
+}
+
+fn stage_name(s: Stage) -> &'static str {
+    match s {
+        Stage::Capture => "capture",
+        Stage::Projector => "projector",
+    }
+}
+
+/// Ready when the broker and PostgreSQL (and MongoDB, for capture) are connected and every
+/// role is active or standing by. The body lists what is missing, or each role's state.
+pub fn readiness(health: &Health, roles: &[Stage]) -> (bool, String) {
+    let mut missing = Vec::new();
+    let mut deps = vec![
+        (Dependency::Broker, "broker"),
+        (Dependency::Postgres, "postgres"),
+    ];
+    if roles.contains(&Stage::Capture) {
+        deps.insert(0, (Dependency::Mongo, "mongo"));
+    }
+    for (dep, name) in deps {
+        if !health.connected(dep) {
+            missing.push(format!("{name} disconnected"));
+        }
+    }
+    let states: Vec<String> = roles
+        .iter()
+        .map(|r| format!("{} {}", stage_name(*r), health.state(*r).as_str()))
+        .collect();
+    for r in roles {
+        if !matches!(health.state(*r), RoleState::Active | RoleState::Standby) {
+            missing.push(format!("{} {}", stage_name(*r), health.state(*r).as_str()));
+        }
+    }
+    if missing.is_empty() {
+        (true, format!("ready: {}\n", states.join(", ")))
+    } else {
+        (false, format!("not ready: {}\n", missing.join(", ")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ready_only_when_dependencies_and_roles_are_up() {
+        let h = Health::default();
+        let (ok, body) = readiness(&h, &[Stage::Projector]);
+        assert!(!ok);
+        assert!(body.contains("broker disconnected") && body.contains("projector starting"));
+        h.set_connected(Dependency::Broker, true);
+        h.set_connected(Dependency::Postgres, true);
+        h.set_state(Stage::Projector, RoleState::Active);
+        let (ok, body) = readiness(&h, &[Stage::Projector]);
+        assert!(ok, "{body}");
+        assert_eq!(body, "ready: projector active\n");
+        // Capture also needs MongoDB; a standby capture is ready.
+        h.set_state(Stage::Capture, RoleState::Standby);
+        let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
+        assert!(!ok && body.contains("mongo disconnected"), "{body}");
+        h.set_connected(Dependency::Mongo, true);
+        let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
+        assert!(ok && body.contains("capture standby"), "{body}");
+    }
+}

@@ -1,0 +1,177 @@
+//! One batch, one PostgreSQL transaction. The batch is applied inside a savepoint; when the
+//! projection says Poison (a row PostgreSQL rejects), the savepoint is rolled back and the batch
+//! is bisected until the culprit events stand alone. They are returned as dead letters and every
+//! other event commits in the same transaction.
+
+use std::collections::BTreeMap;
+
+use deadpool_postgres::Pool;
+use futures_util::future::BoxFuture;
+use tokio_postgres::Transaction;
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::config::Pipeline;
+use crate::event::Entity;
+use crate::project::{self, ApplyStats, ErrorClass, Guard, SourceDoc};
+
+use super::dlq::{DeadLetter, Reason};
+use super::error::{ProjectorError, error_chain};
+
+/// What became of each event of a committed batch.
+#[derive(Debug, Default)]
+pub struct Applied {
+    pub stats: ApplyStats,
+    /// Events that changed the mirror, by entity.
+    pub fresh: BTreeMap<Entity, u64>,
+    /// Events ignored as stale (older or equal version, superseded in the batch, vanished).
+    pub stale: BTreeMap<Entity, u64>,
+    /// Index into the batch's docs, and why PostgreSQL rejected it.
+    pub rejected: Vec<(usize, DeadLetter)>,
+}
+
+/// Apply `docs` in one transaction and commit. Nothing is acked here: the caller acks after
+/// this returns `Ok`.
+pub async fn apply_batch(
+    pool: &Pool,
+    pipeline: &Pipeline,
+    docs: &[SourceDoc],
+) -> Result<Applied, ProjectorError> {
+    if docs.is_empty() {
+        return Ok(Applied::default());
+    }
+    let mut client = pool.get().await.map_err(ProjectorError::Pool)?;
+    let mut tx = client
+        .transaction()
+        .await
+        .map_err(ProjectorError::pg("begin"))?;
+    let mut out = Applied::default();
+    let fresh = fresh_flags(&tx, docs).await?;
+    bisect(&mut tx, pipeline, docs, 0, &mut out).await?;
+    tx.commit().await.map_err(ProjectorError::pg("commit"))?;
+    let rejected: Vec<usize> = out.rejected.iter().map(|(i, _)| *i).collect();
+    for (i, d) in docs.iter().enumerate() {
+        if rejected.contains(&i) {
+            continue;
+        }
+        let slot = if fresh[i] {
+            &mut out.fresh
+        } else {
+            &mut out.stale
+        };
+        *slot.entry(d.entity).or_default() += 1;
+    }
+    Ok(out)
+}
+
+/// Apply `docs` in a savepoint; on Poison roll it back and split, down to single events.
+fn bisect<'a, 't>(
+    tx: &'a mut Transaction<'t>,
+    pipeline: &'a Pipeline,
+    docs: &'a [SourceDoc],
+    offset: usize,
+    out: &'a mut Applied,
+) -> BoxFuture<'a, Result<(), ProjectorError>>
+where
+    't: 'a,
+{
+    Box::pin(async move {
+        if docs.is_empty() {
+            return Ok(());
+        }
+        let sp = tx
+            .savepoint("cdc_batch")
+            .await
+            .map_err(ProjectorError::pg("savepoint"))?;
+        match project::apply(&sp, pipeline, docs, Guard::Newer).await {
+            Ok(stats) => {
+                sp.commit()
+                    .await
+                    .map_err(ProjectorError::pg("release savepoint"))?;
+                merge(&mut out.stats, stats);
+                Ok(())
+            }
+            Err(e) if e.class() == ErrorClass::Poison => {
+                sp.rollback()
+                    .await
+                    .map_err(ProjectorError::pg("rollback to savepoint"))?;
+                if docs.len() == 1 {
+                    out.rejected
+                        .push((offset, DeadLetter::new(Reason::Rejected, error_chain(&e))));
+                    return Ok(());
+                }
+                let mid = docs.len() / 2;
+                bisect(tx, pipeline, &docs[..mid], offset, out).await?;
+                bisect(tx, pipeline, &docs[mid..], offset + mid, out).await
+            }
+            Err(e) => Err(e.into()),
+        }
+    })
+}
+
+fn merge(into: &mut ApplyStats, s: ApplyStats) {
+    into.applied += s.applied;
+    into.stale += s.stale;
+    for (table, n) in s.rows_written {
+        *into.rows_written.entry(table).or_default() += n;
+    }
+}
+
+/// Which docs will change the mirror: the newest of their key in the batch, carrying state,
+/// and newer than what the mirror holds (the same rule `project::apply` applies with
+/// `Guard::Newer`; read here only to label the per-entity metrics).
+async fn fresh_flags(
+    tx: &Transaction<'_>,
+    docs: &[SourceDoc],
+) -> Result<Vec<bool>, ProjectorError> {
+    let mut newest: BTreeMap<(Entity, &str), usize> = BTreeMap::new();
+    for (i, d) in docs.iter().enumerate() {
+        if !d.deleted && d.doc.is_none() {
+            continue;
+        }
+        let slot = newest.entry((d.entity, d.key.as_str())).or_insert(i);
+        if d.version > docs[*slot].version {
+            *slot = i;
+        }
+    }
+    let mut fresh = vec![false; docs.len()];
+    for i in newest.values() {
+        fresh[*i] = true;
+    }
+    let entity: Vec<&str> = docs.iter().map(|d| d.entity.as_str()).collect();
+    let key: Vec<&str> = docs.iter().map(|d| d.key.as_str()).collect();
+    let t: Vec<i64> = docs
+        .iter()
+        .map(|d| i64::from(d.version.cluster_time.t))
+        .collect();
+    let i: Vec<i64> = docs
+        .iter()
+        .map(|d| i64::from(d.version.cluster_time.i))
+        .collect();
+    let o: Vec<i64> = docs.iter().map(|d| i64::from(d.version.ordinal)).collect();
+    let params: [(&(dyn ToSql + Sync), Type); 5] = [
+        (&entity, Type::TEXT_ARRAY),
+        (&key, Type::TEXT_ARRAY),
+        (&t, Type::INT8_ARRAY),
+        (&i, Type::INT8_ARRAY),
+        (&o, Type::INT8_ARRAY),
+    ];
+    let rows = tx
+        .query_typed(STALE_VS_MIRROR, &params)
+        .await
+        .map_err(ProjectorError::pg("read mirror versions"))?;
+    for row in rows {
+        let n: i64 = row.get(0);
+        if let Some(f) = usize::try_from(n - 1).ok().and_then(|n| fresh.get_mut(n)) {
+            *f = false;
+        }
+    }
+    Ok(fresh)
+}
+
+/// 1-based positions of batch docs whose version is not newer than the mirror's.
+const STALE_VS_MIRROR: &str = "
+SELECT b.n
+FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
+     WITH ORDINALITY AS b(entity, key, t, i, o, n)
+JOIN cdc.source_doc s ON s.entity = b.entity AND s.key = b.key
+WHERE (s.ct_t, s.ct_i, s.ordinal) >= (b.t, b.i, b.o)";

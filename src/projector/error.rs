@@ -1,0 +1,118 @@
+//! The projector stage's one error type and its classification (retry, dead-letter or stop).
+
+use crate::project::{ErrorClass, ProjectError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProjectorError {
+    /// An AMQP operation failed (connection, channel, declare, consume, ack, publish).
+    #[error("RabbitMQ {op} failed")]
+    Broker {
+        op: &'static str,
+        #[source]
+        source: lapin::Error,
+    },
+    /// The broker cancelled our consumer (queue deleted, node shutdown) or the channel closed.
+    #[error("the consumer on queue {queue} ended")]
+    ConsumerEnded { queue: String },
+    /// The broker did not take a dead-lettered message (nack or returned).
+    #[error("dead-letter queue {queue} refused message {message_id}: {detail}")]
+    DeadLetterRefused {
+        queue: String,
+        message_id: String,
+        detail: String,
+    },
+    /// No PostgreSQL connection could be taken from the pool.
+    #[error("PostgreSQL connection pool")]
+    Pool(#[source] deadpool_postgres::PoolError),
+    /// A transaction statement (begin, savepoint, commit) failed.
+    #[error("PostgreSQL {op} failed")]
+    Postgres {
+        op: &'static str,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    /// The projection itself failed.
+    #[error(transparent)]
+    Project(#[from] ProjectError),
+}
+
+impl ProjectorError {
+    pub(crate) fn broker(op: &'static str) -> impl FnOnce(lapin::Error) -> ProjectorError {
+        move |source| ProjectorError::Broker { op, source }
+    }
+
+    pub(crate) fn pg(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ProjectorError {
+        move |source| ProjectorError::Postgres { op, source }
+    }
+
+    /// The one reviewed classification of the stage's failures. Poison is decided per message
+    /// (see `batch::decode` and the bisection in `apply`); at this level only the projection
+    /// itself can say Poison.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            ProjectorError::Broker { source, .. } => classify_amqp(source),
+            ProjectorError::ConsumerEnded { .. } | ProjectorError::DeadLetterRefused { .. } => {
+                ErrorClass::Transient
+            }
+            ProjectorError::Pool(_) => ErrorClass::Transient,
+            ProjectorError::Postgres { source, .. } => classify_pg(source),
+            ProjectorError::Project(e) => e.class(),
+        }
+    }
+
+    /// A bounded label for metrics and logs.
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            ProjectorError::Broker { .. } => "broker",
+            ProjectorError::ConsumerEnded { .. } => "consumer_ended",
+            ProjectorError::DeadLetterRefused { .. } => "dead_letter_refused",
+            ProjectorError::Pool(_) => "postgres_pool",
+            ProjectorError::Postgres { .. } => "postgres",
+            ProjectorError::Project(_) => "projection",
+        }
+    }
+}
+
+/// Broker failures are transient (the connection is rebuilt) except those no retry can fix:
+/// access refused and inequivalent queue arguments (a queue declared by hand with other
+/// settings).
+fn classify_amqp(e: &lapin::Error) -> ErrorClass {
+    match e.kind() {
+        lapin::ErrorKind::ProtocolError(amqp) => match amqp.get_id() {
+            403 | 406 => ErrorClass::Fatal,
+            _ => ErrorClass::Transient,
+        },
+        lapin::ErrorKind::InvalidProtocolVersion(_)
+        | lapin::ErrorKind::NoDefaultRuntime
+        | lapin::ErrorKind::AuthProviderError(_) => ErrorClass::Fatal,
+        _ => ErrorClass::Transient,
+    }
+}
+
+/// BEGIN, SAVEPOINT and COMMIT failures: connection trouble and serialization failures are
+/// transient; anything else means a broken database.
+fn classify_pg(e: &tokio_postgres::Error) -> ErrorClass {
+    use tokio_postgres::error::SqlState;
+    let Some(code) = e.code() else {
+        return ErrorClass::Transient;
+    };
+    if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+        return ErrorClass::Transient;
+    }
+    match &code.code()[..2] {
+        "08" | "53" | "57" => ErrorClass::Transient,
+        _ => ErrorClass::Fatal,
+    }
+}
+
+/// An error and its sources on one line (logs and the dead-letter header).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(inner) = src {
+        s.push_str(": ");
+        s.push_str(&inner.to_string());
+        src = inner.source();
+    }
+    s
+}

@@ -1,0 +1,123 @@
+//! One batch taken from the queue: decoded into events and dead letters, then, once committed,
+//! logged and counted.
+
+use chrono::Utc;
+use lapin::message::Delivery;
+use tokio::time::Instant;
+use tracing::{debug, warn};
+
+use crate::config::Pipeline;
+use crate::metrics as m;
+use crate::project::SourceDoc;
+
+use super::apply::Applied;
+use super::batch::decode;
+use super::dlq::{self, DeadLetter};
+
+/// A batch decoded: the events to apply (with their delivery index) and the undecodable.
+pub(super) struct Flush {
+    pub docs: Vec<SourceDoc>,
+    doc_delivery: Vec<usize>,
+    undecodable: Vec<(usize, DeadLetter)>,
+    newest_wall: Option<chrono::DateTime<Utc>>,
+}
+
+impl Flush {
+    pub fn decode(pipeline: &Pipeline, deliveries: &[Delivery]) -> Flush {
+        let mut f = Flush {
+            docs: Vec::with_capacity(deliveries.len()),
+            doc_delivery: Vec::with_capacity(deliveries.len()),
+            undecodable: Vec::new(),
+            newest_wall: None,
+        };
+        for (i, d) in deliveries.iter().enumerate() {
+            match decode(&d.data, &pipeline.name) {
+                Ok(ev) => {
+                    f.newest_wall = f.newest_wall.max(Some(ev.wall_time));
+                    f.docs.push(SourceDoc::from(&ev));
+                    f.doc_delivery.push(i);
+                }
+                Err(dl) => f.undecodable.push((i, dl)),
+            }
+        }
+        f
+    }
+
+    /// Every message to dead-letter, in delivery order, logged by id and reason.
+    pub fn dead_letters<'a>(
+        &'a self,
+        deliveries: &'a [Delivery],
+        applied: &'a Applied,
+    ) -> Vec<(&'a Delivery, &'a DeadLetter)> {
+        let mut out: Vec<(usize, &DeadLetter)> = self
+            .undecodable
+            .iter()
+            .map(|(i, dl)| (*i, dl))
+            .chain(
+                applied
+                    .rejected
+                    .iter()
+                    .map(|(j, dl)| (self.doc_delivery[*j], dl)),
+            )
+            .collect();
+        out.sort_by_key(|(i, _)| *i);
+        out.into_iter()
+            .map(|(i, dl)| {
+                let d = &deliveries[i];
+                warn!(message_id = %dlq::message_id(d), routing_key = %d.routing_key,
+                      reason = dl.reason.as_str(), error = %dl.error, "projector: dead-lettering message");
+                (d, dl)
+            })
+            .collect()
+    }
+
+    pub fn record(
+        &self,
+        pipeline: &Pipeline,
+        applied: &Applied,
+        letters: &[(&Delivery, &DeadLetter)],
+        started: Instant,
+    ) {
+        let p = || pipeline.name.clone();
+        let count = |entity: &'static str, outcome: &'static str, n: u64| {
+            metrics::counter!(m::PROJECTOR_EVENTS_APPLIED_TOTAL, m::LABEL_PIPELINE => p(),
+                m::LABEL_ENTITY => entity, m::LABEL_OUTCOME => outcome)
+            .increment(n);
+        };
+        for (e, n) in &applied.fresh {
+            count(e.as_str(), m::OUTCOME_APPLIED, *n);
+        }
+        for (e, n) in &applied.stale {
+            count(e.as_str(), m::OUTCOME_STALE, *n);
+        }
+        for (_, dl) in &self.undecodable {
+            count(m::ENTITY_UNKNOWN, m::OUTCOME_DEAD_LETTERED, 1);
+            metrics::counter!(m::PROJECTOR_DEAD_LETTERED_TOTAL, m::LABEL_PIPELINE => p(),
+                m::LABEL_REASON => dl.reason.as_str())
+            .increment(1);
+        }
+        for (j, dl) in &applied.rejected {
+            count(self.docs[*j].entity.as_str(), m::OUTCOME_DEAD_LETTERED, 1);
+            metrics::counter!(m::PROJECTOR_DEAD_LETTERED_TOTAL, m::LABEL_PIPELINE => p(),
+                m::LABEL_REASON => dl.reason.as_str())
+            .increment(1);
+        }
+        let events = self.docs.len() + self.undecodable.len();
+        metrics::histogram!(m::PROJECTOR_BATCH_EVENTS, m::LABEL_PIPELINE => p())
+            .record(events as f64);
+        metrics::histogram!(m::PROJECTOR_BATCH_DURATION_SECONDS, m::LABEL_PIPELINE => p())
+            .record(started.elapsed().as_secs_f64());
+        if let Some(wall) = self.newest_wall {
+            let lag = (Utc::now() - wall).num_milliseconds().max(0) as f64 / 1000.0;
+            metrics::gauge!(m::PROJECTOR_LAG_SECONDS, m::LABEL_PIPELINE => p()).set(lag);
+        }
+        debug!(
+            events,
+            applied = applied.stats.applied,
+            stale = applied.stats.stale,
+            dead_lettered = letters.len(),
+            elapsed_ms = started.elapsed().as_millis() as u64,
+            "projector: batch committed and acked"
+        );
+    }
+}

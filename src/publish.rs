@@ -1,0 +1,158 @@
+//! The confirming publisher: one AMQP connection and confirm-mode channel on the pipeline's
+//! vhost, the `bowmark.sync` topic exchange declared once when it connects, and persistent,
+//! mandatory publishes of v1 events whose confirms the caller awaits in a bounded window.
+//!
+//! A confirm is a success only when it is `Ack(None)`: a nack, a returned (unroutable) message
+//! (`Ack(Some(_))`) and a closed channel or connection are all errors.
+
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProperties};
+
+use crate::config::{Pipeline, RabbitConn};
+use crate::event::{CLUSTER_TIME_HEADER, CONTENT_TYPE, ChangeEvent, EVENT_TYPE};
+
+/// Why a publish did not succeed.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("RabbitMQ connection or channel failed: {0}")]
+    Amqp(#[from] lapin::Error),
+    #[error("RabbitMQ rejected event {event_id} (nack)")]
+    Nacked { event_id: String },
+    #[error(
+        "RabbitMQ returned event {event_id} as unroutable ({code} {text}): no queue is bound to \
+         exchange {exchange} for this routing key"
+    )]
+    Returned {
+        event_id: String,
+        exchange: String,
+        code: u16,
+        text: String,
+    },
+    #[error("channel was not in confirm mode when event {event_id} was published")]
+    NotConfirmed { event_id: String },
+    #[error("event {event_id} cannot be encoded: {source}")]
+    Encode {
+        event_id: String,
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// A publisher for one pipeline's vhost and exchange.
+pub struct Publisher {
+    connection: Connection,
+    channel: Channel,
+    exchange: String,
+}
+
+impl Publisher {
+    /// Connect and enable publisher confirms; with `declare`, also declare the pipeline's
+    /// topology ([`crate::topology::declare`]: the exchange and the projector's queues, so events
+    /// published before the projector first runs are kept). The capture declares it once, at
+    /// start.
+    pub async fn connect(
+        conn: &RabbitConn,
+        pipeline: &Pipeline,
+        name: &str,
+        declare: bool,
+    ) -> Result<Self, PublishError> {
+        let props = ConnectionProperties::default()
+            .with_connection_name(LongString::from(name.to_string()));
+        let connection = Connection::connect(conn.uri().expose(), props).await?;
+        let channel = connection.create_channel().await?;
+        channel
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        if declare {
+            crate::topology::declare(&channel, pipeline).await?;
+        }
+        Ok(Publisher {
+            connection,
+            channel,
+            exchange: pipeline.exchange.clone(),
+        })
+    }
+
+    /// Whether the channel and its connection are still open.
+    pub fn is_connected(&self) -> bool {
+        self.channel.status().connected() && self.connection.status().connected()
+    }
+
+    /// Send one event. The returned future resolves when the broker confirms it.
+    pub async fn publish(
+        &self,
+        event: &ChangeEvent,
+    ) -> Result<impl Future<Output = Result<(), PublishError>> + Send + 'static, PublishError> {
+        let body = serde_json::to_vec(event).map_err(|source| PublishError::Encode {
+            event_id: event.id.clone(),
+            source,
+        })?;
+        let mut headers = FieldTable::default();
+        headers.insert(
+            CLUSTER_TIME_HEADER.into(),
+            AMQPValue::LongString(event.cluster_time_header().into()),
+        );
+        let props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(CONTENT_TYPE.into())
+            .with_type(EVENT_TYPE.into())
+            .with_message_id(event.id.as_str().into())
+            .with_headers(headers);
+        let confirm = self
+            .channel
+            .basic_publish(
+                self.exchange.as_str().into(),
+                event.routing_key().into(),
+                BasicPublishOptions {
+                    mandatory: true,
+                    ..BasicPublishOptions::default()
+                },
+                &body,
+                props,
+            )
+            .await?;
+        let event_id = event.id.clone();
+        let exchange = self.exchange.clone();
+        Ok(async move { check(confirm.await?, event_id, exchange) })
+    }
+
+    /// Close the connection politely (before the runtime shuts down).
+    pub async fn close(&self) {
+        let _ = self.connection.close(200, "capture stopping".into()).await;
+    }
+}
+
+fn check(c: Confirmation, event_id: String, exchange: String) -> Result<(), PublishError> {
+    match c {
+        Confirmation::Ack(None) => Ok(()),
+        Confirmation::Ack(Some(returned)) => Err(PublishError::Returned {
+            event_id,
+            exchange,
+            code: returned.reply_code,
+            text: returned.reply_text.to_string(),
+        }),
+        Confirmation::Nack(_) => Err(PublishError::Nacked { event_id }),
+        Confirmation::NotRequested => Err(PublishError::NotConfirmed { event_id }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_plain_ack_is_a_success() {
+        let id = || "p:1.1.0".to_string();
+        let ex = || "bowmark.sync".to_string();
+        assert!(check(Confirmation::Ack(None), id(), ex()).is_ok());
+        assert!(matches!(
+            check(Confirmation::Nack(None), id(), ex()),
+            Err(PublishError::Nacked { .. })
+        ));
+        assert!(matches!(
+            check(Confirmation::NotRequested, id(), ex()),
+            Err(PublishError::NotConfirmed { .. })
+        ));
+    }
+}

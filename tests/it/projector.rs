@@ -1,0 +1,1018 @@
+//! The projector as operators run it: the real `bowmark-cdc run --role project` binary against a
+//! private RabbitMQ vhost and PostgreSQL database, fed v1 events published straight to
+//! `bowmark.sync`. Each test asserts what a user of the reports (or an operator) would notice.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::process::{Child, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bowmark_cdc::config::Pipeline;
+use bowmark_cdc::event::{CONTENT_TYPE, ChangeEvent, EVENT_TYPE, Entity, Op};
+use bowmark_cdc::projector::dlq;
+use bowmark_cdc::topology;
+use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::project::seed::{self, *};
+use crate::support::{self, TestDb, TestVhost, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// A migrated private database, a private vhost with the pipeline's topology, and a publisher.
+struct Rig {
+    db: TestDb,
+    vhost: TestVhost,
+    pipeline: Pipeline,
+    pg: tokio_postgres::Client,
+    _amqp: lapin::Connection,
+    ch: Channel,
+}
+
+impl Rig {
+    async fn new() -> Rig {
+        let db = support::migrated_db().await;
+        let pg = db.client().await;
+        let vhost = TestVhost::new();
+        let pipeline = support::pipeline("paving");
+        let amqp = vhost.connect().await;
+        let ch = amqp.create_channel().await.expect("channel");
+        topology::declare(&ch, &pipeline).await.expect("topology");
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .expect("confirms");
+        Rig {
+            db,
+            vhost,
+            pipeline,
+            pg,
+            _amqp: amqp,
+            ch,
+        }
+    }
+
+    /// Publish bodies to the exchange as capture does, and wait for every confirm.
+    async fn publish_raw(&self, msgs: &[(String, Option<String>, Vec<u8>)]) {
+        let mut confirms = Vec::new();
+        for (rk, id, body) in msgs {
+            let mut props = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_content_type(CONTENT_TYPE.into())
+                .with_type(EVENT_TYPE.into());
+            if let Some(id) = id {
+                props = props.with_message_id(id.as_str().into());
+            }
+            let c = self
+                .ch
+                .basic_publish(
+                    self.pipeline.exchange.as_str().into(),
+                    rk.as_str().into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    body,
+                    props,
+                )
+                .await
+                .expect("publish");
+            confirms.push(c);
+        }
+        for c in confirms {
+            assert!(
+                matches!(c.await.expect("confirm"), Confirmation::Ack(None)),
+                "publish not confirmed"
+            );
+        }
+    }
+
+    async fn publish(&self, events: &[ChangeEvent]) {
+        let msgs: Vec<_> = events
+            .iter()
+            .map(|e| {
+                (
+                    e.routing_key(),
+                    Some(e.id.clone()),
+                    serde_json::to_vec(e).unwrap(),
+                )
+            })
+            .collect();
+        self.publish_raw(&msgs).await;
+    }
+
+    async fn count(&self, sql: &str) -> i64 {
+        self.pg
+            .query_one(sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+            .get(0)
+    }
+
+    /// One text value, or None when there is no row.
+    async fn text(&self, sql: &str, key: &str) -> Option<String> {
+        self.pg
+            .query_opt(sql, &[&key])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+            .map(|r| r.get(0))
+    }
+
+    async fn depth(&self, queue: &str) -> u32 {
+        topology::depth(&self.ch, queue).await.expect("depth")
+    }
+
+    /// Start the real daemon for this rig's database and vhost.
+    fn start(&self) -> Daemon {
+        Daemon::start(&self.db, &self.vhost)
+    }
+}
+
+/// `bowmark-cdc run --role project` as a child process; killed when dropped.
+struct Daemon {
+    child: Child,
+    addr: SocketAddr,
+    log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Daemon {
+    fn start(db: &TestDb, vhost: &TestVhost) -> Daemon {
+        let mut env = support::child_env(db, Some(vhost), None);
+        env.push(("CDC_HTTP_LISTEN".into(), "127.0.0.1:0".into()));
+        Daemon::spawn(&["--role", "project"], env)
+    }
+
+    fn spawn(args: &[&str], env: Vec<(String, String)>) -> Daemon {
+        let mut child = support::cdc_bin()
+            .args(["run", "--pipeline", "pipeline/paving.toml"])
+            .args(args)
+            .envs(env)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn bowmark-cdc");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = serde_json::from_str::<Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("addr")?.as_str()?.parse::<SocketAddr>().ok())
+                {
+                    let _ = tx.send(addr);
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let addr = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the daemon never logged its HTTP address:\n{}",
+                    log.lock().unwrap().join("\n")
+                )
+            });
+        Daemon { child, addr, log }
+    }
+
+    fn log(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// GET a path; (status, body).
+    async fn get(&self, path: &str) -> (u16, String) {
+        let mut s = tokio::net::TcpStream::connect(self.addr)
+            .await
+            .expect("connect http");
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+            .await
+            .unwrap();
+        let mut out = String::new();
+        s.read_to_string(&mut out).await.unwrap();
+        let status = out
+            .split_whitespace()
+            .nth(1)
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0);
+        let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+        (status, body.to_string())
+    }
+
+    async fn wait_ready(&self) {
+        eventually("/readyz to answer 200", WAIT, || async {
+            let (code, body) = self.get("/readyz").await;
+            (code == 200).then_some(body)
+        })
+        .await;
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = std::process::Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill {sig} failed");
+    }
+
+    /// Wait for the process to exit, at most `deadline`.
+    fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("try_wait") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < deadline,
+                "the daemon did not exit within {deadline:?}:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn employee(key: &str, name: &str, rates: Value) -> Value {
+    json!({ "_id": oid(key), "name": name, "jobTitle": "Labourer", "rates": rates })
+}
+
+/// `n` distinct employees with two rates each, as insert events from cluster time `t0`.
+fn employees(n: u32, t0: u32) -> Vec<ChangeEvent> {
+    (0..n)
+        .map(|k| {
+            let key = format!("{:024x}", 0xe000_0000u64 + u64::from(k));
+            let doc = employee(
+                &key,
+                &format!("Employee {k}"),
+                json!([
+                    { "_id": oid(&format!("{:024x}", 0xf000_0000u64 + 2 * u64::from(k))),
+                      "date": date("2022-01-01T00:00:00Z"), "rate": 30 },
+                    { "_id": oid(&format!("{:024x}", 0xf000_0001u64 + 2 * u64::from(k))),
+                      "date": date("2023-01-01T00:00:00Z"), "rate": 32 }
+                ]),
+            );
+            seed::event(
+                "paving",
+                Entity::Employee,
+                &key,
+                Op::Insert,
+                Some(doc),
+                t0 + k,
+            )
+        })
+        .collect()
+}
+
+async fn employee_cost_on_2022_02_23(rig: &Rig) -> Option<String> {
+    rig.text(
+        "SELECT s.employee_cost::text FROM jobsite_daily_summary s \
+         JOIN dim_jobsite j ON j.id = s.jobsite_id \
+         WHERE j.mongo_id = $1 AND s.date = '2022-02-23'",
+        JOBSITE_1,
+    )
+    .await
+}
+
+#[tokio::test]
+async fn seed_scenario_through_the_broker_reaches_the_reports_and_a_rate_edit_recosts_them() {
+    // Given the daemon and the spec §6 seed published to bowmark.sync
+    let rig = Rig::new().await;
+    let daemon = rig.start();
+    daemon.wait_ready().await;
+    let events = Seed::legacy().events("paving", 1000);
+    rig.publish(&events).await;
+
+    // Then the star rows carry the legacy numbers
+    let ew = "SELECT hourly_rate::text FROM fact_employee_work WHERE mongo_id = $1";
+    let rate = eventually("the employee work row", WAIT, || async {
+        rig.text(ew, EMPLOYEE_WORK_1).await
+    })
+    .await;
+    assert_eq!(rate, "25.00", "the 2022-01-01 rate applies");
+    let vw = "SELECT hours::text || ' x ' || hourly_rate::text || ' = ' || total_cost::text \
+              FROM fact_vehicle_work WHERE mongo_id = $1";
+    let vehicle = eventually("the vehicle work row", WAIT, || async {
+        rig.text(vw, VEHICLE_WORK_1).await
+    })
+    .await;
+    assert_eq!(vehicle, "3.00 x 85.00 = 255.00");
+    let tr = "SELECT total_cost::text FROM fact_trucking WHERE mongo_id = $1";
+    let trucking = eventually("the trucking row", WAIT, || async {
+        rig.text(tr, SHIPMENT_TRUCKING_1).await
+    })
+    .await;
+    assert_eq!(trucking, "240.00");
+    let invoices = eventually("both sync invoices", WAIT, || async {
+        let n = rig.count("SELECT count(*) FROM fact_invoice").await;
+        (n == 2).then_some(n)
+    })
+    .await;
+    assert_eq!(invoices, 2);
+    let revenue = rig
+        .text(
+            "SELECT amount::text FROM fact_invoice WHERE mongo_id = $1",
+            INVOICE_REVENUE_1,
+        )
+        .await;
+    assert_eq!(revenue.as_deref(), Some("25000.00"));
+    let before = eventually("the daily summary", WAIT, || async {
+        employee_cost_on_2022_02_23(&rig).await
+    })
+    .await;
+    assert_eq!(before.parse::<f64>().unwrap(), 200.0, "8 h x 25");
+
+    // When the employee's rate is edited (a new rates[] entry effective 2022-02-01)
+    let mut foreman = base_foreman_1();
+    foreman["rates"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({ "_id": oid("6216645500000000000000d5"),
+                      "date": date("2022-02-01T00:00:00Z"), "rate": 31 }));
+    let update = seed::event(
+        "paving",
+        Entity::Employee,
+        BASE_FOREMAN_1,
+        Op::Update,
+        Some(foreman),
+        5000,
+    );
+    rig.publish(&[update]).await;
+
+    // Then the report view re-costs that employee's work
+    let after = eventually("the re-costed daily summary", WAIT, || async {
+        employee_cost_on_2022_02_23(&rig)
+            .await
+            .filter(|c| c.parse::<f64>().ok() == Some(248.0))
+    })
+    .await;
+    assert_eq!(after.parse::<f64>().unwrap(), 248.0, "8 h x 31");
+
+    // And the operator endpoints answer
+    let (code, body) = daemon.get("/readyz").await;
+    assert_eq!((code, body.trim()), (200, "ready: projector active"));
+    let (code, metrics) = daemon.get("/metrics").await;
+    assert_eq!(code, 200);
+    for name in [
+        "cdc_projector_events_applied_total{",
+        "cdc_projector_batch_events_bucket{",
+        "cdc_projector_batch_duration_seconds_bucket{",
+        "cdc_projector_apply_duration_seconds_bucket{",
+        "cdc_projector_rows_written_total{",
+        "cdc_projector_lag_seconds{",
+        "cdc_projector_queue_messages{",
+        "cdc_projector_dead_letter_queue_messages{",
+        "# TYPE cdc_projector_batch_duration_seconds histogram",
+        "# HELP cdc_projector_events_applied_total ",
+    ] {
+        assert!(
+            metrics.contains(name),
+            "{name} missing from /metrics:\n{metrics}"
+        );
+    }
+    assert!(
+        metrics.contains("entity=\"employee_work\"") && metrics.contains("outcome=\"applied\""),
+        "{metrics}"
+    );
+    promtool_check(&metrics);
+    let (code, _) = daemon.get("/healthz").await;
+    assert_eq!(code, 200);
+}
+
+/// `promtool check metrics` (HELP, TYPE, naming) when Prometheus' promtool is installed.
+fn promtool_check(metrics: &str) {
+    use std::io::Write;
+    let Ok(mut child) = std::process::Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+    else {
+        eprintln!("SKIP promtool check: promtool is not installed (apt-get install prometheus)");
+        return;
+    };
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(metrics.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// The messages of the dead-letter queue: (reason header, error header, original routing key).
+async fn dead_letters(rig: &Rig) -> Vec<(String, String, String, Option<String>)> {
+    let mut out = Vec::new();
+    while let Some(m) = rig
+        .ch
+        .basic_get(
+            rig.pipeline.dead_letter_queue.as_str().into(),
+            BasicGetOptions { no_ack: true },
+        )
+        .await
+        .expect("basic.get")
+    {
+        let h = m.delivery.properties.headers().clone().unwrap_or_default();
+        let get = |n| dlq::header_text(&h, n).unwrap_or_default();
+        out.push((
+            get(dlq::REASON_HEADER),
+            get(dlq::ERROR_HEADER),
+            get(dlq::ORIGINAL_ROUTING_KEY_HEADER),
+            m.delivery
+                .properties
+                .message_id()
+                .as_ref()
+                .map(|s| s.to_string()),
+        ));
+    }
+    out.sort();
+    out
+}
+
+fn company(key: &str, name: &str, t: u32) -> ChangeEvent {
+    seed::event(
+        "paving",
+        Entity::Company,
+        key,
+        Op::Insert,
+        Some(json!({ "_id": oid(key), "name": name })),
+        t,
+    )
+}
+
+#[tokio::test]
+async fn poison_messages_are_dead_lettered_with_their_reason_and_the_stream_keeps_flowing() {
+    // Given one batch's worth of messages in the queue: ten good companies, and among them bad
+    // JSON, an unknown entity and two companies whose names PostgreSQL rejects (longer than
+    // varchar(255))
+    let rig = Rig::new().await;
+    let msg = |e: &ChangeEvent| {
+        (
+            e.routing_key(),
+            Some(e.id.clone()),
+            serde_json::to_vec(e).unwrap(),
+        )
+    };
+    let mut unknown = serde_json::to_value(company("621664550000000000000902", "X", 11)).unwrap();
+    unknown["entity"] = json!("spaceship");
+    let too_long: Vec<ChangeEvent> = (0..2)
+        .map(|n| {
+            company(
+                &format!("6216645500000000000009f{n}"),
+                &"N".repeat(300),
+                50 + n,
+            )
+        })
+        .collect();
+    let mut msgs: Vec<(String, Option<String>, Vec<u8>)> = (0..10)
+        .map(|n| {
+            msg(&company(
+                &format!("6216645500000000000009a{n}"),
+                &format!("Good {n}"),
+                20 + n,
+            ))
+        })
+        .collect();
+    msgs.insert(
+        2,
+        (
+            "company.created".into(),
+            Some("bad-json-1".into()),
+            b"{\"v\": 1, oops".to_vec(),
+        ),
+    );
+    msgs.insert(
+        4,
+        (
+            "spaceship.created".into(),
+            Some("unknown-1".into()),
+            serde_json::to_vec(&unknown).unwrap(),
+        ),
+    );
+    msgs.insert(5, msg(&too_long[0]));
+    msgs.insert(10, msg(&too_long[1]));
+    rig.publish_raw(&msgs).await;
+
+    // When the projector runs
+    let _daemon = rig.start();
+
+    // Then the good events apply, the four poison messages wait in the DLQ with their reasons,
+    // and the queue is drained
+    eventually("all ten good companies", WAIT, || async {
+        let n = rig
+            .count("SELECT count(*) FROM dim_company WHERE name LIKE 'Good %'")
+            .await;
+        (n == 10).then_some(())
+    })
+    .await;
+    eventually("four dead letters", WAIT, || async {
+        (rig.depth(&rig.pipeline.dead_letter_queue).await == 4).then_some(())
+    })
+    .await;
+    let letters = dead_letters(&rig).await;
+    let reasons: Vec<(&str, &str)> = letters
+        .iter()
+        .map(|(r, _, rk, _)| (r.as_str(), rk.as_str()))
+        .collect();
+    assert_eq!(
+        reasons,
+        vec![
+            ("bad_json", "company.created"),
+            ("rejected_by_postgres", "company.created"),
+            ("rejected_by_postgres", "company.created"),
+            ("unknown_entity", "spaceship.created"),
+        ]
+    );
+    for (letter, event) in letters[1..3].iter().zip(&too_long) {
+        assert!(letter.1.contains("too long"), "error header: {}", letter.1);
+        assert_eq!(letter.3.as_deref(), Some(event.id.as_str()));
+    }
+    assert_eq!(
+        rig.count("SELECT count(*) FROM dim_company").await,
+        10,
+        "the rejected companies have no row"
+    );
+    eventually("an empty queue", WAIT, || async {
+        (rig.depth(&rig.pipeline.queue).await == 0).then_some(())
+    })
+    .await;
+}
+
+/// Mirror and star rows agree: every mirrored employee has its dimension row and both rates.
+/// (One statement, so one snapshot, while the daemon may be committing.)
+async fn consistent_employees(rig: &Rig) -> i64 {
+    let row = rig
+        .pg
+        .query_one(
+            "SELECT (SELECT count(*) FROM cdc.source_doc WHERE entity = 'employee'), \
+                    (SELECT count(*) FROM dim_employee), \
+                    (SELECT count(*) FROM dim_employee_rate)",
+            &[],
+        )
+        .await
+        .expect("counts");
+    let (mirrored, dims, rates): (i64, i64, i64) = (row.get(0), row.get(1), row.get(2));
+    assert_eq!(
+        mirrored, dims,
+        "a batch was half applied (mirror vs dim_employee)"
+    );
+    assert_eq!(rates, 2 * dims, "a batch was half applied (rates)");
+    dims
+}
+
+#[tokio::test]
+async fn kill_9_during_a_large_batch_then_restart_loses_nothing_and_half_applies_nothing() {
+    // Given 6000 employee events waiting in the queue
+    const N: u32 = 6000;
+    let rig = Rig::new().await;
+    rig.publish(&employees(N, 100)).await;
+
+    // When the daemon is killed with SIGKILL while it works through them
+    let mut daemon = rig.start();
+    eventually("a few batches", WAIT, || async {
+        (rig.count("SELECT count(*) FROM dim_employee").await >= 1000).then_some(())
+    })
+    .await;
+    daemon.signal("-KILL");
+    daemon.wait_exit(Duration::from_secs(10));
+    drop(daemon);
+
+    // Then what was committed is whole
+    let partial = consistent_employees(&rig).await;
+    assert!(partial > 0);
+    eprintln!("killed with {partial} of {N} employees committed");
+
+    // And after a restart everything arrives, exactly once per employee
+    let _daemon = rig.start();
+    eventually("every employee", Duration::from_secs(120), || async {
+        (consistent_employees(&rig).await == i64::from(N)).then_some(())
+    })
+    .await;
+    eventually("an empty queue", WAIT, || async {
+        (rig.depth(&rig.pipeline.queue).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(rig.depth(&rig.pipeline.dead_letter_queue).await, 0);
+    let name = rig
+        .text(
+            "SELECT name FROM dim_employee WHERE mongo_id = $1",
+            &format!("{:024x}", 0xe000_0000u64 + u64::from(N - 1)),
+        )
+        .await;
+    assert_eq!(name.as_deref(), Some("Employee 5999"));
+}
+
+#[tokio::test]
+async fn sigterm_exits_zero_promptly_and_leaves_no_unacked_unapplied_work() {
+    // Given a running daemon working through 4000 events
+    const N: u32 = 4000;
+    let rig = Rig::new().await;
+    let mut daemon = rig.start();
+    daemon.wait_ready().await;
+    rig.publish(&employees(N, 100)).await;
+    eventually("the first batch", WAIT, || async {
+        (rig.count("SELECT count(*) FROM dim_employee").await > 0).then_some(())
+    })
+    .await;
+
+    // When it gets SIGTERM
+    let sent = Instant::now();
+    daemon.signal("-TERM");
+    let status = daemon.wait_exit(Duration::from_secs(10));
+
+    // Then it exits 0 within seconds
+    assert!(status.success(), "exit {status:?}:\n{}", daemon.log());
+    assert!(sent.elapsed() < Duration::from_secs(10));
+    assert!(
+        daemon.log().contains("shutdown requested"),
+        "{}",
+        daemon.log()
+    );
+
+    // And every event is either applied or back in the queue, never both, never neither
+    let applied = consistent_employees(&rig).await;
+    let waiting = eventually("the requeued messages", WAIT, || async {
+        let d = i64::from(rig.depth(&rig.pipeline.queue).await);
+        (applied + d == i64::from(N)).then_some(d)
+    })
+    .await;
+    assert_eq!(applied + waiting, i64::from(N));
+    eprintln!("stopped with {applied} applied and {waiting} requeued of {N}");
+}
+
+#[tokio::test]
+async fn duplicates_and_redeliveries_change_nothing() {
+    // Given the seed applied once
+    let rig = Rig::new().await;
+    let daemon = rig.start();
+    let events = Seed::legacy().events("paving", 1000);
+    rig.publish(&events).await;
+    sentinel(&rig, "621664550000000000000a01", 2000).await;
+    let snapshot = star_snapshot(&rig).await;
+
+    // When every event is delivered again, twice, plus an older version of the foreman with
+    // another rate (a late redelivery)
+    let mut old_foreman = base_foreman_1();
+    old_foreman["rates"] = json!([{ "_id": oid("6216645500000000000000d9"),
+                                    "date": date("2020-01-01T00:00:00Z"), "rate": 99 }]);
+    let mut again = events.clone();
+    again.extend(events.iter().cloned());
+    again.push(seed::event(
+        "paving",
+        Entity::Employee,
+        BASE_FOREMAN_1,
+        Op::Update,
+        Some(old_foreman),
+        999,
+    ));
+    rig.publish(&again).await;
+    sentinel(&rig, "621664550000000000000a02", 2001).await;
+
+    // Then the star rows are exactly as before (the sentinels aside)
+    assert_eq!(star_snapshot(&rig).await, snapshot);
+    assert_eq!(rig.depth(&rig.pipeline.dead_letter_queue).await, 0);
+    // And the operator sees every replayed event counted as stale, none as applied twice
+    let (_, metrics) = daemon.get("/metrics").await;
+    let applied = events_counted(&metrics, "applied");
+    assert_eq!(
+        events_counted(&metrics, "stale"),
+        again.len() as u64,
+        "{metrics}"
+    );
+    assert_eq!(
+        applied,
+        events.len() as u64 + 2,
+        "seed + two sentinels:\n{metrics}"
+    );
+}
+
+/// Sum of `cdc_projector_events_applied_total` over entities for one outcome.
+fn events_counted(metrics: &str, outcome: &str) -> u64 {
+    let needle = format!("outcome=\"{outcome}\"");
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("cdc_projector_events_applied_total{") && l.contains(&needle))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum::<f64>() as u64
+}
+
+/// Publish a new company and wait for its row: every message before it was processed.
+async fn sentinel(rig: &Rig, key: &str, t: u32) {
+    rig.publish(&[company(key, "Sentinel", t)]).await;
+    eventually("the sentinel company", WAIT, || async {
+        rig.text("SELECT name FROM dim_company WHERE mongo_id = $1", key)
+            .await
+    })
+    .await;
+}
+
+/// Every star row's content, without surrogate ids and sync stamps, sentinels excluded.
+async fn star_snapshot(rig: &Rig) -> Vec<String> {
+    let tables = [
+        "dim_employee",
+        "dim_employee_rate",
+        "dim_vehicle",
+        "dim_vehicle_rate",
+        "dim_jobsite",
+        "dim_crew",
+        "dim_material",
+        "dim_jobsite_material",
+        "dim_jobsite_material_rate",
+        "dim_daily_report",
+        "fact_employee_work",
+        "fact_vehicle_work",
+        "fact_material_shipment",
+        "fact_non_costed_material",
+        "fact_trucking",
+        "fact_production",
+        "fact_invoice",
+    ];
+    let mut out = Vec::new();
+    for t in tables {
+        let sql = format!(
+            "SELECT (to_jsonb(x) - 'id' - 'synced_at' - 'employee_id' - 'vehicle_id' \
+                     - 'jobsite_id' - 'crew_id' - 'daily_report_id' - 'material_id' \
+                     - 'supplier_id' - 'jobsite_material_id' - 'company_id')::text \
+             FROM {t} x ORDER BY 1"
+        );
+        for row in rig
+            .pg
+            .query(&sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+        {
+            out.push(format!("{t}: {}", row.get::<_, String>(0)));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn an_unmigrated_database_stops_the_daemon_with_a_clear_reason() {
+    // Given a database nobody migrated
+    let db = TestDb::new().await;
+    let vhost = TestVhost::new();
+    // When the daemon starts on it
+    let mut daemon = Daemon::start(&db, &vhost);
+    let status = daemon.wait_exit(Duration::from_secs(30));
+    // Then it exits non-zero, saying what to do
+    assert_eq!(status.code(), Some(1), "{}", daemon.log());
+    let log = daemon.log();
+    assert!(
+        log.contains("not migrated") && log.contains("bowmark-cdc migrate"),
+        "{log}"
+    );
+}
+
+/// Close the daemon's broker connections in this vhost only (other tests share the broker).
+fn close_broker_connections(vhost: &TestVhost) -> usize {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["-q", "list_connections", "pid", "vhost"])
+        .output()
+        .expect("rabbitmqctl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let mut closed = 0;
+    for line in text.lines() {
+        let mut cols = line.split('\t');
+        let (Some(pid), Some(vh)) = (cols.next(), cols.next()) else {
+            continue;
+        };
+        if vh.trim() == vhost.name {
+            let ok = std::process::Command::new("rabbitmqctl")
+                .args([
+                    "-q",
+                    "close_connection",
+                    pid.trim(),
+                    "test: connection loss",
+                ])
+                .status()
+                .map(|s| s.success())
+                .unwrap_or(false);
+            closed += usize::from(ok);
+        }
+    }
+    closed
+}
+
+#[tokio::test]
+async fn broker_and_database_connection_losses_are_survived_without_losing_events() {
+    // Given a running daemon working through 3000 events
+    const N: u32 = 3000;
+    let rig = Rig::new().await;
+    let daemon = rig.start();
+    daemon.wait_ready().await;
+    rig.publish(&employees(N, 100)).await;
+    eventually("the first batch", WAIT, || async {
+        (rig.count("SELECT count(*) FROM dim_employee").await > 0).then_some(())
+    })
+    .await;
+
+    // When its PostgreSQL sessions are terminated and its broker connection is closed
+    let admin = support::pg_connect("postgres").await;
+    let own: i32 = rig
+        .pg
+        .query_one("SELECT pg_backend_pid()", &[])
+        .await
+        .unwrap()
+        .get(0);
+    let killed: i64 = admin
+        .query_one(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity \
+             WHERE datname = $1 AND application_name = 'bowmark-cdc' AND pid <> $2",
+            &[&rig.db.name, &own],
+        )
+        .await
+        .expect("terminate backends")
+        .get(0);
+    assert!(killed > 0, "the daemon had no PostgreSQL session");
+    // (this also closes the test's own publisher connection, which is done publishing)
+    assert!(close_broker_connections(&rig.vhost) > 0);
+
+    // Then every event still arrives exactly once and the daemon is ready again
+    eventually("every employee", Duration::from_secs(120), || async {
+        (consistent_employees(&rig).await == i64::from(N)).then_some(())
+    })
+    .await;
+    daemon.wait_ready().await;
+    let (_, metrics) = daemon.get("/metrics").await;
+    assert!(
+        metrics.contains("cdc_projector_retries_total{"),
+        "a retry was counted:\n{metrics}"
+    );
+}
+
+/// Relaxed extended JSON (the seed's form) as a BSON document.
+fn bson_doc(v: &Value) -> bson::Document {
+    match bson::Bson::try_from(v.clone()) {
+        Ok(bson::Bson::Document(d)) => d,
+        other => panic!("not a document: {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn role_all_carries_mongodb_writes_to_the_reports_end_to_end() {
+    // Given MongoDB (the simulator), the daemon with both roles, and the spec §6 seed written
+    // to MongoDB's collections
+    let sim = mongosim::Sim::start().await;
+    let rig = Rig::new().await;
+    let mut daemon = {
+        let mut child_env = support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri()));
+        child_env.push(("CDC_HTTP_LISTEN".into(), "127.0.0.1:0".into()));
+        Daemon::spawn(&["--role", "all"], child_env)
+    };
+    let ready = eventually("/readyz with both roles active", WAIT, || async {
+        let (code, body) = daemon.get("/readyz").await;
+        (code == 200).then_some(body)
+    })
+    .await;
+    assert_eq!(ready.trim(), "ready: capture active, projector active");
+    let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
+    let db = mongo.database(&rig.pipeline.mongo_database);
+    for (entity, _, doc) in &Seed::legacy().docs {
+        db.collection::<bson::Document>(seed::collection(*entity))
+            .insert_one(bson_doc(doc))
+            .await
+            .expect("insert");
+    }
+
+    // Then the reports show the seed's costs
+    let before = eventually("the daily summary", WAIT, || async {
+        employee_cost_on_2022_02_23(&rig).await
+    })
+    .await;
+    assert_eq!(before.parse::<f64>().unwrap(), 200.0, "8 h x 25");
+    let tr = "SELECT total_cost::text FROM fact_trucking WHERE mongo_id = $1";
+    let trucking = eventually("the trucking row", WAIT, || async {
+        rig.text(tr, SHIPMENT_TRUCKING_1).await
+    })
+    .await;
+    assert_eq!(trucking, "240.00");
+
+    // When the foreman's rates get a new entry in MongoDB
+    db.collection::<bson::Document>("employees")
+        .update_one(
+            bson::doc! { "_id": bson::oid::ObjectId::parse_str(BASE_FOREMAN_1).unwrap() },
+            bson::doc! { "$push": { "rates": bson_doc(&json!({
+            "_id": oid("6216645500000000000000d5"),
+            "date": date("2022-02-01T00:00:00Z"), "rate": 31 })) } },
+        )
+        .await
+        .expect("update");
+
+    // Then the report re-costs the foreman's day
+    eventually("the re-costed daily summary", WAIT, || async {
+        employee_cost_on_2022_02_23(&rig)
+            .await
+            .filter(|c| c.parse::<f64>().ok() == Some(248.0))
+    })
+    .await;
+
+    // And SIGTERM stops both roles cleanly
+    daemon.signal("-TERM");
+    let status = daemon.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "exit {status:?}:\n{}", daemon.log());
+}
+
+#[tokio::test]
+async fn a_deleted_queue_is_declared_again_and_consumption_resumes() {
+    // Given a running daemon
+    let rig = Rig::new().await;
+    let daemon = rig.start();
+    daemon.wait_ready().await;
+    // When an operator deletes its queue (the broker cancels the consumer)
+    rig.ch
+        .queue_delete(
+            rig.pipeline.queue.as_str().into(),
+            lapin::options::QueueDeleteOptions::default(),
+        )
+        .await
+        .expect("queue.delete");
+    eventually("the daemon to consume again", WAIT, || async {
+        (daemon.log().matches("projector consuming").count() >= 2).then_some(())
+    })
+    .await;
+    // Then events published afterwards are applied
+    rig.publish(&[company("621664550000000000000b01", "After Delete", 10)])
+        .await;
+    eventually("the company", WAIT, || async {
+        rig.text(
+            "SELECT name FROM dim_company WHERE mongo_id = $1",
+            "621664550000000000000b01",
+        )
+        .await
+    })
+    .await;
+    assert!(daemon.log().contains("consumer_ended"), "{}", daemon.log());
+}
+
+#[tokio::test]
+async fn sigterm_while_postgres_is_unreachable_abandons_the_batch_whole_and_exits_zero() {
+    // Given a running daemon whose database stops accepting connections
+    const N: u32 = 100;
+    let mut rig = Rig::new().await;
+    let mut daemon = rig.start();
+    daemon.wait_ready().await;
+    let admin = support::pg_connect("postgres").await;
+    let db = rig.db.name.clone();
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS false; \
+             SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = '{db}'"
+        ))
+        .await
+        .expect("lock the database");
+
+    // When events arrive, the batch keeps failing, and SIGTERM comes
+    rig.publish(&employees(N, 100)).await;
+    eventually("a batch retry", WAIT, || async {
+        daemon.log().contains("retrying the batch").then_some(())
+    })
+    .await;
+    let (code, body) = daemon.get("/readyz").await;
+    assert_eq!(code, 503, "{body}");
+    assert!(body.contains("postgres disconnected"), "{body}");
+    daemon.signal("-TERM");
+    let status = daemon.wait_exit(Duration::from_secs(10));
+
+    // Then it exits 0, having applied and acked nothing: every event is back in the queue
+    assert!(status.success(), "exit {status:?}:\n{}", daemon.log());
+    assert!(daemon.log().contains("abandoned"), "{}", daemon.log());
+    drop(daemon);
+    admin
+        .batch_execute(&format!(
+            "ALTER DATABASE \"{db}\" WITH ALLOW_CONNECTIONS true"
+        ))
+        .await
+        .expect("unlock the database");
+    rig.pg = rig.db.client().await;
+    assert_eq!(consistent_employees(&rig).await, 0);
+    eventually("every event back in the queue", WAIT, || async {
+        (rig.depth(&rig.pipeline.queue).await == N).then_some(())
+    })
+    .await;
+
+    // And a restarted daemon applies them all
+    let _daemon = rig.start();
+    eventually("every employee", WAIT, || async {
+        (consistent_employees(&rig).await == i64::from(N)).then_some(())
+    })
+    .await;
+}
