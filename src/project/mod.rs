@@ -26,6 +26,7 @@ use crate::event::{ChangeEvent, Entity, Op, Version};
 use crate::metrics as m;
 
 pub use error::{ErrorClass, ProjectError};
+pub use sql::PROJECT_LOCK_KEY;
 
 /// One source document state: the mirror's unit. Built from a [`ChangeEvent`] or from a
 /// backfill scan.

@@ -40,8 +40,15 @@ pub(crate) static DERIVE_STEPS: LazyLock<Vec<Stmt>> = LazyLock::new(|| {
         .collect()
 });
 
-/// Per-transaction scratch tables (created once per session, emptied at commit).
+/// Key of the transaction-scoped advisory lock that serializes projections on one database.
+pub const PROJECT_LOCK_KEY: i64 = 0x626f_776d_6172_6b02;
+
+/// Per-transaction scratch tables (created once per session, emptied at commit), after the
+/// projection lock: derivations read across documents, so two concurrent projections (the
+/// streaming projector and a backfill) could each miss the other's uncommitted changes and
+/// leave a stale row. The transaction-scoped advisory lock serializes them.
 pub(crate) const SCRATCH: &str = "
+SELECT pg_advisory_xact_lock(7093019249801849602);
 CREATE TEMP TABLE IF NOT EXISTS cdc_changed (
     entity text NOT NULL, key text NOT NULL, old_doc jsonb, PRIMARY KEY (entity, key)
 ) ON COMMIT DELETE ROWS;
@@ -133,6 +140,7 @@ mod tests {
         assert!(MIRROR_UPSERT.sql.contains("INSERT INTO cdc.source_doc"));
         assert_eq!(AFFECTED_STEPS.len(), 9);
         assert!(DERIVE_STEPS.len() >= 20);
+        assert!(SCRATCH.contains(&format!("pg_advisory_xact_lock({PROJECT_LOCK_KEY})")));
         for s in AFFECTED_STEPS.iter().chain(DERIVE_STEPS.iter()) {
             assert!(!s.label.is_empty());
             assert!(!s.sql.contains("{{"), "unexpanded template in {}", s.label);
