@@ -275,7 +275,7 @@ async fn stale_duplicate_and_documentless_versions_change_nothing() {
     );
     // An equal version: ignored when streaming, re-applied by the backfill guard.
     let same = upsert(Entity::EmployeeWork, EMPLOYEE_WORK_1, old, t);
-    assert_eq!(h.apply(&[same.clone()]).await.applied, 0);
+    assert_eq!(h.apply(std::slice::from_ref(&same)).await.applied, 0);
     assert_eq!(h.apply_with(&[same], Guard::NewerOrEqual).await.applied, 1);
     assert_eq!(
         h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,

@@ -131,8 +131,10 @@ fn make(entity: Entity, key: &str, v: u8, mask: u8) -> Value {
                 "employeeWork": [], "vehicleWork": [], "materialShipment": [], "production": []
             });
             for (bit, (field, child)) in CHILDREN.iter().enumerate() {
-                if mask & (1 << bit) != 0 {
-                    r[*field].as_array_mut().map(|a| a.push(oid(child)));
+                if mask & (1 << bit) != 0
+                    && let Some(a) = r[*field].as_array_mut()
+                {
+                    a.push(oid(child));
                 }
             }
             r
@@ -264,10 +266,10 @@ async fn star(h: &Harness) -> Star {
             let mut v: Value = serde_json::from_str(&r.get::<_, String>(0)).expect("row json");
             let obj = v.as_object_mut().expect("row object");
             for (col, val) in obj.iter_mut() {
-                if col.ends_with("_id") {
-                    if let Some(m) = val.as_str().and_then(|s| ids.get(s)) {
-                        *val = Value::String(m.clone());
-                    }
+                if col.ends_with("_id")
+                    && let Some(m) = val.as_str().and_then(|s| ids.get(s))
+                {
+                    *val = Value::String(m.clone());
                 }
             }
             let archived = obj.get("archived_at").is_some_and(|a| !a.is_null())
