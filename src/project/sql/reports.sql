@@ -68,6 +68,13 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     cost_type = EXCLUDED.cost_type, delivered = EXCLUDED.delivered,
     synced_at = EXCLUDED.synced_at
 
+-- @stmt dim_jobsite_material
+-- No longer derivable (deleted, or no jobsite claims it and no report lists its shipments):
+-- the row goes (the table has no archive column). Only rates and archived facts reference it.
+DELETE FROM dim_jobsite_material t
+USING pg_temp.cdc_affected a
+WHERE a.entity = 'jobsite_material' AND t.mongo_id = a.key AND t.synced_at IS DISTINCT FROM $2
+
 -- @stmt dim_jobsite_material_rate
 -- mongo_id discriminates: NULL = rates[], else the deliveredRates[] or scenarios[] entry _id.
 WITH gone AS (
