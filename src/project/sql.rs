@@ -63,6 +63,48 @@ DELETE FROM pg_temp.cdc_affected;
 pub(crate) const ANALYZE_SCRATCH: &str =
     "ANALYZE pg_temp.cdc_changed; ANALYZE pg_temp.cdc_affected;";
 
+/// The entities with affected keys.
+pub(crate) const AFFECTED_ENTITIES: &str =
+    "SELECT COALESCE(array_agg(DISTINCT entity), '{}') FROM pg_temp.cdc_affected";
+
+/// The affected entities a derivation statement (by its label, the table it writes) reads
+/// its keys from.
+pub(crate) fn source_entities(label: &str) -> &'static [&'static str] {
+    match label {
+        "dim_employee" | "dim_employee_rate" => &["employee"],
+        "dim_vehicle" | "dim_vehicle_rate" => &["vehicle"],
+        "dim_jobsite" => &["jobsite"],
+        "dim_company" => &["company"],
+        "dim_material" => &["material"],
+        "dim_crew" => &["crew"],
+        "dim_daily_report" => &["daily_report"],
+        "dim_jobsite_material" | "dim_jobsite_material_rate" => &["jobsite_material"],
+        "fact_employee_work" => &["employee_work"],
+        "fact_vehicle_work" => &["vehicle_work"],
+        "fact_production" => &["production"],
+        "fact_material_shipment" | "fact_non_costed_material" | "fact_trucking" => {
+            &["material_shipment"]
+        }
+        "fact_invoice" => &["invoice"],
+        // dim_* (deleted dimensions) and anything new: always run.
+        _ => &[
+            "employee",
+            "vehicle",
+            "jobsite",
+            "company",
+            "material",
+            "crew",
+            "daily_report",
+            "jobsite_material",
+            "employee_work",
+            "vehicle_work",
+            "production",
+            "material_shipment",
+            "invoice",
+        ],
+    }
+}
+
 /// Every mirror key is affected: the input of `reproject_all`.
 pub(crate) const AFFECT_ALL: &str =
     "INSERT INTO pg_temp.cdc_affected (entity, key) SELECT entity, key FROM cdc.source_doc";
@@ -141,6 +183,14 @@ mod tests {
         assert_eq!(AFFECTED_STEPS.len(), 9);
         assert!(DERIVE_STEPS.len() >= 20);
         assert!(SCRATCH.contains(&format!("pg_advisory_xact_lock({PROJECT_LOCK_KEY})")));
+        for s in DERIVE_STEPS.iter().filter(|s| s.label != "dim_*") {
+            assert_eq!(
+                source_entities(s.label).len(),
+                1,
+                "{} has no source entity",
+                s.label
+            );
+        }
         for s in AFFECTED_STEPS.iter().chain(DERIVE_STEPS.iter()) {
             assert!(!s.label.is_empty());
             assert!(!s.sql.contains("{{"), "unexpanded template in {}", s.label);

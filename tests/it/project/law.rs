@@ -373,7 +373,7 @@ fn the_streamed_star_equals_a_fresh_projection_of_the_final_state() {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let (streamed, fresh) = rt.block_on(async { (Harness::new().await, Harness::new().await) });
     let config = ProptestConfig {
-        cases: 32,
+        cases: 24,
         max_shrink_iters: 64,
         ..ProptestConfig::default()
     };
