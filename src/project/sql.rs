@@ -167,8 +167,8 @@ fn child_ctx(entity: &str, field: &str) -> String {
     JOIN dim_crew c ON c.id = dr.crew_id
     WHERE a.entity = '{entity}' AND NOT w.deleted AND w.doc IS NOT NULL
       AND cdc.ts(r.doc -> 'date') IS NOT NULL
-      AND cdc.is_live('jobsite', cdc.oid(r.doc -> 'jobsite'))
-      AND cdc.is_live('crew', cdc.oid(r.doc -> 'crew'))
+      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'jobsite' AND l.key = cdc.oid(r.doc -> 'jobsite') AND NOT l.deleted)
+      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'crew' AND l.key = cdc.oid(r.doc -> 'crew') AND NOT l.deleted)
 "
     )
 }

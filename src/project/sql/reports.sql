@@ -14,7 +14,7 @@ JOIN dim_jobsite j ON j.mongo_id = cdc.oid(r.doc -> 'jobsite')
 JOIN dim_crew c ON c.mongo_id = cdc.oid(r.doc -> 'crew')
 WHERE a.entity = 'daily_report' AND NOT r.deleted AND r.doc IS NOT NULL
   AND cdc.ts(r.doc -> 'date') IS NOT NULL
-  AND cdc.is_live('jobsite', j.mongo_id) AND cdc.is_live('crew', c.mongo_id)
+  AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'jobsite' AND l.key = j.mongo_id AND NOT l.deleted) AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'crew' AND l.key = c.mongo_id AND NOT l.deleted)
 ON CONFLICT (mongo_id) DO UPDATE SET
     jobsite_id = EXCLUDED.jobsite_id, crew_id = EXCLUDED.crew_id,
     report_date = EXCLUDED.report_date, approved = EXCLUDED.approved,
@@ -60,8 +60,8 @@ JOIN dim_jobsite j ON j.mongo_id = o.jobsite_key
 JOIN dim_material mat ON mat.mongo_id = cdc.oid(jm.doc -> 'material')
 JOIN dim_company sup ON sup.mongo_id = cdc.oid(jm.doc -> 'supplier')
 WHERE a.entity = 'jobsite_material' AND NOT jm.deleted AND jm.doc IS NOT NULL
-  AND cdc.is_live('jobsite', j.mongo_id) AND cdc.is_live('material', mat.mongo_id)
-  AND cdc.is_live('company', sup.mongo_id)
+  AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'jobsite' AND l.key = j.mongo_id AND NOT l.deleted) AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'material' AND l.key = mat.mongo_id AND NOT l.deleted)
+  AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'company' AND l.key = sup.mongo_id AND NOT l.deleted)
 ON CONFLICT (mongo_id) DO UPDATE SET
     jobsite_id = EXCLUDED.jobsite_id, material_id = EXCLUDED.material_id,
     supplier_id = EXCLUDED.supplier_id, quantity = EXCLUDED.quantity, unit = EXCLUDED.unit,
