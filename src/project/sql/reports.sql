@@ -29,8 +29,8 @@ WHERE a.entity = 'daily_report' AND t.mongo_id = a.key
   AND t.synced_at IS DISTINCT FROM $2 AND NOT t.archived
 
 -- @stmt dim_jobsite_material
--- jobsite_id: the jobsite whose materials[] holds it, else the jobsite of a report one of its
--- shipments is listed in (DESIGN §7.4); the lowest key wins so the choice is deterministic.
+-- jobsite_id: the jobsite whose materials[] holds it, else the (live) jobsite of a report one of
+-- its shipments is listed in (DESIGN §7.4); the lowest key wins so the choice is deterministic.
 INSERT INTO dim_jobsite_material AS t
     (mongo_id, jobsite_id, material_id, supplier_id, quantity, unit, cost_type, delivered,
      synced_at)
@@ -54,6 +54,9 @@ CROSS JOIN LATERAL (
                  AND r1.doc -> 'materialShipment' @> cdc.oid_probe(s.key)
                 WHERE s.entity = 'material_shipment'
                   AND cdc.oid(s.doc -> 'jobsiteMaterial') = jm.key
+                  AND EXISTS (SELECT 1 FROM cdc.source_doc l
+                              WHERE l.entity = 'jobsite' AND l.key = cdc.oid(r1.doc -> 'jobsite')
+                                AND NOT l.deleted)
                 OFFSET 0) f))) AS jobsite_key
 ) o
 JOIN dim_jobsite j ON j.mongo_id = o.jobsite_key
