@@ -356,7 +356,7 @@ async fn check(
         }
         rest = &rest[k..];
         batches += 1;
-        if batches % 6 == 0 || rest.is_empty() {
+        if batches.is_multiple_of(6) || rest.is_empty() {
             // The fresh database: only the current state of each live document, once.
             reset(fresh).await;
             let finals: Vec<SourceDoc> = seen.values().filter(|d| !d.deleted).cloned().collect();
