@@ -26,6 +26,7 @@ use crate::event::{ChangeEvent, Entity, Op, Version};
 use crate::metrics as m;
 
 pub use error::{ErrorClass, ProjectError};
+pub use sql::PROJECT_LOCK_KEY;
 
 /// One source document state: the mirror's unit. Built from a [`ChangeEvent`] or from a
 /// backfill scan.
@@ -266,12 +267,23 @@ impl Ctx {
     }
 }
 
+/// Run the derivation statements whose source entity has affected keys (the others would
+/// find nothing to do).
 async fn derive(
     tx: &Transaction<'_>,
     ctx: &Ctx,
     stats: &mut ApplyStats,
 ) -> Result<(), ProjectError> {
+    let present: Vec<String> = tx
+        .query_one(sql::AFFECTED_ENTITIES, &[])
+        .await
+        .map_err(ProjectError::pg("affected"))?
+        .get(0);
     for stmt in sql::DERIVE_STEPS.iter() {
+        let needed = sql::source_entities(stmt.label);
+        if !needed.iter().any(|e| present.iter().any(|p| p == e)) {
+            continue;
+        }
         let n = ctx.run(tx, stmt, stmt.label).await?;
         if n > 0 {
             *stats.rows_written.entry(stmt.label).or_default() += n;

@@ -38,7 +38,7 @@ SELECT i.key, j.id, c.id, cdc.day(cdc.ts(i.doc -> 'date'), $1), i.owner[2],
 FROM i
 JOIN dim_jobsite j ON j.mongo_id = i.owner[1]
 JOIN dim_company c ON c.mongo_id = cdc.oid(i.doc -> 'company')
-WHERE cdc.is_live('company', c.mongo_id) AND cdc.ts(i.doc -> 'date') IS NOT NULL
+WHERE EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'company' AND l.key = c.mongo_id AND NOT l.deleted) AND cdc.ts(i.doc -> 'date') IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     jobsite_id = EXCLUDED.jobsite_id, company_id = EXCLUDED.company_id,
     invoice_date = EXCLUDED.invoice_date, direction = EXCLUDED.direction,

@@ -21,6 +21,8 @@ use crate::support::{self, TestDb};
 
 /// A migrated private database and a client, plus a version clock for new documents.
 pub struct Harness {
+    /// Kept alive for the test: dropping it drops the database.
+    #[allow(dead_code)]
     pub db: TestDb,
     pub client: Client,
     pub pipeline: Pipeline,
