@@ -12,6 +12,7 @@ pub mod migrate;
 pub mod project;
 pub mod projector;
 pub mod publish;
+pub mod retry;
 pub mod runtime;
 pub mod telemetry;
 pub mod topology;

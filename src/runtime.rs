@@ -6,7 +6,6 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use backon::BackoffBuilder;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 use tokio::net::TcpListener;
@@ -232,12 +231,12 @@ async fn wait_for_schema(
     settings: &Settings,
     health: &Health,
 ) -> Result<(), RuntimeError> {
-    let mut delays = projector::retry_policy().build();
+    let mut delays = projector::retry_policy();
     let client = loop {
         match pool.get().await {
             Ok(c) => break c,
             Err(e) => {
-                let delay = delays.next().unwrap_or(Duration::from_secs(10));
+                let delay = delays.next_delay();
                 warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL not reachable yet");
                 tokio::time::sleep(delay).await;
             }

@@ -19,7 +19,7 @@ mod stream;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use crate::retry::Backoff;
 use mongodb::Client;
 use mongodb::options::ClientOptions;
 use tokio_util::sync::CancellationToken;
@@ -76,7 +76,7 @@ impl CaptureStage {
                 Err(err) => {
                     self.report(&err);
                     self.health.set_connected(Dependency::Postgres, false);
-                    sleep_or_cancel(next_delay(&mut backoff), &shutdown).await;
+                    sleep_or_cancel(backoff.next_delay(), &shutdown).await;
                     continue;
                 }
             };
@@ -94,9 +94,9 @@ impl CaptureStage {
                         metrics::counter!(m::CAPTURE_RESUMES, m::LABEL_PIPELINE => pipeline.name.clone(),
                             m::LABEL_ERROR_TYPE => err.error_type()).increment(1);
                         if started.elapsed() > BACKOFF_RESET_AFTER {
-                            backoff = new_backoff();
+                            backoff.reset();
                         }
-                        sleep_or_cancel(next_delay(&mut backoff), &shutdown).await;
+                        sleep_or_cancel(backoff.next_delay(), &shutdown).await;
                         if shutdown.is_cancelled() || lease.lost().is_cancelled() {
                             break;
                         }
@@ -201,17 +201,8 @@ impl CaptureStage {
     }
 }
 
-fn new_backoff() -> backon::ExponentialBackoff {
-    ExponentialBuilder::default()
-        .with_min_delay(BACKOFF_MIN)
-        .with_max_delay(BACKOFF_MAX)
-        .with_jitter()
-        .without_max_times()
-        .build()
-}
-
-fn next_delay(b: &mut backon::ExponentialBackoff) -> Duration {
-    b.next().unwrap_or(BACKOFF_MAX)
+fn new_backoff() -> Backoff {
+    Backoff::new(BACKOFF_MIN, BACKOFF_MAX)
 }
 
 async fn sleep_or_cancel(d: Duration, shutdown: &CancellationToken) {

@@ -16,7 +16,7 @@ mod flush;
 
 use std::time::Duration;
 
-use backon::{BackoffBuilder, ExponentialBuilder};
+use crate::retry::Backoff;
 use deadpool_postgres::Pool;
 use futures_util::StreamExt;
 use lapin::message::Delivery;
@@ -47,18 +47,9 @@ pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
 /// Bound on broker and database calls that could otherwise hang the stage at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// The one retry policy of the stage: exponential from 100 ms, capped at 10 s, full jitter,
-/// never giving up (a transient failure must not drop a batch).
-pub fn retry_policy() -> ExponentialBuilder {
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_millis(100))
-        .with_max_delay(Duration::from_secs(10))
-        .with_jitter()
-        .without_max_times()
-}
-
-fn next_delay(delays: &mut impl Iterator<Item = Duration>) -> Duration {
-    delays.next().unwrap_or(Duration::from_secs(10))
+/// The stage's retries: exponential from 100 ms, capped at 10 s (see `crate::retry`).
+pub fn retry_policy() -> Backoff {
+    Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
 }
 
 /// The projector: built from its dependencies, run until shutdown or a fatal error.
@@ -82,7 +73,7 @@ impl ProjectorStage {
     /// Consume until `shutdown` is cancelled (returns `Ok` after a clean drain) or a fatal
     /// error. Transient failures rebuild the connection with backoff.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), ProjectorError> {
-        let mut delays = retry_policy().build();
+        let mut delays = retry_policy();
         let result = loop {
             if shutdown.is_cancelled() {
                 break Ok(());
@@ -93,9 +84,9 @@ impl ProjectorStage {
                 Err(e) if e.class() == ErrorClass::Fatal => break Err(e),
                 Err(e) => {
                     if consumed {
-                        delays = retry_policy().build();
+                        delays.reset();
                     }
-                    let delay = next_delay(&mut delays);
+                    let delay = delays.next_delay();
                     self.record_retry(&e, delay, "reconnecting to the broker");
                     tokio::select! {
                         _ = shutdown.cancelled() => break Ok(()),
@@ -324,7 +315,7 @@ impl<'s> Worker<'s> {
         docs: &[SourceDoc],
         shutdown: &CancellationToken,
     ) -> Result<Option<Applied>, ProjectorError> {
-        let mut delays = retry_policy().build();
+        let mut delays = retry_policy();
         loop {
             match apply::apply_batch(&self.stage.pool, &self.stage.pipeline, docs).await {
                 Ok(a) => return Ok(Some(a)),
@@ -332,7 +323,7 @@ impl<'s> Worker<'s> {
                     if matches!(e, ProjectorError::Pool(_) | ProjectorError::Postgres { .. }) {
                         self.stage.health.set_connected(Dependency::Postgres, false);
                     }
-                    let delay = next_delay(&mut delays);
+                    let delay = delays.next_delay();
                     self.stage.record_retry(&e, delay, "retrying the batch");
                     tokio::select! {
                         _ = shutdown.cancelled() => return Ok(None),
