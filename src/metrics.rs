@@ -67,6 +67,11 @@ pub const PROJECTOR_RETRIES_TOTAL: &str = "cdc_projector_retries_total";
 pub const OUTCOME_APPLIED: &str = "applied";
 pub const OUTCOME_STALE: &str = "stale";
 pub const OUTCOME_DEAD_LETTERED: &str = "dead_lettered";
+/// A legacy sync message (`{mongoId, action, timestamp}`, no `type`) from the Node producers
+/// running beside the daemon during a migration: the capture sees the same write, so it is
+/// acknowledged and counted, not dead-lettered.
+pub const OUTCOME_IGNORED_LEGACY: &str = "ignored_legacy";
+pub const ENTITY_LEGACY: &str = "legacy";
 /// `entity` value of a message whose entity could not be read.
 pub const ENTITY_UNKNOWN: &str = "unknown";
 

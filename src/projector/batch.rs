@@ -84,6 +84,20 @@ impl<T> Batch<T> {
     }
 }
 
+/// Whether a delivery is a legacy sync message (`{mongoId, action, timestamp}` with no `type`
+/// property and no `v`), published by the Node producers while they still run.
+pub fn is_legacy_sync_message(body: &[u8], amqp_type: Option<&str>) -> bool {
+    if amqp_type.is_some() {
+        return false;
+    }
+    let Ok(serde_json::Value::Object(o)) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return false;
+    };
+    !o.contains_key("v")
+        && o.get("mongoId").is_some_and(|v| v.is_string())
+        && o.get("action").is_some_and(|v| v.is_string())
+}
+
 /// Decode a message body into a v1 event of this pipeline, or say why it can never apply.
 pub fn decode(body: &[u8], pipeline: &str) -> Result<ChangeEvent, DeadLetter> {
     let value: serde_json::Value = serde_json::from_slice(body)
@@ -168,7 +182,14 @@ mod tests {
         v2["v"] = 2.into();
         assert_eq!(reason(body(v2)), Reason::UnsupportedVersion);
         let legacy = serde_json::json!({"mongoId": "x", "action": "updated"});
-        assert_eq!(reason(body(legacy)), Reason::UnsupportedVersion);
+        assert_eq!(reason(body(legacy.clone())), Reason::UnsupportedVersion);
+        assert!(is_legacy_sync_message(&body(legacy.clone()), None));
+        assert!(!is_legacy_sync_message(
+            &body(legacy),
+            Some("bowmark.cdc.v1")
+        ));
+        assert!(!is_legacy_sync_message(&body(good()), None));
+        assert!(!is_legacy_sync_message(b"{not json", None));
         let mut unknown = good();
         unknown["entity"] = "spaceship".into();
         assert_eq!(reason(body(unknown)), Reason::UnknownEntity);

@@ -11,7 +11,7 @@ use crate::metrics as m;
 use crate::project::SourceDoc;
 
 use super::apply::Applied;
-use super::batch::decode;
+use super::batch::{decode, is_legacy_sync_message};
 use super::dlq::{self, DeadLetter};
 
 /// A batch decoded: the events to apply (with their delivery index) and the undecodable.
@@ -19,6 +19,8 @@ pub(super) struct Flush {
     pub docs: Vec<SourceDoc>,
     doc_delivery: Vec<usize>,
     undecodable: Vec<(usize, DeadLetter)>,
+    /// Legacy sync messages acknowledged without effect.
+    ignored_legacy: u64,
     newest_wall: Option<chrono::DateTime<Utc>>,
 }
 
@@ -28,9 +30,15 @@ impl Flush {
             docs: Vec::with_capacity(deliveries.len()),
             doc_delivery: Vec::with_capacity(deliveries.len()),
             undecodable: Vec::new(),
+            ignored_legacy: 0,
             newest_wall: None,
         };
         for (i, d) in deliveries.iter().enumerate() {
+            let amqp_type = d.properties.kind().as_ref().map(|t| t.as_str());
+            if is_legacy_sync_message(&d.data, amqp_type) {
+                f.ignored_legacy += 1;
+                continue;
+            }
             match decode(&d.data, &pipeline.name) {
                 Ok(ev) => {
                     f.newest_wall = f.newest_wall.max(Some(ev.wall_time));
@@ -90,6 +98,11 @@ impl Flush {
         for (e, n) in &applied.stale {
             count(e.as_str(), m::OUTCOME_STALE, *n);
         }
+        count(
+            m::ENTITY_LEGACY,
+            m::OUTCOME_IGNORED_LEGACY,
+            self.ignored_legacy,
+        );
         for (_, dl) in &self.undecodable {
             count(m::ENTITY_UNKNOWN, m::OUTCOME_DEAD_LETTERED, 1);
             metrics::counter!(m::PROJECTOR_DEAD_LETTERED_TOTAL, m::LABEL_PIPELINE => p(),
@@ -102,7 +115,7 @@ impl Flush {
                 m::LABEL_REASON => dl.reason.as_str())
             .increment(1);
         }
-        let events = self.docs.len() + self.undecodable.len();
+        let events = self.docs.len() + self.undecodable.len() + self.ignored_legacy as usize;
         metrics::histogram!(m::PROJECTOR_BATCH_EVENTS, m::LABEL_PIPELINE => p())
             .record(events as f64);
         metrics::histogram!(m::PROJECTOR_BATCH_DURATION_SECONDS, m::LABEL_PIPELINE => p())

@@ -1016,3 +1016,45 @@ async fn sigterm_while_postgres_is_unreachable_abandons_the_batch_whole_and_exit
     })
     .await;
 }
+
+#[tokio::test]
+async fn legacy_sync_messages_beside_the_daemon_are_acknowledged_not_dead_lettered() {
+    // Given the legacy Node producers still publishing `{mongoId, action, timestamp}` (no `type`)
+    // to bowmark.sync during a migration, followed by a v1 event
+    let rig = Rig::new().await;
+    for n in 0..3 {
+        let body = json!({"mongoId": format!("6216645500000000000009c{n}"), "action": "updated",
+                          "timestamp": "2026-11-27T04:15:03.120Z"});
+        rig.ch
+            .basic_publish(
+                rig.pipeline.exchange.as_str().into(),
+                "employee_work.updated".into(),
+                BasicPublishOptions::default(),
+                &serde_json::to_vec(&body).unwrap(),
+                BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_content_type(CONTENT_TYPE.into()),
+            )
+            .await
+            .expect("publish legacy")
+            .await
+            .expect("confirm legacy");
+    }
+    rig.publish(&[company("6216645500000000000009d0", "After legacy", 30)])
+        .await;
+    // When the projector runs
+    let _daemon = rig.start();
+    // Then the v1 event applies, the queue drains, and nothing lands in the DLQ
+    eventually("the v1 event after the legacy messages", WAIT, || async {
+        let n = rig
+            .count("SELECT count(*) FROM dim_company WHERE name = 'After legacy'")
+            .await;
+        (n == 1).then_some(())
+    })
+    .await;
+    eventually("an empty queue", WAIT, || async {
+        (rig.depth(&rig.pipeline.queue).await == 0).then_some(())
+    })
+    .await;
+    assert_eq!(rig.depth(&rig.pipeline.dead_letter_queue).await, 0);
+}
