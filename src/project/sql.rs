@@ -47,8 +47,14 @@ pub const PROJECT_LOCK_KEY: i64 = 0x626f_776d_6172_6b02;
 /// projection lock: derivations read across documents, so two concurrent projections (the
 /// streaming projector and a backfill) could each miss the other's uncommitted changes and
 /// leave a stale row. The transaction-scoped advisory lock serializes them.
+///
+/// JIT is off for the projection's transaction: the statements are planned against row
+/// estimates of whole collections, so their costs cross `jit_above_cost` (and the inlining /
+/// optimization thresholds) even when the affected set is a few rows, and compiling them cost
+/// up to ~0.9 s per statement, far more than executing them.
 pub(crate) const SCRATCH: &str = "
 SELECT pg_advisory_xact_lock(7093019249801849602);
+SET LOCAL jit = off;
 CREATE TEMP TABLE IF NOT EXISTS cdc_changed (
     entity text NOT NULL, key text NOT NULL, old_doc jsonb, PRIMARY KEY (entity, key)
 ) ON COMMIT DELETE ROWS;
