@@ -159,6 +159,11 @@ impl Gen {
 
 #[tokio::main]
 async fn main() {
+    // RUST_LOG=bowmark_cdc::project=debug prints each statement's elapsed time.
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
     let args: Vec<u64> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let backfills = args.first().copied().unwrap_or(3);
     let streams = args.get(1).copied().unwrap_or(3);

@@ -160,7 +160,13 @@ fn child_ctx(entity: &str, field: &str) -> String {
            dr.id AS daily_report_id, dr.jobsite_id, dr.crew_id, dr.report_date AS work_date,
            COALESCE(NULLIF(c.type, ''), 'Unknown') AS crew_type
     FROM pg_temp.cdc_affected a
-    JOIN cdc.source_doc w ON w.entity = a.entity AND w.key = a.key
+    -- A lateral OFFSET 0 subquery drives every lookup from the affected keys: as a plain join
+    -- the planner (with stale or missing statistics on the mirror) could hash-join the whole
+    -- collection and run the GIN parent lookup for every child in the mirror.
+    CROSS JOIN LATERAL (
+        SELECT w0.key, w0.doc FROM cdc.source_doc w0
+        WHERE w0.entity = a.entity AND w0.key = a.key AND NOT w0.deleted AND w0.doc IS NOT NULL
+        OFFSET 0) w
     CROSS JOIN LATERAL (
         -- OFFSET 0 keeps the GIN lookup: ORDER BY key LIMIT 1 would walk the primary key.
         SELECT min(k) AS key FROM (
@@ -171,7 +177,7 @@ fn child_ctx(entity: &str, field: &str) -> String {
     JOIN cdc.source_doc r ON r.entity = 'daily_report' AND r.key = p.key
     JOIN dim_daily_report dr ON dr.mongo_id = p.key
     JOIN dim_crew c ON c.id = dr.crew_id
-    WHERE a.entity = '{entity}' AND NOT w.deleted AND w.doc IS NOT NULL
+    WHERE a.entity = '{entity}'
       AND cdc.ts(r.doc -> 'date') IS NOT NULL
       AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'jobsite' AND l.key = cdc.oid(r.doc -> 'jobsite') AND NOT l.deleted)
       AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'crew' AND l.key = cdc.oid(r.doc -> 'crew') AND NOT l.deleted)

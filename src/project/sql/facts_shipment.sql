@@ -135,7 +135,9 @@ tr AS (
     SELECT x.*, f.quantity AS qty, ent.v AS entry,
            cdc.ts(x.doc -> 'startTime') AS st, cdc.ts(x.doc -> 'endTime') AS et
     FROM x
-    JOIN fact_material_shipment f ON f.mongo_id = x.key AND f.synced_at = $2
+    CROSS JOIN LATERAL (
+        SELECT f0.quantity FROM fact_material_shipment f0
+        WHERE f0.mongo_id = x.key AND f0.synced_at = $2 OFFSET 0) f
     JOIN cdc.source_doc js ON js.entity = 'jobsite' AND js.key = cdc.oid(x.rdoc -> 'jobsite')
     CROSS JOIN LATERAL (
         SELECT e.v FROM jsonb_array_elements(cdc.arr(js.doc -> 'truckingRates')) AS e(v)
