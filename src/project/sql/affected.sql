@@ -174,10 +174,21 @@ WITH ms AS (
     JOIN dim_jobsite_material jmd ON jmd.id = f.jobsite_material_id
     WHERE a.entity = 'material_shipment'
 ), inv AS (
+    -- A month whose invoices of the material cost nothing in total prices every shipment at 0
+    -- before and after this change (the quantity is only a divisor): nothing to re-cost.
+    -- Invoice changes reach the material's shipments through its jobsite material instead.
     SELECT DISTINCT p.jm, p.m
     FROM pairs p
     JOIN cdc.source_doc jm ON jm.entity = 'jobsite_material' AND jm.key = p.jm
     WHERE jm.doc ->> 'costType' = 'invoice' AND p.m IS NOT NULL
+      AND COALESCE((
+          SELECT sum(cdc.num(i.doc -> 'cost'))
+          FROM (SELECT DISTINCT cdc.oid(e.v) AS k
+                FROM jsonb_array_elements(cdc.arr(jm.doc -> 'invoices')) AS e(v)) il
+          JOIN cdc.source_doc i ON i.entity = 'invoice' AND i.key = il.k AND NOT i.deleted
+          WHERE cdc.day(cdc.ts(i.doc -> 'date'), $1) >= p.m
+            AND cdc.day(cdc.ts(i.doc -> 'date'), $1) < (p.m + interval '1 month')::date
+      ), 0) <> 0
 ), month_shipments AS MATERIALIZED (
     -- The shipments listed by the reports of each month (report-date index), once.
     SELECT DISTINCT inv.jm, cdc.oid(e.v) AS k
