@@ -38,9 +38,11 @@ inv_cost AS (
     GROUP BY im.jm_key, im.m0
 ),
 month_shipments AS MATERIALIZED (
-    -- The shipments listed by the reports of each month (report-date index), once each.
+    -- The shipments listed by the reports of each month (report-date index), once each; only
+    -- for months whose invoices cost something (otherwise the rate is 0 whatever the quantity).
     SELECT DISTINCT im.jm_key, im.m0, cdc.oid(e.v) AS k
     FROM inv_months im
+    JOIN inv_cost ic ON ic.jm_key = im.jm_key AND ic.m0 = im.m0 AND COALESCE(ic.total, 0) <> 0
     JOIN cdc.source_doc r ON r.entity = 'daily_report'
      AND cdc.ts(r.doc -> 'date') >= (im.m0::timestamp AT TIME ZONE $1)
      AND cdc.ts(r.doc -> 'date') < (im.m1::timestamp AT TIME ZONE $1)
