@@ -2,6 +2,9 @@
 -- pg_temp.cdc_changed changed. Each step reads the new state (the mirror) and, where a
 -- reference may have been dropped, the old state (cdc_changed.old_doc or the star rows).
 -- $1 = report time zone. Order matters: later steps read what earlier ones added.
+-- Mirror rows of affected or changed keys are read through `CROSS JOIN LATERAL (… OFFSET 0)`
+-- (here and in every derivation file): a lookup per key, whatever the mirror's statistics say
+-- (a plain join let the planner scan a whole collection, or every report of a jobsite).
 
 -- @stmt -
 -- The changed documents themselves.
@@ -28,7 +31,7 @@ ON CONFLICT DO NOTHING
 WITH docs AS (
     SELECT s.doc
     FROM pg_temp.cdc_affected a
-    JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+    CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
     WHERE a.entity = 'daily_report' AND s.doc IS NOT NULL
     UNION ALL
     SELECT c.old_doc FROM pg_temp.cdc_changed c
@@ -63,7 +66,7 @@ ON CONFLICT DO NOTHING
 -- material or supplier, or listing a changed invoice.
 WITH jdocs AS (
     SELECT s.doc FROM pg_temp.cdc_changed c
-    JOIN cdc.source_doc s ON s.entity = c.entity AND s.key = c.key
+    CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = c.entity AND s0.key = c.key OFFSET 0) s
     WHERE c.entity = 'jobsite' AND s.doc IS NOT NULL
     UNION ALL
     SELECT c.old_doc FROM pg_temp.cdc_changed c
@@ -93,7 +96,7 @@ ON CONFLICT DO NOTHING
 -- the material-linked exclusion depend on those arrays); invoices of a changed company.
 WITH docs AS (
     SELECT c.entity, s.doc FROM pg_temp.cdc_changed c
-    JOIN cdc.source_doc s ON s.entity = c.entity AND s.key = c.key
+    CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = c.entity AND s0.key = c.key OFFSET 0) s
     WHERE c.entity IN ('jobsite', 'jobsite_material') AND s.doc IS NOT NULL
     UNION ALL
     SELECT c.entity, c.old_doc FROM pg_temp.cdc_changed c
@@ -128,7 +131,7 @@ ON CONFLICT DO NOTHING
 -- jobsite claims comes from the reports of its shipments, DESIGN §7.4).
 WITH docs AS (
     SELECT s.doc FROM pg_temp.cdc_affected a
-    JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+    CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
     WHERE a.entity = 'material_shipment' AND s.doc IS NOT NULL
     UNION ALL
     SELECT c.old_doc FROM pg_temp.cdc_changed c
@@ -145,7 +148,7 @@ ON CONFLICT DO NOTHING
 -- affected shipment belongs (or belonged) to is re-costed.
 WITH ms AS (
     SELECT s.key, s.doc FROM pg_temp.cdc_affected a
-    JOIN cdc.source_doc s ON s.entity = 'material_shipment' AND s.key = a.key
+    CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = 'material_shipment' AND s0.key = a.key OFFSET 0) s
     WHERE a.entity = 'material_shipment' AND s.doc IS NOT NULL
 ), pairs AS (
     SELECT cdc.oid(ms.doc -> 'jobsiteMaterial') AS jm,
@@ -165,7 +168,8 @@ WITH ms AS (
            date_trunc('month', cdc.day(cdc.ts(c.old_doc -> 'date'), $1)::timestamp)::date
     FROM pg_temp.cdc_changed c
     CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(c.old_doc -> 'materialShipment')) AS e(v)
-    JOIN cdc.source_doc s ON s.entity = 'material_shipment' AND s.key = cdc.oid(e.v)
+    CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0
+        WHERE s0.entity = 'material_shipment' AND s0.key = cdc.oid(e.v) OFFSET 0) s
     WHERE c.entity = 'daily_report'
     UNION
     SELECT jmd.mongo_id, date_trunc('month', f.work_date::timestamp)::date

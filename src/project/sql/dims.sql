@@ -8,7 +8,7 @@ INSERT INTO dim_employee AS t (mongo_id, name, job_title, archived_at, synced_at
 SELECT s.key, COALESCE(s.doc ->> 'name', ''), NULLIF(s.doc ->> 'jobTitle', ''),
        cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
-JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 WHERE a.entity = 'employee' AND NOT s.deleted AND s.doc IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, job_title = EXCLUDED.job_title,
@@ -25,7 +25,7 @@ INSERT INTO dim_employee_rate (employee_id, mongo_id, rate, effective_date, sync
 SELECT t.id, NULL, cdc.num(e.v -> 'rate'), cdc.day(cdc.ts(e.v -> 'date'), $1), $2
 FROM pg_temp.cdc_affected a
 JOIN dim_employee t ON t.mongo_id = a.key AND t.synced_at = $2
-JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(s.doc -> 'rates')) AS e(v)
 WHERE a.entity = 'employee'
   AND cdc.num(e.v -> 'rate') IS NOT NULL AND cdc.ts(e.v -> 'date') IS NOT NULL
@@ -37,7 +37,7 @@ SELECT s.key, COALESCE(s.doc ->> 'name', ''), COALESCE(s.doc ->> 'vehicleCode', 
        COALESCE(s.doc ->> 'vehicleType', 'General'), cdc.bool(s.doc -> 'rental'),
        COALESCE(s.doc ->> 'sourceCompany', 'Bow Mark'), cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
-JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 WHERE a.entity = 'vehicle' AND NOT s.deleted AND s.doc IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, vehicle_code = EXCLUDED.vehicle_code,
@@ -56,7 +56,7 @@ INSERT INTO dim_vehicle_rate (vehicle_id, mongo_id, rate, effective_date, synced
 SELECT t.id, NULL, cdc.num(e.v -> 'rate'), cdc.day(cdc.ts(e.v -> 'date'), $1), $2
 FROM pg_temp.cdc_affected a
 JOIN dim_vehicle t ON t.mongo_id = a.key AND t.synced_at = $2
-JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(s.doc -> 'rates')) AS e(v)
 WHERE a.entity = 'vehicle'
   AND cdc.num(e.v -> 'rate') IS NOT NULL AND cdc.ts(e.v -> 'date') IS NOT NULL
@@ -68,7 +68,7 @@ SELECT s.key, COALESCE(s.doc ->> 'name', ''), NULLIF(s.doc ->> 'jobcode', ''),
             ELSE true END,
        cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
-JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 WHERE a.entity = 'jobsite' AND NOT s.deleted AND s.doc IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, jobcode = EXCLUDED.jobcode, active = EXCLUDED.active,
@@ -78,7 +78,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 INSERT INTO dim_company AS t (mongo_id, name, archived_at, synced_at)
 SELECT s.key, COALESCE(s.doc ->> 'name', ''), cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
-JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 WHERE a.entity = 'company' AND NOT s.deleted AND s.doc IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
@@ -87,7 +87,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 INSERT INTO dim_material AS t (mongo_id, name, archived_at, synced_at)
 SELECT s.key, COALESCE(s.doc ->> 'name', ''), cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
-JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 WHERE a.entity = 'material' AND NOT s.deleted AND s.doc IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
@@ -96,7 +96,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 INSERT INTO dim_crew AS t (mongo_id, name, type, synced_at)
 SELECT s.key, COALESCE(s.doc ->> 'name', ''), COALESCE(NULLIF(s.doc ->> 'type', ''), 'Unknown'), $2
 FROM pg_temp.cdc_affected a
-JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 WHERE a.entity = 'crew' AND NOT s.deleted AND s.doc IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, type = EXCLUDED.type, synced_at = EXCLUDED.synced_at
@@ -113,27 +113,27 @@ WHERE a.entity = 'crew' AND s.entity = a.entity AND s.key = a.key AND s.deleted
 -- Deleted dimension documents: soft archive at the deleting event's wall time.
 WITH e AS (
     UPDATE dim_employee t SET archived_at = s.deleted_at, synced_at = now()
-    FROM pg_temp.cdc_affected a JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+    FROM pg_temp.cdc_affected a CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
     WHERE a.entity = 'employee' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
     RETURNING 1
 ), v AS (
     UPDATE dim_vehicle t SET archived_at = s.deleted_at, synced_at = now()
-    FROM pg_temp.cdc_affected a JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+    FROM pg_temp.cdc_affected a CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
     WHERE a.entity = 'vehicle' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
     RETURNING 1
 ), j AS (
     UPDATE dim_jobsite t SET archived_at = s.deleted_at, synced_at = now()
-    FROM pg_temp.cdc_affected a JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+    FROM pg_temp.cdc_affected a CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
     WHERE a.entity = 'jobsite' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
     RETURNING 1
 ), c AS (
     UPDATE dim_company t SET archived_at = s.deleted_at, synced_at = now()
-    FROM pg_temp.cdc_affected a JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+    FROM pg_temp.cdc_affected a CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
     WHERE a.entity = 'company' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
     RETURNING 1
 ), m AS (
     UPDATE dim_material t SET archived_at = s.deleted_at, synced_at = now()
-    FROM pg_temp.cdc_affected a JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+    FROM pg_temp.cdc_affected a CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
     WHERE a.entity = 'material' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
     RETURNING 1
 )

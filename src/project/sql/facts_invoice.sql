@@ -15,7 +15,7 @@ WITH i0 AS (
                WHERE js.entity = 'jobsite' AND js.doc -> 'expenseInvoices' @> cdc.oid_probe(s.key)
                OFFSET 0) e) AS expense_jobsite
     FROM pg_temp.cdc_affected a
-    JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+    CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
     WHERE a.entity = 'invoice' AND NOT s.deleted AND s.doc IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM cdc.source_doc jm
                       WHERE jm.entity = 'jobsite_material'

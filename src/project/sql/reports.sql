@@ -9,7 +9,7 @@ SELECT r.key, j.id, c.id, cdc.day(cdc.ts(r.doc -> 'date'), $1),
        cdc.bool(r.doc -> 'approved'), cdc.bool(r.doc -> 'payrollComplete'),
        cdc.bool(r.doc -> 'archived'), $2
 FROM pg_temp.cdc_affected a
-JOIN cdc.source_doc r ON r.entity = a.entity AND r.key = a.key
+CROSS JOIN LATERAL (SELECT r0.* FROM cdc.source_doc r0 WHERE r0.entity = a.entity AND r0.key = a.key OFFSET 0) r
 JOIN dim_jobsite j ON j.mongo_id = cdc.oid(r.doc -> 'jobsite')
 JOIN dim_crew c ON c.mongo_id = cdc.oid(r.doc -> 'crew')
 WHERE a.entity = 'daily_report' AND NOT r.deleted AND r.doc IS NOT NULL
@@ -38,7 +38,7 @@ SELECT jm.key, j.id, mat.id, sup.id, COALESCE(cdc.num(jm.doc -> 'quantity'), 0),
        COALESCE(jm.doc ->> 'unit', ''), COALESCE(jm.doc ->> 'costType', 'rate'),
        cdc.bool(jm.doc -> 'delivered'), $2
 FROM pg_temp.cdc_affected a
-JOIN cdc.source_doc jm ON jm.entity = a.entity AND jm.key = a.key
+CROSS JOIN LATERAL (SELECT jm0.* FROM cdc.source_doc jm0 WHERE jm0.entity = a.entity AND jm0.key = a.key OFFSET 0) jm
 CROSS JOIN LATERAL (
     SELECT COALESCE(
         (SELECT min(k) FROM (
@@ -92,7 +92,7 @@ SELECT t.id, x.mid, cdc.num(x.r -> 'rate'), cdc.day(cdc.ts(x.r -> 'date'), $1),
        cdc.bool(x.r -> 'estimated'), $2
 FROM pg_temp.cdc_affected a
 JOIN dim_jobsite_material t ON t.mongo_id = a.key AND t.synced_at = $2
-JOIN cdc.source_doc jm ON jm.entity = a.entity AND jm.key = a.key
+CROSS JOIN LATERAL (SELECT jm0.* FROM cdc.source_doc jm0 WHERE jm0.entity = a.entity AND jm0.key = a.key OFFSET 0) jm
 CROSS JOIN LATERAL (
     SELECT NULL::text AS mid, e.v AS r
     FROM jsonb_array_elements(cdc.arr(jm.doc -> 'rates')) AS e(v)
