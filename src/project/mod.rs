@@ -110,6 +110,11 @@ pub async fn apply(
         stats.stale += batch.len() as u64 - stats.applied;
     }
     if stats.applied > 0 {
+        // The affected-set steps plan against the changed keys (without this, the statistics
+        // of the previous batch's scratch rows).
+        tx.batch_execute(sql::ANALYZE_CHANGED)
+            .await
+            .map_err(ProjectError::pg("affected"))?;
         let ctx = Ctx::new(pipeline);
         for step in sql::AFFECTED_STEPS.iter() {
             ctx.run(tx, step, "affected").await?;

@@ -69,6 +69,9 @@ DELETE FROM pg_temp.cdc_affected;
 pub(crate) const ANALYZE_SCRATCH: &str =
     "ANALYZE pg_temp.cdc_changed; ANALYZE pg_temp.cdc_affected;";
 
+/// Statistics for the changed keys, before the affected-set steps read them.
+pub(crate) const ANALYZE_CHANGED: &str = "ANALYZE pg_temp.cdc_changed;";
+
 /// The entities with affected keys.
 pub(crate) const AFFECTED_ENTITIES: &str =
     "SELECT COALESCE(array_agg(DISTINCT entity), '{}') FROM pg_temp.cdc_affected";
