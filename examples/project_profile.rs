@@ -196,6 +196,18 @@ async fn main() {
         let el = t.elapsed();
         println!("backfill {} docs: {:.1} ms ({:.0} docs/s) applied={}", docs.len(), el.as_secs_f64()*1e3, docs.len() as f64 / el.as_secs_f64(), st.applied);
     }
+    // PROFILE_EMPLOYEE_RATE=n: change employee 0's rates n times (re-costs all its work).
+    let rate_changes: u64 = std::env::var("PROFILE_EMPLOYEE_RATE").ok().and_then(|v| v.parse().ok()).unwrap_or(0);
+    for n in 0..rate_changes {
+        let rates = json!([{ "date": { "$date": "2022-01-01T00:00:00Z" }, "rate": 30 + n },
+                           { "date": { "$date": "2023-06-01T00:00:00Z" }, "rate": 35 + n }]);
+        let docs = vec![g.doc(Entity::Employee, key(3, 0), json!({ "name": "E0", "rates": rates }))];
+        let t = Instant::now();
+        let tx = c.transaction().await.expect("begin");
+        let st = project::apply(&tx, &pipeline, &docs, Guard::Newer).await.expect("apply");
+        tx.commit().await.expect("commit");
+        println!("employee rate change: {:.1} ms, rows written {:?}", t.elapsed().as_secs_f64()*1e3, st.rows_written);
+    }
     let works = (existing as u64).min(2000) * 4;
     for it in 0..streams {
         let docs: Vec<SourceDoc> = (0..stream_size).map(|n| {
