@@ -6,4 +6,5 @@ pub mod event;
 pub mod health;
 pub mod metrics;
 pub mod migrate;
+pub mod project;
 pub mod telemetry;

@@ -16,6 +16,16 @@ pub const LABEL_REASON: &str = "reason";
 
 // --- projector -------------------------------------------------------------------------------
 
+/// Source documents that changed the mirror (version newer than the stored one).
+pub const PROJECTOR_DOCS_APPLIED_TOTAL: &str = "cdc_projector_docs_applied_total";
+/// Source documents ignored: an older or equal version, a duplicate in the batch, or an
+/// update whose looked-up document was gone.
+pub const PROJECTOR_DOCS_STALE_TOTAL: &str = "cdc_projector_docs_stale_total";
+/// Star rows inserted, updated, archived or deleted, by table (label `table`).
+pub const PROJECTOR_ROWS_WRITTEN_TOTAL: &str = "cdc_projector_rows_written_total";
+/// Time to project one batch into the mirror and the star schema (inside the transaction).
+pub const PROJECTOR_APPLY_DURATION_SECONDS: &str = "cdc_projector_apply_duration_seconds";
+
 // --- backfill --------------------------------------------------------------------------------
 
 /// Describe every metric once, so `/metrics` carries HELP lines.
@@ -27,6 +37,28 @@ pub fn describe() {
 
 fn describe_capture() {}
 
-fn describe_projector() {}
+fn describe_projector() {
+    use metrics::{Unit, describe_counter, describe_histogram};
+    describe_counter!(
+        PROJECTOR_DOCS_APPLIED_TOTAL,
+        Unit::Count,
+        "Source documents that changed the projector's mirror"
+    );
+    describe_counter!(
+        PROJECTOR_DOCS_STALE_TOTAL,
+        Unit::Count,
+        "Source documents ignored as stale, duplicate or vanished"
+    );
+    describe_counter!(
+        PROJECTOR_ROWS_WRITTEN_TOTAL,
+        Unit::Count,
+        "Star rows written by the projection, by table"
+    );
+    describe_histogram!(
+        PROJECTOR_APPLY_DURATION_SECONDS,
+        Unit::Seconds,
+        "Time to project one batch (mirror upsert and star rows)"
+    );
+}
 
 fn describe_backfill() {}

@@ -1,0 +1,312 @@
+//! The projection core shared by the streaming projector and the backfill (DESIGN §5).
+//!
+//! [`apply`] takes a batch of source document states, upserts them into the version-guarded
+//! source mirror (`cdc.source_doc`), computes every star row the changed documents affect and
+//! recomputes exactly those rows with set-based SQL reading the mirror's JSON. The star schema
+//! is therefore a pure function of the mirror (THE LAW), except archived rows of documents
+//! deleted or detached from their report, whose `archived_at` is the wall time of the event
+//! that deleted or detached them. [`reproject_all`] rebuilds every star row from the mirror.
+//!
+//! The caller owns the transaction: one per batch, committed before the deliveries are acked.
+//! The SQL lives in `src/project/sql/*.sql`.
+
+mod error;
+mod sql;
+
+use std::collections::{BTreeMap, btree_map};
+use std::time::Instant;
+
+use chrono::{DateTime, Utc};
+use futures_util::TryStreamExt;
+use tokio_postgres::Transaction;
+use tokio_postgres::types::{ToSql, Type};
+
+use crate::config::Pipeline;
+use crate::event::{ChangeEvent, Entity, Op, Version};
+use crate::metrics as m;
+
+pub use error::{ErrorClass, ProjectError};
+
+/// One source document state: the mirror's unit. Built from a [`ChangeEvent`] or from a
+/// backfill scan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SourceDoc {
+    pub entity: Entity,
+    /// The document's `_id` as 24-char lowercase hex.
+    pub key: String,
+    pub version: Version,
+    /// Wall time of the event (or scan) that produced this state.
+    pub wall_time: DateTime<Utc>,
+    /// Relaxed extended JSON; `None` when deleted or vanished.
+    pub doc: Option<serde_json::Value>,
+    /// A delete: the mirror keeps a tombstone and the document's rows are archived or removed.
+    pub deleted: bool,
+}
+
+impl From<&ChangeEvent> for SourceDoc {
+    /// A delete becomes a tombstone. An update whose looked-up document is `null` is not a
+    /// delete: it carries no state, so [`apply`] leaves the mirror as it is (the delete event
+    /// that follows it in the stream does the work).
+    fn from(e: &ChangeEvent) -> Self {
+        let deleted = e.op == Op::Delete;
+        SourceDoc {
+            entity: e.entity,
+            key: e.key.clone(),
+            version: e.version(),
+            wall_time: e.wall_time,
+            doc: if deleted { None } else { e.doc.clone() },
+            deleted,
+        }
+    }
+}
+
+/// Which versions may change the mirror.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Guard {
+    /// Streaming: only strictly newer versions change the mirror (re-deliveries are no-ops).
+    Newer,
+    /// Backfill: an equal version is applied again (a re-run recomputes its rows).
+    NewerOrEqual,
+}
+
+/// What one call did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ApplyStats {
+    /// Documents that changed the mirror.
+    pub applied: u64,
+    /// Documents ignored: older (or, for [`Guard::Newer`], equal) versions, duplicates within
+    /// the batch, and updates without a document.
+    pub stale: u64,
+    /// Star rows inserted, updated, archived or deleted, by star table.
+    pub rows_written: BTreeMap<&'static str, u64>,
+}
+
+/// Project a batch inside the caller's transaction.
+pub async fn apply(
+    tx: &Transaction<'_>,
+    pipeline: &Pipeline,
+    docs: &[SourceDoc],
+    mode: Guard,
+) -> Result<ApplyStats, ProjectError> {
+    let started = Instant::now();
+    let (batch, skipped) = dedupe(docs)?;
+    let mut stats = ApplyStats {
+        stale: skipped,
+        ..ApplyStats::default()
+    };
+    tx.batch_execute(sql::SCRATCH)
+        .await
+        .map_err(ProjectError::pg("scratch"))?;
+    if !batch.is_empty() {
+        stats.applied = upsert_mirror(tx, &batch, mode).await?;
+        stats.stale += batch.len() as u64 - stats.applied;
+    }
+    if stats.applied > 0 {
+        let ctx = Ctx::new(pipeline);
+        for step in sql::AFFECTED_STEPS.iter() {
+            ctx.run(tx, step, "affected").await?;
+        }
+        derive(tx, &ctx, &mut stats).await?;
+    }
+    record(pipeline, &stats, started);
+    Ok(stats)
+}
+
+/// Rebuild every star row derivable from the mirror alone (after a schema or rule change).
+/// Rows whose documents are no longer derivable are archived or deleted as in [`apply`];
+/// rows of documents the mirror never saw are left alone.
+pub async fn reproject_all(
+    tx: &Transaction<'_>,
+    pipeline: &Pipeline,
+) -> Result<ApplyStats, ProjectError> {
+    let started = Instant::now();
+    let mut stats = ApplyStats::default();
+    tx.batch_execute(sql::SCRATCH)
+        .await
+        .map_err(ProjectError::pg("scratch"))?;
+    tx.batch_execute(sql::AFFECT_ALL)
+        .await
+        .map_err(ProjectError::pg("affected"))?;
+    derive(tx, &Ctx::new(pipeline), &mut stats).await?;
+    record(pipeline, &stats, started);
+    Ok(stats)
+}
+
+/// Keep the highest version per (entity, key); drop updates that carry no document.
+/// Returns the kept documents and how many were dropped.
+fn dedupe(docs: &[SourceDoc]) -> Result<(Vec<&SourceDoc>, u64), ProjectError> {
+    let mut latest: BTreeMap<(Entity, &str), &SourceDoc> = BTreeMap::new();
+    let mut dropped = 0u64;
+    for d in docs {
+        if d.key.is_empty() {
+            return Err(ProjectError::InvalidDoc {
+                entity: d.entity.as_str(),
+                key: String::new(),
+                reason: "empty _id",
+            });
+        }
+        if !d.deleted && d.doc.is_none() {
+            dropped += 1;
+            continue;
+        }
+        match latest.entry((d.entity, d.key.as_str())) {
+            btree_map::Entry::Vacant(v) => {
+                v.insert(d);
+            }
+            btree_map::Entry::Occupied(mut o) => {
+                dropped += 1;
+                if d.version > o.get().version {
+                    o.insert(d);
+                }
+            }
+        }
+    }
+    Ok((latest.into_values().collect(), dropped))
+}
+
+/// One UNNEST upsert of the whole batch; returns how many documents changed the mirror.
+async fn upsert_mirror(
+    tx: &Transaction<'_>,
+    batch: &[&SourceDoc],
+    mode: Guard,
+) -> Result<u64, ProjectError> {
+    let entity: Vec<&str> = batch.iter().map(|d| d.entity.as_str()).collect();
+    let key: Vec<&str> = batch.iter().map(|d| d.key.as_str()).collect();
+    let ct_t: Vec<i64> = batch
+        .iter()
+        .map(|d| i64::from(d.version.cluster_time.t))
+        .collect();
+    let ct_i: Vec<i64> = batch
+        .iter()
+        .map(|d| i64::from(d.version.cluster_time.i))
+        .collect();
+    let ordinal: Vec<i64> = batch.iter().map(|d| i64::from(d.version.ordinal)).collect();
+    let wall: Vec<DateTime<Utc>> = batch.iter().map(|d| d.wall_time).collect();
+    let doc: Vec<Option<&serde_json::Value>> = batch.iter().map(|d| d.doc.as_ref()).collect();
+    let deleted: Vec<bool> = batch.iter().map(|d| d.deleted).collect();
+    let or_equal = mode == Guard::NewerOrEqual;
+    let params: [(&(dyn ToSql + Sync), Type); 9] = [
+        (&entity, Type::TEXT_ARRAY),
+        (&key, Type::TEXT_ARRAY),
+        (&ct_t, Type::INT8_ARRAY),
+        (&ct_i, Type::INT8_ARRAY),
+        (&ordinal, Type::INT8_ARRAY),
+        (&wall, Type::TIMESTAMPTZ_ARRAY),
+        (&doc, Type::JSONB_ARRAY),
+        (&deleted, Type::BOOL_ARRAY),
+        (&or_equal, Type::BOOL),
+    ];
+    tx.execute_typed(&sql::MIRROR_UPSERT.sql, &params)
+        .await
+        .map_err(ProjectError::pg("mirror"))
+}
+
+/// Parameters shared by every derivation statement: the report time zone and this call's
+/// `synced_at` stamp. An upsert stamps the rows it derived with it; a row of an affected
+/// document left unstamped was not derivable, and is archived or deleted. Archiving stamps
+/// `now()` (the transaction's start, always earlier than this stamp), so an archived row
+/// never looks derived to a later step.
+struct Ctx {
+    tz: String,
+    stamp: DateTime<Utc>,
+}
+
+impl Ctx {
+    fn new(pipeline: &Pipeline) -> Ctx {
+        Ctx {
+            tz: pipeline.report_timezone.name().to_string(),
+            stamp: Utc::now(),
+        }
+    }
+
+    /// Run one statement; returns the rows it wrote (its row count, or the count it selects).
+    async fn run(
+        &self,
+        tx: &Transaction<'_>,
+        stmt: &sql::Stmt,
+        step: &'static str,
+    ) -> Result<u64, ProjectError> {
+        let params: [(&(dyn ToSql + Sync), Type); 2] =
+            [(&self.tz, Type::TEXT), (&self.stamp, Type::TIMESTAMPTZ)];
+        let stream = tx
+            .query_typed_raw(&stmt.sql, params)
+            .await
+            .map_err(ProjectError::pg(step))?;
+        futures_util::pin_mut!(stream);
+        let mut selected = None;
+        while let Some(row) = stream.try_next().await.map_err(ProjectError::pg(step))? {
+            selected = row.try_get::<_, i64>(0).ok();
+        }
+        let n = match selected {
+            Some(n) => u64::try_from(n).unwrap_or(0),
+            None => stream.rows_affected().unwrap_or(0),
+        };
+        Ok(n)
+    }
+}
+
+async fn derive(
+    tx: &Transaction<'_>,
+    ctx: &Ctx,
+    stats: &mut ApplyStats,
+) -> Result<(), ProjectError> {
+    for stmt in sql::DERIVE_STEPS.iter() {
+        let n = ctx.run(tx, stmt, stmt.label).await?;
+        if n > 0 {
+            *stats.rows_written.entry(stmt.label).or_default() += n;
+        }
+    }
+    Ok(())
+}
+
+fn record(pipeline: &Pipeline, stats: &ApplyStats, started: Instant) {
+    let p = pipeline.name.clone();
+    metrics::counter!(m::PROJECTOR_DOCS_APPLIED_TOTAL, m::LABEL_PIPELINE => p.clone())
+        .increment(stats.applied);
+    metrics::counter!(m::PROJECTOR_DOCS_STALE_TOTAL, m::LABEL_PIPELINE => p.clone())
+        .increment(stats.stale);
+    for (table, n) in &stats.rows_written {
+        metrics::counter!(m::PROJECTOR_ROWS_WRITTEN_TOTAL,
+            m::LABEL_PIPELINE => p.clone(), m::LABEL_TABLE => *table)
+        .increment(*n);
+    }
+    metrics::histogram!(m::PROJECTOR_APPLY_DURATION_SECONDS, m::LABEL_PIPELINE => p)
+        .record(started.elapsed().as_secs_f64());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::ClusterTime;
+
+    fn doc(key: &str, t: u32, deleted: bool, body: Option<serde_json::Value>) -> SourceDoc {
+        SourceDoc {
+            entity: Entity::Employee,
+            key: key.into(),
+            version: Version {
+                cluster_time: ClusterTime { t, i: 0 },
+                ordinal: 0,
+            },
+            wall_time: Utc::now(),
+            doc: body,
+            deleted,
+        }
+    }
+
+    #[test]
+    fn dedupe_keeps_the_highest_version_and_drops_empty_updates() {
+        let j = Some(serde_json::json!({}));
+        let docs = vec![
+            doc("a", 2, false, j.clone()),
+            doc("a", 5, true, None),
+            doc("a", 3, false, j.clone()),
+            doc("b", 1, false, None),
+            doc("c", 1, false, j),
+        ];
+        let (kept, dropped) = dedupe(&docs).unwrap();
+        assert_eq!(dropped, 3);
+        assert_eq!(kept.len(), 2);
+        assert!(kept[0].deleted && kept[0].version.cluster_time.t == 5);
+        assert_eq!(kept[1].key, "c");
+    }
+}

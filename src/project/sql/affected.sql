@@ -1,0 +1,192 @@
+-- The affected set: every (entity, key) whose star rows may change because the documents in
+-- pg_temp.cdc_changed changed. Each step reads the new state (the mirror) and, where a
+-- reference may have been dropped, the old state (cdc_changed.old_doc or the star rows).
+-- $1 = report time zone. Order matters: later steps read what earlier ones added.
+
+-- @stmt -
+-- The changed documents themselves.
+INSERT INTO pg_temp.cdc_affected (entity, key)
+SELECT entity, key FROM pg_temp.cdc_changed
+ON CONFLICT DO NOTHING
+
+-- @stmt -
+-- A jobsite or crew -> its daily reports (a waiting report appears; crew_type; trucking rates).
+INSERT INTO pg_temp.cdc_affected (entity, key)
+SELECT 'daily_report', r.key
+FROM pg_temp.cdc_changed c
+JOIN cdc.source_doc r ON r.entity = 'daily_report' AND cdc.oid(r.doc -> 'jobsite') = c.key
+WHERE c.entity = 'jobsite'
+UNION
+SELECT 'daily_report', r.key
+FROM pg_temp.cdc_changed c
+JOIN cdc.source_doc r ON r.entity = 'daily_report' AND cdc.oid(r.doc -> 'crew') = c.key
+WHERE c.entity = 'crew'
+ON CONFLICT DO NOTHING
+
+-- @stmt -
+-- A daily report -> its children, listed now or before this change.
+WITH docs AS (
+    SELECT s.doc
+    FROM pg_temp.cdc_affected a
+    JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+    WHERE a.entity = 'daily_report' AND s.doc IS NOT NULL
+    UNION ALL
+    SELECT c.old_doc FROM pg_temp.cdc_changed c
+    WHERE c.entity = 'daily_report' AND c.old_doc IS NOT NULL
+)
+INSERT INTO pg_temp.cdc_affected (entity, key)
+SELECT DISTINCT f.child, cdc.oid(e.v)
+FROM docs d
+CROSS JOIN (VALUES ('employee_work', 'employeeWork'), ('vehicle_work', 'vehicleWork'),
+                   ('material_shipment', 'materialShipment'), ('production', 'production'))
+           AS f(child, field)
+CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(d.doc -> f.field)) AS e(v)
+WHERE cdc.oid(e.v) IS NOT NULL
+ON CONFLICT DO NOTHING
+
+-- @stmt -
+-- An employee or vehicle -> its work items (re-costing; waiting items appear).
+INSERT INTO pg_temp.cdc_affected (entity, key)
+SELECT 'employee_work', w.key
+FROM pg_temp.cdc_changed c
+JOIN cdc.source_doc w ON w.entity = 'employee_work' AND cdc.oid(w.doc -> 'employee') = c.key
+WHERE c.entity = 'employee'
+UNION
+SELECT 'vehicle_work', w.key
+FROM pg_temp.cdc_changed c
+JOIN cdc.source_doc w ON w.entity = 'vehicle_work' AND cdc.oid(w.doc -> 'vehicle') = c.key
+WHERE c.entity = 'vehicle'
+ON CONFLICT DO NOTHING
+
+-- @stmt -
+-- Jobsite materials: claimed by a changed jobsite (now or before), referencing a changed
+-- material or supplier, or listing a changed invoice.
+WITH jdocs AS (
+    SELECT s.doc FROM pg_temp.cdc_changed c
+    JOIN cdc.source_doc s ON s.entity = c.entity AND s.key = c.key
+    WHERE c.entity = 'jobsite' AND s.doc IS NOT NULL
+    UNION ALL
+    SELECT c.old_doc FROM pg_temp.cdc_changed c
+    WHERE c.entity = 'jobsite' AND c.old_doc IS NOT NULL
+)
+INSERT INTO pg_temp.cdc_affected (entity, key)
+SELECT 'jobsite_material', cdc.oid(e.v)
+FROM jdocs CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(jdocs.doc -> 'materials')) AS e(v)
+WHERE cdc.oid(e.v) IS NOT NULL
+UNION
+SELECT 'jobsite_material', jm.key
+FROM pg_temp.cdc_changed c
+JOIN cdc.source_doc jm ON jm.entity = 'jobsite_material'
+ AND ((c.entity = 'material' AND cdc.oid(jm.doc -> 'material') = c.key)
+   OR (c.entity = 'company' AND cdc.oid(jm.doc -> 'supplier') = c.key))
+WHERE c.entity IN ('material', 'company')
+UNION
+SELECT 'jobsite_material', jm.key
+FROM pg_temp.cdc_changed c
+JOIN cdc.source_doc jm ON jm.entity = 'jobsite_material'
+ AND jm.doc -> 'invoices' @> cdc.oid_probe(c.key)
+WHERE c.entity = 'invoice'
+ON CONFLICT DO NOTHING
+
+-- @stmt -
+-- Invoices listed by a changed jobsite or jobsite material, now or before (direction and
+-- the material-linked exclusion depend on those arrays); invoices of a changed company.
+WITH docs AS (
+    SELECT c.entity, s.doc FROM pg_temp.cdc_changed c
+    JOIN cdc.source_doc s ON s.entity = c.entity AND s.key = c.key
+    WHERE c.entity IN ('jobsite', 'jobsite_material') AND s.doc IS NOT NULL
+    UNION ALL
+    SELECT c.entity, c.old_doc FROM pg_temp.cdc_changed c
+    WHERE c.entity IN ('jobsite', 'jobsite_material') AND c.old_doc IS NOT NULL
+)
+INSERT INTO pg_temp.cdc_affected (entity, key)
+SELECT DISTINCT 'invoice', cdc.oid(e.v)
+FROM docs
+CROSS JOIN (VALUES ('jobsite', 'revenueInvoices'), ('jobsite', 'expenseInvoices'),
+                   ('jobsite_material', 'invoices')) AS f(entity, field)
+CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(docs.doc -> f.field)) AS e(v)
+WHERE f.entity = docs.entity AND cdc.oid(e.v) IS NOT NULL
+UNION
+SELECT 'invoice', i.key
+FROM pg_temp.cdc_changed c
+JOIN cdc.source_doc i ON i.entity = 'invoice' AND cdc.oid(i.doc -> 'company') = c.key
+WHERE c.entity = 'company'
+ON CONFLICT DO NOTHING
+
+-- @stmt -
+-- An affected jobsite material -> the shipments using it (rates, cost type, appearance).
+INSERT INTO pg_temp.cdc_affected (entity, key)
+SELECT 'material_shipment', s.key
+FROM pg_temp.cdc_affected a
+JOIN cdc.source_doc s ON s.entity = 'material_shipment'
+ AND cdc.oid(s.doc -> 'jobsiteMaterial') = a.key
+WHERE a.entity = 'jobsite_material'
+ON CONFLICT DO NOTHING
+
+-- @stmt -
+-- An affected shipment -> its jobsite material, now and before (the jobsite of a material no
+-- jobsite claims comes from the reports of its shipments, DESIGN §7.4).
+WITH docs AS (
+    SELECT s.doc FROM pg_temp.cdc_affected a
+    JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+    WHERE a.entity = 'material_shipment' AND s.doc IS NOT NULL
+    UNION ALL
+    SELECT c.old_doc FROM pg_temp.cdc_changed c
+    WHERE c.entity = 'material_shipment' AND c.old_doc IS NOT NULL
+)
+INSERT INTO pg_temp.cdc_affected (entity, key)
+SELECT DISTINCT 'jobsite_material', cdc.oid(docs.doc -> 'jobsiteMaterial')
+FROM docs
+WHERE cdc.oid(docs.doc -> 'jobsiteMaterial') IS NOT NULL
+ON CONFLICT DO NOTHING
+
+-- @stmt -
+-- Invoice-month rates are live: every shipment of an invoice-priced material in a month an
+-- affected shipment belongs (or belonged) to is re-costed.
+WITH ms AS (
+    SELECT s.key, s.doc FROM pg_temp.cdc_affected a
+    JOIN cdc.source_doc s ON s.entity = 'material_shipment' AND s.key = a.key
+    WHERE a.entity = 'material_shipment' AND s.doc IS NOT NULL
+), pairs AS (
+    SELECT cdc.oid(ms.doc -> 'jobsiteMaterial') AS jm,
+           date_trunc('month', cdc.day(cdc.ts(r.doc -> 'date'), $1))::date AS m
+    FROM ms
+    JOIN cdc.source_doc r ON r.entity = 'daily_report'
+     AND r.doc -> 'materialShipment' @> cdc.oid_probe(ms.key)
+    UNION
+    SELECT cdc.oid(c.old_doc -> 'jobsiteMaterial'),
+           date_trunc('month', cdc.day(cdc.ts(r.doc -> 'date'), $1))::date
+    FROM pg_temp.cdc_changed c
+    JOIN cdc.source_doc r ON r.entity = 'daily_report'
+     AND r.doc -> 'materialShipment' @> cdc.oid_probe(c.key)
+    WHERE c.entity = 'material_shipment'
+    UNION
+    SELECT cdc.oid(s.doc -> 'jobsiteMaterial'),
+           date_trunc('month', cdc.day(cdc.ts(c.old_doc -> 'date'), $1))::date
+    FROM pg_temp.cdc_changed c
+    CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(c.old_doc -> 'materialShipment')) AS e(v)
+    JOIN cdc.source_doc s ON s.entity = 'material_shipment' AND s.key = cdc.oid(e.v)
+    WHERE c.entity = 'daily_report'
+    UNION
+    SELECT jmd.mongo_id, date_trunc('month', f.work_date)::date
+    FROM pg_temp.cdc_affected a
+    JOIN fact_material_shipment f ON f.mongo_id = a.key
+    JOIN dim_jobsite_material jmd ON jmd.id = f.jobsite_material_id
+    WHERE a.entity = 'material_shipment'
+), inv AS (
+    SELECT DISTINCT p.jm, p.m
+    FROM pairs p
+    JOIN cdc.source_doc jm ON jm.entity = 'jobsite_material' AND jm.key = p.jm
+    WHERE jm.doc ->> 'costType' = 'invoice' AND p.m IS NOT NULL
+)
+INSERT INTO pg_temp.cdc_affected (entity, key)
+SELECT DISTINCT 'material_shipment', s.key
+FROM inv
+JOIN cdc.source_doc s ON s.entity = 'material_shipment'
+ AND cdc.oid(s.doc -> 'jobsiteMaterial') = inv.jm
+WHERE EXISTS (
+    SELECT 1 FROM cdc.source_doc r
+    WHERE r.entity = 'daily_report'
+      AND r.doc -> 'materialShipment' @> cdc.oid_probe(s.key)
+      AND date_trunc('month', cdc.day(cdc.ts(r.doc -> 'date'), $1))::date = inv.m)
+ON CONFLICT DO NOTHING

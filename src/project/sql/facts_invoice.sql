@@ -1,0 +1,46 @@
+-- Invoices: revenue or expense through the jobsite arrays only (first jobsite by key, revenue
+-- before expense). An invoice listed by any jobsite material feeds that material's
+-- invoice-month rate and is not written here (DESIGN §7.3). Hard delete, as legacy.
+-- $1 = report time zone, $2 = this apply's synced_at stamp.
+
+-- @stmt fact_invoice
+WITH i AS (
+    SELECT s.key, s.doc,
+           COALESCE(
+               (SELECT ARRAY[js.key, 'revenue'] FROM cdc.source_doc js
+                WHERE js.entity = 'jobsite' AND js.doc -> 'revenueInvoices' @> cdc.oid_probe(s.key)
+                ORDER BY js.key LIMIT 1),
+               (SELECT ARRAY[js.key, 'expense'] FROM cdc.source_doc js
+                WHERE js.entity = 'jobsite' AND js.doc -> 'expenseInvoices' @> cdc.oid_probe(s.key)
+                ORDER BY js.key LIMIT 1)) AS owner
+    FROM pg_temp.cdc_affected a
+    JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
+    WHERE a.entity = 'invoice' AND NOT s.deleted AND s.doc IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM cdc.source_doc jm
+                      WHERE jm.entity = 'jobsite_material'
+                        AND jm.doc -> 'invoices' @> cdc.oid_probe(s.key))
+)
+INSERT INTO fact_invoice AS t
+    (mongo_id, jobsite_id, company_id, invoice_date, direction, invoice_type, invoice_number,
+     amount, description, synced_at)
+SELECT i.key, j.id, c.id, cdc.day(cdc.ts(i.doc -> 'date'), $1), i.owner[2],
+       CASE WHEN cdc.bool(i.doc -> 'accrual') THEN 'accrual'
+            WHEN cdc.bool(i.doc -> 'internal') THEN 'internal'
+            ELSE 'external' END,
+       COALESCE(i.doc ->> 'invoiceNumber', ''), COALESCE(cdc.num(i.doc -> 'cost'), 0),
+       i.doc ->> 'description', $2
+FROM i
+JOIN dim_jobsite j ON j.mongo_id = i.owner[1]
+JOIN dim_company c ON c.mongo_id = cdc.oid(i.doc -> 'company')
+WHERE cdc.is_live('company', c.mongo_id) AND cdc.ts(i.doc -> 'date') IS NOT NULL
+ON CONFLICT (mongo_id) DO UPDATE SET
+    jobsite_id = EXCLUDED.jobsite_id, company_id = EXCLUDED.company_id,
+    invoice_date = EXCLUDED.invoice_date, direction = EXCLUDED.direction,
+    invoice_type = EXCLUDED.invoice_type, invoice_number = EXCLUDED.invoice_number,
+    amount = EXCLUDED.amount, description = EXCLUDED.description,
+    synced_at = EXCLUDED.synced_at
+
+-- @stmt fact_invoice
+DELETE FROM fact_invoice t
+USING pg_temp.cdc_affected a
+WHERE a.entity = 'invoice' AND t.mongo_id = a.key AND t.synced_at IS DISTINCT FROM $2

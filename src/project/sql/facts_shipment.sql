@@ -1,0 +1,179 @@
+-- Material shipments: costed (fact_material_shipment, plus fact_trucking when it carries a
+-- trucking rate id) or non-costed (fact_non_costed_material). A shipment that switches side,
+-- is deleted or detached has its other rows archived (DESIGN §7.7: deleting a shipment also
+-- archives its non-costed row). $1 = report time zone, $2 = this apply's synced_at stamp.
+
+-- @stmt fact_material_shipment
+-- Rate: a scenario id first; else costType invoice -> the live invoice-month rate (sum of the
+-- material's invoices dated in the work month / quantity of its live costed shipments listed
+-- in any report dated in that month); else the delivered-rate entry, else the standard rates.
+-- Lookups take the greatest effective_date <= work date; a miss gives (0, estimated).
+WITH x AS ({{ctx material_shipment materialShipment}}),
+b AS (
+    SELECT x.*, jmd.id AS jm_id, jmd.unit AS jm_unit, jmd.cost_type, jm.key AS jm_key,
+           jm.doc AS jm_doc,
+           cdc.oid(x.doc -> 'vehicleObject' -> 'rateScenarioId') AS scen,
+           cdc.oid(x.doc -> 'vehicleObject' -> 'deliveredRateId') AS deliv,
+           date_trunc('month', x.work_date)::date AS m0,
+           (date_trunc('month', x.work_date) + interval '1 month')::date AS m1
+    FROM x
+    JOIN cdc.source_doc jm ON jm.entity = 'jobsite_material'
+     AND jm.key = cdc.oid(x.doc -> 'jobsiteMaterial') AND NOT jm.deleted AND jm.doc IS NOT NULL
+    JOIN dim_jobsite_material jmd ON jmd.mongo_id = jm.key
+    WHERE NOT cdc.bool(x.doc -> 'noJobsiteMaterial')
+)
+INSERT INTO fact_material_shipment AS t
+    (mongo_id, daily_report_id, jobsite_id, crew_id, jobsite_material_id, crew_type, work_date,
+     quantity, unit, rate, estimated, delivered_rate_id, archived_at, synced_at, vehicle_type,
+     rate_scenario_id)
+SELECT b.key, b.daily_report_id, b.jobsite_id, b.crew_id, b.jm_id, b.crew_type, b.work_date,
+       COALESCE(cdc.num(b.doc -> 'quantity'), 0), b.jm_unit,
+       CASE WHEN b.scen IS NULL AND b.cost_type = 'invoice' THEN ir.rate
+            ELSE COALESCE(lr.rate, 0) END,
+       CASE WHEN b.scen IS NULL AND b.cost_type = 'invoice' THEN false
+            ELSE COALESCE(lr.estimated, true) END,
+       b.deliv, cdc.ts(b.doc -> 'archivedAt'), $2,
+       b.doc -> 'vehicleObject' ->> 'vehicleType', b.scen
+FROM b
+LEFT JOIN LATERAL (
+    SELECT r.rate, r.estimated FROM dim_jobsite_material_rate r
+    WHERE r.jobsite_material_id = b.jm_id
+      AND r.mongo_id IS NOT DISTINCT FROM COALESCE(b.scen, b.deliv)
+      AND r.effective_date <= b.work_date
+    ORDER BY r.effective_date DESC, r.rate DESC, r.estimated LIMIT 1
+) lr ON true
+LEFT JOIN LATERAL (
+    SELECT CASE WHEN q.total > 0 THEN c.total / q.total ELSE 0 END AS rate
+    FROM (SELECT COALESCE(sum(cdc.num(i.doc -> 'cost')), 0) AS total
+          FROM cdc.source_doc i
+          WHERE i.entity = 'invoice' AND NOT i.deleted
+            AND i.key IN (SELECT cdc.oid(e.v)
+                          FROM jsonb_array_elements(cdc.arr(b.jm_doc -> 'invoices')) AS e(v))
+            AND cdc.day(cdc.ts(i.doc -> 'date'), $1) >= b.m0
+            AND cdc.day(cdc.ts(i.doc -> 'date'), $1) < b.m1) c,
+         (SELECT COALESCE(sum(cdc.num(s.doc -> 'quantity')), 0) AS total
+          FROM cdc.source_doc s
+          WHERE s.entity = 'material_shipment'
+            AND cdc.oid(s.doc -> 'jobsiteMaterial') = b.jm_key
+            AND NOT cdc.bool(s.doc -> 'noJobsiteMaterial')
+            AND cdc.ts(s.doc -> 'archivedAt') IS NULL
+            AND EXISTS (
+                SELECT 1 FROM cdc.source_doc r
+                WHERE r.entity = 'daily_report'
+                  AND r.doc -> 'materialShipment' @> cdc.oid_probe(s.key)
+                  AND cdc.day(cdc.ts(r.doc -> 'date'), $1) >= b.m0
+                  AND cdc.day(cdc.ts(r.doc -> 'date'), $1) < b.m1)) q
+) ir ON b.scen IS NULL AND b.cost_type = 'invoice'
+ON CONFLICT (mongo_id) DO UPDATE SET
+    daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
+    crew_id = EXCLUDED.crew_id, jobsite_material_id = EXCLUDED.jobsite_material_id,
+    crew_type = EXCLUDED.crew_type, work_date = EXCLUDED.work_date,
+    quantity = EXCLUDED.quantity, unit = EXCLUDED.unit, rate = EXCLUDED.rate,
+    estimated = EXCLUDED.estimated, delivered_rate_id = EXCLUDED.delivered_rate_id,
+    archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at,
+    vehicle_type = EXCLUDED.vehicle_type, rate_scenario_id = EXCLUDED.rate_scenario_id
+
+-- @stmt fact_material_shipment
+UPDATE fact_material_shipment t
+SET archived_at = cdc.detach_time('material_shipment', t.mongo_id, 'materialShipment', dr.mongo_id),
+    synced_at = now()
+FROM pg_temp.cdc_affected a, dim_daily_report dr
+WHERE a.entity = 'material_shipment' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
+  AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
+
+-- @stmt fact_non_costed_material
+WITH x AS ({{ctx material_shipment materialShipment}})
+INSERT INTO fact_non_costed_material AS t
+    (mongo_id, daily_report_id, jobsite_id, crew_id, crew_type, work_date, material_name,
+     supplier_name, quantity, unit, archived_at, synced_at)
+SELECT x.key, x.daily_report_id, x.jobsite_id, x.crew_id, x.crew_type, x.work_date,
+       COALESCE(NULLIF(x.doc ->> 'shipmentType', ''), 'Unknown'),
+       COALESCE(NULLIF(x.doc ->> 'supplier', ''), 'Unknown'),
+       COALESCE(cdc.num(x.doc -> 'quantity'), 0),
+       COALESCE(NULLIF(x.doc ->> 'unit', ''), 'unit'),
+       cdc.ts(x.doc -> 'archivedAt'), $2
+FROM x
+WHERE cdc.bool(x.doc -> 'noJobsiteMaterial')
+ON CONFLICT (mongo_id) DO UPDATE SET
+    daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
+    crew_id = EXCLUDED.crew_id, crew_type = EXCLUDED.crew_type,
+    work_date = EXCLUDED.work_date, material_name = EXCLUDED.material_name,
+    supplier_name = EXCLUDED.supplier_name, quantity = EXCLUDED.quantity,
+    unit = EXCLUDED.unit, archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
+
+-- @stmt fact_non_costed_material
+UPDATE fact_non_costed_material t
+SET archived_at = cdc.detach_time('material_shipment', t.mongo_id, 'materialShipment', dr.mongo_id),
+    synced_at = now()
+FROM pg_temp.cdc_affected a, dim_daily_report dr
+WHERE a.entity = 'material_shipment' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
+  AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
+
+-- @stmt fact_trucking
+-- Only for a shipment whose costed row was written just now. The rate: the entry of the
+-- report's jobsite truckingRates[] with that _id; its newest rate dated at or before the
+-- report's instant, else its oldest (legacy). Quantity (any case) -> quantity x rate,
+-- else hours x rate; hours use the overnight rule (DESIGN §7.2).
+WITH x AS ({{ctx material_shipment materialShipment}}),
+tr AS (
+    SELECT x.*, f.quantity AS qty, ent.v AS entry,
+           cdc.ts(x.doc -> 'startTime') AS st, cdc.ts(x.doc -> 'endTime') AS et
+    FROM x
+    JOIN fact_material_shipment f ON f.mongo_id = x.key AND f.synced_at = $2
+    JOIN cdc.source_doc js ON js.entity = 'jobsite' AND js.key = cdc.oid(x.rdoc -> 'jobsite')
+    CROSS JOIN LATERAL (
+        SELECT e.v FROM jsonb_array_elements(cdc.arr(js.doc -> 'truckingRates')) AS e(v)
+        WHERE cdc.oid(e.v -> '_id') = cdc.oid(x.doc -> 'vehicleObject' -> 'truckingRateId')
+        LIMIT 1
+    ) ent
+    WHERE cdc.oid(x.doc -> 'vehicleObject' -> 'truckingRateId') IS NOT NULL
+),
+priced AS (
+    SELECT tr.*, rr.v AS rate_doc,
+           CASE WHEN tr.st IS NOT NULL AND tr.et IS NOT NULL THEN
+               (extract(epoch FROM tr.et) - extract(epoch FROM tr.st)
+                + CASE WHEN tr.et < tr.st THEN 86400 ELSE 0 END) / 3600
+           END AS hrs
+    FROM tr
+    CROSS JOIN LATERAL (
+        SELECT e.v FROM jsonb_array_elements(cdc.arr(tr.entry -> 'rates')) WITH ORDINALITY AS e(v, n)
+        WHERE cdc.num(e.v -> 'rate') IS NOT NULL
+        ORDER BY (cdc.ts(e.v -> 'date') <= tr.rts) DESC NULLS LAST,
+                 CASE WHEN cdc.ts(e.v -> 'date') <= tr.rts THEN cdc.ts(e.v -> 'date') END DESC NULLS LAST,
+                 cdc.ts(e.v -> 'date') ASC NULLS LAST, e.n
+        LIMIT 1
+    ) rr
+)
+INSERT INTO fact_trucking AS t
+    (mongo_id, daily_report_id, jobsite_id, crew_id, vehicle_id, crew_type, work_date,
+     trucking_type, quantity, hours, rate, rate_type, total_cost, vehicle_source,
+     vehicle_type, vehicle_code, trucking_rate_id, archived_at, synced_at)
+SELECT p.key, p.daily_report_id, p.jobsite_id, p.crew_id, NULL, p.crew_type, p.work_date,
+       COALESCE(p.entry ->> 'title', ''), p.qty, p.hrs, cdc.num(p.rate_doc -> 'rate'),
+       COALESCE(p.rate_doc ->> 'type', ''),
+       CASE WHEN lower(p.rate_doc ->> 'type') = 'quantity'
+            THEN cdc.num(p.doc -> 'quantity') * cdc.num(p.rate_doc -> 'rate')
+            ELSE COALESCE(p.hrs, 0) * cdc.num(p.rate_doc -> 'rate') END,
+       p.doc -> 'vehicleObject' ->> 'source', p.doc -> 'vehicleObject' ->> 'vehicleType',
+       p.doc -> 'vehicleObject' ->> 'vehicleCode',
+       cdc.oid(p.doc -> 'vehicleObject' -> 'truckingRateId'),
+       cdc.ts(p.doc -> 'archivedAt'), $2
+FROM priced p
+ON CONFLICT (mongo_id) DO UPDATE SET
+    daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
+    crew_id = EXCLUDED.crew_id, vehicle_id = EXCLUDED.vehicle_id,
+    crew_type = EXCLUDED.crew_type, work_date = EXCLUDED.work_date,
+    trucking_type = EXCLUDED.trucking_type, quantity = EXCLUDED.quantity,
+    hours = EXCLUDED.hours, rate = EXCLUDED.rate, rate_type = EXCLUDED.rate_type,
+    total_cost = EXCLUDED.total_cost, vehicle_source = EXCLUDED.vehicle_source,
+    vehicle_type = EXCLUDED.vehicle_type, vehicle_code = EXCLUDED.vehicle_code,
+    trucking_rate_id = EXCLUDED.trucking_rate_id, archived_at = EXCLUDED.archived_at,
+    synced_at = EXCLUDED.synced_at
+
+-- @stmt fact_trucking
+UPDATE fact_trucking t
+SET archived_at = cdc.detach_time('material_shipment', t.mongo_id, 'materialShipment', dr.mongo_id),
+    synced_at = now()
+FROM pg_temp.cdc_affected a, dim_daily_report dr
+WHERE a.entity = 'material_shipment' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
+  AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL

@@ -1,0 +1,93 @@
+-- Employee work, vehicle work and production facts. {{ctx ENTITY FIELD}} expands to the child
+-- context: each affected live child with its parent daily report (the lowest-key live report
+-- whose FIELD array lists it) when that report is derivable, and the report's dim row, work
+-- date and crew type ("Unknown" fallback, DESIGN §7.7).
+-- Rows of affected children that are not derivable any more are archived at the wall time
+-- of the event that deleted or detached them (production: hard-deleted, as legacy).
+-- $1 = report time zone, $2 = this apply's synced_at stamp.
+
+-- @stmt fact_employee_work
+WITH x AS ({{ctx employee_work employeeWork}})
+INSERT INTO fact_employee_work AS t
+    (mongo_id, daily_report_id, jobsite_id, crew_id, employee_id, crew_type, work_date,
+     start_time, end_time, job_title, hourly_rate, archived_at, synced_at)
+SELECT x.key, x.daily_report_id, x.jobsite_id, x.crew_id, e.id, x.crew_type, x.work_date,
+       cdc.ts(x.doc -> 'startTime'), cdc.ts(x.doc -> 'endTime'),
+       COALESCE(x.doc ->> 'jobTitle', ''),
+       COALESCE((SELECT er.rate FROM dim_employee_rate er
+                 WHERE er.employee_id = e.id AND er.effective_date <= x.work_date
+                 ORDER BY er.effective_date DESC, er.rate DESC LIMIT 1), 0),
+       cdc.ts(x.doc -> 'archivedAt'), $2
+FROM x
+JOIN dim_employee e ON e.mongo_id = cdc.oid(x.doc -> 'employee')
+WHERE cdc.is_live('employee', e.mongo_id)
+  AND cdc.ts(x.doc -> 'startTime') IS NOT NULL AND cdc.ts(x.doc -> 'endTime') IS NOT NULL
+ON CONFLICT (mongo_id) DO UPDATE SET
+    daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
+    crew_id = EXCLUDED.crew_id, employee_id = EXCLUDED.employee_id,
+    crew_type = EXCLUDED.crew_type, work_date = EXCLUDED.work_date,
+    start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
+    job_title = EXCLUDED.job_title, hourly_rate = EXCLUDED.hourly_rate,
+    archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
+
+-- @stmt fact_employee_work
+UPDATE fact_employee_work t
+SET archived_at = cdc.detach_time('employee_work', t.mongo_id, 'employeeWork', dr.mongo_id),
+    synced_at = now()
+FROM pg_temp.cdc_affected a, dim_daily_report dr
+WHERE a.entity = 'employee_work' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
+  AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
+
+-- @stmt fact_vehicle_work
+WITH x AS ({{ctx vehicle_work vehicleWork}})
+INSERT INTO fact_vehicle_work AS t
+    (mongo_id, daily_report_id, jobsite_id, vehicle_id, crew_id, crew_type, work_date,
+     job_title, hours, hourly_rate, archived_at, synced_at)
+SELECT x.key, x.daily_report_id, x.jobsite_id, v.id, x.crew_id, x.crew_type, x.work_date,
+       NULLIF(x.doc ->> 'jobTitle', ''), COALESCE(cdc.num(x.doc -> 'hours'), 0),
+       COALESCE((SELECT vr.rate FROM dim_vehicle_rate vr
+                 WHERE vr.vehicle_id = v.id AND vr.effective_date <= x.work_date
+                 ORDER BY vr.effective_date DESC, vr.rate DESC LIMIT 1), 0),
+       cdc.ts(x.doc -> 'archivedAt'), $2
+FROM x
+JOIN dim_vehicle v ON v.mongo_id = cdc.oid(x.doc -> 'vehicle')
+WHERE cdc.is_live('vehicle', v.mongo_id)
+ON CONFLICT (mongo_id) DO UPDATE SET
+    daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
+    vehicle_id = EXCLUDED.vehicle_id, crew_id = EXCLUDED.crew_id,
+    crew_type = EXCLUDED.crew_type, work_date = EXCLUDED.work_date,
+    job_title = EXCLUDED.job_title, hours = EXCLUDED.hours,
+    hourly_rate = EXCLUDED.hourly_rate, archived_at = EXCLUDED.archived_at,
+    synced_at = EXCLUDED.synced_at
+
+-- @stmt fact_vehicle_work
+UPDATE fact_vehicle_work t
+SET archived_at = cdc.detach_time('vehicle_work', t.mongo_id, 'vehicleWork', dr.mongo_id),
+    synced_at = now()
+FROM pg_temp.cdc_affected a, dim_daily_report dr
+WHERE a.entity = 'vehicle_work' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
+  AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
+
+-- @stmt fact_production
+WITH x AS ({{ctx production production}})
+INSERT INTO fact_production AS t
+    (mongo_id, daily_report_id, jobsite_id, crew_id, crew_type, work_date, job_title,
+     quantity, unit, start_time, end_time, description, synced_at)
+SELECT x.key, x.daily_report_id, x.jobsite_id, x.crew_id, x.crew_type, x.work_date,
+       COALESCE(x.doc ->> 'jobTitle', ''), COALESCE(cdc.num(x.doc -> 'quantity'), 0),
+       COALESCE(x.doc ->> 'unit', ''), cdc.ts(x.doc -> 'startTime'), cdc.ts(x.doc -> 'endTime'),
+       x.doc ->> 'description', $2
+FROM x
+WHERE cdc.ts(x.doc -> 'startTime') IS NOT NULL AND cdc.ts(x.doc -> 'endTime') IS NOT NULL
+ON CONFLICT (mongo_id) DO UPDATE SET
+    daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
+    crew_id = EXCLUDED.crew_id, crew_type = EXCLUDED.crew_type,
+    work_date = EXCLUDED.work_date, job_title = EXCLUDED.job_title,
+    quantity = EXCLUDED.quantity, unit = EXCLUDED.unit, start_time = EXCLUDED.start_time,
+    end_time = EXCLUDED.end_time, description = EXCLUDED.description,
+    synced_at = EXCLUDED.synced_at
+
+-- @stmt fact_production
+DELETE FROM fact_production t
+USING pg_temp.cdc_affected a
+WHERE a.entity = 'production' AND t.mongo_id = a.key AND t.synced_at IS DISTINCT FROM $2

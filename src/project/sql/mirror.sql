@@ -1,0 +1,32 @@
+-- @stmt cdc.source_doc
+-- Version-guarded bulk upsert of one batch (deduped per key by the caller). The pre-image of
+-- every document that actually changed goes to pg_temp.cdc_changed for the affected-set step.
+-- $1..$8 the columns, $9 = true for Guard::NewerOrEqual.
+WITH input AS (
+    SELECT *
+    FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[],
+                $6::timestamptz[], $7::jsonb[], $8::bool[])
+         AS i(entity, key, ct_t, ct_i, ordinal, wall_time, doc, deleted)
+), old AS (
+    SELECT s.entity, s.key, s.doc
+    FROM cdc.source_doc s
+    JOIN input i ON i.entity = s.entity AND i.key = s.key
+), up AS (
+    INSERT INTO cdc.source_doc AS s
+        (entity, key, ct_t, ct_i, ordinal, wall_time, doc, deleted, deleted_at)
+    SELECT entity, key, ct_t, ct_i, ordinal, wall_time,
+           CASE WHEN deleted THEN NULL ELSE doc END,
+           deleted,
+           CASE WHEN deleted THEN wall_time END
+    FROM input
+    ON CONFLICT (entity, key) DO UPDATE SET
+        ct_t = EXCLUDED.ct_t, ct_i = EXCLUDED.ct_i, ordinal = EXCLUDED.ordinal,
+        wall_time = EXCLUDED.wall_time, doc = EXCLUDED.doc,
+        deleted = EXCLUDED.deleted, deleted_at = EXCLUDED.deleted_at
+    WHERE (s.ct_t, s.ct_i, s.ordinal) < (EXCLUDED.ct_t, EXCLUDED.ct_i, EXCLUDED.ordinal)
+       OR ($9::bool AND (s.ct_t, s.ct_i, s.ordinal) = (EXCLUDED.ct_t, EXCLUDED.ct_i, EXCLUDED.ordinal))
+    RETURNING s.entity, s.key
+)
+INSERT INTO pg_temp.cdc_changed (entity, key, old_doc)
+SELECT up.entity, up.key, old.doc
+FROM up LEFT JOIN old ON old.entity = up.entity AND old.key = up.key

@@ -1,0 +1,354 @@
+//! What the legacy tests never covered (spec §6 "gaps"), plus version handling.
+
+use bowmark_cdc::event::{Entity, Op};
+use bowmark_cdc::project::{Guard, SourceDoc};
+use serde_json::json;
+
+use super::Harness;
+use super::seed::*;
+
+async fn archived_at(h: &Harness, table: &str, key: &str) -> Option<String> {
+    h.rows(
+        &format!("SELECT archived_at::text FROM {table} WHERE mongo_id = $1"),
+        &[&key],
+    )
+    .await
+    .first()
+    .and_then(|r| r.get(0))
+}
+
+#[tokio::test]
+async fn a_child_removed_from_its_report_is_archived_at_the_detaching_event_then_unarchived() {
+    let mut h = Harness::new().await;
+    h.seed().await;
+    // When report 1 drops its employee work and its shipment.
+    let mut r = report_1();
+    r["employeeWork"] = json!([]);
+    r["materialShipment"] = json!([]);
+    h.put(Entity::DailyReport, REPORT_1, r).await;
+    let detached_at = wall(h.t).format("%Y-%m-%d %H:%M:%S+00").to_string();
+    assert_eq!(
+        archived_at(&h, "fact_employee_work", EMPLOYEE_WORK_1).await,
+        Some(detached_at.clone())
+    );
+    assert_eq!(
+        archived_at(&h, "fact_material_shipment", SHIPMENT_COSTED_1).await,
+        Some(detached_at.clone())
+    );
+    // A later unrelated event does not move the archive time.
+    h.put(Entity::Employee, BASE_FOREMAN_1, base_foreman_1())
+        .await;
+    assert_eq!(
+        archived_at(&h, "fact_employee_work", EMPLOYEE_WORK_1).await,
+        Some(detached_at)
+    );
+    // When it reappears, the row is live again.
+    h.put(Entity::DailyReport, REPORT_1, report_1()).await;
+    assert_eq!(
+        h.archived("fact_employee_work", EMPLOYEE_WORK_1).await,
+        Some(false)
+    );
+    assert_eq!(
+        h.archived("fact_material_shipment", SHIPMENT_COSTED_1)
+            .await,
+        Some(false)
+    );
+}
+
+#[tokio::test]
+async fn a_shipment_switching_costed_and_non_costed_moves_between_tables() {
+    let mut h = Harness::new().await;
+    h.seed().await;
+    let mut s = shipment_trucking_1();
+    s["noJobsiteMaterial"] = json!(true);
+    s["shipmentType"] = json!("Sand");
+    h.put(Entity::MaterialShipment, SHIPMENT_TRUCKING_1, s)
+        .await;
+    assert_eq!(
+        h.archived("fact_material_shipment", SHIPMENT_TRUCKING_1)
+            .await,
+        Some(true)
+    );
+    assert_eq!(
+        h.archived("fact_trucking", SHIPMENT_TRUCKING_1).await,
+        Some(true)
+    );
+    assert_eq!(
+        h.archived("fact_non_costed_material", SHIPMENT_TRUCKING_1)
+            .await,
+        Some(false)
+    );
+    assert_eq!(
+        h.num(
+            "fact_non_costed_material",
+            "material_name",
+            SHIPMENT_TRUCKING_1
+        )
+        .await,
+        "Sand"
+    );
+    h.put(
+        Entity::MaterialShipment,
+        SHIPMENT_TRUCKING_1,
+        shipment_trucking_1(),
+    )
+    .await;
+    assert_eq!(
+        h.archived("fact_material_shipment", SHIPMENT_TRUCKING_1)
+            .await,
+        Some(false)
+    );
+    assert_eq!(
+        h.archived("fact_trucking", SHIPMENT_TRUCKING_1).await,
+        Some(false)
+    );
+    assert_eq!(
+        h.archived("fact_non_costed_material", SHIPMENT_TRUCKING_1)
+            .await,
+        Some(true)
+    );
+}
+
+#[tokio::test]
+async fn archived_children_carry_their_own_archived_at_and_overnight_shifts_wrap() {
+    let mut h = Harness::new().await;
+    h.seed().await;
+    let mut w = employee_work(
+        EMPLOYEE_WORK_1,
+        BASE_FOREMAN_1,
+        "2022-02-23T22:00:00Z",
+        "2022-02-23T06:00:00Z",
+    );
+    w["archivedAt"] = date("2022-03-01T12:00:00Z");
+    h.put(Entity::EmployeeWork, EMPLOYEE_WORK_1, w).await;
+    assert_eq!(
+        archived_at(&h, "fact_employee_work", EMPLOYEE_WORK_1)
+            .await
+            .as_deref(),
+        Some("2022-03-01 12:00:00+00")
+    );
+    assert_eq!(
+        h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
+        "8.00"
+    );
+    assert_eq!(
+        h.num("fact_employee_work", "total_cost", EMPLOYEE_WORK_1)
+            .await,
+        "200.00"
+    );
+    // Un-archived in Mongo: live again.
+    h.put(
+        Entity::EmployeeWork,
+        EMPLOYEE_WORK_1,
+        employee_work(
+            EMPLOYEE_WORK_1,
+            BASE_FOREMAN_1,
+            "2022-02-23T07:00:00Z",
+            "2022-02-23T15:20:00Z",
+        ),
+    )
+    .await;
+    assert_eq!(
+        h.archived("fact_employee_work", EMPLOYEE_WORK_1).await,
+        Some(false)
+    );
+    assert_eq!(
+        h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
+        "8.33"
+    );
+    assert_eq!(
+        h.num("fact_employee_work", "total_cost", EMPLOYEE_WORK_1)
+            .await,
+        "208.33"
+    );
+}
+
+#[tokio::test]
+async fn children_wait_in_the_mirror_until_their_report_and_dimensions_arrive() {
+    let mut h = Harness::new().await;
+    // Children first, then the report, then its jobsite and crew, then the employee.
+    let t = h.tick();
+    let children = vec![
+        upsert(
+            Entity::EmployeeWork,
+            EMPLOYEE_WORK_1,
+            employee_work(
+                EMPLOYEE_WORK_1,
+                BASE_FOREMAN_1,
+                "2022-02-23T07:00:00Z",
+                "2022-02-23T15:00:00Z",
+            ),
+            t,
+        ),
+        upsert(Entity::Production, PRODUCTION_1, production_1(), t + 1),
+    ];
+    h.t += 2;
+    h.apply(&children).await;
+    assert_eq!(
+        h.count("SELECT count(*) FROM fact_employee_work", &[])
+            .await,
+        0
+    );
+    h.put(Entity::DailyReport, REPORT_1, report_1()).await;
+    assert_eq!(
+        h.count("SELECT count(*) FROM dim_daily_report", &[]).await,
+        0
+    );
+    h.put(
+        Entity::Jobsite,
+        JOBSITE_1,
+        jobsite(JOBSITE_1, "Jobsite 1", Some("2022-1"), &[]),
+    )
+    .await;
+    h.put(
+        Entity::Crew,
+        CREW_BASE_1,
+        crew(CREW_BASE_1, "Base Crew 1", "Base"),
+    )
+    .await;
+    assert_eq!(
+        h.count("SELECT count(*) FROM dim_daily_report", &[]).await,
+        1
+    );
+    assert_eq!(
+        h.num("fact_production", "quantity", PRODUCTION_1).await,
+        "150.000"
+    );
+    assert_eq!(
+        h.num("fact_employee_work", "hourly_rate", EMPLOYEE_WORK_1)
+            .await,
+        "NO ROW"
+    );
+    h.put(Entity::Employee, BASE_FOREMAN_1, base_foreman_1())
+        .await;
+    assert_eq!(
+        h.num("fact_employee_work", "hourly_rate", EMPLOYEE_WORK_1)
+            .await,
+        "25.00"
+    );
+}
+
+#[tokio::test]
+async fn stale_duplicate_and_documentless_versions_change_nothing() {
+    let mut h = Harness::new().await;
+    h.seed().await;
+    let t = h.tick();
+    let new = employee_work(
+        EMPLOYEE_WORK_1,
+        BASE_FOREMAN_1,
+        "2022-02-23T07:00:00Z",
+        "2022-02-23T17:00:00Z",
+    );
+    let old = employee_work(
+        EMPLOYEE_WORK_1,
+        BASE_FOREMAN_1,
+        "2022-02-23T07:00:00Z",
+        "2022-02-23T09:00:00Z",
+    );
+    // The same batch holding the newer version, an older one and a duplicate.
+    let stats = h
+        .apply(&[
+            upsert(Entity::EmployeeWork, EMPLOYEE_WORK_1, old.clone(), t - 500),
+            upsert(Entity::EmployeeWork, EMPLOYEE_WORK_1, new.clone(), t),
+            upsert(Entity::EmployeeWork, EMPLOYEE_WORK_1, new.clone(), t),
+        ])
+        .await;
+    assert_eq!((stats.applied, stats.stale), (1, 2));
+    assert_eq!(
+        h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
+        "10.00"
+    );
+    // A re-delivery of an older version, alone, is ignored.
+    let stats = h
+        .apply(&[upsert(
+            Entity::EmployeeWork,
+            EMPLOYEE_WORK_1,
+            old.clone(),
+            t - 1,
+        )])
+        .await;
+    assert_eq!((stats.applied, stats.stale), (0, 1));
+    assert!(stats.rows_written.is_empty());
+    assert_eq!(
+        h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
+        "10.00"
+    );
+    // An equal version: ignored when streaming, re-applied by the backfill guard.
+    let same = upsert(Entity::EmployeeWork, EMPLOYEE_WORK_1, old, t);
+    assert_eq!(h.apply(&[same.clone()]).await.applied, 0);
+    assert_eq!(h.apply_with(&[same], Guard::NewerOrEqual).await.applied, 1);
+    assert_eq!(
+        h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
+        "2.00"
+    );
+    // An update whose looked-up document was gone is not a delete.
+    let t = h.tick();
+    let ev = event(
+        "paving",
+        Entity::EmployeeWork,
+        EMPLOYEE_WORK_1,
+        Op::Update,
+        None,
+        t,
+    );
+    let doc = SourceDoc::from(&ev);
+    assert!(!doc.deleted && doc.doc.is_none());
+    let stats = h.apply(&[doc]).await;
+    assert_eq!((stats.applied, stats.stale), (0, 1));
+    assert_eq!(
+        h.archived("fact_employee_work", EMPLOYEE_WORK_1).await,
+        Some(false)
+    );
+    // And a delete event is one.
+    let t = h.tick();
+    let ev = event(
+        "paving",
+        Entity::EmployeeWork,
+        EMPLOYEE_WORK_1,
+        Op::Delete,
+        None,
+        t,
+    );
+    h.apply(&[SourceDoc::from(&ev)]).await;
+    assert_eq!(
+        h.archived("fact_employee_work", EMPLOYEE_WORK_1).await,
+        Some(true)
+    );
+}
+
+#[tokio::test]
+async fn reproject_all_rebuilds_the_star_from_the_mirror() {
+    let mut h = Harness::new().await;
+    h.seed().await;
+    h.client
+        .batch_execute(
+            "UPDATE fact_employee_work SET hourly_rate = 1; DELETE FROM fact_trucking; \
+                        DELETE FROM fact_invoice;",
+        )
+        .await
+        .unwrap();
+    let tx = h.client.transaction().await.unwrap();
+    let stats = bowmark_cdc::project::reproject_all(&tx, &h.pipeline)
+        .await
+        .unwrap();
+    tx.commit().await.unwrap();
+    assert!(
+        stats
+            .rows_written
+            .get("fact_trucking")
+            .copied()
+            .unwrap_or(0)
+            >= 2
+    );
+    assert_eq!(
+        h.num("fact_employee_work", "hourly_rate", EMPLOYEE_WORK_1)
+            .await,
+        "25.00"
+    );
+    assert_eq!(
+        h.num("fact_trucking", "total_cost", SHIPMENT_TRUCKING_1)
+            .await,
+        "240.00"
+    );
+    assert_eq!(h.count("SELECT count(*) FROM fact_invoice", &[]).await, 2);
+}
