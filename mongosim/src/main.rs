@@ -1,4 +1,115 @@
-fn main() {
-    eprintln!("mongosim: not available yet");
-    std::process::exit(2);
+//! `mongosim --listen 127.0.0.1:27017 --replset rs0 [--oplog-window N] [--load-dump DB=DIR ...]`
+//!
+//! Prints one line with the connection URI on stdout when ready; exits 0 on SIGTERM/SIGINT.
+
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+
+#[derive(Parser, Debug)]
+#[command(name = "mongosim", about = "Wire-level MongoDB replica-set simulator")]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "127.0.0.1:27017")]
+    listen: SocketAddr,
+    /// Replica-set name.
+    #[arg(long, default_value = "rs0")]
+    replset: String,
+    /// Keep at most N oplog entries.
+    #[arg(long)]
+    oplog_window: Option<usize>,
+    /// Advertise topologyVersion (streaming monitoring).
+    #[arg(long)]
+    streaming_hello: bool,
+    /// Load a mongodump folder into a database before serving: DB=DIR (repeatable).
+    #[arg(long = "load-dump", value_name = "DB=DIR")]
+    load_dump: Vec<String>,
+}
+
+fn parse_dump(s: &str) -> Result<(String, PathBuf), String> {
+    match s.split_once('=') {
+        Some((db, dir)) if !db.is_empty() && !dir.is_empty() => {
+            Ok((db.to_string(), PathBuf::from(dir)))
+        }
+        _ => Err(format!("--load-dump expects DB=DIR, got {s:?}")),
+    }
+}
+
+#[tokio::main]
+async fn main() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let args = Args::parse();
+    let mut dumps = Vec::new();
+    for d in &args.load_dump {
+        match parse_dump(d) {
+            Ok(x) => dumps.push(x),
+            Err(e) => {
+                eprintln!("mongosim: {e}");
+                std::process::exit(2);
+            }
+        }
+    }
+    let config = mongosim::SimConfig {
+        set_name: args.replset.clone(),
+        oplog_window: args.oplog_window,
+        streaming_hello: args.streaming_hello,
+        listen: args.listen,
+    };
+    let sim = match mongosim::Sim::start_with(config).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("mongosim: cannot listen on {}: {e}", args.listen);
+            std::process::exit(1);
+        }
+    };
+    for (db, dir) in &dumps {
+        match sim.load_dump(db, dir) {
+            Ok(counts) => {
+                let total: usize = counts.values().sum();
+                eprintln!(
+                    "mongosim: loaded {total} documents in {} collections into {db} from {}",
+                    counts.len(),
+                    dir.display()
+                );
+            }
+            Err(e) => {
+                eprintln!("mongosim: cannot load dump {}: {e}", dir.display());
+                std::process::exit(1);
+            }
+        }
+    }
+    println!("{}", sim.uri());
+    let _ = std::io::stdout().flush();
+    wait_for_signal().await;
+    sim.shutdown();
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }

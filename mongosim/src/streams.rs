@@ -1,0 +1,277 @@
+//! Change streams over the oplog: `$changeStream` options, start positions, event shapes,
+//! `$match`/`$project` on events, invalidation, postBatchResumeToken and history loss (286).
+
+use bson::{Bson, Document, doc};
+
+use crate::filter;
+use crate::oplog::{Entry, Op, parse_token, token};
+use crate::state::{CmdError, State};
+
+pub const HISTORY_LOST: &str =
+    "Resume of change stream was not possible, as the resume point may no longer be in the oplog.";
+
+/// A change-stream cursor's position and options.
+#[derive(Debug, Clone)]
+pub struct StreamCursor {
+    pub db: String,
+    /// `None` for a database-level stream.
+    pub coll: Option<String>,
+    /// Last oplog seq scanned.
+    pub pos: u64,
+    pub full_document: String,
+    pub before_change: String,
+    pub stages: Vec<Document>,
+    /// Set once an invalidate was returned: the cursor is closed.
+    pub invalidated: bool,
+}
+
+/// Parse the pipeline and find the start position. Errors 286/260/40324 as the server does.
+pub fn open(
+    state: &State,
+    db: &str,
+    target: &Bson,
+    pipeline: &[Bson],
+) -> Result<StreamCursor, CmdError> {
+    let Some(Bson::Document(first)) = pipeline.first() else {
+        return Err(CmdError::new(40324, "Unrecognized pipeline stage"));
+    };
+    let Ok(opts) = first.get_document("$changeStream") else {
+        return Err(CmdError::new(40324, "Unrecognized pipeline stage"));
+    };
+    let coll = match target {
+        Bson::String(s) => Some(s.clone()),
+        _ => None,
+    };
+    let mut stages = Vec::new();
+    for s in &pipeline[1..] {
+        match s {
+            Bson::Document(d)
+                if d.contains_key("$match")
+                    || d.contains_key("$project")
+                    || d.contains_key("$addFields")
+                    || d.contains_key("$set")
+                    || d.contains_key("$unset") =>
+            {
+                stages.push(d.clone())
+            }
+            other => {
+                return Err(CmdError::new(
+                    280,
+                    format!(
+                        "Stage not supported by the simulator in a $changeStream pipeline: {other}"
+                    ),
+                ));
+            }
+        }
+    }
+    let str_opt = |k: &str, d: &str| opts.get_str(k).unwrap_or(d).to_string();
+    let full_document = str_opt("fullDocument", "default");
+    let before_change = str_opt("fullDocumentBeforeChange", "off");
+    let oplog = &state.oplog;
+    let resume = opts.get("resumeAfter").filter(|b| !matches!(b, Bson::Null));
+    let start_after = opts.get("startAfter").filter(|b| !matches!(b, Bson::Null));
+    let pos = if let Some(tok) = resume.or(start_after) {
+        let (seq, inv) =
+            parse_token(tok).ok_or_else(|| CmdError::new(260, "Invalid resume token"))?;
+        if inv && resume.is_some() {
+            return Err(CmdError::new(
+                260,
+                "Attempting to resume a change stream using 'resumeAfter' is not allowed from an invalidate notification.",
+            ));
+        }
+        if seq < oplog.floor {
+            return Err(CmdError::new(286, HISTORY_LOST));
+        }
+        if seq > oplog.head() {
+            return Err(CmdError::new(
+                280,
+                "cannot resume stream; the resume token was not found.",
+            ));
+        }
+        seq
+    } else if let Some(Bson::Timestamp(t)) = opts.get("startAtOperationTime") {
+        if let Some(fts) = oplog.floor_ts {
+            if (t.time, t.increment) <= (fts.time, fts.increment) {
+                return Err(CmdError::new(286, HISTORY_LOST));
+            }
+        }
+        oplog.position_at_time(*t)
+    } else {
+        oplog.head()
+    };
+    Ok(StreamCursor {
+        db: db.to_string(),
+        coll,
+        pos,
+        full_document,
+        before_change,
+        stages,
+        invalidated: false,
+    })
+}
+
+fn event(state: &State, cur: &StreamCursor, e: &Entry) -> Document {
+    let mut ev = doc! {
+        "_id": token(e.seq, false),
+        "operationType": e.op.name(),
+        "clusterTime": e.ts,
+        "wallTime": e.wall,
+    };
+    match e.op {
+        Op::Insert | Op::Replace => {
+            ev.insert(
+                "fullDocument",
+                e.doc.clone().map(Bson::Document).unwrap_or(Bson::Null),
+            );
+        }
+        Op::Update => match cur.full_document.as_str() {
+            "updateLookup" => {
+                let cur_doc = e.key.as_ref().and_then(|k| {
+                    state
+                        .coll(&e.db, &e.coll)
+                        .and_then(|c| c.docs.get(&crate::order::Key(k.clone())))
+                });
+                ev.insert(
+                    "fullDocument",
+                    cur_doc.cloned().map(Bson::Document).unwrap_or(Bson::Null),
+                );
+            }
+            "whenAvailable" | "required" => {
+                ev.insert(
+                    "fullDocument",
+                    e.doc.clone().map(Bson::Document).unwrap_or(Bson::Null),
+                );
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+    if e.op == Op::DropDatabase {
+        ev.insert("ns", doc! {"db": &e.db});
+    } else {
+        ev.insert("ns", doc! {"db": &e.db, "coll": &e.coll});
+    }
+    if let Some((db, coll)) = &e.to {
+        ev.insert("to", doc! {"db": db, "coll": coll});
+    }
+    if let Some(k) = &e.key {
+        ev.insert("documentKey", doc! {"_id": k.clone()});
+    }
+    if let Some(u) = &e.upd {
+        ev.insert("updateDescription", u.clone());
+    }
+    if matches!(e.op, Op::Update | Op::Replace | Op::Delete)
+        && matches!(cur.before_change.as_str(), "whenAvailable" | "required")
+    {
+        ev.insert(
+            "fullDocumentBeforeChange",
+            e.pre.clone().map(Bson::Document).unwrap_or(Bson::Null),
+        );
+    }
+    if let Some((lsid, n)) = &e.txn {
+        ev.insert("txnNumber", Bson::Int64(*n));
+        ev.insert("lsid", lsid.clone());
+    }
+    ev
+}
+
+fn invalidate_event(e: &Entry) -> Document {
+    doc! {
+        "_id": token(e.seq, true),
+        "operationType": "invalidate",
+        "clusterTime": e.ts,
+        "wallTime": e.wall,
+    }
+}
+
+/// Does this entry concern the stream, and does it invalidate it?
+fn relevance(cur: &StreamCursor, e: &Entry) -> (bool, bool) {
+    if e.db != cur.db {
+        return (false, false);
+    }
+    match &cur.coll {
+        None => (true, e.op == Op::DropDatabase),
+        Some(c) => match e.op {
+            Op::DropDatabase => (false, true),
+            Op::Drop | Op::Rename => (&e.coll == c, &e.coll == c),
+            _ => (&e.coll == c, false),
+        },
+    }
+}
+
+fn apply_stages(stages: &[Document], mut ev: Document) -> Result<Option<Document>, CmdError> {
+    for st in stages {
+        if let Ok(m) = st.get_document("$match") {
+            if !filter::matches(&ev, m).map_err(|e| CmdError::bad_value(e.0))? {
+                return Ok(None);
+            }
+        } else if let Ok(p) = st.get_document("$project") {
+            ev = crate::crud::project(&ev, p);
+        } else if let Ok(p) = st
+            .get_document("$addFields")
+            .or_else(|_| st.get_document("$set"))
+        {
+            for (k, v) in p {
+                ev.insert(k.clone(), v.clone());
+            }
+        } else if let Some(u) = st.get("$unset") {
+            let fields: Vec<String> = match u {
+                Bson::String(s) => vec![s.clone()],
+                Bson::Array(a) => a
+                    .iter()
+                    .filter_map(|x| x.as_str().map(String::from))
+                    .collect(),
+                _ => vec![],
+            };
+            for f in fields {
+                ev.remove(&f);
+            }
+        }
+    }
+    Ok(Some(ev))
+}
+
+/// Scan forward from the cursor's position; at most `limit` events and about `max_bytes`.
+/// Returns the events; `cur.invalidated` is set when an invalidate was emitted.
+pub fn scan(
+    state: &State,
+    cur: &mut StreamCursor,
+    limit: usize,
+    max_bytes: usize,
+) -> Result<Vec<Document>, CmdError> {
+    let mut out = Vec::new();
+    let mut bytes = 0usize;
+    if cur.pos < state.oplog.floor {
+        return Err(CmdError::new(286, HISTORY_LOST));
+    }
+    while out.len() < limit && bytes < max_bytes && !cur.invalidated {
+        let next = cur.pos + 1;
+        let Some(e) = state.oplog.get(next) else {
+            break;
+        };
+        cur.pos = next;
+        let (relevant, invalidates) = relevance(cur, e);
+        if relevant {
+            if let Some(ev) = apply_stages(&cur.stages, event(state, cur, e))? {
+                if cur.full_document == "required" && e.op == Op::Update && e.doc.is_none() {
+                    return Err(CmdError::new(
+                        280,
+                        "Change stream was configured to require a post-image for all update events, but the post-image was not found",
+                    ));
+                }
+                bytes += crate::cursors::approx_size(&ev);
+                out.push(ev);
+            }
+        }
+        if invalidates {
+            out.push(invalidate_event(e));
+            cur.invalidated = true;
+        }
+    }
+    Ok(out)
+}
+
+/// The postBatchResumeToken after a scan.
+pub fn pbrt(cur: &StreamCursor) -> Document {
+    token(cur.pos, cur.invalidated)
+}
