@@ -79,7 +79,12 @@ fn main() -> ExitCode {
         Command::Validate { files } => validate(files),
         Command::Migrate { pipeline } => not_yet("migrate", &pipeline),
         Command::Run { pipeline, .. } => not_yet("run", &pipeline),
-        Command::Backfill { pipeline, .. } => not_yet("backfill", &pipeline),
+        Command::Backfill {
+            pipeline,
+            from_dump,
+            collections,
+            restart,
+        } => backfill(&pipeline, from_dump, collections, restart),
         Command::Verify { pipeline } => not_yet("verify", &pipeline),
         Command::Status { pipeline } => not_yet("status", &pipeline),
         Command::Reproject { pipeline } => not_yet("reproject", &pipeline),
@@ -89,6 +94,80 @@ fn main() -> ExitCode {
 fn not_yet(command: &str, _pipeline: &std::path::Path) -> ExitCode {
     eprintln!("bowmark-cdc {command}: not available yet");
     ExitCode::from(2)
+}
+
+/// `backfill`: run to completion; exit 0 only when every selected collection is complete.
+fn backfill(
+    pipeline: &std::path::Path,
+    from_dump: Option<PathBuf>,
+    collections: Vec<String>,
+    restart: bool,
+) -> ExitCode {
+    use bowmark_cdc::backfill::{BackfillOptions, run_backfill};
+    let settings = match bowmark_cdc::config::Settings::from_file(pipeline) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("backfill: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("backfill: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    bowmark_cdc::metrics::describe();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let opts = BackfillOptions {
+        from_dump,
+        collections,
+        restart,
+        shutdown: shutdown.clone(),
+        ..BackfillOptions::default()
+    };
+    let result = runtime.block_on(async {
+        tokio::spawn(async move {
+            stop_signal().await;
+            tracing::warn!("stop requested: finishing the chunk in flight");
+            shutdown.cancel();
+        });
+        run_backfill(&settings, opts).await
+    });
+    match result {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backfill failed: {:#}", anyhow::Error::new(e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
 }
 
 fn validate(files: Vec<PathBuf>) -> ExitCode {
