@@ -5,7 +5,8 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use bowmark_cdc::config::Pipeline;
+use bowmark_cdc::config::{Pipeline, Settings};
+use bowmark_cdc::migrate::MigrateReport;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -77,7 +78,7 @@ fn main() -> ExitCode {
     bowmark_cdc::telemetry::init_logging();
     match cli.command {
         Command::Validate { files } => validate(files),
-        Command::Migrate { pipeline } => not_yet("migrate", &pipeline),
+        Command::Migrate { pipeline } => migrate(&pipeline),
         Command::Run { pipeline, .. } => not_yet("run", &pipeline),
         Command::Backfill {
             pipeline,
@@ -104,7 +105,7 @@ fn backfill(
     restart: bool,
 ) -> ExitCode {
     use bowmark_cdc::backfill::{BackfillOptions, run_backfill};
-    let settings = match bowmark_cdc::config::Settings::from_file(pipeline) {
+    let settings = match Settings::from_file(pipeline) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("backfill: {e}");
@@ -147,6 +148,42 @@ fn backfill(
     }
 }
 
+/// `migrate`: apply the embedded migrations to the pipeline's PostgreSQL database, adopting a
+/// database the legacy dbmate migrations built.
+fn migrate(pipeline: &std::path::Path) -> ExitCode {
+    let settings = match Settings::from_file(pipeline) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("migrate: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("migrate: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(bowmark_cdc::migrate::run(&settings.postgres)) {
+        Ok(report) => {
+            print_migrate_report(&report);
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!(
+                "migrate: database {:?}: {:#}",
+                settings.postgres.database,
+                anyhow::Error::from(e)
+            );
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// SIGTERM (Kubernetes) or Ctrl-C.
 async fn stop_signal() {
     #[cfg(unix)]
@@ -167,6 +204,39 @@ async fn stop_signal() {
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+fn print_migrate_report(report: &MigrateReport) {
+    let db = &report.database;
+    if report.adopted {
+        let versions: Vec<String> = report
+            .baseline
+            .iter()
+            .map(|m| m.version.to_string())
+            .collect();
+        println!(
+            "{db}: adopted the legacy dbmate database (baseline {})",
+            versions.join(", ")
+        );
+    }
+    for m in &report.applied {
+        println!("{db}: applied {m}");
+    }
+    for v in &report.dbmate_recorded {
+        println!("{db}: recorded {v} in dbmate's schema_migrations");
+    }
+    if !report.dbmate_unknown.is_empty() {
+        println!(
+            "{db}: schema_migrations also holds versions this binary does not know (left alone): {}",
+            report.dbmate_unknown.join(", ")
+        );
+    }
+    if report.applied.is_empty() {
+        match report.current {
+            Some(v) => println!("{db}: up to date (version {v})"),
+            None => println!("{db}: up to date"),
+        }
     }
 }
 

@@ -137,6 +137,19 @@ impl Drop for TestDb {
     }
 }
 
+/// A private database with every embedded migration applied by `bowmark_cdc::migrate::run`.
+pub async fn migrated_db() -> TestDb {
+    let db = TestDb::new().await;
+    if let Err(e) = bowmark_cdc::migrate::run(&db.conn()).await {
+        panic!(
+            "migrate test database {}: {:#}",
+            db.name,
+            anyhow::Error::from(e)
+        );
+    }
+    db
+}
+
 fn rabbitmqctl(args: &[&str]) {
     let out = Command::new("rabbitmqctl")
         .args(args)
