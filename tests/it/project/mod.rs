@@ -127,18 +127,23 @@ impl Harness {
     }
 }
 
-/// TEMPORARY until the `schema` branch lands `support::migrated_db()`: a stub star schema
-/// (file named by PROJECT_STUB_DDL) plus the mirror migration.
+/// TEMPORARY until the `schema` branch lands `support::migrated_db()`: every file of
+/// `migrations/` applied in version order, as plain SQL.
 async fn migrated_db() -> TestDb {
     let db = TestDb::new().await;
     let c = db.client().await;
-    let stub = std::env::var("PROJECT_STUB_DDL").expect("PROJECT_STUB_DDL");
-    let ddl = std::fs::read_to_string(stub).expect("stub ddl");
-    c.batch_execute(&ddl).await.expect("stub ddl");
-    c.batch_execute(include_str!(
-        "../../../migrations/V20261127000100__cdc_source_mirror.sql"
-    ))
-    .await
-    .expect("mirror migration");
+    let dir = support::project_root().join("migrations");
+    let mut files: Vec<_> = std::fs::read_dir(&dir)
+        .expect("migrations dir")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
+        .collect();
+    files.sort();
+    for f in files {
+        let sql = std::fs::read_to_string(&f).expect("migration file");
+        c.batch_execute(&sql)
+            .await
+            .unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
+    }
     db
 }
