@@ -90,10 +90,10 @@ pub async fn read_message<R: AsyncRead + Unpin>(r: &mut R) -> io::Result<Option<
             }
             1 => {
                 let size = read_i32(&body, at)?;
-                let sec_end = at + size as usize;
-                if size < 5 || sec_end > end {
+                if size < 5 || at + size as usize > end {
                     return Err(bad("kind-1 section size out of range"));
                 }
+                let sec_end = at + size as usize;
                 let mut p = at + 4;
                 let nul = body[p..sec_end]
                     .iter()

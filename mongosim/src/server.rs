@@ -122,6 +122,17 @@ async fn serve(shared: SharedRef, stream: TcpStream) {
 
 /// Add `ok`, `$clusterTime` and `operationTime` to a reply.
 fn envelope(st: &State, r: Result<Document, CmdError>) -> Document {
+    envelope_tv(st, r, None)
+}
+
+/// State-change codes that carry `topologyVersion` in streaming mode.
+const STATE_CHANGE: &[i32] = &[91, 189, 10107, 11600, 11602, 13435, 13436];
+
+fn envelope_tv(
+    st: &State,
+    r: Result<Document, CmdError>,
+    process_id: Option<bson::oid::ObjectId>,
+) -> Document {
     let mut out = match r {
         Ok(mut d) => {
             d.insert("ok", 1.0);
@@ -131,6 +142,15 @@ fn envelope(st: &State, r: Result<Document, CmdError>) -> Document {
             let mut d = doc! {"ok": 0.0, "errmsg": e.msg.clone(), "code": e.code, "codeName": code_name(e.code)};
             if !e.labels.is_empty() {
                 d.insert("errorLabels", e.labels.clone());
+            }
+            if let (Some(pid), true) = (
+                process_id,
+                st.config.streaming_hello && STATE_CHANGE.contains(&e.code),
+            ) {
+                d.insert(
+                    "topologyVersion",
+                    doc! {"processId": pid, "counter": Bson::Int64(st.topo.counter)},
+                );
             }
             d
         }
@@ -146,7 +166,7 @@ fn envelope(st: &State, r: Result<Document, CmdError>) -> Document {
 
 fn reply(shared: &SharedRef, r: Result<Document, CmdError>) -> Outcome {
     let st = shared.lock();
-    Outcome::Reply(envelope(&st, r))
+    Outcome::Reply(envelope_tv(&st, r, Some(shared.process_id)))
 }
 
 async fn handle(shared: &SharedRef, conn: u32, app: &mut Option<String>, msg: Message) -> Outcome {
@@ -203,7 +223,7 @@ async fn handle(shared: &SharedRef, conn: u32, app: &mut Option<String>, msg: Me
         let before = st.oplog.last_seq;
         let r = run(shared, &mut st, &name, &db, &body, docs);
         let grew = st.oplog.last_seq != before;
-        let out = envelope(&st, r);
+        let out = envelope_tv(&st, r, Some(shared.process_id));
         drop(st);
         if grew {
             shared.notify();
@@ -320,6 +340,7 @@ fn run(
         "createIndexes" => crud::create_indexes(st, db, body),
         "listIndexes" => crud::list_indexes(st, db, body),
         "dropIndexes" => Ok(doc! {"nIndexesWas": 1}),
+        "collMod" => Ok(Document::new()),
         "commitTransaction" => txn::commit(st, body),
         "abortTransaction" => txn::abort(st, body),
         "configureFailPoint" => failpoint::configure(st, body),

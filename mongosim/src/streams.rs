@@ -13,7 +13,8 @@ pub const HISTORY_LOST: &str =
 /// A change-stream cursor's position and options.
 #[derive(Debug, Clone)]
 pub struct StreamCursor {
-    pub db: String,
+    /// `None` for a cluster-wide stream (`allChangesForCluster`).
+    pub db: Option<String>,
     /// `None` for a database-level stream.
     pub coll: Option<String>,
     /// Last oplog seq scanned.
@@ -99,8 +100,15 @@ pub fn open(
     } else {
         oplog.head()
     };
+    let all = opts.get_bool("allChangesForCluster").unwrap_or(false);
+    if all && db != "admin" {
+        return Err(CmdError::new(
+            73,
+            "$changeStream may not be opened on the internal admin database",
+        ));
+    }
     Ok(StreamCursor {
-        db: db.to_string(),
+        db: if all { None } else { Some(db.to_string()) },
         coll,
         pos,
         full_document,
@@ -186,7 +194,11 @@ fn invalidate_event(e: &Entry) -> Document {
 
 /// Does this entry concern the stream, and does it invalidate it?
 fn relevance(cur: &StreamCursor, e: &Entry) -> (bool, bool) {
-    if e.db != cur.db {
+    let Some(db) = &cur.db else {
+        // A cluster-wide stream is never invalidated.
+        return (true, false);
+    };
+    if &e.db != db {
         return (false, false);
     }
     match &cur.coll {

@@ -8,10 +8,10 @@ use crate::state::{CmdError, State, Txn, TxnCtx, TxnState};
 
 /// The session id bytes of `lsid.id`.
 pub fn session_key(cmd: &Document) -> Option<Vec<u8>> {
-    cmd.get_document("lsid")
-        .ok()
-        .and_then(|l| l.get_binary_generic("id").ok())
-        .cloned()
+    match cmd.get_document("lsid").ok()?.get("id")? {
+        Bson::Binary(b) => Some(b.bytes.clone()),
+        other => Some(other.to_string().into_bytes()),
+    }
 }
 
 pub fn txn_number(cmd: &Document) -> Option<i64> {

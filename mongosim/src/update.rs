@@ -119,6 +119,14 @@ fn slot<'a>(
                     ));
                 };
                 if idx >= a.len() {
+                    if idx > 1_500_000 {
+                        return Err(err(
+                            2,
+                            format!(
+                                "can't backfill array to larger than 1500000 elements: '{path}'"
+                            ),
+                        ));
+                    }
                     if !create {
                         return Ok(None);
                     }
