@@ -52,6 +52,8 @@ const READ_AHEAD: usize = 1;
 /// Attempts for a chunk that fails transiently (serialization failure, deadlock).
 const CHUNK_ATTEMPTS: u32 = 5;
 const RETRY_BASE: Duration = Duration::from_millis(200);
+/// How long to wait for another backfill's lock before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
 
 /// What to backfill and how.
 #[derive(Debug, Clone, Default)]
@@ -270,11 +272,7 @@ pub async fn run_backfill(
             database: settings.postgres.database.clone(),
         });
     }
-    if !store::try_lock(&client, &p.name).await? {
-        return Err(BackfillError::Locked {
-            pipeline: p.name.clone(),
-        });
-    }
+    lock(&client, &p.name).await?;
     if opts.restart {
         store::reset(&client, &p.name).await?;
         tracing::info!(pipeline = %p.name, "--restart: earlier backfill progress forgotten");
@@ -348,6 +346,30 @@ pub async fn run_backfill(
     })
 }
 
+/// Take the pipeline's backfill lock, waiting up to [`LOCK_WAIT`]: the session of a killed
+/// backfill holds it until PostgreSQL notices the dead connection.
+async fn lock(client: &Client, pipeline: &str) -> Result<(), BackfillError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut logged = false;
+    while !store::try_lock(client, pipeline).await? {
+        if Instant::now() >= deadline {
+            return Err(BackfillError::Locked {
+                pipeline: pipeline.to_string(),
+            });
+        }
+        if !logged {
+            tracing::info!(
+                pipeline,
+                wait_secs = LOCK_WAIT.as_secs(),
+                "another backfill of this pipeline holds the lock; waiting"
+            );
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
 async fn connect_pg(settings: &Settings) -> Result<Client, BackfillError> {
     let cfg = settings
         .postgres
@@ -383,16 +405,21 @@ async fn prepare_run(
 ) -> Result<Run, BackfillError> {
     let describe = |kind: &str, name: &str| format!("{kind} {name}");
     if let Some(run) = store::load_run(client, &p.name).await? {
-        if run.source != source.kind().as_str() || run.source_name != source_name {
+        if run.finished {
+            // The last backfill completed: this invocation is a new one.
+            store::reset(client, &p.name).await?;
+        } else if run.source != source.kind().as_str() || run.source_name != source_name {
             return Err(BackfillError::SourceChanged {
                 pipeline: p.name.clone(),
                 was: describe(&run.source, &run.source_name),
                 now: describe(source.kind().as_str(), source_name),
             });
+        } else {
+            tracing::info!(pipeline = %p.name, source = %run.source,
+                started_at = %run.started_at,
+                "continuing the unfinished backfill started earlier (--restart starts over)");
+            return Ok(run);
         }
-        tracing::info!(pipeline = %p.name, source = %run.source, started_at = %run.started_at,
-            "continuing the backfill started earlier (use --restart to start over)");
-        return Ok(run);
     }
     let position = match stream_client {
         Some(c) => Some(mongo::position(c, &p.mongo_database).await?),
@@ -415,6 +442,7 @@ async fn prepare_run(
         source_name: source_name.to_string(),
         position,
         started_at,
+        finished: false,
     })
 }
 
@@ -673,18 +701,24 @@ impl Job<'_> {
     /// complete under this run.
     async fn hand_off(&mut self) -> Result<CheckpointOutcome, BackfillError> {
         let name = self.pipeline.name.clone();
-        let Some(pos) = self.position.clone() else {
-            store::finish_run(self.client, &name, false).await?;
-            return Ok(CheckpointOutcome::DumpLeftAlone);
-        };
         let progress = store::load_progress(self.client, &name).await?;
         let not_yet: Vec<String> = self
             .pipeline
             .collections
             .keys()
-            .filter(|c| progress.get(*c).is_none_or(|p| p.status != "complete"))
+            .filter(|c| {
+                progress
+                    .get(*c)
+                    .is_none_or(|p| p.status != "complete" && p.status != "missing")
+            })
             .cloned()
             .collect();
+        let Some(pos) = self.position.clone() else {
+            if not_yet.is_empty() {
+                store::finish_run(self.client, &name, false).await?;
+            }
+            return Ok(CheckpointOutcome::DumpLeftAlone);
+        };
         if !not_yet.is_empty() {
             return Ok(CheckpointOutcome::Deferred { not_yet });
         }

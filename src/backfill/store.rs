@@ -44,6 +44,8 @@ pub struct Run {
     pub source_name: String,
     pub position: Option<StreamPosition>,
     pub started_at: DateTime<Utc>,
+    /// Every watched collection completed under this run.
+    pub finished: bool,
 }
 
 /// One collection's checkpoint.
@@ -100,7 +102,8 @@ pub async fn try_lock(c: &Client, pipeline: &str) -> Result<bool, tokio_postgres
 pub async fn load_run(c: &Client, pipeline: &str) -> Result<Option<Run>, tokio_postgres::Error> {
     let row = c
         .query_opt(
-            "SELECT source, source_name, resume_token, cluster_time_t, cluster_time_i, started_at \
+            "SELECT source, source_name, resume_token, cluster_time_t, cluster_time_i, started_at, \
+                    finished_at IS NOT NULL \
              FROM cdc.backfill_run WHERE pipeline = $1",
             &[&pipeline],
         )
@@ -124,6 +127,7 @@ pub async fn load_run(c: &Client, pipeline: &str) -> Result<Option<Run>, tokio_p
             source_name: r.get(1),
             position,
             started_at: r.get(5),
+            finished: r.get(6),
         }
     }))
 }
