@@ -259,6 +259,11 @@ impl Source {
 
 /// Run a backfill to completion: `Ok` only when every selected collection is complete
 /// (a dump's missing collections count as complete and are reported).
+///
+/// An unfinished earlier run of the same source is continued (with its recorded position);
+/// a finished one is replaced by a new run. Callers recovering from lost change-stream
+/// history (the capture's `history_lost = "backfill"` policy) must pass `restart: true`, so
+/// the position handed off is taken now rather than inherited from an old, unfinished run.
 pub async fn run_backfill(
     settings: &Settings,
     opts: BackfillOptions,
