@@ -174,9 +174,9 @@ fn migrate(pipeline: &std::path::Path) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
+            let (database, host) = bowmark_cdc::migrate::target(&settings.postgres);
             eprintln!(
-                "migrate: database {:?}: {:#}",
-                settings.postgres.database,
+                "migrate: database {database:?} at {host}: {:#}",
                 anyhow::Error::from(e)
             );
             ExitCode::FAILURE

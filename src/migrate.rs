@@ -142,7 +142,7 @@ pub async fn run(conn: &PostgresConn) -> Result<MigrateReport, MigrateError> {
     let lock = connect(conn).await?;
     take_lock(&lock).await?;
     let mut client = connect(conn).await?;
-    let result = migrate_locked(&mut client, &conn.database).await;
+    let result = migrate_locked(&mut client, &target(conn).0).await;
     // Closing the lock connection releases the lock even if the unlock fails.
     let _ = lock
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK_KEY])
@@ -150,18 +150,39 @@ pub async fn run(conn: &PostgresConn) -> Result<MigrateReport, MigrateError> {
     result
 }
 
+/// The database and server a connection setting points at (`POSTGRES_URL` included), for
+/// messages.
+pub fn target(conn: &PostgresConn) -> (String, String) {
+    let Ok(cfg) = conn.pg_config() else {
+        return (
+            conn.database.clone(),
+            format!("{}:{}", conn.host, conn.port),
+        );
+    };
+    let database = cfg.get_dbname().unwrap_or(&conn.database).to_string();
+    let host = match cfg.get_hosts().first() {
+        Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+        #[cfg(unix)]
+        Some(tokio_postgres::config::Host::Unix(p)) => p.display().to_string(),
+        None => conn.host.clone(),
+    };
+    let port = cfg.get_ports().first().copied().unwrap_or(conn.port);
+    (database, format!("{host}:{port}"))
+}
+
 async fn connect(conn: &PostgresConn) -> Result<Client, MigrateError> {
     let mut cfg = conn.pg_config().map_err(MigrateError::Config)?;
     if cfg.get_connect_timeout().is_none() {
         cfg.connect_timeout(CONNECT_TIMEOUT);
     }
+    let (database, host) = target(conn);
     let connecting = cfg.connect(NoTls);
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting)
         .await
-        .map_err(|_| MigrateError::ConnectTimeout(CONNECT_TIMEOUT * 2, conn.database.clone()))?
+        .map_err(|_| MigrateError::ConnectTimeout(CONNECT_TIMEOUT * 2, database.clone()))?
         .map_err(|source| MigrateError::Connect {
-            database: conn.database.clone(),
-            host: format!("{}:{}", conn.host, conn.port),
+            database,
+            host,
             source,
         })?;
     tokio::spawn(async move {
