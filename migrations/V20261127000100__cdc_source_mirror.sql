@@ -78,13 +78,6 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
     SELECT jsonb_build_array(jsonb_build_object('$oid', key))
 $$;
 
--- Is this document present (not deleted) in the mirror?
-CREATE FUNCTION cdc.is_live(p_entity text, p_key text) RETURNS boolean
-LANGUAGE sql STABLE PARALLEL SAFE AS $$
-    SELECT EXISTS (SELECT 1 FROM cdc.source_doc
-                   WHERE entity = p_entity AND key = p_key AND NOT deleted AND doc IS NOT NULL)
-$$;
-
 -- When a daily-report child stopped being derivable, the wall time of the event that caused
 -- it: the child's own delete; else the event of its last report that deleted the report or
 -- dropped the child from its array; else the later of the two documents' last events.
@@ -122,6 +115,10 @@ CREATE INDEX source_doc_jobsite_expense_invoices ON cdc.source_doc
     USING gin ((doc -> 'expenseInvoices') jsonb_path_ops) WHERE entity = 'jobsite';
 CREATE INDEX source_doc_jobsite_material_invoices ON cdc.source_doc
     USING gin ((doc -> 'invoices') jsonb_path_ops) WHERE entity = 'jobsite_material';
+
+-- The daily reports of a month (invoice-month rates).
+CREATE INDEX source_doc_report_date ON cdc.source_doc (cdc.ts(doc -> 'date'))
+    WHERE entity = 'daily_report';
 
 -- A dimension -> the documents referencing it.
 CREATE INDEX source_doc_report_jobsite ON cdc.source_doc (cdc.oid(doc -> 'jobsite'))

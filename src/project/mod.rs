@@ -26,6 +26,7 @@ use crate::event::{ChangeEvent, Entity, Op, Version};
 use crate::metrics as m;
 
 pub use error::{ErrorClass, ProjectError};
+pub use sql::PROJECT_LOCK_KEY;
 
 /// One source document state: the mirror's unit. Built from a [`ChangeEvent`] or from a
 /// backfill scan.
@@ -98,7 +99,14 @@ pub async fn apply(
         .await
         .map_err(ProjectError::pg("scratch"))?;
     if !batch.is_empty() {
+        let t0 = Instant::now();
         stats.applied = upsert_mirror(tx, &batch, mode).await?;
+        tracing::debug!(
+            docs = batch.len(),
+            changed = stats.applied,
+            elapsed_ms = t0.elapsed().as_secs_f64() * 1e3,
+            "projection mirror upsert"
+        );
         stats.stale += batch.len() as u64 - stats.applied;
     }
     if stats.applied > 0 {
@@ -106,6 +114,9 @@ pub async fn apply(
         for step in sql::AFFECTED_STEPS.iter() {
             ctx.run(tx, step, "affected").await?;
         }
+        tx.batch_execute(sql::ANALYZE_SCRATCH)
+            .await
+            .map_err(ProjectError::pg("affected"))?;
         derive(tx, &ctx, &mut stats).await?;
     }
     record(pipeline, &stats, started);
@@ -125,6 +136,9 @@ pub async fn reproject_all(
         .await
         .map_err(ProjectError::pg("scratch"))?;
     tx.batch_execute(sql::AFFECT_ALL)
+        .await
+        .map_err(ProjectError::pg("affected"))?;
+    tx.batch_execute(sql::ANALYZE_SCRATCH)
         .await
         .map_err(ProjectError::pg("affected"))?;
     derive(tx, &Ctx::new(pipeline), &mut stats).await?;
@@ -228,6 +242,7 @@ impl Ctx {
     ) -> Result<u64, ProjectError> {
         let params: [(&(dyn ToSql + Sync), Type); 2] =
             [(&self.tz, Type::TEXT), (&self.stamp, Type::TIMESTAMPTZ)];
+        let started = Instant::now();
         let stream = tx
             .query_typed_raw(&stmt.sql, params)
             .await
@@ -241,16 +256,34 @@ impl Ctx {
             Some(n) => u64::try_from(n).unwrap_or(0),
             None => stream.rows_affected().unwrap_or(0),
         };
+        tracing::debug!(
+            step,
+            label = stmt.label,
+            rows = n,
+            elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
+            "projection statement"
+        );
         Ok(n)
     }
 }
 
+/// Run the derivation statements whose source entity has affected keys (the others would
+/// find nothing to do).
 async fn derive(
     tx: &Transaction<'_>,
     ctx: &Ctx,
     stats: &mut ApplyStats,
 ) -> Result<(), ProjectError> {
+    let present: Vec<String> = tx
+        .query_one(sql::AFFECTED_ENTITIES, &[])
+        .await
+        .map_err(ProjectError::pg("affected"))?
+        .get(0);
     for stmt in sql::DERIVE_STEPS.iter() {
+        let needed = sql::source_entities(stmt.label);
+        if !needed.iter().any(|e| present.iter().any(|p| p == e)) {
+            continue;
+        }
         let n = ctx.run(tx, stmt, stmt.label).await?;
         if n > 0 {
             *stats.rows_written.entry(stmt.label).or_default() += n;

@@ -40,8 +40,15 @@ pub(crate) static DERIVE_STEPS: LazyLock<Vec<Stmt>> = LazyLock::new(|| {
         .collect()
 });
 
-/// Per-transaction scratch tables (created once per session, emptied at commit).
+/// Key of the transaction-scoped advisory lock that serializes projections on one database.
+pub const PROJECT_LOCK_KEY: i64 = 0x626f_776d_6172_6b02;
+
+/// Per-transaction scratch tables (created once per session, emptied at commit), after the
+/// projection lock: derivations read across documents, so two concurrent projections (the
+/// streaming projector and a backfill) could each miss the other's uncommitted changes and
+/// leave a stale row. The transaction-scoped advisory lock serializes them.
 pub(crate) const SCRATCH: &str = "
+SELECT pg_advisory_xact_lock(7093019249801849602);
 CREATE TEMP TABLE IF NOT EXISTS cdc_changed (
     entity text NOT NULL, key text NOT NULL, old_doc jsonb, PRIMARY KEY (entity, key)
 ) ON COMMIT DELETE ROWS;
@@ -51,6 +58,52 @@ CREATE TEMP TABLE IF NOT EXISTS cdc_affected (
 DELETE FROM pg_temp.cdc_changed;
 DELETE FROM pg_temp.cdc_affected;
 ";
+
+/// Statistics for the scratch tables, so the derivation plans start from the affected keys.
+pub(crate) const ANALYZE_SCRATCH: &str =
+    "ANALYZE pg_temp.cdc_changed; ANALYZE pg_temp.cdc_affected;";
+
+/// The entities with affected keys.
+pub(crate) const AFFECTED_ENTITIES: &str =
+    "SELECT COALESCE(array_agg(DISTINCT entity), '{}') FROM pg_temp.cdc_affected";
+
+/// The affected entities a derivation statement (by its label, the table it writes) reads
+/// its keys from.
+pub(crate) fn source_entities(label: &str) -> &'static [&'static str] {
+    match label {
+        "dim_employee" | "dim_employee_rate" => &["employee"],
+        "dim_vehicle" | "dim_vehicle_rate" => &["vehicle"],
+        "dim_jobsite" => &["jobsite"],
+        "dim_company" => &["company"],
+        "dim_material" => &["material"],
+        "dim_crew" => &["crew"],
+        "dim_daily_report" => &["daily_report"],
+        "dim_jobsite_material" | "dim_jobsite_material_rate" => &["jobsite_material"],
+        "fact_employee_work" => &["employee_work"],
+        "fact_vehicle_work" => &["vehicle_work"],
+        "fact_production" => &["production"],
+        "fact_material_shipment" | "fact_non_costed_material" | "fact_trucking" => {
+            &["material_shipment"]
+        }
+        "fact_invoice" => &["invoice"],
+        // dim_* (deleted dimensions) and anything new: always run.
+        _ => &[
+            "employee",
+            "vehicle",
+            "jobsite",
+            "company",
+            "material",
+            "crew",
+            "daily_report",
+            "jobsite_material",
+            "employee_work",
+            "vehicle_work",
+            "production",
+            "material_shipment",
+            "invoice",
+        ],
+    }
+}
 
 /// Every mirror key is affected: the input of `reproject_all`.
 pub(crate) const AFFECT_ALL: &str =
@@ -103,17 +156,19 @@ fn child_ctx(entity: &str, field: &str) -> String {
     FROM pg_temp.cdc_affected a
     JOIN cdc.source_doc w ON w.entity = a.entity AND w.key = a.key
     CROSS JOIN LATERAL (
-        SELECT r0.key FROM cdc.source_doc r0
-        WHERE r0.entity = 'daily_report' AND r0.doc -> '{field}' @> cdc.oid_probe(w.key)
-        ORDER BY r0.key LIMIT 1
+        -- OFFSET 0 keeps the GIN lookup: ORDER BY key LIMIT 1 would walk the primary key.
+        SELECT min(k) AS key FROM (
+            SELECT r0.key AS k FROM cdc.source_doc r0
+            WHERE r0.entity = 'daily_report' AND r0.doc -> '{field}' @> cdc.oid_probe(w.key)
+            OFFSET 0) ps
     ) p
     JOIN cdc.source_doc r ON r.entity = 'daily_report' AND r.key = p.key
     JOIN dim_daily_report dr ON dr.mongo_id = p.key
     JOIN dim_crew c ON c.id = dr.crew_id
     WHERE a.entity = '{entity}' AND NOT w.deleted AND w.doc IS NOT NULL
       AND cdc.ts(r.doc -> 'date') IS NOT NULL
-      AND cdc.is_live('jobsite', cdc.oid(r.doc -> 'jobsite'))
-      AND cdc.is_live('crew', cdc.oid(r.doc -> 'crew'))
+      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'jobsite' AND l.key = cdc.oid(r.doc -> 'jobsite') AND NOT l.deleted)
+      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'crew' AND l.key = cdc.oid(r.doc -> 'crew') AND NOT l.deleted)
 "
     )
 }
@@ -127,6 +182,15 @@ mod tests {
         assert!(MIRROR_UPSERT.sql.contains("INSERT INTO cdc.source_doc"));
         assert_eq!(AFFECTED_STEPS.len(), 9);
         assert!(DERIVE_STEPS.len() >= 20);
+        assert!(SCRATCH.contains(&format!("pg_advisory_xact_lock({PROJECT_LOCK_KEY})")));
+        for s in DERIVE_STEPS.iter().filter(|s| s.label != "dim_*") {
+            assert_eq!(
+                source_entities(s.label).len(),
+                1,
+                "{} has no source entity",
+                s.label
+            );
+        }
         for s in AFFECTED_STEPS.iter().chain(DERIVE_STEPS.iter()) {
             assert!(!s.label.is_empty());
             assert!(!s.sql.contains("{{"), "unexpanded template in {}", s.label);

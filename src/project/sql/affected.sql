@@ -149,26 +149,26 @@ WITH ms AS (
     WHERE a.entity = 'material_shipment' AND s.doc IS NOT NULL
 ), pairs AS (
     SELECT cdc.oid(ms.doc -> 'jobsiteMaterial') AS jm,
-           date_trunc('month', cdc.day(cdc.ts(r.doc -> 'date'), $1))::date AS m
+           date_trunc('month', cdc.day(cdc.ts(r.doc -> 'date'), $1)::timestamp)::date AS m
     FROM ms
     JOIN cdc.source_doc r ON r.entity = 'daily_report'
      AND r.doc -> 'materialShipment' @> cdc.oid_probe(ms.key)
     UNION
     SELECT cdc.oid(c.old_doc -> 'jobsiteMaterial'),
-           date_trunc('month', cdc.day(cdc.ts(r.doc -> 'date'), $1))::date
+           date_trunc('month', cdc.day(cdc.ts(r.doc -> 'date'), $1)::timestamp)::date
     FROM pg_temp.cdc_changed c
     JOIN cdc.source_doc r ON r.entity = 'daily_report'
      AND r.doc -> 'materialShipment' @> cdc.oid_probe(c.key)
     WHERE c.entity = 'material_shipment'
     UNION
     SELECT cdc.oid(s.doc -> 'jobsiteMaterial'),
-           date_trunc('month', cdc.day(cdc.ts(c.old_doc -> 'date'), $1))::date
+           date_trunc('month', cdc.day(cdc.ts(c.old_doc -> 'date'), $1)::timestamp)::date
     FROM pg_temp.cdc_changed c
     CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(c.old_doc -> 'materialShipment')) AS e(v)
     JOIN cdc.source_doc s ON s.entity = 'material_shipment' AND s.key = cdc.oid(e.v)
     WHERE c.entity = 'daily_report'
     UNION
-    SELECT jmd.mongo_id, date_trunc('month', f.work_date)::date
+    SELECT jmd.mongo_id, date_trunc('month', f.work_date::timestamp)::date
     FROM pg_temp.cdc_affected a
     JOIN fact_material_shipment f ON f.mongo_id = a.key
     JOIN dim_jobsite_material jmd ON jmd.id = f.jobsite_material_id
@@ -178,15 +178,20 @@ WITH ms AS (
     FROM pairs p
     JOIN cdc.source_doc jm ON jm.entity = 'jobsite_material' AND jm.key = p.jm
     WHERE jm.doc ->> 'costType' = 'invoice' AND p.m IS NOT NULL
+), month_shipments AS MATERIALIZED (
+    -- The shipments listed by the reports of each month (report-date index), once.
+    SELECT DISTINCT inv.jm, cdc.oid(e.v) AS k
+    FROM inv
+    JOIN cdc.source_doc r ON r.entity = 'daily_report'
+     AND cdc.ts(r.doc -> 'date') >= (inv.m::timestamp AT TIME ZONE $1)
+     AND cdc.ts(r.doc -> 'date') < ((inv.m + interval '1 month')::timestamp AT TIME ZONE $1)
+    CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(r.doc -> 'materialShipment')) AS e(v)
 )
 INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT DISTINCT 'material_shipment', s.key
-FROM inv
-JOIN cdc.source_doc s ON s.entity = 'material_shipment'
- AND cdc.oid(s.doc -> 'jobsiteMaterial') = inv.jm
-WHERE EXISTS (
-    SELECT 1 FROM cdc.source_doc r
-    WHERE r.entity = 'daily_report'
-      AND r.doc -> 'materialShipment' @> cdc.oid_probe(s.key)
-      AND date_trunc('month', cdc.day(cdc.ts(r.doc -> 'date'), $1))::date = inv.m)
+FROM month_shipments ms
+CROSS JOIN LATERAL (
+    SELECT s0.key, s0.doc FROM cdc.source_doc s0
+    WHERE s0.entity = 'material_shipment' AND s0.key = ms.k OFFSET 0) s
+WHERE cdc.oid(s.doc -> 'jobsiteMaterial') = ms.jm
 ON CONFLICT DO NOTHING

@@ -1,6 +1,6 @@
 -- Dimensions are eager (DESIGN §7.5): every live document of a dimension collection has its
 -- row. A deleted document keeps its row, archived at the deleting event's wall time where the
--- table has archived_at (dim_crew has none: it is left as it was). Rate tables mirror rates[]
+-- table has archived_at; a deleted crew's row is removed (dim_crew has no archive column). Rate tables mirror rates[]
 -- exactly (§7.6). $1 = report time zone, $2 = this apply's synced_at stamp.
 
 -- @stmt dim_employee
@@ -100,6 +100,14 @@ JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
 WHERE a.entity = 'crew' AND NOT s.deleted AND s.doc IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, type = EXCLUDED.type, synced_at = EXCLUDED.synced_at
+
+-- @stmt dim_crew
+-- A deleted crew goes (dim_crew has no archive column); its reports are not derivable any
+-- more, so only archived rows cascade with it.
+DELETE FROM dim_crew t
+USING pg_temp.cdc_affected a, cdc.source_doc s
+WHERE a.entity = 'crew' AND s.entity = a.entity AND s.key = a.key AND s.deleted
+  AND t.mongo_id = a.key
 
 -- @stmt dim_*
 -- Deleted dimension documents: soft archive at the deleting event's wall time.

@@ -4,21 +4,27 @@
 -- $1 = report time zone, $2 = this apply's synced_at stamp.
 
 -- @stmt fact_invoice
-WITH i AS (
+WITH i0 AS (
     SELECT s.key, s.doc,
-           COALESCE(
-               (SELECT ARRAY[js.key, 'revenue'] FROM cdc.source_doc js
-                WHERE js.entity = 'jobsite' AND js.doc -> 'revenueInvoices' @> cdc.oid_probe(s.key)
-                ORDER BY js.key LIMIT 1),
-               (SELECT ARRAY[js.key, 'expense'] FROM cdc.source_doc js
-                WHERE js.entity = 'jobsite' AND js.doc -> 'expenseInvoices' @> cdc.oid_probe(s.key)
-                ORDER BY js.key LIMIT 1)) AS owner
+           (SELECT min(k) FROM (
+               SELECT js.key AS k FROM cdc.source_doc js
+               WHERE js.entity = 'jobsite' AND js.doc -> 'revenueInvoices' @> cdc.oid_probe(s.key)
+               OFFSET 0) r) AS revenue_jobsite,
+           (SELECT min(k) FROM (
+               SELECT js.key AS k FROM cdc.source_doc js
+               WHERE js.entity = 'jobsite' AND js.doc -> 'expenseInvoices' @> cdc.oid_probe(s.key)
+               OFFSET 0) e) AS expense_jobsite
     FROM pg_temp.cdc_affected a
     JOIN cdc.source_doc s ON s.entity = a.entity AND s.key = a.key
     WHERE a.entity = 'invoice' AND NOT s.deleted AND s.doc IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM cdc.source_doc jm
                       WHERE jm.entity = 'jobsite_material'
                         AND jm.doc -> 'invoices' @> cdc.oid_probe(s.key))
+), i AS (
+    SELECT key, doc,
+           CASE WHEN revenue_jobsite IS NOT NULL THEN ARRAY[revenue_jobsite, 'revenue']
+                WHEN expense_jobsite IS NOT NULL THEN ARRAY[expense_jobsite, 'expense'] END AS owner
+    FROM i0
 )
 INSERT INTO fact_invoice AS t
     (mongo_id, jobsite_id, company_id, invoice_date, direction, invoice_type, invoice_number,
@@ -32,7 +38,7 @@ SELECT i.key, j.id, c.id, cdc.day(cdc.ts(i.doc -> 'date'), $1), i.owner[2],
 FROM i
 JOIN dim_jobsite j ON j.mongo_id = i.owner[1]
 JOIN dim_company c ON c.mongo_id = cdc.oid(i.doc -> 'company')
-WHERE cdc.is_live('company', c.mongo_id) AND cdc.ts(i.doc -> 'date') IS NOT NULL
+WHERE EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'company' AND l.key = c.mongo_id AND NOT l.deleted) AND cdc.ts(i.doc -> 'date') IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     jobsite_id = EXCLUDED.jobsite_id, company_id = EXCLUDED.company_id,
     invoice_date = EXCLUDED.invoice_date, direction = EXCLUDED.direction,

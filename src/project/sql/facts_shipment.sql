@@ -14,13 +14,48 @@ b AS (
            jm.doc AS jm_doc,
            cdc.oid(x.doc -> 'vehicleObject' -> 'rateScenarioId') AS scen,
            cdc.oid(x.doc -> 'vehicleObject' -> 'deliveredRateId') AS deliv,
-           date_trunc('month', x.work_date)::date AS m0,
-           (date_trunc('month', x.work_date) + interval '1 month')::date AS m1
+           date_trunc('month', x.work_date::timestamp)::date AS m0,
+           (date_trunc('month', x.work_date::timestamp) + interval '1 month')::date AS m1
     FROM x
     JOIN cdc.source_doc jm ON jm.entity = 'jobsite_material'
      AND jm.key = cdc.oid(x.doc -> 'jobsiteMaterial') AND NOT jm.deleted AND jm.doc IS NOT NULL
     JOIN dim_jobsite_material jmd ON jmd.mongo_id = jm.key
     WHERE NOT cdc.bool(x.doc -> 'noJobsiteMaterial')
+),
+inv_months AS (
+    SELECT DISTINCT b.jm_key, b.jm_doc, b.m0, b.m1 FROM b
+    WHERE b.scen IS NULL AND b.cost_type = 'invoice'
+),
+inv_cost AS (
+    SELECT im.jm_key, im.m0, sum(cdc.num(i.doc -> 'cost')) AS total
+    FROM inv_months im
+    CROSS JOIN LATERAL (
+        SELECT DISTINCT cdc.oid(e.v) AS k
+        FROM jsonb_array_elements(cdc.arr(im.jm_doc -> 'invoices')) AS e(v)) il
+    JOIN cdc.source_doc i ON i.entity = 'invoice' AND i.key = il.k AND NOT i.deleted
+    WHERE cdc.day(cdc.ts(i.doc -> 'date'), $1) >= im.m0
+      AND cdc.day(cdc.ts(i.doc -> 'date'), $1) < im.m1
+    GROUP BY im.jm_key, im.m0
+),
+month_shipments AS MATERIALIZED (
+    -- The shipments listed by the reports of each month (report-date index), once each.
+    SELECT DISTINCT im.jm_key, im.m0, cdc.oid(e.v) AS k
+    FROM inv_months im
+    JOIN cdc.source_doc r ON r.entity = 'daily_report'
+     AND cdc.ts(r.doc -> 'date') >= (im.m0::timestamp AT TIME ZONE $1)
+     AND cdc.ts(r.doc -> 'date') < (im.m1::timestamp AT TIME ZONE $1)
+    CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(r.doc -> 'materialShipment')) AS e(v)
+),
+inv_qty AS (
+    SELECT ms.jm_key, ms.m0, sum(cdc.num(s.doc -> 'quantity')) AS total
+    FROM month_shipments ms
+    CROSS JOIN LATERAL (
+        SELECT s0.doc FROM cdc.source_doc s0
+        WHERE s0.entity = 'material_shipment' AND s0.key = ms.k OFFSET 0) s
+    WHERE cdc.oid(s.doc -> 'jobsiteMaterial') = ms.jm_key
+      AND NOT cdc.bool(s.doc -> 'noJobsiteMaterial')
+      AND cdc.ts(s.doc -> 'archivedAt') IS NULL
+    GROUP BY ms.jm_key, ms.m0
 )
 INSERT INTO fact_material_shipment AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, jobsite_material_id, crew_type, work_date,
@@ -28,7 +63,8 @@ INSERT INTO fact_material_shipment AS t
      rate_scenario_id)
 SELECT b.key, b.daily_report_id, b.jobsite_id, b.crew_id, b.jm_id, b.crew_type, b.work_date,
        COALESCE(cdc.num(b.doc -> 'quantity'), 0), b.jm_unit,
-       CASE WHEN b.scen IS NULL AND b.cost_type = 'invoice' THEN ir.rate
+       CASE WHEN b.scen IS NULL AND b.cost_type = 'invoice' THEN
+                CASE WHEN COALESCE(iq.total, 0) > 0 THEN COALESCE(ic.total, 0) / iq.total ELSE 0 END
             ELSE COALESCE(lr.rate, 0) END,
        CASE WHEN b.scen IS NULL AND b.cost_type = 'invoice' THEN false
             ELSE COALESCE(lr.estimated, true) END,
@@ -42,28 +78,8 @@ LEFT JOIN LATERAL (
       AND r.effective_date <= b.work_date
     ORDER BY r.effective_date DESC, r.rate DESC, r.estimated LIMIT 1
 ) lr ON true
-LEFT JOIN LATERAL (
-    SELECT CASE WHEN q.total > 0 THEN c.total / q.total ELSE 0 END AS rate
-    FROM (SELECT COALESCE(sum(cdc.num(i.doc -> 'cost')), 0) AS total
-          FROM cdc.source_doc i
-          WHERE i.entity = 'invoice' AND NOT i.deleted
-            AND i.key IN (SELECT cdc.oid(e.v)
-                          FROM jsonb_array_elements(cdc.arr(b.jm_doc -> 'invoices')) AS e(v))
-            AND cdc.day(cdc.ts(i.doc -> 'date'), $1) >= b.m0
-            AND cdc.day(cdc.ts(i.doc -> 'date'), $1) < b.m1) c,
-         (SELECT COALESCE(sum(cdc.num(s.doc -> 'quantity')), 0) AS total
-          FROM cdc.source_doc s
-          WHERE s.entity = 'material_shipment'
-            AND cdc.oid(s.doc -> 'jobsiteMaterial') = b.jm_key
-            AND NOT cdc.bool(s.doc -> 'noJobsiteMaterial')
-            AND cdc.ts(s.doc -> 'archivedAt') IS NULL
-            AND EXISTS (
-                SELECT 1 FROM cdc.source_doc r
-                WHERE r.entity = 'daily_report'
-                  AND r.doc -> 'materialShipment' @> cdc.oid_probe(s.key)
-                  AND cdc.day(cdc.ts(r.doc -> 'date'), $1) >= b.m0
-                  AND cdc.day(cdc.ts(r.doc -> 'date'), $1) < b.m1)) q
-) ir ON b.scen IS NULL AND b.cost_type = 'invoice'
+LEFT JOIN inv_cost ic ON ic.jm_key = b.jm_key AND ic.m0 = b.m0
+LEFT JOIN inv_qty iq ON iq.jm_key = b.jm_key AND iq.m0 = b.m0
 ON CONFLICT (mongo_id) DO UPDATE SET
     daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
     crew_id = EXCLUDED.crew_id, jobsite_material_id = EXCLUDED.jobsite_material_id,

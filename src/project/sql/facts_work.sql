@@ -20,7 +20,7 @@ SELECT x.key, x.daily_report_id, x.jobsite_id, x.crew_id, e.id, x.crew_type, x.w
        cdc.ts(x.doc -> 'archivedAt'), $2
 FROM x
 JOIN dim_employee e ON e.mongo_id = cdc.oid(x.doc -> 'employee')
-WHERE cdc.is_live('employee', e.mongo_id)
+WHERE EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'employee' AND l.key = e.mongo_id AND NOT l.deleted)
   AND cdc.ts(x.doc -> 'startTime') IS NOT NULL AND cdc.ts(x.doc -> 'endTime') IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
@@ -51,7 +51,7 @@ SELECT x.key, x.daily_report_id, x.jobsite_id, v.id, x.crew_id, x.crew_type, x.w
        cdc.ts(x.doc -> 'archivedAt'), $2
 FROM x
 JOIN dim_vehicle v ON v.mongo_id = cdc.oid(x.doc -> 'vehicle')
-WHERE cdc.is_live('vehicle', v.mongo_id)
+WHERE EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'vehicle' AND l.key = v.mongo_id AND NOT l.deleted)
 ON CONFLICT (mongo_id) DO UPDATE SET
     daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
     vehicle_id = EXCLUDED.vehicle_id, crew_id = EXCLUDED.crew_id,

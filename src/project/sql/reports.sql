@@ -14,7 +14,7 @@ JOIN dim_jobsite j ON j.mongo_id = cdc.oid(r.doc -> 'jobsite')
 JOIN dim_crew c ON c.mongo_id = cdc.oid(r.doc -> 'crew')
 WHERE a.entity = 'daily_report' AND NOT r.deleted AND r.doc IS NOT NULL
   AND cdc.ts(r.doc -> 'date') IS NOT NULL
-  AND cdc.is_live('jobsite', j.mongo_id) AND cdc.is_live('crew', c.mongo_id)
+  AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'jobsite' AND l.key = j.mongo_id AND NOT l.deleted) AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'crew' AND l.key = c.mongo_id AND NOT l.deleted)
 ON CONFLICT (mongo_id) DO UPDATE SET
     jobsite_id = EXCLUDED.jobsite_id, crew_id = EXCLUDED.crew_id,
     report_date = EXCLUDED.report_date, approved = EXCLUDED.approved,
@@ -29,8 +29,8 @@ WHERE a.entity = 'daily_report' AND t.mongo_id = a.key
   AND t.synced_at IS DISTINCT FROM $2 AND NOT t.archived
 
 -- @stmt dim_jobsite_material
--- jobsite_id: the jobsite whose materials[] holds it, else the jobsite of a report one of its
--- shipments is listed in (DESIGN §7.4); the lowest key wins so the choice is deterministic.
+-- jobsite_id: the jobsite whose materials[] holds it, else the (live) jobsite of a report one of
+-- its shipments is listed in (DESIGN §7.4); the lowest key wins so the choice is deterministic.
 INSERT INTO dim_jobsite_material AS t
     (mongo_id, jobsite_id, material_id, supplier_id, quantity, unit, cost_type, delivered,
      synced_at)
@@ -41,27 +41,42 @@ FROM pg_temp.cdc_affected a
 JOIN cdc.source_doc jm ON jm.entity = a.entity AND jm.key = a.key
 CROSS JOIN LATERAL (
     SELECT COALESCE(
-        (SELECT js.key FROM cdc.source_doc js
-         WHERE js.entity = 'jobsite' AND js.doc -> 'materials' @> cdc.oid_probe(jm.key)
-         ORDER BY js.key LIMIT 1),
-        (SELECT cdc.oid(r.doc -> 'jobsite')
-         FROM cdc.source_doc s
-         JOIN cdc.source_doc r ON r.entity = 'daily_report'
-          AND r.doc -> 'materialShipment' @> cdc.oid_probe(s.key)
-         WHERE s.entity = 'material_shipment' AND cdc.oid(s.doc -> 'jobsiteMaterial') = jm.key
-         ORDER BY r.key LIMIT 1)) AS jobsite_key
+        (SELECT min(k) FROM (
+            SELECT js.key AS k FROM cdc.source_doc js
+            WHERE js.entity = 'jobsite' AND js.doc -> 'materials' @> cdc.oid_probe(jm.key)
+            OFFSET 0) c),
+        (SELECT cdc.oid(r.doc -> 'jobsite') FROM cdc.source_doc r
+         WHERE r.entity = 'daily_report' AND r.key = (
+            SELECT min(k) FROM (
+                SELECT r1.key AS k
+                FROM cdc.source_doc s
+                JOIN cdc.source_doc r1 ON r1.entity = 'daily_report'
+                 AND r1.doc -> 'materialShipment' @> cdc.oid_probe(s.key)
+                WHERE s.entity = 'material_shipment'
+                  AND cdc.oid(s.doc -> 'jobsiteMaterial') = jm.key
+                  AND EXISTS (SELECT 1 FROM cdc.source_doc l
+                              WHERE l.entity = 'jobsite' AND l.key = cdc.oid(r1.doc -> 'jobsite')
+                                AND NOT l.deleted)
+                OFFSET 0) f))) AS jobsite_key
 ) o
 JOIN dim_jobsite j ON j.mongo_id = o.jobsite_key
 JOIN dim_material mat ON mat.mongo_id = cdc.oid(jm.doc -> 'material')
 JOIN dim_company sup ON sup.mongo_id = cdc.oid(jm.doc -> 'supplier')
 WHERE a.entity = 'jobsite_material' AND NOT jm.deleted AND jm.doc IS NOT NULL
-  AND cdc.is_live('jobsite', j.mongo_id) AND cdc.is_live('material', mat.mongo_id)
-  AND cdc.is_live('company', sup.mongo_id)
+  AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'jobsite' AND l.key = j.mongo_id AND NOT l.deleted) AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'material' AND l.key = mat.mongo_id AND NOT l.deleted)
+  AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'company' AND l.key = sup.mongo_id AND NOT l.deleted)
 ON CONFLICT (mongo_id) DO UPDATE SET
     jobsite_id = EXCLUDED.jobsite_id, material_id = EXCLUDED.material_id,
     supplier_id = EXCLUDED.supplier_id, quantity = EXCLUDED.quantity, unit = EXCLUDED.unit,
     cost_type = EXCLUDED.cost_type, delivered = EXCLUDED.delivered,
     synced_at = EXCLUDED.synced_at
+
+-- @stmt dim_jobsite_material
+-- No longer derivable (deleted, or no jobsite claims it and no report lists its shipments):
+-- the row goes (the table has no archive column). Only rates and archived facts reference it.
+DELETE FROM dim_jobsite_material t
+USING pg_temp.cdc_affected a
+WHERE a.entity = 'jobsite_material' AND t.mongo_id = a.key AND t.synced_at IS DISTINCT FROM $2
 
 -- @stmt dim_jobsite_material_rate
 -- mongo_id discriminates: NULL = rates[], else the deliveredRates[] or scenarios[] entry _id.

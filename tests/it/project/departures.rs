@@ -298,3 +298,19 @@ async fn d8_archived_reports_keep_rows_and_missed_lookups_cost_zero() {
         "true"
     );
 }
+
+#[tokio::test]
+async fn a_jobsite_material_without_any_jobsite_leaves_the_dimension() {
+    // JM_2 is claimed by jobsite 2 only and no shipment uses it.
+    let mut h = Harness::new().await;
+    h.seed().await;
+    let q = "SELECT count(*) FROM dim_jobsite_material WHERE mongo_id = $1";
+    assert_eq!(h.count(q, &[&JM_2]).await, 1);
+    let mut j2 = jobsite_2();
+    j2["materials"] = oids(&[JM_1, JM_SCENARIO]);
+    h.put(Entity::Jobsite, JOBSITE_2, j2).await;
+    assert_eq!(h.count(q, &[&JM_2]).await, 0, "no jobsite to hang it on");
+    // Claimed again: back.
+    h.put(Entity::Jobsite, JOBSITE_2, jobsite_2()).await;
+    assert_eq!(h.count(q, &[&JM_2]).await, 1);
+}

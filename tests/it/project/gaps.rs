@@ -275,7 +275,7 @@ async fn stale_duplicate_and_documentless_versions_change_nothing() {
     );
     // An equal version: ignored when streaming, re-applied by the backfill guard.
     let same = upsert(Entity::EmployeeWork, EMPLOYEE_WORK_1, old, t);
-    assert_eq!(h.apply(&[same.clone()]).await.applied, 0);
+    assert_eq!(h.apply(std::slice::from_ref(&same)).await.applied, 0);
     assert_eq!(h.apply_with(&[same], Guard::NewerOrEqual).await.applied, 1);
     assert_eq!(
         h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
@@ -351,4 +351,70 @@ async fn reproject_all_rebuilds_the_star_from_the_mirror() {
         "240.00"
     );
     assert_eq!(h.count("SELECT count(*) FROM fact_invoice", &[]).await, 2);
+}
+
+#[tokio::test]
+async fn canonical_extended_json_forms_are_read() {
+    // Given dates as $numberLong milliseconds and numbers as $numberDecimal / $numberInt.
+    let mut h = Harness::new().await;
+    h.seed().await;
+    let w = json!({ "_id": oid(EMPLOYEE_WORK_1), "employee": oid(BASE_FOREMAN_1), "jobTitle": "Op",
+                    "startTime": { "$date": { "$numberLong": "1645599600000" } },   // 2022-02-23T07:00Z
+                    "endTime": { "$date": { "$numberLong": "1645630200000" } } }); // 15:30Z
+    h.put(Entity::EmployeeWork, EMPLOYEE_WORK_1, w).await;
+    assert_eq!(
+        h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
+        "8.50"
+    );
+    let mut s = shipment(SHIPMENT_COSTED_1, 0.0, Some(JM_1), serde_json::Value::Null);
+    s["quantity"] = json!({ "$numberDecimal": "12.5" });
+    h.put(Entity::MaterialShipment, SHIPMENT_COSTED_1, s).await;
+    assert_eq!(
+        h.num("fact_material_shipment", "total_cost", SHIPMENT_COSTED_1)
+            .await,
+        "125.00"
+    );
+    let mut v = vehicle_work(VEHICLE_WORK_1, SKIDSTEER_1, 0.0);
+    v["hours"] = json!({ "$numberInt": "4" });
+    h.put(Entity::VehicleWork, VEHICLE_WORK_1, v).await;
+    assert_eq!(
+        h.num("fact_vehicle_work", "total_cost", VEHICLE_WORK_1)
+            .await,
+        "340.00"
+    );
+}
+
+#[tokio::test]
+async fn a_document_postgres_rejects_is_poison_and_the_batch_rolls_back() {
+    let mut h = Harness::new().await;
+    h.seed().await;
+    let t = h.tick();
+    let mut w = employee_work(
+        EMPLOYEE_WORK_1,
+        BASE_FOREMAN_1,
+        "2022-02-23T07:00:00Z",
+        "2022-02-23T15:00:00Z",
+    );
+    w["endTime"] = json!({ "$date": "not a date" });
+    let tx = h.client.transaction().await.unwrap();
+    let err = bowmark_cdc::project::apply(
+        &tx,
+        &h.pipeline,
+        &[upsert(Entity::EmployeeWork, EMPLOYEE_WORK_1, w, t)],
+        Guard::Newer,
+    )
+    .await
+    .expect_err("an unparseable date cannot apply");
+    assert_eq!(
+        err.class(),
+        bowmark_cdc::project::ErrorClass::Poison,
+        "{err}: {:?}",
+        std::error::Error::source(&err)
+    );
+    tx.rollback().await.unwrap();
+    // The star is as before.
+    assert_eq!(
+        h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
+        "8.00"
+    );
 }

@@ -21,6 +21,8 @@ use crate::support::{self, TestDb};
 
 /// A migrated private database and a client, plus a version clock for new documents.
 pub struct Harness {
+    /// Kept alive for the test: dropping it drops the database.
+    #[allow(dead_code)]
     pub db: TestDb,
     pub client: Client,
     pub pipeline: Pipeline,
@@ -33,7 +35,7 @@ impl Harness {
     }
 
     pub async fn with_pipeline(pipeline: Pipeline) -> Harness {
-        let db = migrated_db().await;
+        let db = support::migrated_db().await;
         let client = db.client().await;
         Harness {
             db,
@@ -125,25 +127,4 @@ impl Harness {
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
             .map(|r| r.get(0))
     }
-}
-
-/// TEMPORARY until the `schema` branch lands `support::migrated_db()`: every file of
-/// `migrations/` applied in version order, as plain SQL.
-async fn migrated_db() -> TestDb {
-    let db = TestDb::new().await;
-    let c = db.client().await;
-    let dir = support::project_root().join("migrations");
-    let mut files: Vec<_> = std::fs::read_dir(&dir)
-        .expect("migrations dir")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "sql"))
-        .collect();
-    files.sort();
-    for f in files {
-        let sql = std::fs::read_to_string(&f).expect("migration file");
-        c.batch_execute(&sql)
-            .await
-            .unwrap_or_else(|e| panic!("{}: {e:?}", f.display()));
-    }
-    db
 }
