@@ -27,7 +27,7 @@ fn doc_for(i: usize) -> Document {
         "_id": i as i64,
         "name": format!("employee {i}"),
         "rate": (i % 97) as f64 * 1.25,
-        "active": i % 3 != 0,
+        "active": !i.is_multiple_of(3),
         "tags": ["paving", "crew"],
         "address": {"city": "Calgary", "zip": format!("T{:05}", i % 100_000)},
     }

@@ -139,6 +139,20 @@ pub fn encode_reply(request_id: i32, response_to: i32, doc: &Document) -> io::Re
     Ok(out)
 }
 
+/// Encode a reply whose kind-0 body is already encoded BSON.
+pub fn encode_reply_bytes(request_id: i32, response_to: i32, body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(21 + body.len());
+    let len = (21 + body.len()) as i32;
+    out.extend_from_slice(&len.to_le_bytes());
+    out.extend_from_slice(&request_id.to_le_bytes());
+    out.extend_from_slice(&response_to.to_le_bytes());
+    out.extend_from_slice(&OP_MSG.to_le_bytes());
+    out.extend_from_slice(&0u32.to_le_bytes());
+    out.push(0);
+    out.extend_from_slice(body);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,5 +177,30 @@ mod tests {
         assert_eq!(m.body, body);
         assert_eq!(m.sequences[0].0, "documents");
         assert_eq!(m.sequences[0].1, vec![doc! {"_id": 1}]);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_an_error_never_a_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let valid = encode_reply(1, 0, &doc! {"ping": 1, "$db": "a"}).unwrap();
+        for _ in 0..20_000 {
+            let mut m = valid.clone();
+            let flips = (next() % 6) as usize + 1;
+            for _ in 0..flips {
+                let at = (next() as usize) % m.len();
+                m[at] = next() as u8;
+            }
+            if next() % 4 == 0 {
+                let cut = (next() as usize) % m.len();
+                m.truncate(cut);
+            }
+            let _ = read_message(&mut &m[..]).await;
+        }
     }
 }

@@ -84,17 +84,17 @@ pub fn insert_one(
     if c.docs.contains_key(&key) {
         return Err(dup_key(db, coll, &id));
     }
-    c.docs.insert(key, d.clone());
     let mut e = Entry::new(Op::Insert, db, coll);
     e.key = Some(id.clone());
-    e.doc = Some(d);
-    let undo = Undo {
+    e.doc = Some(crate::oplog::encode(&d));
+    c.docs.insert(key, d);
+    let undo = txn.map(|_| Undo {
         db: db.into(),
         coll: coll.into(),
         key: id.clone(),
         before: None,
-    };
-    st.record(e, txn, Some(undo));
+    });
+    st.record(e, txn, undo);
     Ok(id)
 }
 
@@ -209,15 +209,15 @@ fn update_key(
     let mut e = Entry::new(op, db, coll);
     e.key = Some(key.0.clone());
     e.upd = desc.map(|d| d.to_doc(&after));
-    e.doc = Some(after.clone());
-    e.pre = Some(before.clone());
-    let undo = Undo {
+    e.doc = Some(crate::oplog::encode(&after));
+    e.pre = Some(crate::oplog::encode(&before));
+    let undo = txn.map(|_| Undo {
         db: db.into(),
         coll: coll.into(),
         key: key.0.clone(),
         before: Some(before),
-    };
-    st.record(e, txn, Some(undo));
+    });
+    st.record(e, txn, undo);
     Ok((true, after))
 }
 
@@ -234,10 +234,10 @@ fn upsert_doc(
     let doc = match u {
         Bson::Document(u) if update::is_replacement(u) => {
             let mut d = u.clone();
-            if !d.contains_key("_id") {
-                if let Some(id) = seed.get("_id") {
-                    d.insert("_id", id.clone());
-                }
+            if !d.contains_key("_id")
+                && let Some(id) = seed.get("_id")
+            {
+                d.insert("_id", id.clone());
             }
             d
         }
@@ -339,14 +339,14 @@ fn delete_key(
     let before = st.coll_mut(db, coll).docs.remove(key)?;
     let mut e = Entry::new(Op::Delete, db, coll);
     e.key = Some(key.0.clone());
-    e.pre = Some(before.clone());
-    let undo = Undo {
+    e.pre = Some(crate::oplog::encode(&before));
+    let undo = txn.map(|_| Undo {
         db: db.into(),
         coll: coll.into(),
         key: key.0.clone(),
         before: Some(before.clone()),
-    };
-    st.record(e, txn, Some(undo));
+    });
+    st.record(e, txn, undo);
     Some(before)
 }
 
@@ -429,10 +429,8 @@ pub fn project(doc: &Document, spec: &Document) -> Document {
     if inclusion {
         let mut out = Document::new();
         let keep_id = spec.get("_id").map(truthy).unwrap_or(true);
-        if keep_id {
-            if let Some(id) = doc.get("_id") {
-                out.insert("_id", id.clone());
-            }
+        if keep_id && let Some(id) = doc.get("_id") {
+            out.insert("_id", id.clone());
         }
         for (k, v) in spec {
             if k == "_id" {
@@ -529,10 +527,8 @@ pub fn query(
             }
         }
     }
-    if !id_order {
-        if let Some(s) = sort {
-            sort_docs(&mut out, s);
-        }
+    if !id_order && let Some(s) = sort {
+        sort_docs(&mut out, s);
     }
     let out: Vec<Document> = out.into_iter().skip(skip).take(limit).collect();
     Ok(out)
@@ -583,10 +579,10 @@ pub fn find(st: &mut State, db: &str, cmd: &Document) -> Result<Document, CmdErr
         lim.unsigned_abs() as usize
     };
     let mut docs = query(st, db, &coll, &flt, sort.as_ref(), skip, limit)?;
-    if let Ok(p) = cmd.get_document("projection") {
-        if !p.is_empty() {
-            docs = docs.iter().map(|d| project(d, p)).collect();
-        }
+    if let Ok(p) = cmd.get_document("projection")
+        && !p.is_empty()
+    {
+        docs = docs.iter().map(|d| project(d, p)).collect();
     }
     let batch = usize_of(cmd.get("batchSize"))
         .map(|b| b.max(0) as usize)

@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bson::{Bson, Document, doc};
 
+use crate::oplog::{append_raw, encode};
 use crate::state::{CmdError, SharedRef, State};
 use crate::streams::{self, StreamCursor};
 
@@ -30,6 +31,53 @@ impl Cursor {
             Cursor::Find { ns, .. } | Cursor::Stream { ns, .. } => ns,
         }
     }
+}
+
+/// A command result: a document, or a change-stream batch of encoded events.
+pub enum Body {
+    Doc(Document),
+    Stream {
+        id: i64,
+        ns: String,
+        batch: Vec<Vec<u8>>,
+        first: bool,
+        pbrt: Document,
+    },
+}
+
+/// Assemble a change-stream cursor reply around `tail` (`ok`, `$clusterTime`, ...),
+/// splicing the encoded events in without re-encoding them.
+pub fn stream_reply_bytes(
+    id: i64,
+    ns: &str,
+    batch: &[Vec<u8>],
+    first: bool,
+    pbrt: &Document,
+    tail: &Document,
+) -> Vec<u8> {
+    let total: usize = batch.iter().map(|b| b.len() + 8).sum();
+    let mut arr = Vec::with_capacity(total + 5);
+    arr.extend_from_slice(&[0, 0, 0, 0]);
+    for (i, ev) in batch.iter().enumerate() {
+        arr.push(3);
+        arr.extend_from_slice(i.to_string().as_bytes());
+        arr.push(0);
+        arr.extend_from_slice(ev);
+    }
+    arr.push(0);
+    let len = arr.len() as i32;
+    arr[0..4].copy_from_slice(&len.to_le_bytes());
+    let mut cur =
+        encode(&doc! {"id": Bson::Int64(id), "ns": ns, "postBatchResumeToken": pbrt.clone()});
+    append_raw(
+        &mut cur,
+        if first { "firstBatch" } else { "nextBatch" },
+        4,
+        Some(&arr),
+    );
+    let mut top = encode(tail);
+    append_raw(&mut top, "cursor", 3, Some(&cur));
+    top
 }
 
 /// Rough BSON size of a value.
@@ -105,7 +153,7 @@ pub fn is_stream_getmore(state: &State, cmd: &Document) -> bool {
 }
 
 /// `getMore`. Change-stream cursors wait up to `maxTimeMS` (default 1 s) for events.
-pub async fn get_more(shared: &SharedRef, db: &str, cmd: &Document) -> Result<Document, CmdError> {
+pub async fn get_more(shared: &SharedRef, db: &str, cmd: &Document) -> Result<Body, CmdError> {
     let id = cursor_id(cmd)?;
     let coll = cmd.get_str("collection").unwrap_or_default();
     let ns = format!("{db}.{coll}");
@@ -113,7 +161,7 @@ pub async fn get_more(shared: &SharedRef, db: &str, cmd: &Document) -> Result<Do
     let wait = cmd
         .get("maxTimeMS")
         .and_then(crate::order::as_f64)
-        .map(|ms| Duration::from_millis(ms.max(0.0) as u64))
+        .map(|ms| Duration::from_millis(ms.clamp(0.0, 86_400_000.0) as u64))
         .unwrap_or(Duration::from_secs(1));
     let deadline = Instant::now() + wait;
     loop {
@@ -148,13 +196,13 @@ pub async fn get_more(shared: &SharedRef, db: &str, cmd: &Document) -> Result<Do
                     if done {
                         state.cursors.remove(&id);
                     }
-                    return Ok(cursor_reply(
+                    return Ok(Body::Doc(cursor_reply(
                         if done { 0 } else { id },
                         &ns,
                         batch,
                         false,
                         None,
-                    ));
+                    )));
                 }
                 Cursor::Stream { cur, .. } => {
                     let mut c = cur.clone();
@@ -166,7 +214,7 @@ pub async fn get_more(shared: &SharedRef, db: &str, cmd: &Document) -> Result<Do
                             return Err(e);
                         }
                     };
-                    let pbrt = streams::pbrt(&c);
+                    let pbrt = streams::pbrt(state, &c);
                     let invalidated = c.invalidated;
                     if let Some(Cursor::Stream { cur, .. }) = state.cursors.get_mut(&id) {
                         *cur = c;
@@ -176,7 +224,13 @@ pub async fn get_more(shared: &SharedRef, db: &str, cmd: &Document) -> Result<Do
                             state.cursors.remove(&id);
                         }
                         let rid = if invalidated { 0 } else { id };
-                        return Ok(cursor_reply(rid, &ns, batch, false, Some(pbrt)));
+                        return Ok(Body::Stream {
+                            id: rid,
+                            ns,
+                            batch,
+                            first: false,
+                            pbrt,
+                        });
                     }
                 }
             }

@@ -41,8 +41,9 @@ fn read_bson_file(path: &Path) -> io::Result<Vec<Document>> {
     Ok(out)
 }
 
-/// Read a dump folder into collections (no oplog entries: this is the initial data).
-pub fn read_dump(dir: &Path) -> io::Result<BTreeMap<String, Collection>> {
+/// Read a mongodump folder: collection name -> documents (in file order). A collection
+/// with metadata but no (or an empty) `.bson` file maps to an empty list.
+pub fn read_dump_documents(dir: &Path) -> io::Result<BTreeMap<String, Vec<Document>>> {
     let mut names = std::collections::BTreeSet::new();
     for ent in std::fs::read_dir(dir)? {
         let name = ent?.file_name().to_string_lossy().to_string();
@@ -54,13 +55,25 @@ pub fn read_dump(dir: &Path) -> io::Result<BTreeMap<String, Collection>> {
     }
     let mut out = BTreeMap::new();
     for c in names {
-        let mut coll = Collection::new();
         let file = dir.join(format!("{c}.bson"));
-        if file.exists() {
-            for d in read_bson_file(&file)? {
-                let id = d.get("_id").cloned().unwrap_or(bson::Bson::Null);
-                coll.docs.insert(Key(id), d);
-            }
+        let docs = if file.exists() {
+            read_bson_file(&file)?
+        } else {
+            Vec::new()
+        };
+        out.insert(c, docs);
+    }
+    Ok(out)
+}
+
+/// Read a dump folder into collections (no oplog entries: this is the initial data).
+pub fn read_dump(dir: &Path) -> io::Result<BTreeMap<String, Collection>> {
+    let mut out = BTreeMap::new();
+    for (c, docs) in read_dump_documents(dir)? {
+        let mut coll = Collection::new();
+        for d in docs {
+            let id = d.get("_id").cloned().unwrap_or(bson::Bson::Null);
+            coll.docs.insert(Key(id), d);
         }
         out.insert(c, coll);
     }

@@ -117,7 +117,10 @@ pub fn error_for(
     stream_getmore: bool,
     retryable_write: bool,
 ) -> CmdError {
-    let mut e = CmdError::new(code, format!("Failing command via 'failCommand' failpoint"));
+    let mut e = CmdError::new(
+        code,
+        "Failing command via 'failCommand' failpoint".to_string(),
+    );
     match labels {
         Some(l) => e.labels = l,
         None => {
@@ -157,10 +160,10 @@ pub fn check(
     if !fp.commands.iter().any(|c| c == name) {
         return None;
     }
-    if let Some(want) = &fp.app_name {
-        if app != Some(want.as_str()) {
-            return None;
-        }
+    if let Some(want) = &fp.app_name
+        && app != Some(want.as_str())
+    {
+        return None;
     }
     match &mut fp.mode {
         Mode::AlwaysOn => {}

@@ -34,16 +34,16 @@ fn descend<'a>(v: &'a Bson, rest: &[&str], out: &mut Vec<&'a Bson>) {
             }
         }
         Bson::Array(a) => {
-            if let Ok(i) = rest[0].parse::<usize>() {
-                if let Some(n) = a.get(i) {
-                    descend(n, &rest[1..], out);
-                }
+            if let Ok(i) = rest[0].parse::<usize>()
+                && let Some(n) = a.get(i)
+            {
+                descend(n, &rest[1..], out);
             }
             for e in a {
-                if let Bson::Document(d) = e {
-                    if let Some(n) = d.get(rest[0]) {
-                        descend(n, &rest[1..], out);
-                    }
+                if let Bson::Document(d) = e
+                    && let Some(n) = d.get(rest[0])
+                {
+                    descend(n, &rest[1..], out);
                 }
             }
         }
@@ -163,7 +163,7 @@ fn match_op(vals: &[&Bson], op: &str, arg: &Bson, all: &Document) -> Result<bool
                 Bson::Boolean(b) => *b,
                 other => crate::order::as_f64(other).is_some_and(|n| n != 0.0),
             };
-            want == !vals.is_empty()
+            want != vals.is_empty()
         }
         "$size" => {
             let n = crate::order::as_f64(arg).unwrap_or(-1.0);

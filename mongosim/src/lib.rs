@@ -34,7 +34,7 @@ use std::time::Duration;
 use bson::{Document, Timestamp};
 use tokio::sync::watch;
 
-pub use dump::DumpCounts;
+pub use dump::{DumpCounts, read_dump_documents};
 pub use failpoint::Fault;
 pub use state::CmdError;
 
@@ -51,6 +51,8 @@ pub struct SimConfig {
     pub streaming_hello: bool,
     /// Address to bind; default `127.0.0.1:0`.
     pub listen: SocketAddr,
+    /// Add `_typeBits` to every other resume token (opaque extra field, as real servers do).
+    pub token_type_bits: bool,
 }
 
 impl Default for SimConfig {
@@ -60,6 +62,7 @@ impl Default for SimConfig {
             oplog_window: None,
             streaming_hello: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token_type_bits: false,
         }
     }
 }
@@ -71,6 +74,7 @@ pub struct Sim {
 }
 
 pub(crate) fn step_down_locked(shared: &SharedRef, st: &mut State, d: Duration) {
+    let d = d.min(Duration::from_secs(86_400));
     st.topo.step_down(d);
     let s = shared.clone();
     shared.runtime.spawn(async move {
@@ -188,6 +192,15 @@ impl Sim {
         self.shared.lock().faults.push((cmd.to_string(), fault));
     }
 
+    /// Hold every command named `cmd` (before it runs) until the guard is dropped.
+    pub fn stall(&self, cmd: &str) -> StallGuard {
+        self.shared.lock().stalled.insert(cmd.to_string());
+        StallGuard {
+            shared: self.shared.clone(),
+            cmd: cmd.to_string(),
+        }
+    }
+
     /// Every command received, in order (kind-0 bodies, including `$db`, `lsid`, ...).
     pub fn command_log(&self) -> Vec<Document> {
         self.shared
@@ -236,6 +249,19 @@ impl Sim {
     /// Stop accepting and close every connection.
     pub fn shutdown(&self) {
         let _ = self.shared.shutdown.send(true);
+    }
+}
+
+/// Releases a stalled command name when dropped (see [`Sim::stall`]).
+pub struct StallGuard {
+    shared: SharedRef,
+    cmd: String,
+}
+
+impl Drop for StallGuard {
+    fn drop(&mut self) {
+        self.shared.lock().stalled.remove(&self.cmd);
+        self.shared.notify();
     }
 }
 

@@ -23,6 +23,9 @@ struct Args {
     /// Advertise topologyVersion (streaming monitoring).
     #[arg(long)]
     streaming_hello: bool,
+    /// Add `_typeBits` to every other resume token.
+    #[arg(long)]
+    token_type_bits: bool,
     /// Load a mongodump folder into a database before serving: DB=DIR (repeatable).
     #[arg(long = "load-dump", value_name = "DB=DIR")]
     load_dump: Vec<String>,
@@ -62,6 +65,7 @@ async fn main() {
         oplog_window: args.oplog_window,
         streaming_hello: args.streaming_hello,
         listen: args.listen,
+        token_type_bits: args.token_type_bits,
     };
     let sim = match mongosim::Sim::start_with(config).await {
         Ok(s) => s,

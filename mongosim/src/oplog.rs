@@ -40,10 +40,10 @@ pub struct Entry {
     pub db: String,
     pub coll: String,
     pub key: Option<Bson>,
-    /// Post-image (insert, replace, update).
-    pub doc: Option<Document>,
-    /// Pre-image (update, replace, delete).
-    pub pre: Option<Document>,
+    /// Post-image (insert, replace, update), encoded BSON.
+    pub doc: Option<Vec<u8>>,
+    /// Pre-image (update, replace, delete), encoded BSON.
+    pub pre: Option<Vec<u8>>,
     /// `updateDescription` for updates.
     pub upd: Option<Document>,
     /// `(lsid, txnNumber)` for writes of a committed transaction.
@@ -140,6 +140,37 @@ impl Oplog {
     }
 }
 
+/// Encode a document snapshot for the oplog (one contiguous buffer).
+pub fn encode(d: &Document) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    if d.to_writer(&mut out).is_err() {
+        out = vec![5, 0, 0, 0, 0];
+    }
+    out
+}
+
+/// Append an element holding an encoded document (type 3), array (type 4) or null (no
+/// bytes) to an encoded document, fixing its length.
+pub fn append_raw(buf: &mut Vec<u8>, key: &str, kind: u8, val: Option<&[u8]>) {
+    buf.pop();
+    match val {
+        Some(v) => {
+            buf.push(kind);
+            buf.extend_from_slice(key.as_bytes());
+            buf.push(0);
+            buf.extend_from_slice(v);
+        }
+        None => {
+            buf.push(0x0A);
+            buf.extend_from_slice(key.as_bytes());
+            buf.push(0);
+        }
+    }
+    buf.push(0);
+    let len = buf.len() as i32;
+    buf[0..4].copy_from_slice(&len.to_le_bytes());
+}
+
 /// Resume token of an event (or of an invalidate that follows entry `seq`).
 pub fn token(seq: u64, invalidate: bool) -> Document {
     let data = if invalidate {
@@ -152,7 +183,9 @@ pub fn token(seq: u64, invalidate: bool) -> Document {
 
 /// Decode a token: `(seq, is_invalidate)`.
 pub fn parse_token(tok: &Bson) -> Option<(u64, bool)> {
-    let Bson::Document(d) = tok else { return None };
+    let Bson::Document(d) = tok else {
+        return None;
+    };
     let data = d.get_str("_data").ok()?;
     let hex = data.strip_prefix("82")?;
     let seq = u64::from_str_radix(hex.get(..16)?, 16).ok()?;

@@ -9,7 +9,7 @@ use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::codec::{self, FLAG_MORE_TO_COME, Message};
-use crate::cursors::{self, Cursor};
+use crate::cursors::{self, Body, Cursor};
 use crate::state::{CmdError, SharedRef, State, code_name};
 use crate::{crud, failpoint, streams, topology, txn};
 
@@ -18,6 +18,7 @@ static CONN_IDS: AtomicU32 = AtomicU32::new(1);
 
 enum Outcome {
     Reply(Document),
+    Bytes(Vec<u8>),
     Close,
 }
 
@@ -99,12 +100,17 @@ async fn serve(shared: SharedRef, stream: TcpStream) {
         };
         match reply {
             Outcome::Close => break,
-            Outcome::Reply(doc) => {
+            reply @ (Outcome::Reply(_) | Outcome::Bytes(_)) => {
                 if more_to_come {
                     continue;
                 }
                 let id = REQUEST_IDS.fetch_add(1, Ordering::Relaxed);
-                let bytes = match codec::encode_reply(id, req, &doc) {
+                let encoded = match reply {
+                    Outcome::Reply(doc) => codec::encode_reply(id, req, &doc),
+                    Outcome::Bytes(b) => Ok(codec::encode_reply_bytes(id, req, &b)),
+                    Outcome::Close => continue,
+                };
+                let bytes = match encoded {
                     Ok(b) => b,
                     Err(e) => {
                         tracing::warn!(conn, error = %e, "mongosim: cannot encode reply");
@@ -169,6 +175,26 @@ fn reply(shared: &SharedRef, r: Result<Document, CmdError>) -> Outcome {
     Outcome::Reply(envelope_tv(&st, r, Some(shared.process_id)))
 }
 
+/// Finish a command result: documents get the envelope; stream batches are assembled as bytes.
+fn finish(st: &State, r: Result<Body, CmdError>, pid: bson::oid::ObjectId) -> Outcome {
+    match r {
+        Ok(Body::Doc(d)) => Outcome::Reply(envelope_tv(st, Ok(d), Some(pid))),
+        Ok(Body::Stream {
+            id,
+            ns,
+            batch,
+            first,
+            pbrt,
+        }) => {
+            let tail = envelope_tv(st, Ok(Document::new()), Some(pid));
+            Outcome::Bytes(cursors::stream_reply_bytes(
+                id, &ns, &batch, first, &pbrt, &tail,
+            ))
+        }
+        Err(e) => Outcome::Reply(envelope_tv(st, Err(e), Some(pid))),
+    }
+}
+
 async fn handle(shared: &SharedRef, conn: u32, app: &mut Option<String>, msg: Message) -> Outcome {
     let Message {
         body, sequences, ..
@@ -209,9 +235,23 @@ async fn handle(shared: &SharedRef, conn: u32, app: &mut Option<String>, msg: Me
         close_after = a.close_after;
     }
 
+    // Held by `Sim::stall` / `simStallGetMore` until released.
+    loop {
+        let mut rx = shared.changed.subscribe();
+        if !shared.lock().stalled.contains(&name) {
+            break;
+        }
+        let mut down = shared.shutdown.subscribe();
+        tokio::select! {
+            _ = rx.changed() => {}
+            _ = crate::state::until_shutdown(&mut down) => return Outcome::Close,
+        }
+    }
+
     let r = if name == "getMore" {
         let r = cursors::get_more(shared, &db, &body).await;
-        reply(shared, r)
+        let st = shared.lock();
+        finish(&st, r, shared.process_id)
     } else {
         let mut seq = sequences;
         let docs = if seq.is_empty() {
@@ -223,12 +263,12 @@ async fn handle(shared: &SharedRef, conn: u32, app: &mut Option<String>, msg: Me
         let before = st.oplog.last_seq;
         let r = run(shared, &mut st, &name, &db, &body, docs);
         let grew = st.oplog.last_seq != before;
-        let out = envelope_tv(&st, r, Some(shared.process_id));
+        let out = finish(&st, r, shared.process_id);
         drop(st);
         if grew {
             shared.notify();
         }
-        Outcome::Reply(out)
+        out
     };
     if close_after { Outcome::Close } else { r }
 }
@@ -249,7 +289,7 @@ async fn hello(shared: &SharedRef, conn: u32, body: &Document) -> Document {
             .get("maxAwaitTimeMS")
             .and_then(crate::order::as_f64)
             .unwrap_or(10_000.0);
-        let deadline = Instant::now() + Duration::from_millis(wait.max(0.0) as u64);
+        let deadline = Instant::now() + Duration::from_millis(wait.clamp(0.0, 86_400_000.0) as u64);
         loop {
             let mut rx = shared.changed.subscribe();
             {
@@ -282,7 +322,7 @@ fn run(
     db: &str,
     body: &Document,
     seq: Option<Vec<Document>>,
-) -> Result<Document, CmdError> {
+) -> Result<Body, CmdError> {
     if !st.topo.is_primary() {
         if PRIMARY_ONLY.contains(&name) {
             let mut e = CmdError::new(10107, "not primary");
@@ -303,12 +343,10 @@ fn run(
         (true, None) => txn::session_key(body).zip(txn::txn_number(body)),
         _ => None,
     };
-    if let Some(k) = &retry_key {
-        if let Some(prev) = st.retry_cache.get(k) {
-            let mut prev = prev.clone();
-            prev.insert("retriedStmtIds", Bson::Array(vec![]));
-            return Ok(prev);
-        }
+    if let Some(k) = &retry_key
+        && let Some(prev) = st.retry_cache.get(k)
+    {
+        return Ok(Body::Doc(prev.clone()));
     }
     let c = ctx.as_ref();
     let r = match name {
@@ -329,7 +367,7 @@ fn run(
         "findAndModify" | "findandmodify" => crud::find_and_modify(st, db, body, c),
         "find" => crud::find(st, db, body),
         "count" => crud::count(st, db, body),
-        "aggregate" => aggregate(st, db, body),
+        "aggregate" => return aggregate(st, db, body),
         "killCursors" => cursors::kill_cursors(st, body),
         "listCollections" => crud::list_collections(st, db, body),
         "listDatabases" => crud::list_databases(st, body),
@@ -356,12 +394,25 @@ fn run(
             st.oplog.enforce_window();
             Ok(doc! {"floor": st.oplog.floor as i64})
         }
+        "simStallGetMore" => {
+            if body.get_bool("on").unwrap_or(true) {
+                st.stalled.insert("getMore".into());
+            } else {
+                st.stalled.remove("getMore");
+                shared.notify();
+            }
+            Ok(Document::new())
+        }
         "simStepDown" => {
             let secs = body
                 .get("secs")
                 .and_then(crate::order::as_f64)
                 .unwrap_or(1.0);
-            crate::step_down_locked(shared, st, Duration::from_secs_f64(secs.max(0.0)));
+            crate::step_down_locked(
+                shared,
+                st,
+                Duration::from_secs_f64(secs.clamp(0.0, 86_400.0)),
+            );
             Ok(Document::new())
         }
         other => Err(CmdError::new(59, format!("no such command: '{other}'"))),
@@ -369,10 +420,10 @@ fn run(
     if let (Some(k), Ok(reply)) = (retry_key, &r) {
         st.retry_cache.insert(k, reply.clone());
     }
-    r
+    r.map(Body::Doc)
 }
 
-fn aggregate(st: &mut State, db: &str, body: &Document) -> Result<Document, CmdError> {
+fn aggregate(st: &mut State, db: &str, body: &Document) -> Result<Body, CmdError> {
     let pipeline = body
         .get_array("pipeline")
         .map_err(|_| CmdError::bad_value("aggregate needs a pipeline"))?;
@@ -385,7 +436,7 @@ fn aggregate(st: &mut State, db: &str, body: &Document) -> Result<Document, CmdE
                 "database-level aggregate supports only $changeStream in the simulator",
             ));
         }
-        return crud::aggregate(st, db, body, pipeline);
+        return crud::aggregate(st, db, body, pipeline).map(Body::Doc);
     }
     let target = body.get("aggregate").cloned().unwrap_or(Bson::Null);
     let mut cur = streams::open(st, db, &target, pipeline)?;
@@ -401,7 +452,7 @@ fn aggregate(st: &mut State, db: &str, body: &Document) -> Result<Document, CmdE
         None => format!("{db}.$cmd.aggregate"),
     };
     let events = streams::scan(st, &mut cur, batch, cursors::MAX_BATCH_BYTES)?;
-    let pbrt = streams::pbrt(&cur);
+    let pbrt = streams::pbrt(st, &cur);
     let id = if cur.invalidated {
         0
     } else {
@@ -415,5 +466,11 @@ fn aggregate(st: &mut State, db: &str, body: &Document) -> Result<Document, CmdE
         );
         id
     };
-    Ok(cursors::cursor_reply(id, &ns, events, true, Some(pbrt)))
+    Ok(Body::Stream {
+        id,
+        ns,
+        batch: events,
+        first: true,
+        pbrt,
+    })
 }

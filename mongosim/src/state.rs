@@ -170,6 +170,8 @@ pub struct State {
     pub retry_cache: HashMap<(Vec<u8>, i64), Document>,
     pub txns: HashMap<Vec<u8>, Txn>,
     pub log: Vec<LoggedCommand>,
+    /// Commands held before running until released (`Sim::stall`, `simStallGetMore`).
+    pub stalled: std::collections::HashSet<String>,
 }
 
 impl State {
@@ -178,8 +180,10 @@ impl State {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_secs() as u32)
             .unwrap_or(1_700_000_000);
-        let mut oplog = Oplog::default();
-        oplog.window = config.oplog_window;
+        let oplog = Oplog {
+            window: config.oplog_window,
+            ..Default::default()
+        };
         State {
             config,
             dbs: BTreeMap::new(),
@@ -196,6 +200,7 @@ impl State {
             retry_cache: HashMap::new(),
             txns: HashMap::new(),
             log: Vec::new(),
+            stalled: Default::default(),
         }
     }
 
@@ -229,18 +234,17 @@ impl State {
     /// Record a write: into the open transaction, or straight into the oplog.
     /// Returns true when the oplog grew (waiters must be woken).
     pub fn record(&mut self, mut e: Entry, txn: Option<&TxnCtx>, undo: Option<Undo>) -> bool {
-        if let Some(t) = txn {
-            if let Some(tx) = self
+        if let Some(t) = txn
+            && let Some(tx) = self
                 .txns
                 .get_mut(&t.session)
                 .filter(|tx| tx.number == t.number)
-            {
-                if let Some(u) = undo {
-                    tx.undo.push(u);
-                }
-                tx.pending.push(e);
-                return false;
+        {
+            if let Some(u) = undo {
+                tx.undo.push(u);
             }
+            tx.pending.push(e);
+            return false;
         }
         e.ts = self.tick();
         self.oplog.append(e);

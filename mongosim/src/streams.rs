@@ -4,7 +4,7 @@
 use bson::{Bson, Document, doc};
 
 use crate::filter;
-use crate::oplog::{Entry, Op, parse_token, token};
+use crate::oplog::{Entry, Op, append_raw, encode, parse_token, token};
 use crate::state::{CmdError, State};
 
 pub const HISTORY_LOST: &str =
@@ -91,10 +91,10 @@ pub fn open(
         }
         seq
     } else if let Some(Bson::Timestamp(t)) = opts.get("startAtOperationTime") {
-        if let Some(fts) = oplog.floor_ts {
-            if (t.time, t.increment) <= (fts.time, fts.increment) {
-                return Err(CmdError::new(286, HISTORY_LOST));
-            }
+        if let Some(fts) = oplog.floor_ts
+            && (t.time, t.increment) <= (fts.time, fts.increment)
+        {
+            return Err(CmdError::new(286, HISTORY_LOST));
         }
         oplog.position_at_time(*t)
     } else {
@@ -118,42 +118,14 @@ pub fn open(
     })
 }
 
-fn event(state: &State, cur: &StreamCursor, e: &Entry) -> Document {
+/// One event as encoded BSON. The images are spliced in as raw bytes (no re-encoding).
+fn event(state: &State, cur: &StreamCursor, e: &Entry) -> Vec<u8> {
     let mut ev = doc! {
-        "_id": token(e.seq, false),
+        "_id": with_type_bits(state, token(e.seq, false), e.seq),
         "operationType": e.op.name(),
         "clusterTime": e.ts,
         "wallTime": e.wall,
     };
-    match e.op {
-        Op::Insert | Op::Replace => {
-            ev.insert(
-                "fullDocument",
-                e.doc.clone().map(Bson::Document).unwrap_or(Bson::Null),
-            );
-        }
-        Op::Update => match cur.full_document.as_str() {
-            "updateLookup" => {
-                let cur_doc = e.key.as_ref().and_then(|k| {
-                    state
-                        .coll(&e.db, &e.coll)
-                        .and_then(|c| c.docs.get(&crate::order::Key(k.clone())))
-                });
-                ev.insert(
-                    "fullDocument",
-                    cur_doc.cloned().map(Bson::Document).unwrap_or(Bson::Null),
-                );
-            }
-            "whenAvailable" | "required" => {
-                ev.insert(
-                    "fullDocument",
-                    e.doc.clone().map(Bson::Document).unwrap_or(Bson::Null),
-                );
-            }
-            _ => {}
-        },
-        _ => {}
-    }
     if e.op == Op::DropDatabase {
         ev.insert("ns", doc! {"db": &e.db});
     } else {
@@ -168,24 +140,41 @@ fn event(state: &State, cur: &StreamCursor, e: &Entry) -> Document {
     if let Some(u) = &e.upd {
         ev.insert("updateDescription", u.clone());
     }
-    if matches!(e.op, Op::Update | Op::Replace | Op::Delete)
-        && matches!(cur.before_change.as_str(), "whenAvailable" | "required")
-    {
-        ev.insert(
-            "fullDocumentBeforeChange",
-            e.pre.clone().map(Bson::Document).unwrap_or(Bson::Null),
-        );
-    }
     if let Some((lsid, n)) = &e.txn {
         ev.insert("txnNumber", Bson::Int64(*n));
         ev.insert("lsid", lsid.clone());
     }
-    ev
+    let mut out = encode(&ev);
+    match e.op {
+        Op::Insert | Op::Replace => append_raw(&mut out, "fullDocument", 3, e.doc.as_deref()),
+        Op::Update => match cur.full_document.as_str() {
+            "updateLookup" => {
+                let now = e.key.as_ref().and_then(|k| {
+                    state
+                        .coll(&e.db, &e.coll)
+                        .and_then(|c| c.docs.get(&crate::order::Key(k.clone())))
+                        .map(encode)
+                });
+                append_raw(&mut out, "fullDocument", 3, now.as_deref());
+            }
+            "whenAvailable" | "required" => {
+                append_raw(&mut out, "fullDocument", 3, e.doc.as_deref())
+            }
+            _ => {}
+        },
+        _ => {}
+    }
+    if matches!(e.op, Op::Update | Op::Replace | Op::Delete)
+        && matches!(cur.before_change.as_str(), "whenAvailable" | "required")
+    {
+        append_raw(&mut out, "fullDocumentBeforeChange", 3, e.pre.as_deref());
+    }
+    out
 }
 
-fn invalidate_event(e: &Entry) -> Document {
+fn invalidate_event(state: &State, e: &Entry) -> Document {
     doc! {
-        "_id": token(e.seq, true),
+        "_id": with_type_bits(state, token(e.seq, true), e.seq),
         "operationType": "invalidate",
         "clusterTime": e.ts,
         "wallTime": e.wall,
@@ -211,7 +200,12 @@ fn relevance(cur: &StreamCursor, e: &Entry) -> (bool, bool) {
     }
 }
 
-fn apply_stages(stages: &[Document], mut ev: Document) -> Result<Option<Document>, CmdError> {
+fn apply_stages(stages: &[Document], raw: Vec<u8>) -> Result<Option<Vec<u8>>, CmdError> {
+    if stages.is_empty() {
+        return Ok(Some(raw));
+    }
+    let mut ev = Document::from_reader(&raw[..])
+        .map_err(|e| CmdError::new(1, format!("cannot decode event: {e}")))?;
     for st in stages {
         if let Ok(m) = st.get_document("$match") {
             if !filter::matches(&ev, m).map_err(|e| CmdError::bad_value(e.0))? {
@@ -240,7 +234,7 @@ fn apply_stages(stages: &[Document], mut ev: Document) -> Result<Option<Document
             }
         }
     }
-    Ok(Some(ev))
+    Ok(Some(encode(&ev)))
 }
 
 /// Scan forward from the cursor's position; at most `limit` events and about `max_bytes`.
@@ -250,7 +244,7 @@ pub fn scan(
     cur: &mut StreamCursor,
     limit: usize,
     max_bytes: usize,
-) -> Result<Vec<Document>, CmdError> {
+) -> Result<Vec<Vec<u8>>, CmdError> {
     let mut out = Vec::new();
     let mut bytes = 0usize;
     if cur.pos < state.oplog.floor {
@@ -263,20 +257,18 @@ pub fn scan(
         };
         cur.pos = next;
         let (relevant, invalidates) = relevance(cur, e);
-        if relevant {
-            if let Some(ev) = apply_stages(&cur.stages, event(state, cur, e))? {
-                if cur.full_document == "required" && e.op == Op::Update && e.doc.is_none() {
-                    return Err(CmdError::new(
-                        280,
-                        "Change stream was configured to require a post-image for all update events, but the post-image was not found",
-                    ));
-                }
-                bytes += crate::cursors::approx_size(&ev);
-                out.push(ev);
+        if relevant && let Some(ev) = apply_stages(&cur.stages, event(state, cur, e))? {
+            if cur.full_document == "required" && e.op == Op::Update && e.doc.is_none() {
+                return Err(CmdError::new(
+                    280,
+                    "Change stream was configured to require a post-image for all update events, but the post-image was not found",
+                ));
             }
+            bytes += ev.len();
+            out.push(ev);
         }
         if invalidates {
-            out.push(invalidate_event(e));
+            out.push(encode(&invalidate_event(state, e)));
             cur.invalidated = true;
         }
     }
@@ -284,6 +276,21 @@ pub fn scan(
 }
 
 /// The postBatchResumeToken after a scan.
-pub fn pbrt(cur: &StreamCursor) -> Document {
-    token(cur.pos, cur.invalidated)
+pub fn pbrt(state: &State, cur: &StreamCursor) -> Document {
+    with_type_bits(state, token(cur.pos, cur.invalidated), cur.pos)
+}
+
+/// With `SimConfig::token_type_bits`, odd positions carry `_typeBits` as real tokens
+/// sometimes do, so a consumer that keeps only `_data` is caught.
+fn with_type_bits(state: &State, mut t: Document, seq: u64) -> Document {
+    if state.config.token_type_bits && seq % 2 == 1 {
+        t.insert(
+            "_typeBits",
+            bson::Binary {
+                subtype: bson::spec::BinarySubtype::Generic,
+                bytes: vec![0x40],
+            },
+        );
+    }
+    t
 }

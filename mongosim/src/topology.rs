@@ -32,7 +32,7 @@ impl Topology {
     }
 
     pub fn step_down(&mut self, d: Duration) {
-        self.down_until = Some(Instant::now() + d);
+        self.down_until = Some(Instant::now() + d.min(Duration::from_secs(86_400)));
         self.counter += 1;
     }
 

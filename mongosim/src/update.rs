@@ -263,16 +263,14 @@ pub fn apply_ops(
             ));
         };
         for (path, arg) in fields {
-            if path == "_id" || path.starts_with("_id.") {
-                if op != "$setOnInsert" || !inserting {
-                    if op == "$set" && get_path(doc, path).is_some_and(|v| bson_eq(v, arg)) {
-                        continue;
-                    }
-                    return Err(err(
-                        66,
-                        "Performing an update on the path '_id' would modify the immutable field '_id'",
-                    ));
+            if (path == "_id" || path.starts_with("_id.")) && (op != "$setOnInsert" || !inserting) {
+                if op == "$set" && get_path(doc, path).is_some_and(|v| bson_eq(v, arg)) {
+                    continue;
                 }
+                return Err(err(
+                    66,
+                    "Performing an update on the path '_id' would modify the immutable field '_id'",
+                ));
             }
             let mut touched = true;
             match op.as_str() {
@@ -406,13 +404,13 @@ fn pull_matches(e: &Bson, cond: &Bson) -> Result<bool, UpdateError> {
 /// Replace `doc` with `replacement`, keeping `_id` first and unchanged.
 pub fn replace(doc: &Document, replacement: &Document) -> Result<Document, UpdateError> {
     let id = doc.get("_id").cloned().unwrap_or(Bson::Null);
-    if let Some(new_id) = replacement.get("_id") {
-        if !bson_eq(new_id, &id) {
-            return Err(err(
-                66,
-                "After applying the update, the (immutable) field '_id' was found to have been altered",
-            ));
-        }
+    if let Some(new_id) = replacement.get("_id")
+        && !bson_eq(new_id, &id)
+    {
+        return Err(err(
+            66,
+            "After applying the update, the (immutable) field '_id' was found to have been altered",
+        ));
     }
     let mut out = Document::new();
     out.insert("_id", id);
@@ -429,13 +427,13 @@ pub fn upsert_seed(filter: &Document) -> Document {
     let mut out = Document::new();
     for (k, v) in filter {
         if k.starts_with('$') {
-            if k == "$and" {
-                if let Bson::Array(a) = v {
-                    for f in a {
-                        if let Bson::Document(f) = f {
-                            for (k2, v2) in upsert_seed(f) {
-                                out.insert(k2, v2);
-                            }
+            if k == "$and"
+                && let Bson::Array(a) = v
+            {
+                for f in a {
+                    if let Bson::Document(f) = f {
+                        for (k2, v2) in upsert_seed(f) {
+                            out.insert(k2, v2);
                         }
                     }
                 }

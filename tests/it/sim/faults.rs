@@ -271,3 +271,32 @@ async fn driver_defect_surfaces_with_retry_reads_false() {
         assert_eq!(sim.commands_named("aggregate").len(), 2);
     }
 }
+
+#[tokio::test]
+async fn stalled_get_more_is_held_until_released() {
+    let m = TestMongo::start().await;
+    let sim = require_sim!(m, "holding replies from the test");
+    let c = m.db().collection::<Document>("items");
+    let mut s = c
+        .watch()
+        .max_await_time(Duration::from_millis(100))
+        .await
+        .unwrap()
+        .with_type::<Document>();
+    c.insert_one(doc! {"_id": 1}).await.unwrap();
+    let guard = sim.stall("getMore");
+    let t = Instant::now();
+    let waiter = tokio::spawn(async move {
+        let e = next_event(&mut s, WAIT).await;
+        (e, t.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiter.is_finished());
+    drop(guard);
+    let (e, took) = waiter.await.unwrap();
+    assert_eq!(
+        e.unwrap().get_document("documentKey").unwrap(),
+        &doc! {"_id": 1}
+    );
+    assert!(took >= Duration::from_millis(500));
+}

@@ -602,3 +602,43 @@ async fn malformed_messages_close_only_that_connection() {
     }
     m.db().run_command(doc! {"ping": 1}).await.unwrap();
 }
+
+#[tokio::test]
+async fn tokens_with_type_bits_resume_as_whole_documents() {
+    let m = TestMongo::start_with(mongosim::SimConfig {
+        token_type_bits: true,
+        ..Default::default()
+    })
+    .await;
+    let c = m.db().collection::<Document>("items");
+    let mut s = c
+        .watch()
+        .max_await_time(Duration::from_millis(100))
+        .await
+        .unwrap()
+        .with_type::<Document>();
+    c.insert_many((1..=4).map(|i| doc! {"_id": i}))
+        .await
+        .unwrap();
+    let mut evs = Vec::new();
+    for _ in 0..4 {
+        evs.push(next_event(&mut s, WAIT).await.unwrap());
+    }
+    if m.sim().is_some() {
+        assert!(
+            evs.iter()
+                .any(|e| e.get_document("_id").unwrap().contains_key("_typeBits"))
+        );
+    }
+    // Resuming from the whole token document (whatever it holds) continues after it.
+    let tok = token_of(&evs[1]);
+    let mut s2 = c
+        .watch()
+        .resume_after(tok)
+        .max_await_time(Duration::from_millis(100))
+        .await
+        .unwrap()
+        .with_type::<Document>();
+    let e = next_event(&mut s2, WAIT).await.unwrap();
+    assert_eq!(e.get_document("documentKey").unwrap(), &doc! {"_id": 3});
+}

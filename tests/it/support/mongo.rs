@@ -59,6 +59,51 @@ impl TestMongo {
         }
     }
 
+    /// Like `start`, with a simulator configuration (ignored against a real server).
+    pub async fn start_with(config: mongosim::SimConfig) -> TestMongo {
+        if std::env::var("MONGO_TEST_URI").is_ok_and(|u| !u.is_empty()) {
+            return TestMongo::start().await;
+        }
+        let db = super::unique_name("test").replace('-', "_");
+        let sim = mongosim::Sim::start_with(config)
+            .await
+            .expect("start mongosim");
+        let uri = sim.uri();
+        let client = Client::with_uri_str(with_options(&uri, &format!("appName={db}")))
+            .await
+            .expect("mongodb client");
+        TestMongo {
+            sim: Some(sim),
+            uri,
+            db,
+            client,
+        }
+    }
+
+    /// Load a mongodump folder (e.g. `support::fixtures("paving")`) into this test's
+    /// database: directly into the simulator (no change events), or through the driver on a
+    /// real server. Returns documents per collection.
+    pub async fn load_dump(&self, dir: &std::path::Path) -> mongosim::DumpCounts {
+        if let Some(sim) = &self.sim {
+            return sim.load_dump(&self.db, dir).expect("load dump");
+        }
+        let mut counts = mongosim::DumpCounts::new();
+        for (coll, docs) in mongosim::read_dump_documents(dir).expect("read dump") {
+            counts.insert(coll.clone(), docs.len());
+            let c = self.db().collection::<Document>(&coll);
+            if docs.is_empty() {
+                let _ = self.db().create_collection(&coll).await;
+                continue;
+            }
+            for chunk in docs.chunks(1000) {
+                c.insert_many(chunk.to_vec())
+                    .await
+                    .expect("insert dump documents");
+            }
+        }
+        counts
+    }
+
     /// The connection string (without the per-test appName).
     pub fn uri(&self) -> &str {
         &self.uri
