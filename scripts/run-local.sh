@@ -14,8 +14,10 @@ PIPELINE=${1:-pipeline/paving.toml}
 DUMP=${2:-}
 
 bash scripts/services.sh
-cargo build --release --workspace --bins
-BIN=target/release/bowmark-cdc
+PROFILE=${PROFILE:-release}   # PROFILE=dev for a quicker, slower-running build
+cargo build --profile "$PROFILE" --workspace --bins
+OUT=target/$([ "$PROFILE" = dev ] && echo debug || echo "$PROFILE")
+BIN=$OUT/bowmark-cdc
 "$BIN" validate "$PIPELINE"
 "$BIN" migrate --pipeline "$PIPELINE"
 
@@ -24,7 +26,7 @@ if [ -z "${MONGO_URI:-}" ]; then
   args=(--listen 127.0.0.1:27017 --replset rs0)
   [ -n "$DUMP" ] && args+=(--load-dump "$db=$DUMP")
   log=$(mktemp)
-  target/release/mongosim "${args[@]}" >"$log" 2>&1 &
+  "$OUT/mongosim" "${args[@]}" >"$log" 2>&1 &
   sim=$!
   trap 'kill $sim 2>/dev/null || true' EXIT
   for _ in $(seq 1 100); do grep -q '^mongodb://' "$log" && break; sleep 0.1; done
@@ -35,4 +37,8 @@ fi
 
 # Snapshot what MongoDB holds now, and hand over to the change stream without a gap.
 "$BIN" backfill --pipeline "$PIPELINE"
-"$BIN" run --pipeline "$PIPELINE" --role all
+"$BIN" run --pipeline "$PIPELINE" --role all &
+daemon=$!
+# Pass SIGTERM/SIGINT on to the daemon (graceful shutdown), then wait for its exit status.
+trap 'kill -TERM "$daemon" 2>/dev/null || true' INT TERM
+wait "$daemon" || wait "$daemon"

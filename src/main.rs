@@ -82,7 +82,12 @@ fn main() -> ExitCode {
             role,
             http_listen,
         } => run(&pipeline, RunOptions { role, http_listen }),
-        Command::Backfill { pipeline, .. } => not_yet("backfill", &pipeline),
+        Command::Backfill {
+            pipeline,
+            from_dump,
+            collections,
+            restart,
+        } => backfill(&pipeline, from_dump, collections, restart),
         Command::Verify { pipeline } => not_yet("verify", &pipeline),
         Command::Status { pipeline } => not_yet("status", &pipeline),
         Command::Reproject { pipeline } => not_yet("reproject", &pipeline),
@@ -126,6 +131,57 @@ fn run(pipeline: &std::path::Path, opts: RunOptions) -> ExitCode {
     }
 }
 
+/// `backfill`: run to completion; exit 0 only when every selected collection is complete.
+fn backfill(
+    pipeline: &std::path::Path,
+    from_dump: Option<PathBuf>,
+    collections: Vec<String>,
+    restart: bool,
+) -> ExitCode {
+    use bowmark_cdc::backfill::{BackfillOptions, run_backfill};
+    let settings = match Settings::from_file(pipeline) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("backfill: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("backfill: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    bowmark_cdc::metrics::describe();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let opts = BackfillOptions {
+        from_dump,
+        collections,
+        restart,
+        shutdown: shutdown.clone(),
+        ..BackfillOptions::default()
+    };
+    let result = runtime.block_on(async {
+        tokio::spawn(async move {
+            stop_signal().await;
+            tracing::warn!("stop requested: finishing the chunk in flight");
+            shutdown.cancel();
+        });
+        run_backfill(&settings, opts).await
+    });
+    match result {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("backfill failed: {:#}", anyhow::Error::new(e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
 /// `migrate`: apply the embedded migrations to the pipeline's PostgreSQL database, adopting a
 /// database the legacy dbmate migrations built.
 fn migrate(pipeline: &std::path::Path) -> ExitCode {
@@ -159,6 +215,29 @@ fn migrate(pipeline: &std::path::Path) -> ExitCode {
             );
             ExitCode::FAILURE
         }
+    }
+}
+
+/// SIGTERM (Kubernetes) or Ctrl-C.
+async fn stop_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

@@ -85,6 +85,15 @@ pub const BATCH_EVENTS_BUCKETS: [f64; 10] =
 
 // --- backfill --------------------------------------------------------------------------------
 
+/// Documents of a collection the backfill has completed (committed), including earlier runs
+/// of a resumed backfill (labels `pipeline`, `collection`).
+pub const BACKFILL_DOCUMENTS_DONE: &str = "cdc_backfill_documents_done";
+/// Documents of a collection to backfill: the dump's count, or the server's estimate.
+pub const BACKFILL_DOCUMENTS_TOTAL: &str = "cdc_backfill_documents_total";
+/// Documents the backfill read but did not project, by `reason` (`no_id`, `rejected`,
+/// `stale`).
+pub const BACKFILL_DOCUMENTS_SKIPPED_TOTAL: &str = "cdc_backfill_documents_skipped_total";
+
 /// Describe every metric once, so `/metrics` carries HELP lines.
 pub fn describe() {
     describe_capture();
@@ -205,4 +214,21 @@ fn describe_projector() {
     );
 }
 
-fn describe_backfill() {}
+fn describe_backfill() {
+    use metrics::{Unit, describe_counter, describe_gauge};
+    describe_gauge!(
+        BACKFILL_DOCUMENTS_DONE,
+        Unit::Count,
+        "Documents of a collection the backfill has committed"
+    );
+    describe_gauge!(
+        BACKFILL_DOCUMENTS_TOTAL,
+        Unit::Count,
+        "Documents of a collection to backfill (dump count or server estimate)"
+    );
+    describe_counter!(
+        BACKFILL_DOCUMENTS_SKIPPED_TOTAL,
+        Unit::Count,
+        "Documents the backfill read but did not project, by reason"
+    );
+}

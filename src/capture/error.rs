@@ -38,11 +38,16 @@ pub enum CaptureError {
         reason: StopReason,
     },
     #[error(
-        "pipeline {file}: history_lost = \"backfill\" is not implemented yet; the capture refuses \
-         to start with it. Set history_lost = \"fail\" (and run `bowmark-cdc backfill` by hand \
-         when the capture reports history loss)"
+        "change stream history of pipeline {pipeline} was lost and the re-snapshot \
+         (history_lost = \"backfill\") failed; run `bowmark-cdc backfill --pipeline {file} \
+         --restart` by hand, then start the capture again"
     )]
-    BackfillPolicyUnsupported { file: String },
+    Resnapshot {
+        pipeline: String,
+        file: String,
+        #[source]
+        source: Box<crate::backfill::BackfillError>,
+    },
     #[error("stored checkpoint of pipeline {pipeline} is not a resume token: {message}")]
     BadCheckpoint { pipeline: String, message: String },
     #[error("publishing to RabbitMQ failed: {0}")]
@@ -77,7 +82,7 @@ impl CaptureError {
             CaptureError::Malformed(_) => ErrorClass::Poison,
             CaptureError::HistoryLost { .. }
             | CaptureError::Invalidated { .. }
-            | CaptureError::BackfillPolicyUnsupported { .. }
+            | CaptureError::Resnapshot { .. }
             | CaptureError::BadCheckpoint { .. }
             | CaptureError::Config(_) => ErrorClass::Fatal,
         }
@@ -89,7 +94,8 @@ impl CaptureError {
             CaptureError::Mongo(_) | CaptureError::StreamEnded => "mongo",
             CaptureError::HistoryLost { .. } => "history_lost",
             CaptureError::Invalidated { .. } => "invalidated",
-            CaptureError::BackfillPolicyUnsupported { .. } | CaptureError::Config(_) => "config",
+            CaptureError::Resnapshot { .. } => "backfill",
+            CaptureError::Config(_) => "config",
             CaptureError::BadCheckpoint { .. } => "bad_checkpoint",
             CaptureError::Publish(PublishError::Nacked { .. }) => "nack",
             CaptureError::Publish(PublishError::Returned { .. }) => "returned",

@@ -19,6 +19,7 @@ mod stream;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
+use crate::backfill::{BackfillOptions, ProgressMode};
 use crate::retry::Backoff;
 use mongodb::Client;
 use mongodb::options::ClientOptions;
@@ -61,11 +62,6 @@ impl CaptureStage {
     /// `Ok`) or a fatal error stops the capture.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CaptureError> {
         let pipeline = &self.settings.pipeline;
-        if pipeline.history_lost == HistoryLostPolicy::Backfill {
-            return Err(self.fatal(CaptureError::BackfillPolicyUnsupported {
-                file: pipeline.file.display().to_string(),
-            }));
-        }
         let mongo = self.mongo_client().await.map_err(|e| self.fatal(e))?;
         let key = leader::lock_key(&pipeline.name);
         let mut backoff = new_backoff();
@@ -88,6 +84,18 @@ impl CaptureStage {
                         metrics::gauge!(m::CAPTURE_LEADER, m::LABEL_PIPELINE => pipeline.name.clone()).set(0.0);
                         return Ok(());
                     }
+                    Err(err @ CaptureError::HistoryLost { .. })
+                        if pipeline.history_lost == HistoryLostPolicy::Backfill =>
+                    {
+                        self.report(&err);
+                        match self.resnapshot(&shutdown).await {
+                            Ok(()) => backoff.reset(),
+                            // SIGTERM during the re-snapshot: its progress is kept; a restart
+                            // meets the lost history again and continues it.
+                            Err(_) if shutdown.is_cancelled() => break,
+                            Err(e) => return Err(self.fatal(e)),
+                        }
+                    }
                     Err(err) if err.class() != ErrorClass::Transient => return Err(self.fatal(err)),
                     Err(err) => {
                         self.report(&err);
@@ -107,6 +115,31 @@ impl CaptureStage {
         }
         self.health.set_state(Stage::Capture, RoleState::Stopping);
         Ok(())
+    }
+
+    /// History lost under policy `backfill`: re-snapshot every watched collection through the
+    /// backfill, which stores its pre-scan position as the checkpoint; tailing then resumes
+    /// from there, so nothing between the lost history and now is missed.
+    async fn resnapshot(&self, shutdown: &CancellationToken) -> Result<(), CaptureError> {
+        let p = &self.settings.pipeline;
+        tracing::warn!(pipeline = %p.name, "change stream history lost: re-snapshotting with the backfill (history_lost = \"backfill\"), then streaming from its position");
+        let opts = BackfillOptions {
+            restart: true,
+            progress: ProgressMode::Log,
+            shutdown: shutdown.clone(),
+            ..BackfillOptions::default()
+        };
+        match crate::backfill::run_backfill(&self.settings, opts).await {
+            Ok(_) => {
+                tracing::info!(pipeline = %p.name, "re-snapshot complete: resuming the change stream");
+                Ok(())
+            }
+            Err(source) => Err(CaptureError::Resnapshot {
+                pipeline: p.name.clone(),
+                file: p.file.display().to_string(),
+                source: Box::new(source),
+            }),
+        }
     }
 
     /// The tailing client: `retryReads=false` so a failed resume reaches us (see module docs).

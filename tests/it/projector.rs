@@ -1058,3 +1058,118 @@ async fn legacy_sync_messages_beside_the_daemon_are_acknowledged_not_dead_letter
     .await;
     assert_eq!(rig.depth(&rig.pipeline.dead_letter_queue).await, 0);
 }
+
+#[tokio::test]
+async fn streaming_a_workload_equals_backfilling_its_final_state() {
+    // Given MongoDB (the simulator) and the daemon with both roles on database A
+    let sim = mongosim::Sim::start().await;
+    let rig = Rig::new().await;
+    let mut daemon = {
+        let mut child_env = support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri()));
+        child_env.push(("CDC_HTTP_LISTEN".into(), "127.0.0.1:0".into()));
+        Daemon::spawn(&["--role", "all"], child_env)
+    };
+    eventually("/readyz with both roles active", WAIT, || async {
+        (daemon.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    // When a generated Bow-Mark workload is written, then edited: a rate change, a rename, a
+    // deleted work item, a child detached from its report, a deleted invoice
+    let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
+    let db = mongo.database(&rig.pipeline.mongo_database);
+    let workload = crate::backfill::workload::Workload::generate(
+        11,
+        crate::backfill::workload::Shape::small(12),
+    );
+    workload.insert(&db).await.expect("insert workload");
+    let coll = |c: &str| db.collection::<bson::Document>(c);
+    let first = |c: &'static str| {
+        let coll = coll(c);
+        async move { coll.find_one(bson::doc! {}).await.unwrap().expect(c) }
+    };
+    let employee = first("employees").await;
+    coll("employees")
+        .update_one(
+            bson::doc! {"_id": employee.get("_id").unwrap()},
+            bson::doc! {"$set": {"name": "Renamed"}, "$push": {"rates": {
+                "_id": bson::oid::ObjectId::new(), "date": bson::DateTime::from_millis(0), "rate": 99}}},
+        )
+        .await
+        .unwrap();
+    let work = first("employeeworks").await;
+    coll("employeeworks")
+        .delete_one(bson::doc! {"_id": work.get("_id").unwrap()})
+        .await
+        .unwrap();
+    let report = coll("dailyreports")
+        .find_one(bson::doc! {"vehicleWork.0": {"$exists": true}})
+        .await
+        .unwrap()
+        .expect("a report with vehicle work");
+    let detached = report.get_array("vehicleWork").unwrap()[0].clone();
+    coll("dailyreports")
+        .update_one(
+            bson::doc! {"_id": report.get("_id").unwrap()},
+            bson::doc! {"$pull": {"vehicleWork": detached.clone()}},
+        )
+        .await
+        .unwrap();
+    let invoice = first("invoices").await;
+    coll("invoices")
+        .delete_one(bson::doc! {"_id": invoice.get("_id").unwrap()})
+        .await
+        .unwrap();
+    // (a marker written last: once it is projected, everything before it is)
+    coll("companies")
+        .insert_one(bson::doc! {"_id": bson::oid::ObjectId::new(), "name": "zz-marker"})
+        .await
+        .unwrap();
+    eventually("the marker in the streamed database", WAIT, || async {
+        let n = rig
+            .count("SELECT count(*) FROM dim_company WHERE name = 'zz-marker'")
+            .await;
+        (n == 1).then_some(())
+    })
+    .await;
+    daemon.signal("-TERM");
+    assert!(
+        daemon.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        daemon.log()
+    );
+
+    // And the final MongoDB state is backfilled into a fresh database B
+    let fresh = support::migrated_db().await;
+    let pipeline = support::project_root().join("pipeline/paving.toml");
+    let env = support::child_env(&fresh, None, Some(&sim.uri()));
+    // (blocking on the child in the blocking pool: the simulator runs on this test's runtime)
+    let out = tokio::task::spawn_blocking(move || {
+        support::cdc_bin()
+            .arg("backfill")
+            .arg("--pipeline")
+            .arg(pipeline)
+            .envs(env)
+            .output()
+            .expect("run bowmark-cdc backfill")
+    })
+    .await
+    .unwrap();
+    crate::backfill::assert_success(&out);
+
+    // Then both hold the same star rows (the streamed one may also keep archived rows of the
+    // deleted and detached documents, never live ones)
+    let streamed = crate::project::law::star_of(&rig.pg).await;
+    let backfilled = crate::project::law::star_of(&fresh.client().await).await;
+    assert!(
+        backfilled["fact_employee_work"].len() > 10,
+        "the workload produced facts"
+    );
+    if let Err(diff) = crate::project::law::compare(&streamed, &backfilled) {
+        panic!("stream and backfill differ: {diff}");
+    }
+    let detached_hex = detached.as_object_id().unwrap().to_hex();
+    assert!(
+        !backfilled["fact_vehicle_work"].contains_key(&detached_hex),
+        "the detached vehicle work has no row in a fresh backfill"
+    );
+}

@@ -156,14 +156,59 @@ async fn history_lost_under_policy_fail_stops_with_the_recovery_command() {
 }
 
 #[tokio::test]
-async fn policy_backfill_is_refused_at_start() {
+async fn history_lost_under_policy_backfill_resnapshots_and_keeps_streaming() {
+    // Given a capture with history_lost = "backfill" that stored a checkpoint and stopped
     let mut fx = Fixture::new("paving").await;
     fx.settings.pipeline.history_lost = HistoryLostPolicy::Backfill;
-    let run = fx.spawn(Health::default());
-    let err = run.handle.await.unwrap().expect_err("refused");
-    assert_eq!(err.class(), ErrorClass::Fatal);
-    assert!(err.to_string().contains("not implemented"), "{err}");
-    assert!(fx.checkpoint().await.is_none(), "nothing was tailed");
+    let mut tap = Tap::new(&fx.vhost, &["#"]).await;
+    let run = fx.start().await;
+    fx.coll("crews")
+        .insert_one(doc! {"_id": oid(1), "name": "Before", "type": "Base"})
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    run.stop().await;
+    // When a write lands while it is down and the oplog then loses that history
+    fx.coll("crews")
+        .insert_one(doc! {"_id": oid(2), "name": "Lost", "type": "Paving"})
+        .await
+        .unwrap();
+    let Some(sim) = fx.m.sim() else {
+        eprintln!("SKIP: losing oplog history needs the simulator");
+        return;
+    };
+    sim.truncate_oplog();
+    let before = fx.checkpoint().await;
+    let run = fx.start().await;
+    // Then the capture re-snapshots: the write made during the lost history reaches the
+    // reporting tables through the backfill, and the checkpoint moves past the lost stretch
+    let pg = fx.db.client().await;
+    crate::support::eventually("the lost write in dim_crew", WAIT, || async {
+        let n: i64 = pg
+            .query_one("SELECT count(*) FROM dim_crew WHERE name = 'Lost'", &[])
+            .await
+            .unwrap()
+            .get(0);
+        (n == 1).then_some(())
+    })
+    .await;
+    crate::support::eventually("a new checkpoint", WAIT, || async {
+        let now = fx.checkpoint().await;
+        (now.is_some() && now != before).then_some(())
+    })
+    .await;
+    // And it keeps streaming: a later write is published
+    fx.coll("crews")
+        .insert_one(doc! {"_id": oid(3), "name": "After", "type": "Base"})
+        .await
+        .unwrap();
+    let want = oid(3).to_hex();
+    tap.until("the write after the re-snapshot", |g| {
+        g.iter().any(|d| d.event.key == want)
+    })
+    .await;
+    assert!(!run.handle.is_finished(), "the capture is still running");
+    run.stop().await;
 }
 
 #[tokio::test]

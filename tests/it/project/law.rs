@@ -217,7 +217,7 @@ fn history(writes: &[Write]) -> Vec<SourceDoc> {
 }
 
 /// Star rows by table: natural key -> (canonical content, archived).
-type Star = BTreeMap<String, BTreeMap<String, (String, bool)>>;
+pub type Star = BTreeMap<String, BTreeMap<String, (String, bool)>>;
 
 const TABLES: [&str; 18] = [
     "dim_employee",
@@ -241,26 +241,33 @@ const TABLES: [&str; 18] = [
 ];
 
 async fn star(h: &Harness) -> Star {
+    star_of(&h.client).await
+}
+
+/// Every star row of a database by natural key (foreign keys mapped to the referenced
+/// `mongo_id`, surrogate ids and `synced_at` dropped), with whether the row is archived.
+pub async fn star_of(client: &tokio_postgres::Client) -> Star {
+    let rows = |sql: String| async move {
+        client
+            .query(&sql, &[])
+            .await
+            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
+    };
     let mut ids: BTreeMap<String, String> = BTreeMap::new();
     for t in TABLES
         .iter()
         .filter(|t| t.starts_with("dim_") && !t.ends_with("_rate"))
     {
-        for r in h
-            .rows(&format!("SELECT id::text, mongo_id FROM {t}"), &[])
-            .await
-        {
+        for r in rows(format!("SELECT id::text, mongo_id FROM {t}")).await {
             ids.insert(r.get(0), r.get(1));
         }
     }
     let mut out = Star::new();
     for t in TABLES {
-        let rows = h
-            .rows(
-                &format!("SELECT (to_jsonb(x) - 'id' - 'synced_at')::text FROM {t} x"),
-                &[],
-            )
-            .await;
+        let rows = rows(format!(
+            "SELECT (to_jsonb(x) - 'id' - 'synced_at')::text FROM {t} x"
+        ))
+        .await;
         let table = out.entry(t.to_string()).or_default();
         for r in &rows {
             let mut v: Value = serde_json::from_str(&r.get::<_, String>(0)).expect("row json");
@@ -290,7 +297,9 @@ async fn star(h: &Harness) -> Star {
     out
 }
 
-fn compare(streamed: &Star, fresh: &Star) -> Result<(), String> {
+/// The law: every fresh row is in the streamed database with the same content, and the streamed
+/// database holds no other live row (archived rows of deleted or detached documents are allowed).
+pub fn compare(streamed: &Star, fresh: &Star) -> Result<(), String> {
     for (t, rows) in fresh {
         let s = &streamed[t];
         for (k, (c, _)) in rows {

@@ -7,7 +7,7 @@ pub mod seed;
 mod checklist;
 mod departures;
 mod gaps;
-mod law;
+pub mod law;
 mod propagation;
 
 use bowmark_cdc::config::Pipeline;

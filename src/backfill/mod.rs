@@ -1,0 +1,922 @@
+//! The backfill stage (DESIGN §8): load every watched collection from a live MongoDB or a
+//! mongodump folder through the same mirror and derivation code as streamed events
+//! ([`crate::project::apply`]), in chunks, one PostgreSQL transaction per chunk.
+//!
+//! - **Order**: dimension collections first, then invoices, daily reports and their children.
+//!   The derivation does not depend on it; it only avoids recomputation.
+//! - **Versions**: dump documents carry [`Version::ZERO`] (older than any streamed event);
+//!   live documents carry the cluster time read before the scan. The version guard
+//!   ([`Guard::NewerOrEqual`]) lets streamed changes win, so a backfill and the daemon may run
+//!   against one database at once.
+//! - **Resumable**: each chunk's transaction also advances that collection's checkpoint
+//!   (`cdc.backfill_progress`: last `_id` or dump byte offset); a killed run continues from
+//!   the last committed chunk, `--restart` starts over. An advisory lock keeps two backfills of
+//!   one pipeline apart.
+//! - **Handoff** (live source): the change-stream position is recorded before scanning and,
+//!   once every watched collection is complete, stored as the capture checkpoint unless that is
+//!   already newer. Mirror documents a full scan no longer finds were deleted before the scan:
+//!   they are tombstoned, so deletes in a lost stretch of history are not missed. A dump source
+//!   leaves `cdc.checkpoint` alone and says so.
+
+mod dump;
+mod mongo;
+mod progress;
+mod store;
+mod summary;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+
+use bson::{Bson, Document};
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+use tokio_postgres::{Client, Transaction};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{ConfigError, Pipeline, Settings};
+use crate::event::{Entity, Version};
+use crate::metrics as m;
+use crate::project::{self, ErrorClass, Guard, ProjectError, SourceDoc};
+
+pub use dump::DumpError;
+pub use progress::ProgressMode;
+pub use store::{SourceKind, StreamPosition};
+pub use summary::{BackfillSummary, CheckpointOutcome, CollectionStatus, CollectionSummary};
+
+use store::{ResumeAt, Run};
+
+/// Chunks read ahead of the one being projected (bounds memory).
+const READ_AHEAD: usize = 1;
+/// Attempts for a chunk that fails transiently (serialization failure, deadlock).
+const CHUNK_ATTEMPTS: u32 = 5;
+const RETRY_BASE: Duration = Duration::from_millis(200);
+/// How long to wait for another backfill's lock before giving up.
+const LOCK_WAIT: Duration = Duration::from_secs(10);
+
+/// What to backfill and how.
+#[derive(Debug, Clone, Default)]
+pub struct BackfillOptions {
+    /// Read this mongodump folder instead of MongoDB (`MONGO_URI`).
+    pub from_dump: Option<PathBuf>,
+    /// Only these watched collections (empty: all).
+    pub collections: Vec<String>,
+    /// Forget earlier progress and start over.
+    pub restart: bool,
+    pub progress: ProgressMode,
+    /// Cancelled on SIGTERM: the run stops after the chunk in flight commits.
+    pub shutdown: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum BackfillError {
+    #[error(
+        "unknown collection {name:?}: pipeline {pipeline} watches {watched} \
+         (see [mongo.collections] in {file})"
+    )]
+    UnknownCollection {
+        name: String,
+        pipeline: String,
+        watched: String,
+        file: String,
+    },
+    #[error("configuration")]
+    Config(#[source] ConfigError),
+    #[error("cannot connect to PostgreSQL database {database}")]
+    Connect {
+        database: String,
+        #[source]
+        source: tokio_postgres::Error,
+    },
+    #[error("PostgreSQL")]
+    Postgres(#[source] tokio_postgres::Error),
+    #[error(
+        "database {database} has no cdc backfill tables: run `bowmark-cdc migrate --pipeline …` first"
+    )]
+    NotMigrated { database: String },
+    #[error(
+        "another backfill of pipeline {pipeline} is running against this database (advisory lock \
+         held); wait for it to finish or stop it"
+    )]
+    Locked { pipeline: String },
+    #[error(
+        "pipeline {pipeline} has an unfinished backfill from {was}; this run reads {now}. Run it \
+         again with the same source to resume, or pass --restart to start over"
+    )]
+    SourceChanged {
+        pipeline: String,
+        was: String,
+        now: String,
+    },
+    #[error("MongoDB")]
+    Mongo(#[source] mongodb::error::Error),
+    #[error("MongoDB did not report an operationTime (is it a replica set?)")]
+    NoClusterTime,
+    #[error("MongoDB did not return a change-stream resume token (is it a replica set?)")]
+    NoResumeToken,
+    #[error("the backfill checkpoint of {collection} holds an unreadable _id; use --restart")]
+    BadCheckpoint { collection: String },
+    #[error("cannot read the dump folder {dir}")]
+    DumpDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("dump")]
+    Dump(#[source] DumpError),
+    #[error("projection")]
+    Project(#[source] ProjectError),
+    #[error("interrupted")]
+    Interrupted,
+    #[error(
+        "collection {collection} stopped after {done} of {total} documents; run the same command \
+         again to continue from there"
+    )]
+    Collection {
+        collection: String,
+        done: u64,
+        total: String,
+        #[source]
+        source: Box<BackfillError>,
+    },
+}
+
+impl From<tokio_postgres::Error> for BackfillError {
+    fn from(e: tokio_postgres::Error) -> Self {
+        BackfillError::Postgres(e)
+    }
+}
+
+/// The version and wall time stamped on every document of a run.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DocStamp {
+    pub version: Version,
+    pub wall_time: DateTime<Utc>,
+}
+
+/// A chunk of one collection as read from the source, and where it ends.
+pub(crate) struct Chunk {
+    pub docs: Vec<SourceDoc>,
+    /// Documents read (projected or not).
+    pub read: u64,
+    /// Documents without an `_id` (skipped).
+    pub no_id: u64,
+    pub at: ResumeAt,
+}
+
+impl Chunk {
+    pub fn new(at: ResumeAt) -> Chunk {
+        Chunk {
+            docs: Vec::new(),
+            read: 0,
+            no_id: 0,
+            at,
+        }
+    }
+
+    /// Add a raw document as a source state (relaxed extended JSON).
+    pub fn push(&mut self, entity: Entity, mut d: Document, stamp: &DocStamp) {
+        self.read += 1;
+        let key = match d.get("_id") {
+            Some(Bson::ObjectId(oid)) => oid.to_hex(),
+            Some(Bson::String(s)) => s.clone(),
+            Some(other) => other.clone().into_relaxed_extjson().to_string(),
+            None => {
+                self.no_id += 1;
+                return;
+            }
+        };
+        let doc = Bson::Document(std::mem::take(&mut d)).into_relaxed_extjson();
+        self.docs.push(SourceDoc {
+            entity,
+            key,
+            version: stamp.version,
+            wall_time: stamp.wall_time,
+            doc: Some(doc),
+            deleted: false,
+        });
+    }
+}
+
+/// Backfill order rank: dimensions, then invoices, daily reports, then their children.
+fn rank(e: Entity) -> u8 {
+    match e {
+        Entity::Company => 0,
+        Entity::Material => 1,
+        Entity::Crew => 2,
+        Entity::Employee => 3,
+        Entity::Vehicle => 4,
+        Entity::Jobsite => 5,
+        Entity::JobsiteMaterial => 6,
+        Entity::System => 7,
+        Entity::Invoice => 8,
+        Entity::DailyReport => 9,
+        Entity::EmployeeWork => 10,
+        Entity::VehicleWork => 11,
+        Entity::MaterialShipment => 12,
+        Entity::Production => 13,
+    }
+}
+
+/// The collections to backfill, in backfill order; `names` (empty: all) must be watched.
+pub fn select(p: &Pipeline, names: &[String]) -> Result<Vec<(String, Entity)>, BackfillError> {
+    let mut out: Vec<(String, Entity)> = Vec::new();
+    for n in names.iter().map(|n| n.trim()).filter(|n| !n.is_empty()) {
+        let Some(e) = p.entity_of(n) else {
+            return Err(BackfillError::UnknownCollection {
+                name: n.to_string(),
+                pipeline: p.name.clone(),
+                watched: p.collections.keys().cloned().collect::<Vec<_>>().join(", "),
+                file: p.file.display().to_string(),
+            });
+        };
+        if !out.iter().any(|(c, _)| c == n) {
+            out.push((n.to_string(), e));
+        }
+    }
+    if out.is_empty() {
+        out = p.collections.iter().map(|(c, e)| (c.clone(), *e)).collect();
+    }
+    out.sort_by_key(|(c, e)| (rank(*e), c.clone()));
+    Ok(out)
+}
+
+/// Where this run reads from.
+enum Source {
+    Dump(PathBuf),
+    Mongo { scan: mongodb::Client },
+}
+
+impl Source {
+    fn kind(&self) -> SourceKind {
+        match self {
+            Source::Dump(_) => SourceKind::Dump,
+            Source::Mongo { .. } => SourceKind::Mongo,
+        }
+    }
+}
+
+/// Run a backfill to completion: `Ok` only when every selected collection is complete
+/// (a dump's missing collections count as complete and are reported).
+///
+/// An unfinished earlier run of the same source is continued (with its recorded position);
+/// a finished one is replaced by a new run. Callers recovering from lost change-stream
+/// history (the capture's `history_lost = "backfill"` policy) must pass `restart: true`, so
+/// the position handed off is taken now rather than inherited from an old, unfinished run.
+pub async fn run_backfill(
+    settings: &Settings,
+    opts: BackfillOptions,
+) -> Result<BackfillSummary, BackfillError> {
+    let started = Instant::now();
+    let p = &settings.pipeline;
+    let selected = select(p, &opts.collections)?;
+    let mut client = connect_pg(settings).await?;
+    if !store::schema_present(&client).await? {
+        return Err(BackfillError::NotMigrated {
+            database: settings.postgres.database.clone(),
+        });
+    }
+    lock(&client, &p.name).await?;
+    if opts.restart {
+        store::reset(&client, &p.name).await?;
+        tracing::info!(pipeline = %p.name, "--restart: earlier backfill progress forgotten");
+    }
+    let (source, source_name, stream_client) = match &opts.from_dump {
+        Some(dir) => {
+            std::fs::read_dir(dir).map_err(|source| BackfillError::DumpDir {
+                dir: dir.clone(),
+                source,
+            })?;
+            (Source::Dump(dir.clone()), dir.display().to_string(), None)
+        }
+        None => {
+            let uri = settings.mongo_uri.expose();
+            let scan = mongo::connect(uri, true).await?;
+            let stream = mongo::connect(uri, false).await?;
+            (
+                Source::Mongo { scan },
+                p.mongo_database.clone(),
+                Some(stream),
+            )
+        }
+    };
+    let run = prepare_run(&client, p, &source, &source_name, stream_client.as_ref()).await?;
+    if source.kind() == SourceKind::Dump {
+        tracing::info!(pipeline = %p.name, "dump source: cdc.checkpoint will be left alone \
+            (a dump has no change-stream position)");
+    }
+    let stamp = DocStamp {
+        version: run
+            .position
+            .as_ref()
+            .map(|pos| Version {
+                cluster_time: pos.cluster_time,
+                ordinal: 0,
+            })
+            .unwrap_or(Version::ZERO),
+        wall_time: run.started_at,
+    };
+    let mut job = Job {
+        pipeline: p,
+        client: &mut client,
+        source: &source,
+        stamp,
+        position: run.position.clone(),
+        shutdown: opts.shutdown.clone(),
+        progress: progress::Progress::new(&p.name, opts.progress),
+    };
+    let mut collections = Vec::new();
+    let mut earlier = store::load_progress(job.client, &p.name).await?;
+    for (coll, entity) in &selected {
+        let prev = earlier.remove(coll);
+        match job.collection(coll, *entity, prev).await {
+            Ok(s) => collections.push(s),
+            Err(e) => {
+                job.progress.clear();
+                return Err(e);
+            }
+        }
+    }
+    job.progress.clear();
+    let checkpoint = job.hand_off().await?;
+    tracing::info!(pipeline = %p.name, outcome = %checkpoint, "backfill complete");
+    Ok(BackfillSummary {
+        pipeline: p.name.clone(),
+        source: source.kind(),
+        source_name,
+        collections,
+        checkpoint,
+        duration: started.elapsed(),
+    })
+}
+
+/// Take the pipeline's backfill lock, waiting up to [`LOCK_WAIT`]: the session of a killed
+/// backfill holds it until PostgreSQL notices the dead connection.
+async fn lock(client: &Client, pipeline: &str) -> Result<(), BackfillError> {
+    let deadline = Instant::now() + LOCK_WAIT;
+    let mut logged = false;
+    while !store::try_lock(client, pipeline).await? {
+        if Instant::now() >= deadline {
+            return Err(BackfillError::Locked {
+                pipeline: pipeline.to_string(),
+            });
+        }
+        if !logged {
+            tracing::info!(
+                pipeline,
+                wait_secs = LOCK_WAIT.as_secs(),
+                "another backfill of this pipeline holds the lock; waiting"
+            );
+            logged = true;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
+}
+
+async fn connect_pg(settings: &Settings) -> Result<Client, BackfillError> {
+    let cfg = settings
+        .postgres
+        .pg_config()
+        .map_err(BackfillError::Config)?;
+    let (client, conn) =
+        cfg.connect(tokio_postgres::NoTls)
+            .await
+            .map_err(|source| BackfillError::Connect {
+                database: settings.postgres.database.clone(),
+                source,
+            })?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::error!(error = %e, "PostgreSQL connection closed");
+        }
+    });
+    // The projection's `CREATE TEMP TABLE IF NOT EXISTS` notices are noise in a Job's log.
+    client
+        .batch_execute("SET client_min_messages TO warning")
+        .await?;
+    Ok(client)
+}
+
+/// Continue the pipeline's unfinished run from the same source, or start a new one (taking
+/// the change-stream position first for a live source).
+async fn prepare_run(
+    client: &Client,
+    p: &Pipeline,
+    source: &Source,
+    source_name: &str,
+    stream_client: Option<&mongodb::Client>,
+) -> Result<Run, BackfillError> {
+    let describe = |kind: &str, name: &str| format!("{kind} {name}");
+    if let Some(run) = store::load_run(client, &p.name).await? {
+        if run.finished {
+            // The last backfill completed: this invocation is a new one.
+            store::reset(client, &p.name).await?;
+        } else if run.source != source.kind().as_str() || run.source_name != source_name {
+            return Err(BackfillError::SourceChanged {
+                pipeline: p.name.clone(),
+                was: describe(&run.source, &run.source_name),
+                now: describe(source.kind().as_str(), source_name),
+            });
+        } else {
+            tracing::info!(pipeline = %p.name, source = %run.source,
+                started_at = %run.started_at,
+                "continuing the unfinished backfill started earlier (--restart starts over)");
+            return Ok(run);
+        }
+    }
+    let position = match stream_client {
+        Some(c) => Some(mongo::position(c, &p.mongo_database).await?),
+        None => None,
+    };
+    if let Some(pos) = &position {
+        tracing::info!(pipeline = %p.name, cluster_time_t = pos.cluster_time.t,
+            cluster_time_i = pos.cluster_time.i, "change-stream position recorded before the scan");
+    }
+    let started_at = store::start_run(
+        client,
+        &p.name,
+        source.kind(),
+        source_name,
+        position.as_ref(),
+    )
+    .await?;
+    Ok(Run {
+        source: source.kind().as_str().to_string(),
+        source_name: source_name.to_string(),
+        position,
+        started_at,
+        finished: false,
+    })
+}
+
+/// One run in progress.
+struct Job<'a> {
+    pipeline: &'a Pipeline,
+    client: &'a mut Client,
+    source: &'a Source,
+    stamp: DocStamp,
+    position: Option<StreamPosition>,
+    shutdown: CancellationToken,
+    progress: progress::Progress,
+}
+
+impl Job<'_> {
+    /// Backfill one collection from its checkpoint (if any) to the end.
+    async fn collection(
+        &mut self,
+        coll: &str,
+        entity: Entity,
+        prev: Option<store::Progress>,
+    ) -> Result<CollectionSummary, BackfillError> {
+        let started = Instant::now();
+        let name = self.pipeline.name.clone();
+        if let Some(prev) = prev.as_ref().filter(|p| p.status == "complete") {
+            let mut s = CollectionSummary::new(coll, entity, CollectionStatus::AlreadyComplete);
+            s.resumed_from = prev.docs_done;
+            s.done = prev.docs_done;
+            s.total = prev.docs_total;
+            return Ok(s);
+        }
+        let mut cum = prev.unwrap_or_default();
+        let (rx, total) = match self.open(coll, entity, &cum).await? {
+            Opened::Missing(reason) => {
+                store::begin_collection(self.client, &name, coll, "missing", Some(0)).await?;
+                tracing::warn!(pipeline = %name, collection = coll, reason,
+                    "collection has no data in the dump: nothing to backfill");
+                let mut s = CollectionSummary::new(coll, entity, CollectionStatus::Missing(reason));
+                s.total = Some(0);
+                return Ok(s);
+            }
+            Opened::Reading { rx, total } => (rx, total),
+        };
+        store::begin_collection(self.client, &name, coll, "running", Some(total)).await?;
+        cum.docs_total = Some(total);
+        let mut s = CollectionSummary::new(coll, entity, CollectionStatus::Complete);
+        s.resumed_from = cum.docs_done;
+        self.progress.start(coll, cum.docs_done, Some(total));
+        let result = self.drain(coll, rx, &mut cum, &mut s).await;
+        if let Err(e) = result {
+            self.progress.finish(coll, "stopped");
+            return Err(BackfillError::Collection {
+                collection: coll.to_string(),
+                done: cum.docs_done,
+                total: total.to_string(),
+                source: Box::new(e),
+            });
+        }
+        if let Some(pos) = self.position.clone() {
+            s.vanished = self.tombstone_vanished(coll, entity, &pos, &mut s).await?;
+        }
+        store::complete_collection(self.client, &name, coll).await?;
+        self.progress.finish(coll, "complete");
+        s.done = cum.docs_done;
+        s.total = Some(total.max(cum.docs_done));
+        s.duration = started.elapsed();
+        Ok(s)
+    }
+
+    /// Start reading a collection after its checkpoint.
+    async fn open(
+        &self,
+        coll: &str,
+        entity: Entity,
+        cum: &store::Progress,
+    ) -> Result<Opened, BackfillError> {
+        let chunk = self.pipeline.backfill.chunk_size;
+        let (tx, rx) = mpsc::channel(READ_AHEAD);
+        let stamp = self.stamp;
+        match self.source {
+            Source::Dump(dir) => {
+                let file = match dump::locate(dir, coll).map_err(BackfillError::Dump)? {
+                    dump::DumpEntry::Missing { reason } => return Ok(Opened::Missing(reason)),
+                    dump::DumpEntry::Data(f) => f,
+                };
+                let offset = cum.byte_offset;
+                let done = cum.docs_done;
+                let (reader, remaining) = tokio::task::spawn_blocking(move || {
+                    let mut r = dump::DumpReader::open(&file, offset)?;
+                    let n = r.count_remaining()?;
+                    Ok::<_, DumpError>((r, n))
+                })
+                .await
+                .map_err(|_| BackfillError::Interrupted)?
+                .map_err(BackfillError::Dump)?;
+                tokio::task::spawn_blocking(move || {
+                    dump::produce(reader, entity, chunk, stamp, tx)
+                });
+                Ok(Opened::Reading {
+                    rx,
+                    total: done + remaining,
+                })
+            }
+            Source::Mongo { scan } => {
+                let c = scan
+                    .database(&self.pipeline.mongo_database)
+                    .collection::<Document>(coll);
+                let total = mongo::estimated_count(&c).await?.max(cum.docs_done);
+                tokio::spawn(mongo::scan(
+                    c,
+                    entity,
+                    chunk,
+                    cum.last_id.clone(),
+                    stamp,
+                    tx,
+                ));
+                Ok(Opened::Reading { rx, total })
+            }
+        }
+    }
+
+    /// Project every chunk the reader sends, committing each with its checkpoint.
+    async fn drain(
+        &mut self,
+        coll: &str,
+        mut rx: mpsc::Receiver<Result<Chunk, BackfillError>>,
+        cum: &mut store::Progress,
+        s: &mut CollectionSummary,
+    ) -> Result<(), BackfillError> {
+        loop {
+            let next = tokio::select! {
+                biased;
+                _ = self.shutdown.cancelled() => return Err(BackfillError::Interrupted),
+                c = rx.recv() => c,
+            };
+            match next {
+                None => return Ok(()),
+                Some(Err(e)) => return Err(e),
+                Some(Ok(chunk)) => self.commit_chunk(coll, chunk, cum, s).await?,
+            }
+            self.progress.advance(coll, cum.docs_done);
+        }
+    }
+
+    /// One transaction: project the chunk (isolating rejected documents) and advance the
+    /// collection's checkpoint. Transient failures retry the whole chunk.
+    async fn commit_chunk(
+        &mut self,
+        coll: &str,
+        chunk: Chunk,
+        cum: &mut store::Progress,
+        s: &mut CollectionSummary,
+    ) -> Result<(), BackfillError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let tx = self.client.transaction().await?;
+            match project_chunk(tx, self.pipeline, coll, &chunk, cum).await {
+                Ok(outcome) => {
+                    self.account(coll, &chunk, outcome, cum, s);
+                    return Ok(());
+                }
+                Err(e)
+                    if attempt < CHUNK_ATTEMPTS
+                        && e.class() == ErrorClass::Transient
+                        && !self.client.is_closed() =>
+                {
+                    tracing::warn!(collection = coll, attempt, error = %e,
+                        "chunk failed transiently; retrying");
+                    tokio::time::sleep(RETRY_BASE * 2u32.pow(attempt)).await;
+                }
+                Err(e) => return Err(BackfillError::Project(e)),
+            }
+        }
+    }
+
+    /// Fold a committed chunk into the checkpoint copy, the summary and the metrics.
+    fn account(
+        &self,
+        coll: &str,
+        chunk: &Chunk,
+        outcome: Outcome,
+        cum: &mut store::Progress,
+        s: &mut CollectionSummary,
+    ) {
+        outcome.add_to(chunk, cum);
+        s.read += chunk.read;
+        let mut skip = |reason: &'static str, n: u64| {
+            if n > 0 {
+                *s.skipped.entry(reason).or_default() += n;
+                metrics::counter!(m::BACKFILL_DOCUMENTS_SKIPPED_TOTAL,
+                    m::LABEL_PIPELINE => self.pipeline.name.clone(),
+                    m::LABEL_COLLECTION => coll.to_string(), m::LABEL_REASON => reason)
+                .increment(n);
+            }
+        };
+        skip("no_id", chunk.no_id);
+        skip("stale", outcome.stats.stale);
+        skip("rejected", outcome.rejected.len() as u64);
+        for (t, n) in &outcome.stats.rows_written {
+            *s.rows_written.entry((*t).to_string()).or_default() += n;
+        }
+        for r in outcome.rejected {
+            tracing::warn!(collection = coll, key = %r.0, reason = %r.1,
+                "document rejected by PostgreSQL; skipped");
+            if s.rejected.len() < summary::MAX_REJECTED_EXAMPLES {
+                s.rejected.push(r);
+            }
+        }
+    }
+
+    /// After a full live scan: mirror documents of the entity older than the pre-scan
+    /// position were not seen, so MongoDB no longer has them. Tombstone them.
+    async fn tombstone_vanished(
+        &mut self,
+        coll: &str,
+        entity: Entity,
+        pos: &StreamPosition,
+        s: &mut CollectionSummary,
+    ) -> Result<u64, BackfillError> {
+        let keys = store::vanished_keys(self.client, entity.as_str(), pos.cluster_time).await?;
+        let mut n = 0;
+        for part in keys.chunks(self.pipeline.backfill.chunk_size) {
+            let docs: Vec<SourceDoc> = part
+                .iter()
+                .map(|k| SourceDoc {
+                    entity,
+                    key: k.clone(),
+                    version: self.stamp.version,
+                    wall_time: self.stamp.wall_time,
+                    doc: None,
+                    deleted: true,
+                })
+                .collect();
+            let tx = self.client.transaction().await?;
+            let stats = project::apply(&tx, self.pipeline, &docs, Guard::NewerOrEqual)
+                .await
+                .map_err(BackfillError::Project)?;
+            tx.commit().await?;
+            n += stats.applied;
+            for (t, c) in &stats.rows_written {
+                *s.rows_written.entry((*t).to_string()).or_default() += c;
+            }
+        }
+        if n > 0 {
+            tracing::info!(
+                collection = coll,
+                documents = n,
+                "mirror documents no longer in MongoDB marked deleted"
+            );
+        }
+        Ok(n)
+    }
+
+    /// Store the pre-scan position as the capture checkpoint once every watched collection is
+    /// complete under this run.
+    async fn hand_off(&mut self) -> Result<CheckpointOutcome, BackfillError> {
+        let name = self.pipeline.name.clone();
+        let progress = store::load_progress(self.client, &name).await?;
+        let not_yet: Vec<String> = self
+            .pipeline
+            .collections
+            .keys()
+            .filter(|c| {
+                progress
+                    .get(*c)
+                    .is_none_or(|p| p.status != "complete" && p.status != "missing")
+            })
+            .cloned()
+            .collect();
+        let Some(pos) = self.position.clone() else {
+            if not_yet.is_empty() {
+                store::finish_run(self.client, &name, false).await?;
+            }
+            return Ok(CheckpointOutcome::DumpLeftAlone);
+        };
+        if !not_yet.is_empty() {
+            return Ok(CheckpointOutcome::Deferred { not_yet });
+        }
+        let outcome = match store::hand_off(self.client, &name, &pos).await? {
+            store::Handoff::Stored(ct) => CheckpointOutcome::Stored(ct),
+            store::Handoff::KeptNewer(stored) => CheckpointOutcome::KeptNewer {
+                stored,
+                pre_scan: pos.cluster_time,
+            },
+        };
+        store::finish_run(self.client, &name, true).await?;
+        Ok(outcome)
+    }
+}
+
+/// Project a chunk and record its checkpoint in `tx`, then commit.
+async fn project_chunk(
+    mut tx: Transaction<'_>,
+    pipeline: &Pipeline,
+    coll: &str,
+    chunk: &Chunk,
+    cum: &store::Progress,
+) -> Result<Outcome, ProjectError> {
+    let outcome = apply_isolating(&mut tx, pipeline, &chunk.docs).await?;
+    let mut next = cum.clone();
+    outcome.add_to(chunk, &mut next);
+    let pg = |source| ProjectError::Postgres {
+        step: "backfill checkpoint",
+        source,
+    };
+    store::record_chunk(&tx, &pipeline.name, coll, &chunk.at, &next)
+        .await
+        .map_err(pg)?;
+    tx.commit().await.map_err(pg)?;
+    Ok(outcome)
+}
+
+enum Opened {
+    Missing(&'static str),
+    Reading {
+        rx: mpsc::Receiver<Result<Chunk, BackfillError>>,
+        total: u64,
+    },
+}
+
+/// What projecting one chunk did.
+#[derive(Debug, Default)]
+struct Outcome {
+    stats: project::ApplyStats,
+    /// Documents PostgreSQL rejected: `_id` and reason.
+    rejected: Vec<(String, String)>,
+}
+
+impl Outcome {
+    fn merge(&mut self, other: Outcome) {
+        self.stats.applied += other.stats.applied;
+        self.stats.stale += other.stats.stale;
+        for (t, n) in other.stats.rows_written {
+            *self.stats.rows_written.entry(t).or_default() += n;
+        }
+        self.rejected.extend(other.rejected);
+    }
+
+    /// Add this chunk to a collection's cumulative checkpoint figures.
+    fn add_to(&self, chunk: &Chunk, p: &mut store::Progress) {
+        p.docs_done += chunk.read;
+        p.docs_skipped += chunk.no_id + self.stats.stale + self.rejected.len() as u64;
+        for (t, n) in &self.stats.rows_written {
+            *p.rows_written.entry((*t).to_string()).or_default() += n;
+        }
+        match &chunk.at {
+            ResumeAt::LastId(v) => p.last_id = Some(v.clone()),
+            ResumeAt::Offset(o) => p.byte_offset = *o,
+        }
+    }
+}
+
+type BoxFut<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Project `docs` inside a savepoint; when PostgreSQL rejects the data (a poison error),
+/// bisect to isolate the documents it rejects and project the rest.
+fn apply_isolating<'a, 'b: 'a>(
+    tx: &'a mut Transaction<'b>,
+    pipeline: &'a Pipeline,
+    docs: &'a [SourceDoc],
+) -> BoxFut<'a, Result<Outcome, ProjectError>> {
+    Box::pin(async move {
+        let pg = |source| ProjectError::Postgres {
+            step: "savepoint",
+            source,
+        };
+        let sp = tx.savepoint("backfill_chunk").await.map_err(pg)?;
+        match project::apply(&sp, pipeline, docs, Guard::NewerOrEqual).await {
+            Ok(stats) => {
+                sp.commit().await.map_err(pg)?;
+                Ok(Outcome {
+                    stats,
+                    rejected: Vec::new(),
+                })
+            }
+            Err(e) if e.class() == ErrorClass::Poison => {
+                sp.rollback().await.map_err(pg)?;
+                if let [one] = docs {
+                    return Ok(Outcome {
+                        stats: project::ApplyStats::default(),
+                        rejected: vec![(one.key.clone(), reason(&e))],
+                    });
+                }
+                let (a, b) = docs.split_at(docs.len() / 2);
+                let mut out = apply_isolating(tx, pipeline, a).await?;
+                out.merge(apply_isolating(tx, pipeline, b).await?);
+                Ok(out)
+            }
+            Err(e) => Err(e),
+        }
+    })
+}
+
+/// A short reason for a rejected document: the step and PostgreSQL's message (no values).
+fn reason(e: &ProjectError) -> String {
+    match e {
+        ProjectError::Postgres { step, source } => match source.as_db_error() {
+            Some(db) => format!("{step}: {} ({})", db.message(), db.code().code()),
+            None => format!("{step}: {source}"),
+        },
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline() -> Pipeline {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        Pipeline::load(&root.join("pipeline/paving.toml")).unwrap()
+    }
+
+    #[test]
+    fn dimensions_come_first_then_invoices_reports_and_children() {
+        let order: Vec<String> = select(&pipeline(), &[])
+            .unwrap()
+            .into_iter()
+            .map(|c| c.0)
+            .collect();
+        assert_eq!(
+            order,
+            [
+                "companies",
+                "materials",
+                "crews",
+                "employees",
+                "vehicles",
+                "jobsites",
+                "jobsiteMaterials",
+                "systems",
+                "invoices",
+                "dailyreports",
+                "employeeworks",
+                "vehicleworks",
+                "materialshipments",
+                "productions"
+            ]
+        );
+    }
+
+    #[test]
+    fn an_unknown_collection_is_named_in_the_error() {
+        let e = select(&pipeline(), &["invoices".into(), "employes".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("\"employes\""), "{e}");
+        assert!(e.contains("employees"), "{e}");
+        let picked = select(&pipeline(), &["productions".into(), "crews".into()]).unwrap();
+        assert_eq!(picked[0].0, "crews");
+    }
+
+    #[test]
+    fn a_chunk_keys_documents_by_hex_id_and_skips_those_without_one() {
+        let stamp = DocStamp {
+            version: Version::ZERO,
+            wall_time: Utc::now(),
+        };
+        let oid = bson::oid::ObjectId::new();
+        let mut c = Chunk::new(ResumeAt::Offset(0));
+        c.push(
+            Entity::Crew,
+            bson::doc! {"_id": oid, "name": "Base"},
+            &stamp,
+        );
+        c.push(Entity::Crew, bson::doc! {"name": "no id"}, &stamp);
+        assert_eq!((c.read, c.no_id, c.docs.len()), (2, 1, 1));
+        assert_eq!(c.docs[0].key, oid.to_hex());
+        assert_eq!(c.docs[0].doc.as_ref().unwrap()["_id"]["$oid"], oid.to_hex());
+    }
+}

@@ -1,0 +1,216 @@
+//! `backfill --from-dump`: the legacy dev dumps, corrupt files, unknown collections.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use bson::Document;
+
+use super::{assert_success, count, run_cli, temp_pipeline, text};
+use crate::support;
+
+/// Documents in a dump's `<coll>.bson` (0 when absent).
+fn dump_docs(dir: &Path, coll: &str) -> Vec<Document> {
+    let Ok(bytes) = std::fs::read(dir.join(format!("{coll}.bson"))) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        let n = i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+        out.push(Document::from_reader(&bytes[at..at + n]).expect("fixture document"));
+        at += n;
+    }
+    out
+}
+
+/// Jobsite materials some jobsite's `materials[]` claims (the others have no jobsite, so no
+/// `dim_jobsite_material` row: its `jobsite_id` is NOT NULL).
+fn claimed_jobsite_materials(dir: &Path) -> usize {
+    let claimed: BTreeSet<_> = dump_docs(dir, "jobsites")
+        .iter()
+        .flat_map(|j| j.get_array("materials").cloned().unwrap_or_default())
+        .map(|id| id.to_string())
+        .collect();
+    dump_docs(dir, "jobsiteMaterials")
+        .iter()
+        .filter(|m| {
+            m.get("_id")
+                .is_some_and(|id| claimed.contains(&id.to_string()))
+        })
+        .count()
+}
+
+/// Given the legacy dev dump of a business line, when it is backfilled through the real
+/// binary, then it exits 0, reports the collections without data, and every dimension
+/// document has its row and the jobsite-linked invoices their facts.
+async fn backfill_fixture(tenant: &str, invoices: i64) {
+    let Some(dir) = support::fixtures(tenant) else {
+        return;
+    };
+    let db = support::migrated_db().await;
+    let out = run_cli(
+        &db,
+        &support::project_root()
+            .join("pipeline")
+            .join(format!("{tenant}.toml")),
+        None,
+        &["--from-dump", dir.to_str().unwrap()],
+    );
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    let expected_missing: Vec<&str> = match tenant {
+        "paving" => vec![
+            "dailyreports",
+            "employeeworks",
+            "vehicleworks",
+            "materialshipments",
+        ],
+        _ => vec!["dailyreports", "employeeworks"],
+    };
+    for coll in &expected_missing {
+        assert!(
+            stdout.contains(&format!("missing in the source: {coll} (no .bson file")),
+            "{coll} not reported missing:\n{stdout}"
+        );
+    }
+    assert!(stdout.contains("cdc.checkpoint) left alone"), "{stdout}");
+    let c = db.client().await;
+    for (table, coll) in [
+        ("dim_company", "companies"),
+        ("dim_employee", "employees"),
+        ("dim_vehicle", "vehicles"),
+        ("dim_jobsite", "jobsites"),
+        ("dim_material", "materials"),
+        ("dim_crew", "crews"),
+    ] {
+        let want = dump_docs(&dir, coll).len() as i64;
+        assert!(want > 0, "fixture {coll} is empty");
+        let got = count(&c, &format!("SELECT count(*) FROM {table}")).await;
+        assert_eq!(got, want, "{table} rows vs {coll} documents");
+    }
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM dim_jobsite_material").await,
+        claimed_jobsite_materials(&dir) as i64,
+        "dim_jobsite_material: one row per jobsite material a jobsite claims"
+    );
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM fact_invoice").await,
+        invoices
+    );
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM cdc.checkpoint").await,
+        0,
+        "a dump leaves the capture checkpoint alone"
+    );
+    let incomplete = count(
+        &c,
+        "SELECT count(*) FROM cdc.backfill_progress WHERE status NOT IN ('complete', 'missing')",
+    )
+    .await;
+    assert_eq!(incomplete, 0);
+}
+
+#[tokio::test]
+async fn paving_dev_dump_gives_every_dimension_row_and_6238_invoice_facts() {
+    backfill_fixture("paving", 6_238).await;
+}
+
+#[tokio::test]
+async fn concrete_dev_dump_gives_every_dimension_row_and_4314_invoice_facts() {
+    backfill_fixture("concrete", 4_314).await;
+}
+
+/// Byte offsets at which each document of a `.bson` file starts.
+fn starts(bytes: &[u8]) -> Vec<usize> {
+    let mut v = Vec::new();
+    let mut at = 0;
+    while at + 4 <= bytes.len() {
+        v.push(at);
+        at += i32::from_le_bytes(bytes[at..at + 4].try_into().unwrap()) as usize;
+    }
+    v
+}
+
+/// Given a dump whose invoices.bson was cut short (or garbled) in its 11th document, when it
+/// is backfilled, then the run fails naming the file and that document's byte offset.
+#[tokio::test]
+async fn a_truncated_or_garbled_bson_fails_naming_the_file_and_byte_offset() {
+    let Some(fixtures) = support::fixtures("paving") else {
+        return;
+    };
+    let db = support::migrated_db().await;
+    let pipeline = support::project_root().join("pipeline/paving.toml");
+    let bytes = std::fs::read(fixtures.join("invoices.bson")).expect("fixture");
+    let at = starts(&bytes);
+    let broken_doc = at[10];
+
+    let cut = tempfile::tempdir().unwrap();
+    std::fs::write(cut.path().join("invoices.bson"), &bytes[..broken_doc + 20]).unwrap();
+    let out = run_cli(
+        &db,
+        &pipeline,
+        None,
+        &[
+            "--from-dump",
+            cut.path().to_str().unwrap(),
+            "--collections",
+            "invoices",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("invoices.bson"), "{err}");
+    assert!(
+        err.contains(&format!("truncated at byte offset {broken_doc}")),
+        "{err}"
+    );
+
+    let garbled = tempfile::tempdir().unwrap();
+    let mut g = bytes.clone();
+    g[broken_doc + 4] = 0x7f; // not a BSON element type
+    std::fs::write(garbled.path().join("invoices.bson"), &g).unwrap();
+    let out = run_cli(
+        &db,
+        &pipeline,
+        None,
+        &[
+            "--from-dump",
+            garbled.path().to_str().unwrap(),
+            "--collections",
+            "invoices",
+            "--restart",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("invoices.bson"), "{err}");
+    assert!(
+        err.contains(&format!("corrupt document at byte offset {broken_doc}")),
+        "{err}"
+    );
+    assert!(err.contains("run the same command again"), "{err}");
+}
+
+/// Given `--collections` naming a collection the pipeline does not watch, then the run fails
+/// before touching anything and names it.
+#[tokio::test]
+async fn an_unknown_collection_is_named() {
+    let db = support::migrated_db().await;
+    let p = temp_pipeline("paving", None, None);
+    let out = run_cli(
+        &db,
+        &p.path,
+        None,
+        &[
+            "--from-dump",
+            "/nonexistent",
+            "--collections",
+            "invoices,employes",
+        ],
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(err.contains("unknown collection \"employes\""), "{err}");
+    let c = db.client().await;
+    assert_eq!(count(&c, "SELECT count(*) FROM cdc.backfill_run").await, 0);
+}

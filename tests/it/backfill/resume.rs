@@ -1,0 +1,247 @@
+//! Killed and resumed, restarted, and locked backfills.
+
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::{assert_success, content, count, resumed_and_read, run_cli, temp_pipeline, text};
+use crate::support::{self, TestDb};
+
+const COLLECTIONS: &str = "companies,jobsites,invoices";
+
+/// Start the backfill of the paving dump (tiny chunks) as a child process.
+fn spawn(db: &TestDb, pipeline: &std::path::Path, dump: &str) -> std::process::Child {
+    let mut cmd = support::cdc_bin();
+    cmd.args(["backfill", "--pipeline"])
+        .arg(pipeline)
+        .args(["--from-dump", dump, "--collections", COLLECTIONS])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    for (k, v) in support::child_env(db, None, None) {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("spawn backfill")
+}
+
+/// Wait until PostgreSQL has noticed the killed backfill's connection (its advisory lock is
+/// gone), so the next run does not race the dead session's last statement.
+async fn released(c: &tokio_postgres::Client) {
+    support::eventually(
+        "the killed backfill's lock released",
+        Duration::from_secs(60),
+        || async {
+            let n = count(
+                c,
+                "SELECT count(*) FROM pg_locks l JOIN pg_database d ON d.oid = l.database \
+             WHERE l.locktype = 'advisory' AND d.datname = current_database()",
+            )
+            .await;
+            (n == 0).then_some(())
+        },
+    )
+    .await;
+}
+
+/// Invoices completed so far by the running backfill.
+async fn invoices_done(c: &tokio_postgres::Client) -> Option<i64> {
+    c.query_opt(
+        "SELECT docs_done FROM cdc.backfill_progress \
+         WHERE collection = 'invoices' AND status = 'running'",
+        &[],
+    )
+    .await
+    .ok()
+    .flatten()
+    .map(|r| r.get(0))
+}
+
+/// Given a backfill killed (SIGKILL) in the middle of the invoices, when it is started again,
+/// then it continues from the last committed chunk (the summary shows where it resumed and
+/// reads only the rest), and the database equals an uninterrupted run's. `--restart` then
+/// starts over from zero and changes nothing.
+#[tokio::test]
+async fn a_killed_backfill_continues_from_its_last_chunk_and_equals_an_uninterrupted_run() {
+    let Some(dir) = support::fixtures("paving") else {
+        return;
+    };
+    let dump = dir.to_str().unwrap();
+    let p = temp_pipeline("paving", None, Some(100));
+
+    let killed = support::migrated_db().await;
+    let c = killed.client().await;
+    let mut child = spawn(&killed, &p.path, dump);
+    let done_at_kill =
+        support::eventually("invoices half way", Duration::from_secs(120), || async {
+            invoices_done(&c).await.filter(|n| *n >= 1000)
+        })
+        .await;
+    child.kill().expect("kill");
+    let _ = child.wait();
+    released(&c).await;
+    let after_kill = invoices_done(&c)
+        .await
+        .expect("invoices still running after the kill");
+    assert!(
+        after_kill >= done_at_kill && after_kill < 6_867,
+        "{after_kill}"
+    );
+
+    let out = run_cli(
+        &killed,
+        &p.path,
+        None,
+        &["--from-dump", dump, "--collections", COLLECTIONS],
+    );
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    let (resumed, read) = resumed_and_read(&stdout, "invoices");
+    assert_eq!(
+        resumed as i64, after_kill,
+        "resumed where the kill left it:\n{stdout}"
+    );
+    assert_eq!(resumed + read, 6_867, "{stdout}");
+    assert!(
+        stdout
+            .lines()
+            .any(|l| l.starts_with("companies") && l.contains("earlier run")),
+        "companies were complete before the kill:\n{stdout}"
+    );
+
+    let whole = support::migrated_db().await;
+    let out = run_cli(
+        &whole,
+        &p.path,
+        None,
+        &["--from-dump", dump, "--collections", COLLECTIONS],
+    );
+    assert_success(&out);
+    let w = whole.client().await;
+    assert_eq!(count(&c, "SELECT count(*) FROM fact_invoice").await, 6_238);
+    assert_eq!(
+        content(&c).await,
+        content(&w).await,
+        "resumed run differs from an uninterrupted one"
+    );
+
+    let out = run_cli(
+        &killed,
+        &p.path,
+        None,
+        &[
+            "--from-dump",
+            dump,
+            "--collections",
+            COLLECTIONS,
+            "--restart",
+        ],
+    );
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        resumed_and_read(&stdout, "invoices"),
+        (0, 6_867),
+        "{stdout}"
+    );
+    assert_eq!(resumed_and_read(&stdout, "companies"), (0, 377), "{stdout}");
+    assert_eq!(
+        count(
+            &c,
+            "SELECT docs_done FROM cdc.backfill_progress WHERE collection = 'invoices'"
+        )
+        .await,
+        6_867
+    );
+    assert_eq!(
+        content(&c).await,
+        content(&w).await,
+        "--restart changed the result"
+    );
+}
+
+/// Given a backfill of a pipeline in progress, when a second one starts on the same database,
+/// then it refuses with a clear message instead of running alongside; and a finished backfill
+/// run again without --restart has nothing left to do.
+#[tokio::test]
+async fn a_second_backfill_of_the_same_pipeline_is_refused_while_one_runs() {
+    let Some(dir) = support::fixtures("paving") else {
+        return;
+    };
+    let dump = dir.to_str().unwrap();
+    let p = temp_pipeline("paving", None, Some(10));
+    let db = support::migrated_db().await;
+    let c = db.client().await;
+    let mut first = spawn(&db, &p.path, dump);
+    support::eventually(
+        "first backfill running",
+        Duration::from_secs(60),
+        || async {
+            (count(
+                &c,
+                "SELECT count(*) FROM cdc.backfill_progress WHERE status = 'running'",
+            )
+            .await
+                > 0)
+            .then_some(())
+        },
+    )
+    .await;
+    let out = run_cli(
+        &db,
+        &p.path,
+        None,
+        &["--from-dump", dump, "--collections", COLLECTIONS],
+    );
+    let still_running = first.try_wait().expect("try_wait").is_none();
+    let _ = first.kill();
+    let _ = first.wait();
+    assert!(
+        still_running,
+        "the first backfill ended before the second started"
+    );
+    assert!(!out.status.success());
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("another backfill of pipeline paving is running"),
+        "{err}"
+    );
+
+    // The killed first run is resumed to the end; a further run finds everything complete.
+    assert_success(&run_cli(
+        &db,
+        &p.path,
+        None,
+        &["--from-dump", dump, "--collections", COLLECTIONS],
+    ));
+    let out = run_cli(
+        &db,
+        &p.path,
+        None,
+        &["--from-dump", dump, "--collections", COLLECTIONS],
+    );
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        resumed_and_read(&stdout, "invoices"),
+        (6_867, 0),
+        "{stdout}"
+    );
+
+    // A different source while progress exists is refused unless --restart.
+    let other = tempfile::tempdir().unwrap();
+    let out = run_cli(
+        &db,
+        &p.path,
+        None,
+        &[
+            "--from-dump",
+            other.path().to_str().unwrap(),
+            "--collections",
+            COLLECTIONS,
+        ],
+    );
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("--restart"),
+        "{}",
+        text(&out.stderr)
+    );
+}
