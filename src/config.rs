@@ -596,13 +596,14 @@ impl Settings {
                 .unwrap_or_else(|| pipeline.vhost.clone()),
             url: env.get("RABBITMQ_URL").map(Secret::new),
         };
-        if let Some(url) = &rabbitmq.url {
-            if !url.expose().starts_with("amqp://") && !url.expose().starts_with("amqps://") {
-                return Err(ConfigError::Env {
-                    name: "RABBITMQ_URL".into(),
-                    message: "must start with amqp:// or amqps://".into(),
-                });
-            }
+        if let Some(url) = &rabbitmq.url
+            && !url.expose().starts_with("amqp://")
+            && !url.expose().starts_with("amqps://")
+        {
+            return Err(ConfigError::Env {
+                name: "RABBITMQ_URL".into(),
+                message: "must start with amqp:// or amqps://".into(),
+            });
         }
         let mongo_uri = Secret::new(
             env.get("MONGO_URI")
