@@ -98,6 +98,26 @@ pub fn insert_one(
     Ok(id)
 }
 
+/// A write command's statements: the OP_MSG kind-1 sequence when the driver sent one, else
+/// the embedded array `field`.
+fn statements(
+    cmd: &Document,
+    seq: Option<Vec<Document>>,
+    command: &str,
+    field: &str,
+) -> Result<Vec<Document>, CmdError> {
+    if let Some(docs) = seq {
+        return Ok(docs);
+    }
+    let arr = cmd
+        .get_array(field)
+        .map_err(|_| CmdError::bad_value(format!("{command} needs '{field}'")))?;
+    Ok(arr
+        .iter()
+        .filter_map(|b| b.as_document().cloned())
+        .collect())
+}
+
 pub fn insert(
     st: &mut State,
     db: &str,
@@ -106,15 +126,7 @@ pub fn insert(
     txn: Option<&TxnCtx>,
 ) -> Result<Document, CmdError> {
     let coll = coll_name(cmd, "insert")?.to_string();
-    let docs: Vec<Document> = match seq {
-        Some(d) => d,
-        None => cmd
-            .get_array("documents")
-            .map_err(|_| CmdError::bad_value("insert needs 'documents'"))?
-            .iter()
-            .filter_map(|b| b.as_document().cloned())
-            .collect(),
-    };
+    let docs = statements(cmd, seq, "insert", "documents")?;
     let ordered = cmd.get_bool("ordered").unwrap_or(true);
     st.coll_mut(db, &coll);
     let mut n = 0;
@@ -266,15 +278,7 @@ pub fn update(
     txn: Option<&TxnCtx>,
 ) -> Result<Document, CmdError> {
     let coll = coll_name(cmd, "update")?.to_string();
-    let stmts: Vec<Document> = match seq {
-        Some(d) => d,
-        None => cmd
-            .get_array("updates")
-            .map_err(|_| CmdError::bad_value("update needs 'updates'"))?
-            .iter()
-            .filter_map(|b| b.as_document().cloned())
-            .collect(),
-    };
+    let stmts = statements(cmd, seq, "update", "updates")?;
     let ordered = cmd.get_bool("ordered").unwrap_or(true);
     let (mut n, mut modified) = (0i32, 0i32);
     let mut upserted = Vec::new();
@@ -358,15 +362,7 @@ pub fn delete(
     txn: Option<&TxnCtx>,
 ) -> Result<Document, CmdError> {
     let coll = coll_name(cmd, "delete")?.to_string();
-    let stmts: Vec<Document> = match seq {
-        Some(d) => d,
-        None => cmd
-            .get_array("deletes")
-            .map_err(|_| CmdError::bad_value("delete needs 'deletes'"))?
-            .iter()
-            .filter_map(|b| b.as_document().cloned())
-            .collect(),
-    };
+    let stmts = statements(cmd, seq, "delete", "deletes")?;
     let ordered = cmd.get_bool("ordered").unwrap_or(true);
     let mut n = 0i32;
     let mut errors = Vec::new();

@@ -4,7 +4,7 @@ use std::time::{Duration, Instant};
 
 use bson::{Bson, Document, doc};
 
-use super::{change_stream_stage, next_event, try_next_event};
+use super::{change_stream_stage, next_event, try_next_event, watch};
 use crate::support::mongo::{TestMongo, require_sim};
 
 const WAIT: Duration = Duration::from_secs(8);
@@ -14,12 +14,7 @@ async fn step_down_resumes_the_stream_and_retries_the_write() {
     let m = TestMongo::start().await;
     let sim = require_sim!(m, "a timed primary step-down");
     let c = m.db().collection::<Document>("items");
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(300))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 300).await;
     c.insert_one(doc! {"_id": 1}).await.unwrap();
     let e1 = next_event(&mut s, WAIT).await.unwrap();
     let started = Instant::now();
@@ -63,12 +58,7 @@ async fn transaction_events_share_one_cluster_time() {
     let m = TestMongo::start().await;
     let c = m.db().collection::<Document>("tx");
     c.insert_one(doc! {"_id": 0}).await.unwrap();
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(200))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 200).await;
     let mut session = m.client().start_session().await.unwrap();
     session.start_transaction().await.unwrap();
     c.insert_one(doc! {"_id": 1})
@@ -188,12 +178,7 @@ async fn driver_defect_retried_resume_loses_events() {
         .database(m.db_name())
         .collection::<Document>("items");
     let writer = m.db().collection::<Document>("items");
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(200))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 200).await;
     writer.insert_one(doc! {"_id": 200}).await.unwrap();
     let e200 = next_event(&mut s, WAIT).await.unwrap();
     m.fail_command(
@@ -245,12 +230,7 @@ async fn driver_defect_surfaces_with_retry_reads_false() {
         .database(m.db_name())
         .collection::<Document>("items");
     let writer = m.db().collection::<Document>("items");
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(200))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 200).await;
     writer.insert_one(doc! {"_id": 200}).await.unwrap();
     next_event(&mut s, WAIT).await.unwrap();
     m.fail_command(
@@ -277,12 +257,7 @@ async fn stalled_get_more_is_held_until_released() {
     let m = TestMongo::start().await;
     let sim = require_sim!(m, "holding replies from the test");
     let c = m.db().collection::<Document>("items");
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(100))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 100).await;
     c.insert_one(doc! {"_id": 1}).await.unwrap();
     let guard = sim.stall("getMore");
     let t = Instant::now();

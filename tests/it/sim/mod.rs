@@ -12,6 +12,15 @@ use bson::Document;
 use mongodb::change_stream::ChangeStream;
 
 /// Wait up to `within` for the next event (raw document) of a stream.
+/// A collection change stream with raw documents and the given getMore wait.
+pub async fn watch(c: &mongodb::Collection<Document>, await_ms: u64) -> ChangeStream<Document> {
+    c.watch()
+        .max_await_time(Duration::from_millis(await_ms))
+        .await
+        .expect("open change stream")
+        .with_type::<Document>()
+}
+
 pub async fn next_event(s: &mut ChangeStream<Document>, within: Duration) -> Option<Document> {
     let deadline = Instant::now() + within;
     while Instant::now() < deadline {

@@ -6,7 +6,7 @@ use bson::{Bson, Document, doc};
 use mongodb::change_stream::event::ResumeToken;
 use mongodb::options::FullDocumentType;
 
-use super::{change_stream_stage, error_code, next_event, try_next_event};
+use super::{change_stream_stage, error_code, next_event, try_next_event, watch};
 use crate::support::mongo::{TestMongo, require_sim};
 
 const WAIT: Duration = Duration::from_secs(5);
@@ -145,12 +145,7 @@ async fn idle_stream_token_advances_with_post_batch_resume_token() {
 async fn resume_after_dropped_connection_carries_the_last_token() {
     let m = TestMongo::start().await;
     let c = m.db().collection::<Document>("items");
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(200))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 200).await;
     c.insert_many(vec![doc! {"_id": 1}, doc! {"_id": 2}])
         .await
         .unwrap();
@@ -180,12 +175,7 @@ async fn resume_after_dropped_connection_carries_the_last_token() {
 async fn labelled_errors_resume_and_unlabelled_ones_surface() {
     let m = TestMongo::start().await;
     let c = m.db().collection::<Document>("items");
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(200))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 200).await;
     // 10107 on a change-stream getMore: the server labels it ResumableChangeStreamError.
     m.fail_command(
         doc! {"times": 1}.into(),
@@ -212,12 +202,7 @@ async fn labelled_errors_resume_and_unlabelled_ones_surface() {
     let err = try_next_event(&mut s, WAIT).await.unwrap_err();
     assert_eq!(error_code(&err), Some(10107), "{err}");
     // A plain error (code 2) reaches the caller.
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(200))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 200).await;
     m.fail_command(
         doc! {"times": 1}.into(),
         doc! {"failCommands": ["getMore"], "errorCode": 2},
@@ -239,12 +224,7 @@ async fn history_lost_on_resume_is_286() {
     let m = TestMongo::start().await;
     let sim = require_sim!(m, "truncating the oplog");
     let c = m.db().collection::<Document>("items");
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(100))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 100).await;
     c.insert_one(doc! {"_id": 1}).await.unwrap();
     let e1 = next_event(&mut s, WAIT).await.unwrap();
     drop(s);
@@ -263,12 +243,7 @@ async fn history_lost_on_a_live_cursor_is_286() {
     let m = TestMongo::start().await;
     let sim = require_sim!(m, "a tiny oplog window");
     let c = m.db().collection::<Document>("items");
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(100))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 100).await;
     sim.set_oplog_window(1);
     c.insert_many(vec![doc! {"_id": 1}, doc! {"_id": 2}, doc! {"_id": 3}])
         .await
@@ -285,12 +260,7 @@ async fn history_lost_on_a_live_cursor_is_286() {
 
     // Same after a dropped connection: the automatic resume gets 286 and it surfaces.
     sim.set_oplog_window(None);
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(100))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 100).await;
     c.insert_one(doc! {"_id": 4}).await.unwrap();
     let e4 = next_event(&mut s, WAIT).await.unwrap();
     assert_eq!(e4.get_document("documentKey").unwrap(), &doc! {"_id": 4});
@@ -385,12 +355,7 @@ async fn drop_invalidates_a_collection_stream() {
     let m = TestMongo::start().await;
     let c = m.db().collection::<Document>("gone");
     c.insert_one(doc! {"_id": 0}).await.unwrap();
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(200))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 200).await;
     c.insert_one(doc! {"_id": 1}).await.unwrap();
     c.drop().await.unwrap();
     let ops: Vec<String> = [
@@ -506,12 +471,7 @@ async fn rename_invalidates_and_cluster_stream_sees_all_databases() {
         .await
         .unwrap()
         .with_type::<Document>();
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(200))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 200).await;
     m.client()
         .database("admin")
         .run_command(doc! {"renameCollection": format!("{}.before", m.db_name()), "to": format!("{}.after", m.db_name())})
@@ -552,12 +512,7 @@ async fn streaming_hello_mode_survives_step_down() {
     .unwrap();
     let client = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
     let c = client.database("s").collection::<Document>("items");
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(200))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 200).await;
     c.insert_one(doc! {"_id": 1}).await.unwrap();
     next_event(&mut s, WAIT).await.unwrap();
     sim.step_down(Duration::from_millis(800));
@@ -611,12 +566,7 @@ async fn tokens_with_type_bits_resume_as_whole_documents() {
     })
     .await;
     let c = m.db().collection::<Document>("items");
-    let mut s = c
-        .watch()
-        .max_await_time(Duration::from_millis(100))
-        .await
-        .unwrap()
-        .with_type::<Document>();
+    let mut s = watch(&c, 100).await;
     c.insert_many((1..=4).map(|i| doc! {"_id": i}))
         .await
         .unwrap();
