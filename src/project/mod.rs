@@ -13,7 +13,7 @@
 mod error;
 mod sql;
 
-use std::collections::{BTreeMap, btree_map};
+use std::collections::{BTreeMap, BTreeSet, btree_map};
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -80,6 +80,8 @@ pub struct ApplyStats {
     pub stale: u64,
     /// Star rows inserted, updated, archived or deleted, by star table.
     pub rows_written: BTreeMap<&'static str, u64>,
+    /// The documents (entity, `_id`) whose mirror state this call changed.
+    pub changed: BTreeSet<(Entity, String)>,
 }
 
 /// Project a batch inside the caller's transaction.
@@ -100,7 +102,8 @@ pub async fn apply(
         .map_err(ProjectError::pg("scratch"))?;
     if !batch.is_empty() {
         let t0 = Instant::now();
-        stats.applied = upsert_mirror(tx, &batch, mode).await?;
+        stats.changed = upsert_mirror(tx, &batch, mode).await?;
+        stats.applied = stats.changed.len() as u64;
         tracing::debug!(
             docs = batch.len(),
             changed = stats.applied,
@@ -188,7 +191,7 @@ async fn upsert_mirror(
     tx: &Transaction<'_>,
     batch: &[&SourceDoc],
     mode: Guard,
-) -> Result<u64, ProjectError> {
+) -> Result<BTreeSet<(Entity, String)>, ProjectError> {
     let entity: Vec<&str> = batch.iter().map(|d| d.entity.as_str()).collect();
     let key: Vec<&str> = batch.iter().map(|d| d.key.as_str()).collect();
     let ct_t: Vec<i64> = batch
@@ -215,9 +218,17 @@ async fn upsert_mirror(
         (&deleted, Type::BOOL_ARRAY),
         (&or_equal, Type::BOOL),
     ];
-    tx.execute_typed(&sql::MIRROR_UPSERT.sql, &params)
+    let rows = tx
+        .query_typed(&sql::MIRROR_UPSERT.sql, &params)
         .await
-        .map_err(ProjectError::pg("mirror"))
+        .map_err(ProjectError::pg("mirror"))?;
+    Ok(rows
+        .iter()
+        .filter_map(|r| {
+            let entity: Entity = r.get::<_, &str>(0).parse().ok()?;
+            Some((entity, r.get::<_, String>(1)))
+        })
+        .collect())
 }
 
 /// Parameters shared by every derivation statement: the report time zone and this call's

@@ -8,7 +8,6 @@ use std::collections::BTreeMap;
 use deadpool_postgres::Pool;
 use futures_util::future::BoxFuture;
 use tokio_postgres::Transaction;
-use tokio_postgres::types::{ToSql, Type};
 
 use crate::config::Pipeline;
 use crate::event::Entity;
@@ -45,8 +44,8 @@ pub async fn apply_batch(
         .await
         .map_err(ProjectorError::pg("begin"))?;
     let mut out = Applied::default();
-    let fresh = fresh_flags(&tx, docs).await?;
     bisect(&mut tx, pipeline, docs, 0, &mut out).await?;
+    let fresh = fresh_flags(docs, &out.stats);
     tx.commit().await.map_err(ProjectorError::pg("commit"))?;
     let rejected: Vec<usize> = out.rejected.iter().map(|(i, _)| *i).collect();
     for (i, d) in docs.iter().enumerate() {
@@ -111,18 +110,15 @@ where
 fn merge(into: &mut ApplyStats, s: ApplyStats) {
     into.applied += s.applied;
     into.stale += s.stale;
+    into.changed.extend(s.changed);
     for (table, n) in s.rows_written {
         *into.rows_written.entry(table).or_default() += n;
     }
 }
 
-/// Which docs will change the mirror: the newest of their key in the batch, carrying state,
-/// and newer than what the mirror holds (the same rule `project::apply` applies with
-/// `Guard::Newer`; read here only to label the per-entity metrics).
-async fn fresh_flags(
-    tx: &Transaction<'_>,
-    docs: &[SourceDoc],
-) -> Result<Vec<bool>, ProjectorError> {
+/// Which docs changed the mirror: the newest of their key in the batch, carrying state, whose
+/// key the projection reports as changed (for the per-entity metrics).
+fn fresh_flags(docs: &[SourceDoc], stats: &ApplyStats) -> Vec<bool> {
     let mut newest: BTreeMap<(Entity, &str), usize> = BTreeMap::new();
     for (i, d) in docs.iter().enumerate() {
         if !d.deleted && d.doc.is_none() {
@@ -134,44 +130,8 @@ async fn fresh_flags(
         }
     }
     let mut fresh = vec![false; docs.len()];
-    for i in newest.values() {
-        fresh[*i] = true;
+    for ((entity, key), i) in newest {
+        fresh[i] = stats.changed.contains(&(entity, key.to_string()));
     }
-    let entity: Vec<&str> = docs.iter().map(|d| d.entity.as_str()).collect();
-    let key: Vec<&str> = docs.iter().map(|d| d.key.as_str()).collect();
-    let t: Vec<i64> = docs
-        .iter()
-        .map(|d| i64::from(d.version.cluster_time.t))
-        .collect();
-    let i: Vec<i64> = docs
-        .iter()
-        .map(|d| i64::from(d.version.cluster_time.i))
-        .collect();
-    let o: Vec<i64> = docs.iter().map(|d| i64::from(d.version.ordinal)).collect();
-    let params: [(&(dyn ToSql + Sync), Type); 5] = [
-        (&entity, Type::TEXT_ARRAY),
-        (&key, Type::TEXT_ARRAY),
-        (&t, Type::INT8_ARRAY),
-        (&i, Type::INT8_ARRAY),
-        (&o, Type::INT8_ARRAY),
-    ];
-    let rows = tx
-        .query_typed(STALE_VS_MIRROR, &params)
-        .await
-        .map_err(ProjectorError::pg("read mirror versions"))?;
-    for row in rows {
-        let n: i64 = row.get(0);
-        if let Some(f) = usize::try_from(n - 1).ok().and_then(|n| fresh.get_mut(n)) {
-            *f = false;
-        }
-    }
-    Ok(fresh)
+    fresh
 }
-
-/// 1-based positions of batch docs whose version is not newer than the mirror's.
-const STALE_VS_MIRROR: &str = "
-SELECT b.n
-FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[])
-     WITH ORDINALITY AS b(entity, key, t, i, o, n)
-JOIN cdc.source_doc s ON s.entity = b.entity AND s.key = b.key
-WHERE (s.ct_t, s.ct_i, s.ordinal) >= (b.t, b.i, b.o)";

@@ -30,3 +30,4 @@ WITH input AS (
 INSERT INTO pg_temp.cdc_changed (entity, key, old_doc)
 SELECT up.entity, up.key, old.doc
 FROM up LEFT JOIN old ON old.entity = up.entity AND old.key = up.key
+RETURNING entity, key
