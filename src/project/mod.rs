@@ -113,18 +113,10 @@ pub async fn apply(
         stats.stale += batch.len() as u64 - stats.applied;
     }
     if stats.applied > 0 {
-        // The affected-set steps plan against the changed keys (without this, the statistics
-        // of the previous batch's scratch rows).
-        tx.batch_execute(sql::ANALYZE_CHANGED)
-            .await
-            .map_err(ProjectError::pg("affected"))?;
         let ctx = Ctx::new(pipeline);
         for step in sql::AFFECTED_STEPS.iter() {
             ctx.run(tx, step, "affected").await?;
         }
-        tx.batch_execute(sql::ANALYZE_SCRATCH)
-            .await
-            .map_err(ProjectError::pg("affected"))?;
         derive(tx, &ctx, &mut stats).await?;
     }
     record(pipeline, &stats, started);
@@ -144,9 +136,6 @@ pub async fn reproject_all(
         .await
         .map_err(ProjectError::pg("scratch"))?;
     tx.batch_execute(sql::AFFECT_ALL)
-        .await
-        .map_err(ProjectError::pg("affected"))?;
-    tx.batch_execute(sql::ANALYZE_SCRATCH)
         .await
         .map_err(ProjectError::pg("affected"))?;
     derive(tx, &Ctx::new(pipeline), &mut stats).await?;
@@ -301,7 +290,7 @@ async fn derive(
             continue;
         }
         let n = ctx.run(tx, stmt, stmt.label).await?;
-        if n > 0 {
+        if n > 0 && !stmt.label.starts_with("ctx:") {
             *stats.rows_written.entry(stmt.label).or_default() += n;
         }
     }

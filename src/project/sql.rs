@@ -1,8 +1,9 @@
 //! The projection's SQL, kept in `sql/*.sql` and split into statements at first use.
 //!
 //! A file holds statements each introduced by a line `-- @stmt LABEL`, where LABEL is the star
-//! table the statement writes (`-` for bookkeeping). `{{ctx ENTITY FIELD}}` expands to the
-//! daily-report child context shared by every fact statement.
+//! table the statement writes (`-` for bookkeeping, `ctx:ENTITY` for the child context).
+//! `{{ctx ENTITY FIELD}}` expands to the daily-report child context query (`sql/ctx.sql`
+//! stores it in `pg_temp.cdc_ctx` once per apply for every fact statement).
 
 use std::sync::LazyLock;
 
@@ -17,6 +18,7 @@ const MIRROR: &str = include_str!("sql/mirror.sql");
 const AFFECTED: &str = include_str!("sql/affected.sql");
 const DIMS: &str = include_str!("sql/dims.sql");
 const REPORTS: &str = include_str!("sql/reports.sql");
+const CTX: &str = include_str!("sql/ctx.sql");
 const FACTS_WORK: &str = include_str!("sql/facts_work.sql");
 const FACTS_SHIPMENT: &str = include_str!("sql/facts_shipment.sql");
 const FACTS_INVOICE: &str = include_str!("sql/facts_invoice.sql");
@@ -32,9 +34,10 @@ pub(crate) static MIRROR_UPSERT: LazyLock<Stmt> = LazyLock::new(|| {
 /// The affected-set closure, in order.
 pub(crate) static AFFECTED_STEPS: LazyLock<Vec<Stmt>> = LazyLock::new(|| split(AFFECTED));
 
-/// The derivation, in dependency order: dimensions, reports and jobsite materials, facts.
+/// The derivation, in dependency order: dimensions, reports and jobsite materials, the child
+/// context, facts.
 pub(crate) static DERIVE_STEPS: LazyLock<Vec<Stmt>> = LazyLock::new(|| {
-    [DIMS, REPORTS, FACTS_WORK, FACTS_SHIPMENT, FACTS_INVOICE]
+    [DIMS, REPORTS, CTX, FACTS_WORK, FACTS_SHIPMENT, FACTS_INVOICE]
         .into_iter()
         .flat_map(split)
         .collect()
@@ -61,16 +64,16 @@ CREATE TEMP TABLE IF NOT EXISTS cdc_changed (
 CREATE TEMP TABLE IF NOT EXISTS cdc_affected (
     entity text NOT NULL, key text NOT NULL, PRIMARY KEY (entity, key)
 ) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS cdc_ctx (
+    entity text NOT NULL, key text NOT NULL, doc jsonb NOT NULL, report_key text NOT NULL,
+    jobsite_key text NOT NULL, rts timestamptz NOT NULL, daily_report_id uuid NOT NULL,
+    jobsite_id uuid NOT NULL, crew_id uuid NOT NULL, work_date date NOT NULL,
+    crew_type text NOT NULL, PRIMARY KEY (entity, key)
+) ON COMMIT DELETE ROWS;
 DELETE FROM pg_temp.cdc_changed;
 DELETE FROM pg_temp.cdc_affected;
+DELETE FROM pg_temp.cdc_ctx;
 ";
-
-/// Statistics for the scratch tables, so the derivation plans start from the affected keys.
-pub(crate) const ANALYZE_SCRATCH: &str =
-    "ANALYZE pg_temp.cdc_changed; ANALYZE pg_temp.cdc_affected;";
-
-/// Statistics for the changed keys, before the affected-set steps read them.
-pub(crate) const ANALYZE_CHANGED: &str = "ANALYZE pg_temp.cdc_changed;";
 
 /// The entities with affected keys.
 pub(crate) const AFFECTED_ENTITIES: &str =
@@ -88,12 +91,13 @@ pub(crate) fn source_entities(label: &str) -> &'static [&'static str] {
         "dim_crew" => &["crew"],
         "dim_daily_report" => &["daily_report"],
         "dim_jobsite_material" | "dim_jobsite_material_rate" => &["jobsite_material"],
-        "fact_employee_work" => &["employee_work"],
-        "fact_vehicle_work" => &["vehicle_work"],
-        "fact_production" => &["production"],
-        "fact_material_shipment" | "fact_non_costed_material" | "fact_trucking" => {
-            &["material_shipment"]
-        }
+        "fact_employee_work" | "ctx:employee_work" => &["employee_work"],
+        "fact_vehicle_work" | "ctx:vehicle_work" => &["vehicle_work"],
+        "fact_production" | "ctx:production" => &["production"],
+        "fact_material_shipment"
+        | "fact_non_costed_material"
+        | "fact_trucking"
+        | "ctx:material_shipment" => &["material_shipment"],
         "fact_invoice" => &["invoice"],
         // dim_* (deleted dimensions) and anything new: always run.
         _ => &[
@@ -155,11 +159,13 @@ fn expand(sql: &str) -> String {
 }
 
 /// Each affected live child of ENTITY with its parent report (the lowest-key live report
-/// whose FIELD array lists it) when that report is derivable (its jobsite and crew are live).
+/// whose FIELD array lists it) when that report is derivable (its jobsite and crew are live):
+/// the rows of `pg_temp.cdc_ctx`.
 fn child_ctx(entity: &str, field: &str) -> String {
     format!(
         "
-    SELECT w.key, w.doc, p.key AS report_key, r.doc AS rdoc, cdc.ts(r.doc -> 'date') AS rts,
+    SELECT a.entity, w.key, w.doc, p.key AS report_key, cdc.oid(r.doc -> 'jobsite') AS jobsite_key,
+           cdc.ts(r.doc -> 'date') AS rts,
            dr.id AS daily_report_id, dr.jobsite_id, dr.crew_id, dr.report_date AS work_date,
            COALESCE(NULLIF(c.type, ''), 'Unknown') AS crew_type
     FROM pg_temp.cdc_affected a

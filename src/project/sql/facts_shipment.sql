@@ -8,7 +8,7 @@
 -- material's invoices dated in the work month / quantity of its live costed shipments listed
 -- in any report dated in that month); else the delivered-rate entry, else the standard rates.
 -- Lookups take the greatest effective_date <= work date; a miss gives (0, estimated).
-WITH x AS ({{ctx material_shipment materialShipment}}),
+WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'material_shipment'),
 b AS (
     SELECT x.*, jmd.id AS jm_id, jmd.unit AS jm_unit, jmd.cost_type, jm.key AS jm_key,
            jm.doc AS jm_doc,
@@ -100,7 +100,7 @@ WHERE a.entity = 'material_shipment' AND t.mongo_id = a.key AND dr.id = t.daily_
   AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
 
 -- @stmt fact_non_costed_material
-WITH x AS ({{ctx material_shipment materialShipment}})
+WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'material_shipment')
 INSERT INTO fact_non_costed_material AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, crew_type, work_date, material_name,
      supplier_name, quantity, unit, archived_at, synced_at)
@@ -132,7 +132,22 @@ WHERE a.entity = 'material_shipment' AND t.mongo_id = a.key AND dr.id = t.daily_
 -- report's jobsite truckingRates[] with that _id; its newest rate dated at or before the
 -- report's instant, else its oldest (legacy). Quantity (any case) -> quantity x rate,
 -- else hours x rate; hours use the overnight rule (DESIGN §7.2).
-WITH x AS ({{ctx material_shipment materialShipment}}),
+WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'material_shipment'),
+entries AS (
+    -- The trucking-rate entries of the reports' jobsites, each jobsite document read once;
+    -- the first entry with a given _id wins (legacy find()).
+    SELECT DISTINCT ON (j.jobsite_key, cdc.oid(e.v -> '_id'))
+           j.jobsite_key, cdc.oid(e.v -> '_id') AS rid, e.v
+    FROM (SELECT DISTINCT x.jobsite_key FROM x
+          WHERE cdc.oid(x.doc -> 'vehicleObject' -> 'truckingRateId') IS NOT NULL) j
+    CROSS JOIN LATERAL (
+        SELECT js0.doc FROM cdc.source_doc js0
+        WHERE js0.entity = 'jobsite' AND js0.key = j.jobsite_key OFFSET 0) js
+    CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(js.doc -> 'truckingRates'))
+         WITH ORDINALITY AS e(v, n)
+    WHERE cdc.oid(e.v -> '_id') IS NOT NULL
+    ORDER BY j.jobsite_key, cdc.oid(e.v -> '_id'), e.n
+),
 tr AS (
     SELECT x.*, f.quantity AS qty, ent.v AS entry,
            cdc.ts(x.doc -> 'startTime') AS st, cdc.ts(x.doc -> 'endTime') AS et
@@ -140,13 +155,8 @@ tr AS (
     CROSS JOIN LATERAL (
         SELECT f0.quantity FROM fact_material_shipment f0
         WHERE f0.mongo_id = x.key AND f0.synced_at = $2 OFFSET 0) f
-    JOIN cdc.source_doc js ON js.entity = 'jobsite' AND js.key = cdc.oid(x.rdoc -> 'jobsite')
-    CROSS JOIN LATERAL (
-        SELECT e.v FROM jsonb_array_elements(cdc.arr(js.doc -> 'truckingRates')) AS e(v)
-        WHERE cdc.oid(e.v -> '_id') = cdc.oid(x.doc -> 'vehicleObject' -> 'truckingRateId')
-        LIMIT 1
-    ) ent
-    WHERE cdc.oid(x.doc -> 'vehicleObject' -> 'truckingRateId') IS NOT NULL
+    JOIN entries ent ON ent.jobsite_key = x.jobsite_key
+     AND ent.rid = cdc.oid(x.doc -> 'vehicleObject' -> 'truckingRateId')
 ),
 priced AS (
     SELECT tr.*, rr.v AS rate_doc,

@@ -1,13 +1,12 @@
--- Employee work, vehicle work and production facts. {{ctx ENTITY FIELD}} expands to the child
--- context: each affected live child with its parent daily report (the lowest-key live report
--- whose FIELD array lists it) when that report is derivable, and the report's dim row, work
--- date and crew type ("Unknown" fallback, DESIGN §7.7).
+-- Employee work, vehicle work and production facts, from the child context (`pg_temp.cdc_ctx`,
+-- sql/ctx.sql): each affected live child with its derivable parent report, the report's dim
+-- row, work date and crew type.
 -- Rows of affected children that are not derivable any more are archived at the wall time
 -- of the event that deleted or detached them (production: hard-deleted, as legacy).
 -- $1 = report time zone, $2 = this apply's synced_at stamp.
 
 -- @stmt fact_employee_work
-WITH x AS ({{ctx employee_work employeeWork}})
+WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'employee_work')
 INSERT INTO fact_employee_work AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, employee_id, crew_type, work_date,
      start_time, end_time, job_title, hourly_rate, archived_at, synced_at)
@@ -39,7 +38,7 @@ WHERE a.entity = 'employee_work' AND t.mongo_id = a.key AND dr.id = t.daily_repo
   AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
 
 -- @stmt fact_vehicle_work
-WITH x AS ({{ctx vehicle_work vehicleWork}})
+WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'vehicle_work')
 INSERT INTO fact_vehicle_work AS t
     (mongo_id, daily_report_id, jobsite_id, vehicle_id, crew_id, crew_type, work_date,
      job_title, hours, hourly_rate, archived_at, synced_at)
@@ -69,7 +68,7 @@ WHERE a.entity = 'vehicle_work' AND t.mongo_id = a.key AND dr.id = t.daily_repor
   AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
 
 -- @stmt fact_production
-WITH x AS ({{ctx production production}})
+WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'production')
 INSERT INTO fact_production AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, crew_type, work_date, job_title,
      quantity, unit, start_time, end_time, description, synced_at)

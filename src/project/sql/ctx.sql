@@ -1,0 +1,16 @@
+-- The daily-report child context, computed once per apply for every fact statement: each
+-- affected live child with its parent daily report (the lowest-key live report whose array
+-- lists it) when that report is derivable, the report's dim row, jobsite, work date and crew
+-- type ("Unknown" fallback, DESIGN §7.7). Runs after the reports are derived.
+
+-- @stmt ctx:employee_work
+INSERT INTO pg_temp.cdc_ctx {{ctx employee_work employeeWork}}
+
+-- @stmt ctx:vehicle_work
+INSERT INTO pg_temp.cdc_ctx {{ctx vehicle_work vehicleWork}}
+
+-- @stmt ctx:production
+INSERT INTO pg_temp.cdc_ctx {{ctx production production}}
+
+-- @stmt ctx:material_shipment
+INSERT INTO pg_temp.cdc_ctx {{ctx material_shipment materialShipment}}
