@@ -114,6 +114,9 @@ pub async fn apply(
     }
     if stats.applied > 0 {
         let ctx = Ctx::new(pipeline);
+        for step in sql::MIRROR_STEPS.iter() {
+            ctx.run(tx, step, "mirror").await?;
+        }
         for step in sql::AFFECTED_STEPS.iter() {
             ctx.run(tx, step, "affected").await?;
         }

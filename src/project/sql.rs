@@ -2,7 +2,7 @@
 //!
 //! A file holds statements each introduced by a line `-- @stmt LABEL`, where LABEL is the star
 //! table the statement writes (`-` for bookkeeping, `ctx:ENTITY` for the child context).
-//! `{{ctx ENTITY FIELD}}` expands to the daily-report child context query (`sql/ctx.sql`
+//! `{{ctx ENTITY}}` expands to the daily-report child context query (`sql/ctx.sql`
 //! stores it in `pg_temp.cdc_ctx` once per apply for every fact statement).
 
 use std::sync::LazyLock;
@@ -23,13 +23,17 @@ const FACTS_WORK: &str = include_str!("sql/facts_work.sql");
 const FACTS_SHIPMENT: &str = include_str!("sql/facts_shipment.sql");
 const FACTS_INVOICE: &str = include_str!("sql/facts_invoice.sql");
 
-/// The mirror upsert (one statement).
+/// The mirror upsert (the first statement of sql/mirror.sql).
 pub(crate) static MIRROR_UPSERT: LazyLock<Stmt> = LazyLock::new(|| {
     split(MIRROR)
         .into_iter()
         .next()
-        .expect("sql/mirror.sql holds one statement")
+        .expect("sql/mirror.sql starts with the upsert")
 });
+
+/// What the mirror keeps beside the documents (the report-child links), after the upsert.
+pub(crate) static MIRROR_STEPS: LazyLock<Vec<Stmt>> =
+    LazyLock::new(|| split(MIRROR).into_iter().skip(1).collect());
 
 /// The affected-set closure, in order.
 pub(crate) static AFFECTED_STEPS: LazyLock<Vec<Stmt>> = LazyLock::new(|| split(AFFECTED));
@@ -150,8 +154,7 @@ fn expand(sql: &str) -> String {
             .find("}}")
             .expect("unterminated {{ctx}} in projection SQL");
         let mut args = tail[..end].split_whitespace();
-        let (entity, field) = (args.next().unwrap_or(""), args.next().unwrap_or(""));
-        out.push_str(&child_ctx(entity, field));
+        out.push_str(&child_ctx(args.next().unwrap_or("")));
         rest = &tail[end + 2..];
     }
     out.push_str(rest);
@@ -159,9 +162,9 @@ fn expand(sql: &str) -> String {
 }
 
 /// Each affected live child of ENTITY with its parent report (the lowest-key live report
-/// whose FIELD array lists it) when that report is derivable (its jobsite and crew are live):
-/// the rows of `pg_temp.cdc_ctx`.
-fn child_ctx(entity: &str, field: &str) -> String {
+/// whose array lists it, from `cdc.report_child`) when that report is derivable (its jobsite
+/// and crew are live): the rows of `pg_temp.cdc_ctx`.
+fn child_ctx(entity: &str) -> String {
     format!(
         "
     SELECT a.entity, w.key, w.doc, p.key AS report_key, cdc.oid(r.doc -> 'jobsite') AS jobsite_key,
@@ -177,11 +180,8 @@ fn child_ctx(entity: &str, field: &str) -> String {
         WHERE w0.entity = a.entity AND w0.key = a.key AND NOT w0.deleted AND w0.doc IS NOT NULL
         OFFSET 0) w
     CROSS JOIN LATERAL (
-        -- OFFSET 0 keeps the GIN lookup: ORDER BY key LIMIT 1 would walk the primary key.
-        SELECT min(k) AS key FROM (
-            SELECT r0.key AS k FROM cdc.source_doc r0
-            WHERE r0.entity = 'daily_report' AND r0.doc -> '{field}' @> cdc.oid_probe(w.key)
-            OFFSET 0) ps
+        SELECT min(rc.report_key) AS key FROM cdc.report_child rc
+        WHERE rc.entity = '{entity}' AND rc.child_key = w.key
     ) p
     JOIN cdc.source_doc r ON r.entity = 'daily_report' AND r.key = p.key
     JOIN dim_daily_report dr ON dr.mongo_id = p.key
@@ -202,6 +202,7 @@ mod tests {
     fn every_file_splits_into_labelled_expanded_statements() {
         assert!(MIRROR_UPSERT.sql.contains("INSERT INTO cdc.source_doc"));
         assert_eq!(AFFECTED_STEPS.len(), 9);
+        assert_eq!(MIRROR_STEPS.len(), 2);
         assert!(DERIVE_STEPS.len() >= 20);
         assert!(SCRATCH.contains(&format!("pg_advisory_xact_lock({PROJECT_LOCK_KEY})")));
         for s in DERIVE_STEPS.iter().filter(|s| s.label != "dim_*") {
@@ -212,7 +213,7 @@ mod tests {
                 s.label
             );
         }
-        for s in AFFECTED_STEPS.iter().chain(DERIVE_STEPS.iter()) {
+        for s in MIRROR_STEPS.iter().chain(&*AFFECTED_STEPS).chain(&*DERIVE_STEPS) {
             assert!(!s.label.is_empty());
             assert!(!s.sql.contains("{{"), "unexpanded template in {}", s.label);
             assert!(!s.sql.contains("@stmt"));

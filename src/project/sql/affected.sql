@@ -27,7 +27,8 @@ WHERE c.entity = 'crew'
 ON CONFLICT DO NOTHING
 
 -- @stmt -
--- A daily report -> its children, listed now or before this change.
+-- A daily report -> its children in the mirror, listed now or before this change (a child
+-- the mirror has not seen has nothing to derive: a backfill loads reports before children).
 WITH docs AS (
     SELECT s.doc
     FROM pg_temp.cdc_affected a
@@ -45,6 +46,7 @@ CROSS JOIN (VALUES ('employee_work', 'employeeWork'), ('vehicle_work', 'vehicleW
            AS f(child, field)
 CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(d.doc -> f.field)) AS e(v)
 WHERE cdc.oid(e.v) IS NOT NULL
+  AND EXISTS (SELECT 1 FROM cdc.source_doc s WHERE s.entity = f.child AND s.key = cdc.oid(e.v))
 ON CONFLICT DO NOTHING
 
 -- @stmt -
@@ -154,14 +156,14 @@ WITH ms AS (
     SELECT cdc.oid(ms.doc -> 'jobsiteMaterial') AS jm,
            date_trunc('month', cdc.day(cdc.ts(r.doc -> 'date'), $1)::timestamp)::date AS m
     FROM ms
-    JOIN cdc.source_doc r ON r.entity = 'daily_report'
-     AND r.doc -> 'materialShipment' @> cdc.oid_probe(ms.key)
+    JOIN cdc.report_child rc ON rc.entity = 'material_shipment' AND rc.child_key = ms.key
+    JOIN cdc.source_doc r ON r.entity = 'daily_report' AND r.key = rc.report_key
     UNION
     SELECT cdc.oid(c.old_doc -> 'jobsiteMaterial'),
            date_trunc('month', cdc.day(cdc.ts(r.doc -> 'date'), $1)::timestamp)::date
     FROM pg_temp.cdc_changed c
-    JOIN cdc.source_doc r ON r.entity = 'daily_report'
-     AND r.doc -> 'materialShipment' @> cdc.oid_probe(c.key)
+    JOIN cdc.report_child rc ON rc.entity = 'material_shipment' AND rc.child_key = c.key
+    JOIN cdc.source_doc r ON r.entity = 'daily_report' AND r.key = rc.report_key
     WHERE c.entity = 'material_shipment'
     UNION
     SELECT cdc.oid(s.doc -> 'jobsiteMaterial'),

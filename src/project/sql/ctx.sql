@@ -4,13 +4,13 @@
 -- type ("Unknown" fallback, DESIGN §7.7). Runs after the reports are derived.
 
 -- @stmt ctx:employee_work
-INSERT INTO pg_temp.cdc_ctx {{ctx employee_work employeeWork}}
+INSERT INTO pg_temp.cdc_ctx {{ctx employee_work}}
 
 -- @stmt ctx:vehicle_work
-INSERT INTO pg_temp.cdc_ctx {{ctx vehicle_work vehicleWork}}
+INSERT INTO pg_temp.cdc_ctx {{ctx vehicle_work}}
 
 -- @stmt ctx:production
-INSERT INTO pg_temp.cdc_ctx {{ctx production production}}
+INSERT INTO pg_temp.cdc_ctx {{ctx production}}
 
 -- @stmt ctx:material_shipment
-INSERT INTO pg_temp.cdc_ctx {{ctx material_shipment materialShipment}}
+INSERT INTO pg_temp.cdc_ctx {{ctx material_shipment}}

@@ -31,3 +31,23 @@ INSERT INTO pg_temp.cdc_changed (entity, key, old_doc)
 SELECT up.entity, up.key, old.doc
 FROM up LEFT JOIN old ON old.entity = up.entity AND old.key = up.key
 RETURNING entity, key
+
+-- @stmt -
+-- The changed reports' links to their children (cdc.report_child): dropped here, rebuilt from
+-- the new documents by the next statement.
+DELETE FROM cdc.report_child l
+USING pg_temp.cdc_changed c
+WHERE c.entity = 'daily_report' AND l.report_key = c.key
+
+-- @stmt -
+INSERT INTO cdc.report_child (entity, child_key, report_key)
+SELECT DISTINCT f.child, cdc.oid(e.v), s.key
+FROM pg_temp.cdc_changed c
+CROSS JOIN LATERAL (
+    SELECT s0.key, s0.doc FROM cdc.source_doc s0
+    WHERE s0.entity = c.entity AND s0.key = c.key OFFSET 0) s
+CROSS JOIN (VALUES ('employee_work', 'employeeWork'), ('vehicle_work', 'vehicleWork'),
+                   ('material_shipment', 'materialShipment'), ('production', 'production'))
+           AS f(child, field)
+CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(s.doc -> f.field)) AS e(v)
+WHERE c.entity = 'daily_report' AND s.doc IS NOT NULL AND cdc.oid(e.v) IS NOT NULL

@@ -50,8 +50,8 @@ CROSS JOIN LATERAL (
             SELECT min(k) FROM (
                 SELECT r1.key AS k
                 FROM cdc.source_doc s
-                JOIN cdc.source_doc r1 ON r1.entity = 'daily_report'
-                 AND r1.doc -> 'materialShipment' @> cdc.oid_probe(s.key)
+                JOIN cdc.report_child rc ON rc.entity = 'material_shipment' AND rc.child_key = s.key
+                JOIN cdc.source_doc r1 ON r1.entity = 'daily_report' AND r1.key = rc.report_key
                 WHERE s.entity = 'material_shipment'
                   AND cdc.oid(s.doc -> 'jobsiteMaterial') = jm.key
                   AND EXISTS (SELECT 1 FROM cdc.source_doc l
