@@ -49,7 +49,7 @@ impl Gen {
                 ordinal: 0,
             },
             wall_time: Utc::now(),
-            doc: Some(doc),
+            doc: Some(bowmark_cdc::project::doc_json(&doc)),
             deleted: false,
         }
     }

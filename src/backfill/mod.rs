@@ -187,7 +187,7 @@ impl Chunk {
                 return;
             }
         };
-        let doc = Bson::Document(std::mem::take(&mut d)).into_relaxed_extjson();
+        let doc = project::doc_json(&Bson::Document(std::mem::take(&mut d)).into_relaxed_extjson());
         self.docs.push(SourceDoc {
             entity,
             key,
@@ -917,6 +917,8 @@ mod tests {
         c.push(Entity::Crew, bson::doc! {"name": "no id"}, &stamp);
         assert_eq!((c.read, c.no_id, c.docs.len()), (2, 1, 1));
         assert_eq!(c.docs[0].key, oid.to_hex());
-        assert_eq!(c.docs[0].doc.as_ref().unwrap()["_id"]["$oid"], oid.to_hex());
+        let doc: serde_json::Value =
+            serde_json::from_str(c.docs[0].doc.as_ref().unwrap().get()).unwrap();
+        assert_eq!(doc["_id"]["$oid"], oid.to_hex());
     }
 }

@@ -19,7 +19,8 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
 use tokio_postgres::Transaction;
-use tokio_postgres::types::{ToSql, Type};
+use serde_json::value::RawValue;
+use tokio_postgres::types::{Json, ToSql, Type};
 
 use crate::config::Pipeline;
 use crate::event::{ChangeEvent, Entity, Op, Version};
@@ -30,7 +31,7 @@ pub use sql::PROJECT_LOCK_KEY;
 
 /// One source document state: the mirror's unit. Built from a [`ChangeEvent`] or from a
 /// backfill scan.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub struct SourceDoc {
     pub entity: Entity,
     /// The document's `_id` as 24-char lowercase hex.
@@ -38,10 +39,20 @@ pub struct SourceDoc {
     pub version: Version,
     /// Wall time of the event (or scan) that produced this state.
     pub wall_time: DateTime<Utc>,
-    /// Relaxed extended JSON; `None` when deleted or vanished.
-    pub doc: Option<serde_json::Value>,
+    /// Relaxed extended JSON text; `None` when deleted or vanished. Kept serialized: a
+    /// backfill chunk of thousands of documents holds their text, not trees of small maps.
+    pub doc: Option<DocJson>,
     /// A delete: the mirror keeps a tombstone and the document's rows are archived or removed.
     pub deleted: bool,
+}
+
+/// A document body as JSON text, sent to PostgreSQL as is.
+pub type DocJson = Box<RawValue>;
+
+/// Serialize a document body.
+pub fn doc_json(v: &serde_json::Value) -> DocJson {
+    // A `Value` always serializes (its map keys are strings).
+    serde_json::value::to_raw_value(v).expect("a JSON value serializes")
 }
 
 impl From<&ChangeEvent> for SourceDoc {
@@ -55,7 +66,11 @@ impl From<&ChangeEvent> for SourceDoc {
             key: e.key.clone(),
             version: e.version(),
             wall_time: e.wall_time,
-            doc: if deleted { None } else { e.doc.clone() },
+            doc: if deleted {
+                None
+            } else {
+                e.doc.as_ref().map(doc_json)
+            },
             deleted,
         }
     }
@@ -196,7 +211,10 @@ async fn upsert_mirror(
         .collect();
     let ordinal: Vec<i64> = batch.iter().map(|d| i64::from(d.version.ordinal)).collect();
     let wall: Vec<DateTime<Utc>> = batch.iter().map(|d| d.wall_time).collect();
-    let doc: Vec<Option<&serde_json::Value>> = batch.iter().map(|d| d.doc.as_ref()).collect();
+    let doc: Vec<Option<Json<&RawValue>>> = batch
+        .iter()
+        .map(|d| d.doc.as_deref().map(Json))
+        .collect();
     let deleted: Vec<bool> = batch.iter().map(|d| d.deleted).collect();
     let or_equal = mode == Guard::NewerOrEqual;
     let params: [(&(dyn ToSql + Sync), Type); 9] = [
@@ -329,7 +347,7 @@ mod tests {
                 ordinal: 0,
             },
             wall_time: Utc::now(),
-            doc: body,
+            doc: body.as_ref().map(doc_json),
             deleted,
         }
     }

@@ -498,7 +498,7 @@ pub fn upsert(entity: Entity, key: &str, doc: Value, t: u32) -> SourceDoc {
         key: key.into(),
         version: version(t),
         wall_time: wall(t),
-        doc: Some(doc),
+        doc: Some(bowmark_cdc::project::doc_json(&doc)),
         deleted: false,
     }
 }
