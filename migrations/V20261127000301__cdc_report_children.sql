@@ -11,7 +11,6 @@ CREATE TABLE cdc.report_child (
     report_key text NOT NULL,   -- a live daily report whose array lists the child
     PRIMARY KEY (entity, child_key, report_key)
 );
-CREATE INDEX report_child_report ON cdc.report_child (report_key);
 
 COMMENT ON TABLE cdc.report_child IS
     'Child -> live daily report listing it, from the mirror''s report arrays.';

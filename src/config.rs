@@ -38,6 +38,8 @@ pub const DEFAULT_BATCH_MAX_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 50;
 /// Default backfill chunk size (documents per transaction).
 pub const DEFAULT_BACKFILL_CHUNK: usize = 5000;
+/// Default backfill workers for the daily-report children.
+pub const DEFAULT_BACKFILL_WORKERS: usize = 2;
 
 /// A value that must never be printed.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -163,12 +165,16 @@ impl Default for ProjectorSection {
 #[serde(deny_unknown_fields, default)]
 pub struct BackfillSection {
     pub chunk_size: usize,
+    /// PostgreSQL connections loading the daily-report children collections side by side
+    /// (they derive disjoint star tables); dimensions and reports load on one.
+    pub workers: usize,
 }
 
 impl Default for BackfillSection {
     fn default() -> Self {
         BackfillSection {
             chunk_size: DEFAULT_BACKFILL_CHUNK,
+            workers: DEFAULT_BACKFILL_WORKERS,
         }
     }
 }
@@ -416,6 +422,13 @@ impl PipelineFile {
                 path,
                 "backfill.chunk_size",
                 "must be at least 1",
+            ));
+        }
+        if !(1..=4).contains(&self.backfill.workers) {
+            return Err(ConfigError::field(
+                path,
+                "backfill.workers",
+                "must be between 1 and 4 (there are four children collections)",
             ));
         }
         let http_listen = self.http.listen.parse().map_err(|_| {
@@ -686,6 +699,19 @@ database = "bowmark_reports_paving"
             .unwrap_err()
             .to_string();
         assert!(err.contains("history_lost"), "{err}");
+    }
+
+    #[test]
+    fn backfill_workers_default_to_two_and_out_of_range_is_named() {
+        assert_eq!(parse(GOOD).unwrap().backfill.workers, 2);
+        for bad in ["0", "5"] {
+            let err = parse(&format!("{GOOD}[backfill]\nworkers = {bad}\n"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("backfill.workers"), "{err}");
+        }
+        let one = parse(&format!("{GOOD}[backfill]\nworkers = 1\n")).unwrap();
+        assert_eq!(one.backfill.workers, 1);
     }
 
     #[test]

@@ -24,13 +24,16 @@ mod progress;
 mod store;
 mod summary;
 
+use std::collections::VecDeque;
 use std::future::Future;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use bson::{Bson, Document};
 use chrono::{DateTime, Utc};
+use futures_util::FutureExt;
 use tokio::sync::mpsc;
 use tokio_postgres::{Client, Transaction};
 use tokio_util::sync::CancellationToken;
@@ -317,6 +320,7 @@ pub async fn run_backfill(
             .unwrap_or(Version::ZERO),
         wall_time: run.started_at,
     };
+    let progress = Mutex::new(progress::Progress::new(&p.name, opts.progress));
     let mut job = Job {
         pipeline: p,
         client: &mut client,
@@ -324,21 +328,16 @@ pub async fn run_backfill(
         stamp,
         position: run.position.clone(),
         shutdown: opts.shutdown.clone(),
-        progress: progress::Progress::new(&p.name, opts.progress),
+        progress: &progress,
     };
-    let mut collections = Vec::new();
     let mut earlier = store::load_progress(job.client, &p.name).await?;
-    for (coll, entity) in &selected {
-        let prev = earlier.remove(coll);
-        match job.collection(coll, *entity, prev).await {
-            Ok(s) => collections.push(s),
-            Err(e) => {
-                job.progress.clear();
-                return Err(e);
-            }
-        }
-    }
-    job.progress.clear();
+    let mut queue: VecDeque<Task> = selected
+        .iter()
+        .map(|(coll, entity)| (coll.clone(), *entity, earlier.remove(coll)))
+        .collect();
+    let result = load_all(&mut job, settings, &mut queue).await;
+    job.progress().clear();
+    let collections = result?;
     let checkpoint = job.hand_off().await?;
     tracing::info!(pipeline = %p.name, outcome = %checkpoint, "backfill complete");
     Ok(BackfillSummary {
@@ -349,6 +348,70 @@ pub async fn run_backfill(
         checkpoint,
         duration: started.elapsed(),
     })
+}
+
+/// A collection to load: its name, entity and earlier progress.
+type Task = (String, Entity, Option<store::Progress>);
+
+/// Load every queued collection in order; the daily-report children (the tail of the queue)
+/// load side by side on `backfill.workers` connections. They derive disjoint star tables
+/// from reports and dimensions that are already loaded, so their chunks may commit in any
+/// order; the projection lock, taken shared by backfill chunks, still keeps the streaming
+/// projector (which takes it exclusive) out while they run.
+async fn load_all(
+    job: &mut Job<'_>,
+    settings: &Settings,
+    queue: &mut VecDeque<Task>,
+) -> Result<Vec<CollectionSummary>, BackfillError> {
+    let mut done = Vec::new();
+    while let Some((coll, entity, prev)) = queue.pop_front_if(|t| !is_child(t.1)) {
+        done.push(job.collection(&coll, entity, prev).await?);
+    }
+    let workers = settings.pipeline.backfill.workers.min(queue.len());
+    let mut clients = Vec::new();
+    for _ in 1..workers {
+        clients.push(connect_pg(settings).await?);
+    }
+    let shared: Mutex<VecDeque<(usize, Task)>> =
+        Mutex::new(std::mem::take(queue).into_iter().enumerate().collect());
+    let mut siblings: Vec<Job<'_>> = clients.iter_mut().map(|c| job.sibling(c)).collect();
+    let mut runs = vec![drain_queue(job, &shared).boxed()];
+    runs.extend(siblings.iter_mut().map(|j| drain_queue(j, &shared).boxed()));
+    let mut loaded: Vec<(usize, CollectionSummary)> = futures_util::future::try_join_all(runs)
+        .await?
+        .into_iter()
+        .flatten()
+        .collect();
+    loaded.sort_by_key(|(n, _)| *n);
+    done.extend(loaded.into_iter().map(|(_, s)| s));
+    Ok(done)
+}
+
+/// A daily-report child collection: loads after the reports, beside the other children.
+fn is_child(e: Entity) -> bool {
+    matches!(
+        e,
+        Entity::EmployeeWork | Entity::VehicleWork | Entity::MaterialShipment | Entity::Production
+    )
+}
+
+/// One worker: load the next queued collection until none is left. Each summary keeps its
+/// place in the queue, so the final summary lists collections in backfill order.
+async fn drain_queue(
+    job: &mut Job<'_>,
+    queue: &Mutex<VecDeque<(usize, Task)>>,
+) -> Result<Vec<(usize, CollectionSummary)>, BackfillError> {
+    let mut out = Vec::new();
+    loop {
+        let next = queue
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
+        let Some((place, (coll, entity, prev))) = next else {
+            return Ok(out);
+        };
+        out.push((place, job.collection(&coll, entity, prev).await?));
+    }
 }
 
 /// Take the pipeline's backfill lock, waiting up to [`LOCK_WAIT`]: the session of a killed
@@ -451,7 +514,7 @@ async fn prepare_run(
     })
 }
 
-/// One run in progress.
+/// One run in progress (one per PostgreSQL connection).
 struct Job<'a> {
     pipeline: &'a Pipeline,
     client: &'a mut Client,
@@ -459,10 +522,30 @@ struct Job<'a> {
     stamp: DocStamp,
     position: Option<StreamPosition>,
     shutdown: CancellationToken,
-    progress: progress::Progress,
+    progress: &'a Mutex<progress::Progress>,
 }
 
-impl Job<'_> {
+impl<'a> Job<'a> {
+    /// Another worker of this run, on its own connection.
+    fn sibling<'b>(&self, client: &'b mut Client) -> Job<'b>
+    where
+        'a: 'b,
+    {
+        Job {
+            pipeline: self.pipeline,
+            client,
+            source: self.source,
+            stamp: self.stamp,
+            position: self.position.clone(),
+            shutdown: self.shutdown.clone(),
+            progress: self.progress,
+        }
+    }
+
+    fn progress(&self) -> MutexGuard<'a, progress::Progress> {
+        self.progress.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// Backfill one collection from its checkpoint (if any) to the end.
     async fn collection(
         &mut self,
@@ -495,10 +578,10 @@ impl Job<'_> {
         cum.docs_total = Some(total);
         let mut s = CollectionSummary::new(coll, entity, CollectionStatus::Complete);
         s.resumed_from = cum.docs_done;
-        self.progress.start(coll, cum.docs_done, Some(total));
+        self.progress().start(coll, cum.docs_done, Some(total));
         let result = self.drain(coll, rx, &mut cum, &mut s).await;
         if let Err(e) = result {
-            self.progress.finish(coll, "stopped");
+            self.progress().finish(coll, "stopped");
             return Err(BackfillError::Collection {
                 collection: coll.to_string(),
                 done: cum.docs_done,
@@ -510,7 +593,7 @@ impl Job<'_> {
             s.vanished = self.tombstone_vanished(coll, entity, &pos, &mut s).await?;
         }
         store::complete_collection(self.client, &name, coll).await?;
-        self.progress.finish(coll, "complete");
+        self.progress().finish(coll, "complete");
         s.done = cum.docs_done;
         s.total = Some(total.max(cum.docs_done));
         s.duration = started.elapsed();
@@ -588,7 +671,7 @@ impl Job<'_> {
                 Some(Err(e)) => return Err(e),
                 Some(Ok(chunk)) => self.commit_chunk(coll, chunk, cum, s).await?,
             }
-            self.progress.advance(coll, cum.docs_done);
+            self.progress().advance(coll, cum.docs_done);
         }
     }
 

@@ -76,12 +76,15 @@ impl From<&ChangeEvent> for SourceDoc {
     }
 }
 
-/// Which versions may change the mirror.
+/// Which versions may change the mirror, and how the projection lock is held.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Guard {
     /// Streaming: only strictly newer versions change the mirror (re-deliveries are no-ops).
+    /// Takes the projection lock exclusive.
     Newer,
-    /// Backfill: an equal version is applied again (a re-run recomputes its rows).
+    /// Backfill: an equal version is applied again (a re-run recomputes its rows). Takes the
+    /// projection lock shared: the backfill's own workers load independent collections side
+    /// by side, while streaming batches wait for them (and they for it).
     NewerOrEqual,
 }
 
@@ -112,7 +115,11 @@ pub async fn apply(
         stale: skipped,
         ..ApplyStats::default()
     };
-    tx.batch_execute(sql::SCRATCH)
+    let lock = match mode {
+        Guard::Newer => sql::LOCK_EXCLUSIVE,
+        Guard::NewerOrEqual => sql::LOCK_SHARED,
+    };
+    tx.batch_execute(&format!("{lock}; {}", sql::SCRATCH))
         .await
         .map_err(ProjectError::pg("scratch"))?;
     if !batch.is_empty() {
@@ -150,7 +157,7 @@ pub async fn reproject_all(
 ) -> Result<ApplyStats, ProjectError> {
     let started = Instant::now();
     let mut stats = ApplyStats::default();
-    tx.batch_execute(sql::SCRATCH)
+    tx.batch_execute(&format!("{}; {}", sql::LOCK_EXCLUSIVE, sql::SCRATCH))
         .await
         .map_err(ProjectError::pg("scratch"))?;
     tx.batch_execute(sql::AFFECT_ALL)

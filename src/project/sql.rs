@@ -50,17 +50,21 @@ pub(crate) static DERIVE_STEPS: LazyLock<Vec<Stmt>> = LazyLock::new(|| {
 /// Key of the transaction-scoped advisory lock that serializes projections on one database.
 pub const PROJECT_LOCK_KEY: i64 = 0x626f_776d_6172_6b02;
 
-/// Per-transaction scratch tables (created once per session, emptied at commit), after the
-/// projection lock: derivations read across documents, so two concurrent projections (the
-/// streaming projector and a backfill) could each miss the other's uncommitted changes and
-/// leave a stale row. The transaction-scoped advisory lock serializes them.
+/// The projection lock, taken first in every projection transaction: derivations read across
+/// documents, so two concurrent projections (the streaming projector and a backfill) could
+/// each miss the other's uncommitted changes and leave a stale row. Streaming takes it
+/// exclusive; backfill chunks take it shared, because a backfill runs side by side only
+/// collections whose derivations are independent (the daily-report children).
+pub(crate) const LOCK_EXCLUSIVE: &str = "SELECT pg_advisory_xact_lock(7093019249801849602)";
+pub(crate) const LOCK_SHARED: &str = "SELECT pg_advisory_xact_lock_shared(7093019249801849602)";
+
+/// Per-transaction scratch tables (created once per session, emptied at commit).
 ///
 /// JIT is off for the projection's transaction: the statements are planned against row
 /// estimates of whole collections, so their costs cross `jit_above_cost` (and the inlining /
 /// optimization thresholds) even when the affected set is a few rows, and compiling them cost
 /// up to ~0.9 s per statement, far more than executing them.
 pub(crate) const SCRATCH: &str = "
-SELECT pg_advisory_xact_lock(7093019249801849602);
 SET LOCAL jit = off;
 CREATE TEMP TABLE IF NOT EXISTS cdc_changed (
     entity text NOT NULL, key text NOT NULL, old_doc jsonb, PRIMARY KEY (entity, key)
@@ -204,7 +208,8 @@ mod tests {
         assert_eq!(AFFECTED_STEPS.len(), 9);
         assert_eq!(MIRROR_STEPS.len(), 2);
         assert!(DERIVE_STEPS.len() >= 20);
-        assert!(SCRATCH.contains(&format!("pg_advisory_xact_lock({PROJECT_LOCK_KEY})")));
+        assert!(LOCK_EXCLUSIVE.contains(&format!("pg_advisory_xact_lock({PROJECT_LOCK_KEY})")));
+        assert!(LOCK_SHARED.contains(&format!("_lock_shared({PROJECT_LOCK_KEY})")));
         for s in DERIVE_STEPS.iter().filter(|s| s.label != "dim_*") {
             assert_eq!(
                 source_entities(s.label).len(),

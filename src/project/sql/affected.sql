@@ -129,8 +129,9 @@ WHERE a.entity = 'jobsite_material'
 ON CONFLICT DO NOTHING
 
 -- @stmt -
--- An affected shipment -> its jobsite material, now and before (the jobsite of a material no
--- jobsite claims comes from the reports of its shipments, DESIGN §7.4).
+-- An affected shipment -> its jobsite material, now and before, when no jobsite claims the
+-- material: only then does its jobsite come from the reports of its shipments (DESIGN §7.4).
+-- (A claim that comes or goes is a jobsite change, handled above.)
 WITH docs AS (
     SELECT s.doc FROM pg_temp.cdc_affected a
     CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
@@ -143,6 +144,9 @@ INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT DISTINCT 'jobsite_material', cdc.oid(docs.doc -> 'jobsiteMaterial')
 FROM docs
 WHERE cdc.oid(docs.doc -> 'jobsiteMaterial') IS NOT NULL
+  AND NOT EXISTS (SELECT 1 FROM cdc.source_doc js
+                  WHERE js.entity = 'jobsite'
+                    AND js.doc -> 'materials' @> cdc.oid_probe(cdc.oid(docs.doc -> 'jobsiteMaterial')))
 ON CONFLICT DO NOTHING
 
 -- @stmt -

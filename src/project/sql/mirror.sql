@@ -33,11 +33,19 @@ FROM up LEFT JOIN old ON old.entity = up.entity AND old.key = up.key
 RETURNING entity, key
 
 -- @stmt -
--- The changed reports' links to their children (cdc.report_child): dropped here, rebuilt from
--- the new documents by the next statement.
+-- The changed reports' links to their children (cdc.report_child): those of the previous
+-- documents are dropped here (by primary key), the new documents' added by the next statement.
 DELETE FROM cdc.report_child l
-USING pg_temp.cdc_changed c
-WHERE c.entity = 'daily_report' AND l.report_key = c.key
+USING (
+    SELECT DISTINCT f.child, cdc.oid(e.v) AS child_key, c.key AS report_key
+    FROM pg_temp.cdc_changed c
+    CROSS JOIN (VALUES ('employee_work', 'employeeWork'), ('vehicle_work', 'vehicleWork'),
+                       ('material_shipment', 'materialShipment'), ('production', 'production'))
+               AS f(child, field)
+    CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(c.old_doc -> f.field)) AS e(v)
+    WHERE c.entity = 'daily_report' AND c.old_doc IS NOT NULL AND cdc.oid(e.v) IS NOT NULL
+) o
+WHERE l.entity = o.child AND l.child_key = o.child_key AND l.report_key = o.report_key
 
 -- @stmt -
 INSERT INTO cdc.report_child (entity, child_key, report_key)
