@@ -364,7 +364,10 @@ async fn load_all(
     queue: &mut VecDeque<Task>,
 ) -> Result<Vec<CollectionSummary>, BackfillError> {
     let mut done = Vec::new();
-    while let Some((coll, entity, prev)) = queue.pop_front_if(|t| !is_child(t.1)) {
+    while queue.front().is_some_and(|t| !is_child(t.1)) {
+        let Some((coll, entity, prev)) = queue.pop_front() else {
+            break;
+        };
         done.push(job.collection(&coll, entity, prev).await?);
     }
     let workers = settings.pipeline.backfill.workers.min(queue.len());
