@@ -46,7 +46,9 @@ CROSS JOIN (VALUES ('employee_work', 'employeeWork'), ('vehicle_work', 'vehicleW
            AS f(child, field)
 CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(d.doc -> f.field)) AS e(v)
 WHERE cdc.oid(e.v) IS NOT NULL
-  AND EXISTS (SELECT 1 FROM cdc.source_doc s WHERE s.entity = f.child AND s.key = cdc.oid(e.v))
+  -- OFFSET 0: a lookup per listed child, never a semi-join reading a whole collection.
+  AND EXISTS (SELECT 1 FROM cdc.source_doc s WHERE s.entity = f.child AND s.key = cdc.oid(e.v)
+              OFFSET 0)
 ON CONFLICT DO NOTHING
 
 -- @stmt -

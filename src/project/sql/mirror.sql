@@ -8,9 +8,13 @@ WITH input AS (
                 $6::timestamptz[], $7::jsonb[], $8::bool[])
          AS i(entity, key, ct_t, ct_i, ordinal, wall_time, doc, deleted)
 ), old AS (
-    SELECT s.entity, s.key, s.doc
-    FROM cdc.source_doc s
-    JOIN input i ON i.entity = s.entity AND i.key = s.key
+    -- A lookup per input document (a join could scan the whole mirror). Every part of the
+    -- statement sees the mirror as it was before it: these are the previous states.
+    SELECT i.entity, i.key, s.doc
+    FROM input i
+    CROSS JOIN LATERAL (
+        SELECT s0.doc FROM cdc.source_doc s0
+        WHERE s0.entity = i.entity AND s0.key = i.key OFFSET 0) s
 ), up AS (
     INSERT INTO cdc.source_doc AS s
         (entity, key, ct_t, ct_i, ordinal, wall_time, doc, deleted, deleted_at)
