@@ -139,6 +139,43 @@ fn bench(cr: &mut Criterion) {
         });
     }
     group.finish();
+
+    // The law's costliest propagation: a rate change of an employee with 10,000 work rows
+    // (2,500 more reports whose 4 employee works are all by that employee).
+    let heavy = EMPLOYEES - 1;
+    for _ in 0..50 {
+        let docs: Vec<SourceDoc> = (0..50)
+            .flat_map(|_| {
+                next_report += 1;
+                g.report_by(next_report, |_| heavy)
+            })
+            .collect();
+        rt.block_on(apply(&mut c, &pipeline, &docs, Guard::NewerOrEqual));
+    }
+    let mut group = cr.benchmark_group("project_rate_change");
+    group
+        .sample_size(10)
+        .measurement_time(Duration::from_secs(20));
+    group.throughput(Throughput::Elements(10_000));
+    let mut rate = 40u64;
+    group.bench_function("employee_with_10000_work_rows", |b| {
+        b.iter_custom(|iters| {
+            let mut total = Duration::ZERO;
+            for _ in 0..iters {
+                rate += 1;
+                let rates = json!([{ "date": { "$date": "2022-01-01T00:00:00Z" }, "rate": rate },
+                                   { "date": { "$date": "2023-06-01T00:00:00Z" }, "rate": rate + 5 }]);
+                let docs = vec![g.doc(
+                    Entity::Employee,
+                    key(3, heavy),
+                    json!({ "name": format!("E{heavy}"), "rates": rates }),
+                )];
+                total += rt.block_on(apply(&mut c, &pipeline, &docs, Guard::Newer));
+            }
+            total
+        })
+    });
+    group.finish();
     drop(c);
     if std::env::var_os("BENCH_KEEP_DB").is_some() {
         return;

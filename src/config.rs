@@ -31,9 +31,9 @@ pub const DEFAULT_MONGO_URI: &str = "mongodb://127.0.0.1:27017/?replicaSet=rs0";
 /// Default publisher-confirm window (events in flight).
 pub const DEFAULT_CONFIRM_WINDOW: usize = 1024;
 /// Default projector prefetch.
-pub const DEFAULT_PREFETCH: u16 = 2000;
+pub const DEFAULT_PREFETCH: u16 = 5000;
 /// Default projector batch limits.
-pub const DEFAULT_BATCH_MAX_EVENTS: usize = 1000;
+pub const DEFAULT_BATCH_MAX_EVENTS: usize = 2500;
 pub const DEFAULT_BATCH_MAX_BYTES: usize = 8 * 1024 * 1024;
 pub const DEFAULT_BATCH_LINGER_MS: u64 = 50;
 /// Default backfill chunk size (documents per transaction).

@@ -108,6 +108,11 @@ impl Gen {
     /// One daily report with 4 employee works, 2 vehicle works, 3 shipments, 1 production:
     /// 11 documents.
     pub fn report(&mut self, r: u64) -> Vec<SourceDoc> {
+        self.report_by(r, |i| (r + i) % EMPLOYEES)
+    }
+
+    /// [`Gen::report`] whose `i`-th employee work is by employee `employee(i)`.
+    pub fn report_by(&mut self, r: u64, employee: impl Fn(u64) -> u64) -> Vec<SourceDoc> {
         let ew: Vec<String> = (0..4).map(|i| key(10, r * 4 + i)).collect();
         let vw: Vec<String> = (0..2).map(|i| key(11, r * 2 + i)).collect();
         let ms: Vec<String> = (0..3).map(|i| key(12, r * 3 + i)).collect();
@@ -118,7 +123,7 @@ impl Gen {
                 Entity::EmployeeWork,
                 k.clone(),
                 json!({
-                "employee": oid(&key(3, (r + i as u64) % EMPLOYEES)), "jobTitle": "Op",
+                "employee": oid(&key(3, employee(i as u64))), "jobTitle": "Op",
                 "startTime": at(r, 7), "endTime": at(r, 15 + i as u64) }),
             ));
         }
