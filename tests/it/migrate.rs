@@ -5,6 +5,7 @@ mod adopt;
 mod catalog;
 mod expected;
 mod report_layer;
+mod upgrade;
 
 use std::process::{Command, Output, Stdio};
 
