@@ -42,6 +42,24 @@ pub fn router(state: HttpState) -> Router {
         .with_state(state)
 }
 
+/// The backfill Job's port: `/metrics` and `/healthz` (a Job has no readiness).
+pub fn metrics_router(metrics: PrometheusHandle) -> Router {
+    Router::new()
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        metrics.render(),
+                    )
+                }
+            }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+}
+
 /// Serve until `stop` is cancelled.
 pub async fn serve(
     listener: TcpListener,

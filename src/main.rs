@@ -46,6 +46,10 @@ enum Command {
         /// Start over instead of continuing from the last completed chunk.
         #[arg(long)]
         restart: bool,
+        /// Listen address of /metrics and /healthz while the backfill runs (default: the
+        /// pipeline's `http.listen`); port 0 picks a free port, logged at start.
+        #[arg(long, env = "CDC_HTTP_LISTEN")]
+        http_listen: Option<std::net::SocketAddr>,
     },
     /// Apply the embedded migrations (adopts a database the legacy dbmate migrations built).
     Migrate {
@@ -87,7 +91,8 @@ fn main() -> ExitCode {
             from_dump,
             collections,
             restart,
-        } => backfill(&pipeline, from_dump, collections, restart),
+            http_listen,
+        } => backfill(&pipeline, from_dump, collections, restart, http_listen),
         Command::Verify { pipeline } => not_yet("verify", &pipeline),
         Command::Status { pipeline } => not_yet("status", &pipeline),
         Command::Reproject { pipeline } => not_yet("reproject", &pipeline),
@@ -137,6 +142,7 @@ fn backfill(
     from_dump: Option<PathBuf>,
     collections: Vec<String>,
     restart: bool,
+    http_listen: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     use bowmark_cdc::backfill::{BackfillOptions, run_backfill};
     let settings = match Settings::from_file(pipeline) {
@@ -153,8 +159,8 @@ fn backfill(
             return ExitCode::FAILURE;
         }
     };
-    bowmark_cdc::metrics::describe();
     let shutdown = tokio_util::sync::CancellationToken::new();
+    let http_stop = tokio_util::sync::CancellationToken::new();
     let opts = BackfillOptions {
         from_dump,
         collections,
@@ -168,7 +174,11 @@ fn backfill(
             tracing::warn!("stop requested: finishing the chunk in flight");
             shutdown.cancel();
         });
-        run_backfill(&settings, opts).await
+        let addr = http_listen.unwrap_or(settings.pipeline.http_listen);
+        runtime::serve_metrics(addr, http_stop.clone()).await;
+        let result = run_backfill(&settings, opts).await;
+        http_stop.cancel();
+        result
     });
     match result {
         Ok(summary) => {

@@ -15,7 +15,6 @@ use bowmark_cdc::topology;
 use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation};
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::project::seed::{self, *};
 use crate::support::{self, TestDb, TestVhost, eventually};
@@ -186,21 +185,7 @@ impl Daemon {
 
     /// GET a path; (status, body).
     async fn get(&self, path: &str) -> (u16, String) {
-        let mut s = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connect http");
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
-            .await
-            .unwrap();
-        let mut out = String::new();
-        s.read_to_string(&mut out).await.unwrap();
-        let status = out
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
-        (status, body.to_string())
+        support::http_get(self.addr, path).await
     }
 
     async fn wait_ready(&self) {

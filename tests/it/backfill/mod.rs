@@ -6,6 +6,7 @@ pub mod workload;
 
 mod dump;
 mod live;
+mod metrics;
 mod resume;
 
 use std::path::{Path, PathBuf};

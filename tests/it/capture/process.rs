@@ -129,21 +129,7 @@ impl Observed {
 
     /// `GET path` → (status code, body).
     async fn get(&self, path: &str) -> (u16, String) {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut s = tokio::net::TcpStream::connect(self.addr)
-            .await
-            .expect("connect http");
-        let req = format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.unwrap();
-        let mut buf = String::new();
-        s.read_to_string(&mut buf).await.unwrap();
-        let code = buf
-            .split_whitespace()
-            .nth(1)
-            .and_then(|c| c.parse().ok())
-            .unwrap_or(0);
-        let body = buf.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        (code, body)
+        crate::support::http_get(self.addr, path).await
     }
 }
 

@@ -245,6 +245,8 @@ pub fn child_env(
         ("POSTGRES_PORT".to_string(), pg.port.to_string()),
         ("POSTGRES_USER".to_string(), pg.user.clone()),
         ("POSTGRES_DB".to_string(), db.name.clone()),
+        // Never the pipeline's fixed port: tests run side by side.
+        ("CDC_HTTP_LISTEN".to_string(), "127.0.0.1:0".to_string()),
     ];
     if let Some(vh) = vhost {
         v.push(("RABBITMQ_VHOST".into(), vh.name.clone()));
@@ -278,4 +280,24 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// `GET path` from a process's HTTP port (HTTP/1.0, connection closed): (status, body).
+pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr)
+        .await
+        .expect("connect http");
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: x\r\n\r\n").as_bytes())
+        .await
+        .expect("send request");
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.expect("read response");
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
+    (status, body.to_string())
 }
