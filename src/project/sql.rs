@@ -76,7 +76,7 @@ CREATE TEMP TABLE IF NOT EXISTS cdc_ctx (
     entity text NOT NULL, key text NOT NULL, doc jsonb NOT NULL, report_key text NOT NULL,
     jobsite_key text NOT NULL, rts timestamptz NOT NULL, daily_report_id uuid NOT NULL,
     jobsite_id uuid NOT NULL, crew_id uuid NOT NULL, work_date date NOT NULL,
-    crew_type text NOT NULL, PRIMARY KEY (entity, key)
+    crew_type text NOT NULL
 ) ON COMMIT DELETE ROWS;
 DELETE FROM pg_temp.cdc_changed;
 DELETE FROM pg_temp.cdc_affected;

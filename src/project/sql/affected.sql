@@ -39,15 +39,22 @@ WITH docs AS (
     WHERE c.entity = 'daily_report' AND c.old_doc IS NOT NULL
 )
 INSERT INTO pg_temp.cdc_affected (entity, key)
-SELECT DISTINCT f.child, cdc.oid(e.v)
-FROM docs d
-CROSS JOIN (VALUES ('employee_work', 'employeeWork'), ('vehicle_work', 'vehicleWork'),
-                   ('material_shipment', 'materialShipment'), ('production', 'production'))
-           AS f(child, field)
-CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(d.doc -> f.field)) AS e(v)
-WHERE cdc.oid(e.v) IS NOT NULL
-  -- OFFSET 0: a lookup per listed child, never a semi-join reading a whole collection.
-  AND EXISTS (SELECT 1 FROM cdc.source_doc s WHERE s.entity = f.child AND s.key = cdc.oid(e.v)
+SELECT DISTINCT l.child, l.key
+FROM (
+    -- Children not affected yet (a streamed report usually arrives with its children)...
+    SELECT f.child, cdc.oid(e.v) AS key
+    FROM docs d
+    CROSS JOIN (VALUES ('employee_work', 'employeeWork'), ('vehicle_work', 'vehicleWork'),
+                       ('material_shipment', 'materialShipment'), ('production', 'production'))
+               AS f(child, field)
+    CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(d.doc -> f.field)) AS e(v)
+    WHERE cdc.oid(e.v) IS NOT NULL
+      AND NOT EXISTS (SELECT 1 FROM pg_temp.cdc_affected a
+                      WHERE a.entity = f.child AND a.key = cdc.oid(e.v))
+    OFFSET 0) l
+-- ...that the mirror holds: a lookup per child (OFFSET 0: never a semi-join reading a whole
+-- collection).
+WHERE EXISTS (SELECT 1 FROM cdc.source_doc s WHERE s.entity = l.child AND s.key = l.key
               OFFSET 0)
 ON CONFLICT DO NOTHING
 
