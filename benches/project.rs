@@ -66,6 +66,36 @@ async fn apply(c: &mut Client, p: &Pipeline, docs: &[SourceDoc], guard: Guard) -
     start.elapsed()
 }
 
+struct Loader<'a> {
+    rt: &'a tokio::runtime::Runtime,
+    pipeline: &'a Pipeline,
+}
+
+impl Loader<'_> {
+    /// Load `n` more reports after `next`, 50 per call; the i-th employee work of report r is
+    /// by employee `employee(r, i)`.
+    fn reports(
+        &mut self,
+        c: &mut Client,
+        g: &mut Gen,
+        next: &mut u64,
+        n: u64,
+        employee: impl Fn(u64, u64) -> u64,
+    ) {
+        for _ in 0..n / 50 {
+            let docs: Vec<SourceDoc> = (0..50)
+                .flat_map(|_| {
+                    *next += 1;
+                    let r = *next;
+                    g.report_by(r, |i| employee(r, i))
+                })
+                .collect();
+            self.rt
+                .block_on(apply(c, self.pipeline, &docs, Guard::NewerOrEqual));
+        }
+    }
+}
+
 fn bench(cr: &mut Criterion) {
     let rt = tokio::runtime::Runtime::new().expect("runtime");
     let pipeline =
@@ -81,15 +111,11 @@ fn bench(cr: &mut Criterion) {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(2000);
-    for _ in 0..base / 50 {
-        let docs: Vec<SourceDoc> = (0..50)
-            .flat_map(|_| {
-                next_report += 1;
-                g.report(next_report)
-            })
-            .collect();
-        rt.block_on(apply(&mut c, &pipeline, &docs, Guard::NewerOrEqual));
-    }
+    let mut load = Loader {
+        rt: &rt,
+        pipeline: &pipeline,
+    };
+    load.reports(&mut c, &mut g, &mut next_report, base, |r, i| (r + i) % EMPLOYEES);
     let mut group = cr.benchmark_group("project_apply");
     group
         .sample_size(10)
@@ -143,15 +169,7 @@ fn bench(cr: &mut Criterion) {
     // The law's costliest propagation: a rate change of an employee with 10,000 work rows
     // (2,500 more reports whose 4 employee works are all by that employee).
     let heavy = EMPLOYEES - 1;
-    for _ in 0..50 {
-        let docs: Vec<SourceDoc> = (0..50)
-            .flat_map(|_| {
-                next_report += 1;
-                g.report_by(next_report, |_| heavy)
-            })
-            .collect();
-        rt.block_on(apply(&mut c, &pipeline, &docs, Guard::NewerOrEqual));
-    }
+    load.reports(&mut c, &mut g, &mut next_report, 2500, |_, _| heavy);
     let mut group = cr.benchmark_group("project_rate_change");
     group
         .sample_size(10)

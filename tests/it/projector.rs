@@ -2,7 +2,6 @@
 //! private RabbitMQ vhost and PostgreSQL database, fed v1 events published straight to
 //! `bowmark.sync`. Each test asserts what a user of the reports (or an operator) would notice.
 
-use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::process::{Child, Stdio};
 use std::sync::{Arc, Mutex};
@@ -153,30 +152,13 @@ impl Daemon {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawn bowmark-cdc");
-        let stderr = child.stderr.take().expect("stderr");
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = std::sync::mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = serde_json::from_str::<Value>(&line)
-                    .ok()
-                    .and_then(|v| v.get("addr")?.as_str()?.parse::<SocketAddr>().ok())
-                {
-                    let _ = tx.send(addr);
-                }
-                sink.lock().unwrap().push(line);
-            }
-        });
-        let addr = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|_| {
-                panic!(
-                    "the daemon never logged its HTTP address:\n{}",
-                    log.lock().unwrap().join("\n")
-                )
-            });
-        Daemon { child, addr, log }
+        let tail = support::StderrTail::start(&mut child);
+        let addr = tail.http_addr();
+        Daemon {
+            child,
+            addr,
+            log: tail.log,
+        }
     }
 
     fn log(&self) -> String {

@@ -1,12 +1,9 @@
 //! The backfill Job's HTTP port: Prometheus can scrape its progress while it runs.
 
-use std::io::{BufRead, BufReader};
-use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
 
 use bowmark_cdc::project::PROJECT_LOCK_KEY;
-use serde_json::Value;
 
 use super::workload::{Shape, Workload};
 use crate::support::{self, migrated_db};
@@ -34,21 +31,8 @@ async fn a_running_backfill_serves_its_progress_on_metrics() {
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn backfill");
-    let stderr = child.stderr.take().expect("stderr");
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = serde_json::from_str::<Value>(&line)
-                .ok()
-                .and_then(|v| v.get("addr")?.as_str()?.parse::<SocketAddr>().ok())
-            {
-                let _ = tx.send(addr);
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("the backfill logs its HTTP address");
+    let tail = support::StderrTail::start(&mut child);
+    let addr = tail.http_addr();
     // Then /metrics shows the first collection's documents while the backfill runs
     let body = support::eventually(
         "the backfill's progress on /metrics",

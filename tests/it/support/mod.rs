@@ -301,3 +301,48 @@ pub async fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, String) {
     let body = out.split_once("\r\n\r\n").map(|x| x.1).unwrap_or("");
     (status, body.to_string())
 }
+
+/// A child process's stderr (JSON log lines), read on a thread: every line is kept, and the
+/// HTTP address it logs (`"addr"`) is handed over.
+pub struct StderrTail {
+    pub log: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    addr: std::sync::mpsc::Receiver<std::net::SocketAddr>,
+}
+
+impl StderrTail {
+    pub fn start(child: &mut std::process::Child) -> StderrTail {
+        use std::io::{BufRead, BufReader};
+        let stderr = child.stderr.take().expect("the child's stderr is piped");
+        let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let (tx, addr) = std::sync::mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(a) = serde_json::from_str::<serde_json::Value>(&line)
+                    .ok()
+                    .and_then(|v| v.get("addr")?.as_str()?.parse().ok())
+                {
+                    let _ = tx.send(a);
+                }
+                sink.lock().unwrap_or_else(|e| e.into_inner()).push(line);
+            }
+        });
+        StderrTail { log, addr }
+    }
+
+    /// The HTTP address the process logged; panics with its log after 30 s.
+    pub fn http_addr(&self) -> std::net::SocketAddr {
+        self.addr
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|_| {
+                panic!(
+                    "the process never logged its HTTP address:\n{}",
+                    self.text()
+                )
+            })
+    }
+
+    pub fn text(&self) -> String {
+        self.log.lock().unwrap_or_else(|e| e.into_inner()).join("\n")
+    }
+}
