@@ -115,7 +115,9 @@ fn bench(cr: &mut Criterion) {
         rt: &rt,
         pipeline: &pipeline,
     };
-    load.reports(&mut c, &mut g, &mut next_report, base, |r, i| (r + i) % EMPLOYEES);
+    load.reports(&mut c, &mut g, &mut next_report, base, |r, i| {
+        (r + i) % EMPLOYEES
+    });
     let mut group = cr.benchmark_group("project_apply");
     group
         .sample_size(10)

@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use chrono::{DateTime, Utc};
 use futures_util::TryStreamExt;
-use tokio_postgres::Transaction;
 use serde_json::value::RawValue;
+use tokio_postgres::Transaction;
 use tokio_postgres::types::{Json, ToSql, Type};
 
 use crate::config::Pipeline;
@@ -218,10 +218,8 @@ async fn upsert_mirror(
         .collect();
     let ordinal: Vec<i64> = batch.iter().map(|d| i64::from(d.version.ordinal)).collect();
     let wall: Vec<DateTime<Utc>> = batch.iter().map(|d| d.wall_time).collect();
-    let doc: Vec<Option<Json<&RawValue>>> = batch
-        .iter()
-        .map(|d| d.doc.as_deref().map(Json))
-        .collect();
+    let doc: Vec<Option<Json<&RawValue>>> =
+        batch.iter().map(|d| d.doc.as_deref().map(Json)).collect();
     let deleted: Vec<bool> = batch.iter().map(|d| d.deleted).collect();
     let or_equal = mode == Guard::NewerOrEqual;
     let params: [(&(dyn ToSql + Sync), Type); 9] = [

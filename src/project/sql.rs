@@ -41,10 +41,17 @@ pub(crate) static AFFECTED_STEPS: LazyLock<Vec<Stmt>> = LazyLock::new(|| split(A
 /// The derivation, in dependency order: dimensions, reports and jobsite materials, the child
 /// context, facts.
 pub(crate) static DERIVE_STEPS: LazyLock<Vec<Stmt>> = LazyLock::new(|| {
-    [DIMS, REPORTS, CTX, FACTS_WORK, FACTS_SHIPMENT, FACTS_INVOICE]
-        .into_iter()
-        .flat_map(split)
-        .collect()
+    [
+        DIMS,
+        REPORTS,
+        CTX,
+        FACTS_WORK,
+        FACTS_SHIPMENT,
+        FACTS_INVOICE,
+    ]
+    .into_iter()
+    .flat_map(split)
+    .collect()
 });
 
 /// Key of the transaction-scoped advisory lock that serializes projections on one database.
@@ -218,7 +225,11 @@ mod tests {
                 s.label
             );
         }
-        for s in MIRROR_STEPS.iter().chain(&*AFFECTED_STEPS).chain(&*DERIVE_STEPS) {
+        for s in MIRROR_STEPS
+            .iter()
+            .chain(&*AFFECTED_STEPS)
+            .chain(&*DERIVE_STEPS)
+        {
             assert!(!s.label.is_empty());
             assert!(!s.sql.contains("{{"), "unexpanded template in {}", s.label);
             assert!(!s.sql.contains("@stmt"));

@@ -24,12 +24,17 @@ async fn a_running_backfill_serves_its_progress_on_metrics() {
         .expect("hold the projection lock");
     // When the backfill runs with its HTTP port on
     let mut cmd = support::cdc_bin();
-    cmd.args(["backfill", "--pipeline", "pipeline/paving.toml", "--from-dump"])
-        .arg(dir.path())
-        .envs(support::child_env(&db, None, None))
-        .env("RUST_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped());
+    cmd.args([
+        "backfill",
+        "--pipeline",
+        "pipeline/paving.toml",
+        "--from-dump",
+    ])
+    .arg(dir.path())
+    .envs(support::child_env(&db, None, None))
+    .env("RUST_LOG", "info")
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped());
     let mut child = cmd.spawn().expect("spawn backfill");
     let tail = support::StderrTail::start(&mut child);
     let addr = tail.http_addr();

@@ -245,3 +245,72 @@ async fn a_second_backfill_of_the_same_pipeline_is_refused_while_one_runs() {
         text(&out.stderr)
     );
 }
+
+/// Given a generated dump whose four children collections load side by side, when the backfill
+/// is killed while two of them are half way and started again, then each continues from its
+/// own last chunk, and the database equals an uninterrupted run's.
+#[tokio::test]
+async fn a_backfill_killed_while_children_load_side_by_side_resumes_to_the_same_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = super::workload::Workload::generate(21, super::workload::Shape::realistic(800));
+    w.write_dump(dir.path()).expect("write dump");
+    let dump = dir.path().to_str().unwrap();
+    let p = temp_pipeline("paving", None, Some(20));
+
+    let killed = support::migrated_db().await;
+    let c = killed.client().await;
+    let mut cmd = support::cdc_bin();
+    cmd.args(["backfill", "--pipeline"])
+        .arg(&p.path)
+        .args(["--from-dump", dump])
+        .envs(support::child_env(&killed, None, None))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut child = cmd.spawn().expect("spawn backfill");
+    // Two children collections committed chunks and are still running at the same time.
+    let running = support::eventually(
+        "two children collections loading at once",
+        Duration::from_secs(120),
+        || async {
+            let rows = c
+                .query(
+                    "SELECT collection FROM cdc.backfill_progress WHERE status = 'running' \
+                     AND docs_done > 0 AND collection IN \
+                     ('employeeworks', 'vehicleworks', 'materialshipments', 'productions')",
+                    &[],
+                )
+                .await
+                .ok()?;
+            (rows.len() >= 2).then(|| {
+                rows.iter()
+                    .map(|r| r.get::<_, String>(0))
+                    .collect::<Vec<_>>()
+            })
+        },
+    )
+    .await;
+    child.kill().expect("kill");
+    let _ = child.wait();
+    released(&c).await;
+
+    let out = run_cli(&killed, &p.path, None, &["--from-dump", dump]);
+    assert_success(&out);
+    let stdout = text(&out.stdout);
+    for coll in &running {
+        let (resumed, read) = resumed_and_read(&stdout, coll);
+        assert!(resumed > 0, "{coll} resumed from its chunk:\n{stdout}");
+        assert_eq!(
+            (resumed + read) as usize,
+            w.count(coll),
+            "{coll}: resumed + read = all\n{stdout}"
+        );
+    }
+
+    let whole = support::migrated_db().await;
+    assert_success(&run_cli(&whole, &p.path, None, &["--from-dump", dump]));
+    assert_eq!(
+        content(&c).await,
+        content(&whole.client().await).await,
+        "resumed run differs from an uninterrupted one"
+    );
+}

@@ -322,7 +322,9 @@ pub fn compare(streamed: &Star, fresh: &Star) -> Result<(), String> {
 async fn reset(h: &Harness) {
     let tables = TABLES.join(", ");
     h.client
-        .batch_execute(&format!("TRUNCATE cdc.source_doc, cdc.report_child, {tables} CASCADE"))
+        .batch_execute(&format!(
+            "TRUNCATE cdc.source_doc, cdc.report_child, {tables} CASCADE"
+        ))
         .await
         .expect("truncate");
 }
