@@ -2,8 +2,13 @@
 //!
 //! A file holds statements each introduced by a line `-- @stmt LABEL`, where LABEL is the star
 //! table the statement writes (`-` for bookkeeping, `ctx:ENTITY` for the child context).
-//! `{{ctx ENTITY}}` expands to the daily-report child context query (`sql/ctx.sql`
-//! stores it in `pg_temp.cdc_ctx` once per apply for every fact statement).
+//! Templates shared by several statements expand in place:
+//! - `{{ctx ENTITY}}`: the daily-report child context query (`sql/ctx.sql` stores it in
+//!   `pg_temp.cdc_ctx` once per apply for every fact statement);
+//! - `{{archive TABLE ENTITY FIELD}}`: archive the TABLE rows of affected children that were
+//!   not derived by this apply;
+//! - `{{rates ENTITY}}`: rewrite `dim_ENTITY_rate` from the document's `rates[]`;
+//! - `{{archive_dim TABLE ENTITY}}`: soft-archive the TABLE rows of deleted documents.
 
 use std::sync::LazyLock;
 
@@ -158,18 +163,75 @@ fn split(file: &'static str) -> Vec<Stmt> {
 fn expand(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut rest = sql;
-    while let Some(at) = rest.find("{{ctx ") {
+    while let Some(at) = rest.find("{{") {
         out.push_str(&rest[..at]);
-        let tail = &rest[at + "{{ctx ".len()..];
+        let tail = &rest[at + 2..];
         let end = tail
             .find("}}")
-            .expect("unterminated {{ctx}} in projection SQL");
-        let mut args = tail[..end].split_whitespace();
-        out.push_str(&child_ctx(args.next().unwrap_or("")));
+            .expect("unterminated {{…}} in projection SQL");
+        let args: Vec<&str> = tail[..end].split_whitespace().collect();
+        out.push_str(&match args.as_slice() {
+            ["ctx", entity] => child_ctx(entity),
+            ["archive", table, entity, field] => archive_children(table, entity, field),
+            ["rates", entity] => rates(entity),
+            ["archive_dim", table, entity] => archive_dim(table, entity),
+            other => panic!("unknown template {other:?} in projection SQL"),
+        });
         rest = &tail[end + 2..];
     }
     out.push_str(rest);
     out
+}
+
+/// The TABLE rows of affected ENTITY children that this apply did not stamp (not derivable any
+/// more), archived at the wall time of the event that deleted or detached them (the report
+/// listed them in FIELD).
+fn archive_children(table: &str, entity: &str, field: &str) -> String {
+    format!(
+        "
+UPDATE {table} t
+SET archived_at = cdc.detach_time('{entity}', t.mongo_id, '{field}', dr.mongo_id),
+    synced_at = now()
+FROM pg_temp.cdc_affected a, dim_daily_report dr
+WHERE a.entity = '{entity}' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
+  AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
+"
+    )
+}
+
+/// `dim_ENTITY_rate` mirrors the `rates[]` of every ENTITY row this apply derived (§7.6).
+fn rates(entity: &str) -> String {
+    format!(
+        "
+WITH gone AS (
+    DELETE FROM dim_{entity}_rate r
+    USING pg_temp.cdc_affected a, dim_{entity} t
+    WHERE a.entity = '{entity}' AND t.mongo_id = a.key AND t.synced_at = $2
+      AND r.{entity}_id = t.id
+)
+INSERT INTO dim_{entity}_rate ({entity}_id, mongo_id, rate, effective_date, synced_at)
+SELECT t.id, NULL, cdc.num(e.v -> 'rate'), cdc.day(cdc.ts(e.v -> 'date'), $1), $2
+FROM pg_temp.cdc_affected a
+JOIN dim_{entity} t ON t.mongo_id = a.key AND t.synced_at = $2
+CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
+CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(s.doc -> 'rates')) AS e(v)
+WHERE a.entity = '{entity}'
+  AND cdc.num(e.v -> 'rate') IS NOT NULL AND cdc.ts(e.v -> 'date') IS NOT NULL
+"
+    )
+}
+
+/// The TABLE rows of deleted ENTITY documents, archived at the deleting event's wall time
+/// (a `RETURNING 1` data-modifying CTE body).
+fn archive_dim(table: &str, entity: &str) -> String {
+    format!(
+        "
+    UPDATE {table} t SET archived_at = s.deleted_at, synced_at = now()
+    FROM pg_temp.cdc_affected a CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
+    WHERE a.entity = '{entity}' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
+    RETURNING 1
+"
+    )
 }
 
 /// Each affected live child of ENTITY with its parent report (the lowest-key live report

@@ -15,20 +15,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
 
 -- @stmt dim_employee_rate
-WITH gone AS (
-    DELETE FROM dim_employee_rate r
-    USING pg_temp.cdc_affected a, dim_employee t
-    WHERE a.entity = 'employee' AND t.mongo_id = a.key AND t.synced_at = $2
-      AND r.employee_id = t.id
-)
-INSERT INTO dim_employee_rate (employee_id, mongo_id, rate, effective_date, synced_at)
-SELECT t.id, NULL, cdc.num(e.v -> 'rate'), cdc.day(cdc.ts(e.v -> 'date'), $1), $2
-FROM pg_temp.cdc_affected a
-JOIN dim_employee t ON t.mongo_id = a.key AND t.synced_at = $2
-CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
-CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(s.doc -> 'rates')) AS e(v)
-WHERE a.entity = 'employee'
-  AND cdc.num(e.v -> 'rate') IS NOT NULL AND cdc.ts(e.v -> 'date') IS NOT NULL
+{{rates employee}}
 
 -- @stmt dim_vehicle
 INSERT INTO dim_vehicle AS t
@@ -46,20 +33,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     synced_at = EXCLUDED.synced_at
 
 -- @stmt dim_vehicle_rate
-WITH gone AS (
-    DELETE FROM dim_vehicle_rate r
-    USING pg_temp.cdc_affected a, dim_vehicle t
-    WHERE a.entity = 'vehicle' AND t.mongo_id = a.key AND t.synced_at = $2
-      AND r.vehicle_id = t.id
-)
-INSERT INTO dim_vehicle_rate (vehicle_id, mongo_id, rate, effective_date, synced_at)
-SELECT t.id, NULL, cdc.num(e.v -> 'rate'), cdc.day(cdc.ts(e.v -> 'date'), $1), $2
-FROM pg_temp.cdc_affected a
-JOIN dim_vehicle t ON t.mongo_id = a.key AND t.synced_at = $2
-CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
-CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(s.doc -> 'rates')) AS e(v)
-WHERE a.entity = 'vehicle'
-  AND cdc.num(e.v -> 'rate') IS NOT NULL AND cdc.ts(e.v -> 'date') IS NOT NULL
+{{rates vehicle}}
 
 -- @stmt dim_jobsite
 INSERT INTO dim_jobsite AS t (mongo_id, name, jobcode, active, archived_at, synced_at)
@@ -112,30 +86,15 @@ WHERE a.entity = 'crew' AND s.entity = a.entity AND s.key = a.key AND s.deleted
 -- @stmt dim_*
 -- Deleted dimension documents: soft archive at the deleting event's wall time.
 WITH e AS (
-    UPDATE dim_employee t SET archived_at = s.deleted_at, synced_at = now()
-    FROM pg_temp.cdc_affected a CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
-    WHERE a.entity = 'employee' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
-    RETURNING 1
+    {{archive_dim dim_employee employee}}
 ), v AS (
-    UPDATE dim_vehicle t SET archived_at = s.deleted_at, synced_at = now()
-    FROM pg_temp.cdc_affected a CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
-    WHERE a.entity = 'vehicle' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
-    RETURNING 1
+    {{archive_dim dim_vehicle vehicle}}
 ), j AS (
-    UPDATE dim_jobsite t SET archived_at = s.deleted_at, synced_at = now()
-    FROM pg_temp.cdc_affected a CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
-    WHERE a.entity = 'jobsite' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
-    RETURNING 1
+    {{archive_dim dim_jobsite jobsite}}
 ), c AS (
-    UPDATE dim_company t SET archived_at = s.deleted_at, synced_at = now()
-    FROM pg_temp.cdc_affected a CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
-    WHERE a.entity = 'company' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
-    RETURNING 1
+    {{archive_dim dim_company company}}
 ), m AS (
-    UPDATE dim_material t SET archived_at = s.deleted_at, synced_at = now()
-    FROM pg_temp.cdc_affected a CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
-    WHERE a.entity = 'material' AND s.deleted AND t.mongo_id = a.key AND t.archived_at IS NULL
-    RETURNING 1
+    {{archive_dim dim_material material}}
 )
 SELECT (SELECT count(*) FROM e) + (SELECT count(*) FROM v) + (SELECT count(*) FROM j)
      + (SELECT count(*) FROM c) + (SELECT count(*) FROM m)

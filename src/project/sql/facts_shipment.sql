@@ -92,12 +92,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     vehicle_type = EXCLUDED.vehicle_type, rate_scenario_id = EXCLUDED.rate_scenario_id
 
 -- @stmt fact_material_shipment
-UPDATE fact_material_shipment t
-SET archived_at = cdc.detach_time('material_shipment', t.mongo_id, 'materialShipment', dr.mongo_id),
-    synced_at = now()
-FROM pg_temp.cdc_affected a, dim_daily_report dr
-WHERE a.entity = 'material_shipment' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
-  AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
+{{archive fact_material_shipment material_shipment materialShipment}}
 
 -- @stmt fact_non_costed_material
 WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'material_shipment')
@@ -120,12 +115,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     unit = EXCLUDED.unit, archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
 
 -- @stmt fact_non_costed_material
-UPDATE fact_non_costed_material t
-SET archived_at = cdc.detach_time('material_shipment', t.mongo_id, 'materialShipment', dr.mongo_id),
-    synced_at = now()
-FROM pg_temp.cdc_affected a, dim_daily_report dr
-WHERE a.entity = 'material_shipment' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
-  AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
+{{archive fact_non_costed_material material_shipment materialShipment}}
 
 -- @stmt fact_trucking
 -- Only for a shipment whose costed row was written just now. The rate: the entry of the
@@ -201,9 +191,4 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     synced_at = EXCLUDED.synced_at
 
 -- @stmt fact_trucking
-UPDATE fact_trucking t
-SET archived_at = cdc.detach_time('material_shipment', t.mongo_id, 'materialShipment', dr.mongo_id),
-    synced_at = now()
-FROM pg_temp.cdc_affected a, dim_daily_report dr
-WHERE a.entity = 'material_shipment' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
-  AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
+{{archive fact_trucking material_shipment materialShipment}}

@@ -30,12 +30,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
 
 -- @stmt fact_employee_work
-UPDATE fact_employee_work t
-SET archived_at = cdc.detach_time('employee_work', t.mongo_id, 'employeeWork', dr.mongo_id),
-    synced_at = now()
-FROM pg_temp.cdc_affected a, dim_daily_report dr
-WHERE a.entity = 'employee_work' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
-  AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
+{{archive fact_employee_work employee_work employeeWork}}
 
 -- @stmt fact_vehicle_work
 WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'vehicle_work')
@@ -60,12 +55,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     synced_at = EXCLUDED.synced_at
 
 -- @stmt fact_vehicle_work
-UPDATE fact_vehicle_work t
-SET archived_at = cdc.detach_time('vehicle_work', t.mongo_id, 'vehicleWork', dr.mongo_id),
-    synced_at = now()
-FROM pg_temp.cdc_affected a, dim_daily_report dr
-WHERE a.entity = 'vehicle_work' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
-  AND t.synced_at IS DISTINCT FROM $2 AND t.archived_at IS NULL
+{{archive fact_vehicle_work vehicle_work vehicleWork}}
 
 -- @stmt fact_production
 WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'production')
