@@ -104,24 +104,33 @@ fn not_yet(command: &str, _pipeline: &std::path::Path) -> ExitCode {
     ExitCode::from(2)
 }
 
+/// The settings of `pipeline` and an async runtime for a command (`who` prefixes the
+/// messages): exit 2 on bad configuration, 1 when no runtime can start.
+fn prepare(
+    who: &str,
+    pipeline: &std::path::Path,
+    mut builder: tokio::runtime::Builder,
+) -> Result<(Settings, tokio::runtime::Runtime), ExitCode> {
+    let settings = Settings::from_file(pipeline).map_err(|e| {
+        eprintln!("{who}: {e}");
+        ExitCode::from(2)
+    })?;
+    let rt = builder.enable_all().build().map_err(|e| {
+        eprintln!("{who}: cannot start the async runtime: {e}");
+        ExitCode::FAILURE
+    })?;
+    Ok((settings, rt))
+}
+
 /// The daemon: exit 0 after a clean shutdown, 1 on a fatal error, 2 on bad configuration.
 fn run(pipeline: &std::path::Path, opts: RunOptions) -> ExitCode {
-    let settings = match Settings::from_file(pipeline) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("bowmark-cdc run: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("bowmark-cdc run: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (settings, rt) = match prepare(
+        "bowmark-cdc run",
+        pipeline,
+        tokio::runtime::Builder::new_multi_thread(),
+    ) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let result = rt.block_on(runtime::run(settings, opts));
     rt.shutdown_timeout(std::time::Duration::from_secs(5));
@@ -145,19 +154,13 @@ fn backfill(
     http_listen: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     use bowmark_cdc::backfill::{BackfillOptions, run_backfill};
-    let settings = match Settings::from_file(pipeline) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("backfill: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Runtime::new() {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("backfill: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (settings, rt) = match prepare(
+        "backfill",
+        pipeline,
+        tokio::runtime::Builder::new_multi_thread(),
+    ) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let http_stop = tokio_util::sync::CancellationToken::new();
@@ -168,12 +171,9 @@ fn backfill(
         shutdown: shutdown.clone(),
         ..BackfillOptions::default()
     };
-    let result = runtime.block_on(async {
-        tokio::spawn(async move {
-            stop_signal().await;
-            tracing::warn!("stop requested: finishing the chunk in flight");
-            shutdown.cancel();
-        });
+    let result = rt.block_on(async {
+        // SIGTERM/SIGINT: the chunks in flight finish, then the run stops (resumable).
+        tokio::spawn(runtime::on_signal(shutdown));
         let addr = http_listen.unwrap_or(settings.pipeline.http_listen);
         runtime::serve_metrics(addr, http_stop.clone()).await;
         let result = run_backfill(&settings, opts).await;
@@ -195,22 +195,13 @@ fn backfill(
 /// `migrate`: apply the embedded migrations to the pipeline's PostgreSQL database, adopting a
 /// database the legacy dbmate migrations built.
 fn migrate(pipeline: &std::path::Path) -> ExitCode {
-    let settings = match Settings::from_file(pipeline) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("migrate: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("migrate: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let (settings, runtime) = match prepare(
+        "migrate",
+        pipeline,
+        tokio::runtime::Builder::new_current_thread(),
+    ) {
+        Ok(p) => p,
+        Err(code) => return code,
     };
     match runtime.block_on(bowmark_cdc::migrate::run(&settings.postgres)) {
         Ok(report) => {
@@ -225,29 +216,6 @@ fn migrate(pipeline: &std::path::Path) -> ExitCode {
             );
             ExitCode::FAILURE
         }
-    }
-}
-
-/// SIGTERM (Kubernetes) or Ctrl-C.
-async fn stop_signal() {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {}
-                    _ = tokio::signal::ctrl_c() => {}
-                }
-            }
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
     }
 }
 

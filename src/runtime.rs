@@ -216,7 +216,7 @@ async fn upkeep(handle: PrometheusHandle, stop: CancellationToken) {
 }
 
 /// SIGTERM (Kubernetes) or SIGINT (a terminal) cancels `shutdown`.
-async fn on_signal(shutdown: CancellationToken) {
+pub async fn on_signal(shutdown: CancellationToken) {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) = (
         signal(SignalKind::terminate()),

@@ -693,27 +693,9 @@ async fn sentinel(rig: &Rig, key: &str, t: u32) {
 
 /// Every star row's content, without surrogate ids and sync stamps, sentinels excluded.
 async fn star_snapshot(rig: &Rig) -> Vec<String> {
-    let tables = [
-        "dim_employee",
-        "dim_employee_rate",
-        "dim_vehicle",
-        "dim_vehicle_rate",
-        "dim_jobsite",
-        "dim_crew",
-        "dim_material",
-        "dim_jobsite_material",
-        "dim_jobsite_material_rate",
-        "dim_daily_report",
-        "fact_employee_work",
-        "fact_vehicle_work",
-        "fact_material_shipment",
-        "fact_non_costed_material",
-        "fact_trucking",
-        "fact_production",
-        "fact_invoice",
-    ];
     let mut out = Vec::new();
-    for t in tables {
+    // dim_company aside: the sentinels are companies.
+    for t in support::STAR_TABLES.iter().filter(|t| **t != "dim_company") {
         let sql = format!(
             "SELECT (to_jsonb(x) - 'id' - 'synced_at' - 'employee_id' - 'vehicle_id' \
                      - 'jobsite_id' - 'crew_id' - 'daily_report_id' - 'material_id' \

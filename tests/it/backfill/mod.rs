@@ -85,34 +85,12 @@ pub async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
         .get(0)
 }
 
-/// Star tables the comparisons cover.
-pub const STAR_TABLES: [&str; 18] = [
-    "dim_company",
-    "dim_crew",
-    "dim_employee",
-    "dim_employee_rate",
-    "dim_vehicle",
-    "dim_vehicle_rate",
-    "dim_jobsite",
-    "dim_material",
-    "dim_jobsite_material",
-    "dim_jobsite_material_rate",
-    "dim_daily_report",
-    "fact_employee_work",
-    "fact_vehicle_work",
-    "fact_material_shipment",
-    "fact_non_costed_material",
-    "fact_trucking",
-    "fact_production",
-    "fact_invoice",
-];
-
 /// Every star row by content (surrogate ids, foreign keys by uuid and `synced_at` removed,
 /// foreign keys replaced by the referenced `mongo_id` where the table has one), plus the
 /// mirror, sorted: two databases holding the same state give equal vectors.
 pub async fn content(c: &tokio_postgres::Client) -> Vec<String> {
     let mut out = Vec::new();
-    for t in STAR_TABLES {
+    for t in support::STAR_TABLES {
         let sql = format!(
             "SELECT '{t} ' || (to_jsonb(x) - 'id' - 'synced_at' \
                 - 'jobsite_id' - 'crew_id' - 'employee_id' - 'vehicle_id' - 'company_id' \

@@ -14,6 +14,7 @@ use serde_json::{Value, json};
 
 use super::Harness;
 use super::seed::{date, delete, oid, oids, upsert};
+use crate::support::STAR_TABLES;
 
 const J: [&str; 2] = ["7000000000000000000000a1", "7000000000000000000000a2"];
 const TR: [&str; 2] = ["7000000000000000000000b1", "7000000000000000000000b2"];
@@ -219,27 +220,6 @@ fn history(writes: &[Write]) -> Vec<SourceDoc> {
 /// Star rows by table: natural key -> (canonical content, archived).
 pub type Star = BTreeMap<String, BTreeMap<String, (String, bool)>>;
 
-const TABLES: [&str; 18] = [
-    "dim_employee",
-    "dim_employee_rate",
-    "dim_vehicle",
-    "dim_vehicle_rate",
-    "dim_jobsite",
-    "dim_company",
-    "dim_material",
-    "dim_jobsite_material",
-    "dim_jobsite_material_rate",
-    "dim_crew",
-    "dim_daily_report",
-    "fact_employee_work",
-    "fact_vehicle_work",
-    "fact_material_shipment",
-    "fact_non_costed_material",
-    "fact_trucking",
-    "fact_production",
-    "fact_invoice",
-];
-
 async fn star(h: &Harness) -> Star {
     star_of(&h.client).await
 }
@@ -254,7 +234,7 @@ pub async fn star_of(client: &tokio_postgres::Client) -> Star {
             .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
     };
     let mut ids: BTreeMap<String, String> = BTreeMap::new();
-    for t in TABLES
+    for t in STAR_TABLES
         .iter()
         .filter(|t| t.starts_with("dim_") && !t.ends_with("_rate"))
     {
@@ -263,7 +243,7 @@ pub async fn star_of(client: &tokio_postgres::Client) -> Star {
         }
     }
     let mut out = Star::new();
-    for t in TABLES {
+    for t in STAR_TABLES {
         let rows = rows(format!(
             "SELECT (to_jsonb(x) - 'id' - 'synced_at')::text FROM {t} x"
         ))
@@ -320,7 +300,7 @@ pub fn compare(streamed: &Star, fresh: &Star) -> Result<(), String> {
 
 /// Empty both databases between cases (cheaper than creating two per case).
 async fn reset(h: &Harness) {
-    let tables = TABLES.join(", ");
+    let tables = STAR_TABLES.join(", ");
     h.client
         .batch_execute(&format!(
             "TRUNCATE cdc.source_doc, cdc.report_child, {tables} CASCADE"
