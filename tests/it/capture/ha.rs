@@ -16,21 +16,8 @@ async fn two_replicas_one_publishes_and_the_standby_takes_over_without_loss() {
     assert_eq!(a.health.state(Stage::Capture), RoleState::Active);
     // When writes flow, exactly one copy of each event is published
     let c = fx.coll("vehicles");
-    for i in 0..100u32 {
-        c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
-    }
-    let got = tap.take(100).await;
-    assert!(
-        tap.drain(Duration::from_millis(700)).await.is_empty(),
-        "no duplicates"
-    );
-    assert_eq!(
-        got.iter()
-            .map(|d| &d.event.id)
-            .collect::<BTreeSet<_>>()
-            .len(),
-        100
-    );
+    tap.each_insert_published_once(&c, 100, Duration::from_millis(700), "no duplicates")
+        .await;
     // When the active replica dies while writes continue
     a.kill().await;
     let start = std::time::Instant::now();

@@ -157,6 +157,29 @@ impl Tap {
         got
     }
 
+    /// Insert documents `0..n` into `c`, then expect exactly one event each: `n` distinct
+    /// events, and nothing more until `quiet` passes (`what` names the duplicate suspect).
+    async fn each_insert_published_once(
+        &mut self,
+        c: &mongodb::Collection<Document>,
+        n: u32,
+        quiet: Duration,
+        what: &str,
+    ) {
+        for i in 0..n {
+            c.insert_one(doc! {"_id": oid(i)}).await.unwrap();
+        }
+        let got = self.take(n as usize).await;
+        assert!(self.drain(quiet).await.is_empty(), "{what}");
+        assert_eq!(
+            got.iter()
+                .map(|d| &d.event.id)
+                .collect::<BTreeSet<_>>()
+                .len(),
+            n as usize
+        );
+    }
+
     async fn delete_queue(&self) {
         self.delete_queue_named(&self.queue.clone()).await;
     }
