@@ -137,9 +137,10 @@ struct Daemon {
 
 impl Daemon {
     fn start(db: &TestDb, vhost: &TestVhost) -> Daemon {
-        let mut env = support::child_env(db, Some(vhost), None);
-        env.push(("CDC_HTTP_LISTEN".into(), "127.0.0.1:0".into()));
-        Daemon::spawn(&["--role", "project"], env)
+        Daemon::spawn(
+            &["--role", "project"],
+            support::child_env(db, Some(vhost), None),
+        )
     }
 
     fn spawn(args: &[&str], env: Vec<(String, String)>) -> Daemon {
@@ -822,11 +823,10 @@ async fn role_all_carries_mongodb_writes_to_the_reports_end_to_end() {
     // to MongoDB's collections
     let sim = mongosim::Sim::start().await;
     let rig = Rig::new().await;
-    let mut daemon = {
-        let mut child_env = support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri()));
-        child_env.push(("CDC_HTTP_LISTEN".into(), "127.0.0.1:0".into()));
-        Daemon::spawn(&["--role", "all"], child_env)
-    };
+    let mut daemon = Daemon::spawn(
+        &["--role", "all"],
+        support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri())),
+    );
     let ready = eventually("/readyz with both roles active", WAIT, || async {
         let (code, body) = daemon.get("/readyz").await;
         (code == 200).then_some(body)
@@ -1013,11 +1013,10 @@ async fn streaming_a_workload_equals_backfilling_its_final_state() {
     // Given MongoDB (the simulator) and the daemon with both roles on database A
     let sim = mongosim::Sim::start().await;
     let rig = Rig::new().await;
-    let mut daemon = {
-        let mut child_env = support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri()));
-        child_env.push(("CDC_HTTP_LISTEN".into(), "127.0.0.1:0".into()));
-        Daemon::spawn(&["--role", "all"], child_env)
-    };
+    let mut daemon = Daemon::spawn(
+        &["--role", "all"],
+        support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri())),
+    );
     eventually("/readyz with both roles active", WAIT, || async {
         (daemon.get("/readyz").await.0 == 200).then_some(())
     })
