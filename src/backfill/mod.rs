@@ -390,12 +390,9 @@ async fn load_all(
     Ok(done)
 }
 
-/// A daily-report child collection: loads after the reports, beside the other children.
+/// A daily-report child collection: ranked after the reports, loads beside the other children.
 fn is_child(e: Entity) -> bool {
-    matches!(
-        e,
-        Entity::EmployeeWork | Entity::VehicleWork | Entity::MaterialShipment | Entity::Production
-    )
+    rank(e) > rank(Entity::DailyReport)
 }
 
 /// One worker: load the next queued collection until none is left. Each summary keeps its
