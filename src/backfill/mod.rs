@@ -18,6 +18,7 @@
 //!   they are tombstoned, so deletes in a lost stretch of history are not missed. A dump source
 //!   leaves `cdc.checkpoint` alone and says so.
 
+mod defer;
 mod dump;
 mod mongo;
 mod progress;
@@ -34,7 +35,7 @@ use std::time::{Duration, Instant};
 use bson::{Bson, Document};
 use chrono::{DateTime, Utc};
 use futures_util::FutureExt;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, watch};
 use tokio_postgres::{Client, Transaction};
 use tokio_util::sync::CancellationToken;
 
@@ -132,6 +133,11 @@ pub enum BackfillError {
     Project(#[source] ProjectError),
     #[error("interrupted")]
     Interrupted,
+    #[error(
+        "rebuilding the indexes and foreign keys dropped for the bulk load (cdc.deferred_ddl); \
+         run the backfill again or `bowmark-cdc migrate` to retry"
+    )]
+    Rebuild(#[source] tokio_postgres::Error),
     #[error(
         "collection {collection} stopped after {done} of {total} documents; run the same command \
          again to continue from there"
@@ -337,7 +343,13 @@ pub async fn run_backfill(
         .collect();
     let result = load_all(&mut job, settings, &mut queue).await;
     job.progress().clear();
+    // Rebuilt whatever the outcome (a failed or interrupted run leaves the schema whole); only a
+    // killed run leaves them to the next run or `migrate`.
+    let rebuilt = defer::restore(job.client, None)
+        .await
+        .map_err(BackfillError::Rebuild);
     let collections = result?;
+    rebuilt?;
     let checkpoint = job.hand_off().await?;
     tracing::info!(pipeline = %p.name, outcome = %checkpoint, "backfill complete");
     Ok(BackfillSummary {
@@ -364,17 +376,23 @@ async fn load_all(
     queue: &mut VecDeque<Task>,
 ) -> Result<Vec<CollectionSummary>, BackfillError> {
     let mut done = Vec::new();
-    while queue.front().is_some_and(|t| !is_child(t.1)) {
-        let Some((coll, entity, prev)) = queue.pop_front() else {
-            break;
-        };
-        done.push(job.collection(&coll, entity, prev).await?);
-    }
-    let workers = settings.pipeline.backfill.workers.min(queue.len());
+    let workers = settings.pipeline.backfill.workers;
     let mut clients = Vec::new();
     for _ in 1..workers {
         clients.push(connect_pg(settings).await?);
     }
+    while queue.front().is_some_and(|t| !is_child(t.1)) {
+        let Some((coll, entity, prev)) = queue.pop_front() else {
+            break;
+        };
+        let extra = if entity == Entity::DailyReport {
+            &mut clients[..]
+        } else {
+            &mut []
+        };
+        done.push(job.collection(&coll, entity, prev, extra).await?);
+    }
+    clients.truncate(queue.len().saturating_sub(1));
     let shared: Mutex<VecDeque<(usize, Task)>> =
         Mutex::new(std::mem::take(queue).into_iter().enumerate().collect());
     let mut siblings: Vec<Job<'_>> = clients.iter_mut().map(|c| job.sibling(c)).collect();
@@ -388,6 +406,38 @@ async fn load_all(
     loaded.sort_by_key(|(n, _)| *n);
     done.extend(loaded.into_iter().map(|(_, s)| s));
     Ok(done)
+}
+
+/// The reader of a collection loaded on several connections, and the next chunk's number.
+type Feed = tokio::sync::Mutex<(mpsc::Receiver<Result<Chunk, BackfillError>>, u64)>;
+
+/// One connection of [`Job::drain_parallel`]: take the next chunk, project it, commit it in
+/// its turn, until the reader is done.
+async fn feed_worker(
+    job: &mut Job<'_>,
+    coll: &str,
+    feed: &Feed,
+    turns: &Turns,
+    acc: &Mutex<Acc>,
+) -> Result<(), BackfillError> {
+    loop {
+        let (seq, chunk) = {
+            let mut f = feed.lock().await;
+            let Some(chunk) = job.next_chunk(&mut f.0).await? else {
+                return Ok(());
+            };
+            f.1 += 1;
+            (f.1 - 1, chunk)
+        };
+        job.commit_chunk(
+            coll,
+            chunk,
+            acc,
+            Guard::NewerOrEqualHeld,
+            Some((turns, seq)),
+        )
+        .await?;
+    }
 }
 
 /// A daily-report child collection: ranked after the reports, loads beside the other children.
@@ -410,7 +460,7 @@ async fn drain_queue(
         let Some((place, (coll, entity, prev))) = next else {
             return Ok(out);
         };
-        out.push((place, job.collection(&coll, entity, prev).await?));
+        out.push((place, job.collection(&coll, entity, prev, &mut []).await?));
     }
 }
 
@@ -552,6 +602,7 @@ impl<'a> Job<'a> {
         coll: &str,
         entity: Entity,
         prev: Option<store::Progress>,
+        extra: &mut [Client],
     ) -> Result<CollectionSummary, BackfillError> {
         let started = Instant::now();
         let name = self.pipeline.name.clone();
@@ -575,11 +626,25 @@ impl<'a> Job<'a> {
             Opened::Reading { rx, total } => (rx, total),
         };
         store::begin_collection(self.client, &name, coll, "running", Some(total)).await?;
+        let deferred = defer::defer(self.client, defer::bulk_tables(entity)).await?;
+        if !deferred.is_empty() {
+            tracing::info!(pipeline = %name, collection = coll, tables = deferred.join(","),
+                "bulk load: non-unique indexes and foreign keys of empty tables dropped until \
+                 the collection is loaded");
+        }
         cum.docs_total = Some(total);
         let mut s = CollectionSummary::new(coll, entity, CollectionStatus::Complete);
         s.resumed_from = cum.docs_done;
         self.progress().start(coll, cum.docs_done, Some(total));
-        let result = self.drain(coll, rx, &mut cum, &mut s).await;
+        let acc = Mutex::new((cum, s));
+        let result = if !extra.is_empty() && self.hold_exclusive(entity).await? {
+            let result = self.drain_parallel(extra, coll, rx, &acc).await;
+            self.release_exclusive().await?;
+            result
+        } else {
+            self.drain(coll, rx, &acc, Guard::NewerOrEqual).await
+        };
+        let (cum, mut s) = acc.into_inner().unwrap_or_else(PoisonError::into_inner);
         if let Err(e) = result {
             self.progress().finish(coll, "stopped");
             return Err(BackfillError::Collection {
@@ -593,6 +658,9 @@ impl<'a> Job<'a> {
             s.vanished = self.tombstone_vanished(coll, entity, &pos, &mut s).await?;
         }
         store::complete_collection(self.client, &name, coll).await?;
+        defer::restore(self.client, Some(defer::bulk_tables(entity)))
+            .await
+            .map_err(BackfillError::Rebuild)?;
         self.progress().finish(coll, "complete");
         s.done = cum.docs_done;
         s.total = Some(total.max(cum.docs_done));
@@ -657,40 +725,114 @@ impl<'a> Job<'a> {
         &mut self,
         coll: &str,
         mut rx: mpsc::Receiver<Result<Chunk, BackfillError>>,
-        cum: &mut store::Progress,
-        s: &mut CollectionSummary,
+        acc: &Mutex<Acc>,
+        guard: Guard,
     ) -> Result<(), BackfillError> {
-        loop {
-            let next = tokio::select! {
-                biased;
-                _ = self.shutdown.cancelled() => return Err(BackfillError::Interrupted),
-                c = rx.recv() => c,
-            };
-            match next {
-                None => return Ok(()),
-                Some(Err(e)) => return Err(e),
-                Some(Ok(chunk)) => self.commit_chunk(coll, chunk, cum, s).await?,
-            }
-            self.progress().advance(coll, cum.docs_done);
+        while let Some(chunk) = self.next_chunk(&mut rx).await? {
+            self.commit_chunk(coll, chunk, acc, guard, None).await?;
         }
+        Ok(())
+    }
+
+    /// The reader's next chunk; `None` at the end of the collection.
+    async fn next_chunk(
+        &self,
+        rx: &mut mpsc::Receiver<Result<Chunk, BackfillError>>,
+    ) -> Result<Option<Chunk>, BackfillError> {
+        let next = tokio::select! {
+            biased;
+            _ = self.shutdown.cancelled() => return Err(BackfillError::Interrupted),
+            c = rx.recv() => c,
+        };
+        next.transpose()
+    }
+
+    /// Take the projection lock exclusive for this session when `entity`'s chunks may load
+    /// side by side: daily reports whose children are not in the mirror yet (the first load
+    /// of a database). Such chunks derive only their own reports' rows, from dimensions no
+    /// chunk writes; holding the lock keeps the streaming projector from adding children
+    /// meanwhile. Returns whether the lock is held.
+    async fn hold_exclusive(&mut self, entity: Entity) -> Result<bool, BackfillError> {
+        if entity != Entity::DailyReport {
+            return Ok(false);
+        }
+        self.client
+            .execute("SELECT pg_advisory_lock($1)", &[&project::PROJECT_LOCK_KEY])
+            .await?;
+        let children: bool = self
+            .client
+            .query_one(
+                "SELECT EXISTS (SELECT 1 FROM cdc.source_doc WHERE entity IN \
+                 ('employee_work', 'vehicle_work', 'material_shipment', 'production'))",
+                &[],
+            )
+            .await?
+            .get(0);
+        if children {
+            self.release_exclusive().await?;
+        }
+        Ok(!children)
+    }
+
+    async fn release_exclusive(&mut self) -> Result<(), BackfillError> {
+        self.client
+            .execute(
+                "SELECT pg_advisory_unlock($1)",
+                &[&project::PROJECT_LOCK_KEY],
+            )
+            .await?;
+        Ok(())
+    }
+
+    /// [`Job::drain`] on this connection and on `extra` at once, under the projection lock
+    /// this session holds ([`Job::hold_exclusive`]). Chunks commit in reading order, so the
+    /// checkpoint always covers a prefix of the collection.
+    async fn drain_parallel(
+        &mut self,
+        extra: &mut [Client],
+        coll: &str,
+        rx: mpsc::Receiver<Result<Chunk, BackfillError>>,
+        acc: &Mutex<Acc>,
+    ) -> Result<(), BackfillError> {
+        let feed: Feed = tokio::sync::Mutex::new((rx, 0));
+        let turns = Turns(watch::Sender::new(0));
+        let mut siblings: Vec<Job<'_>> = extra.iter_mut().map(|c| self.sibling(c)).collect();
+        let mut runs = vec![feed_worker(self, coll, &feed, &turns, acc).boxed()];
+        runs.extend(
+            siblings
+                .iter_mut()
+                .map(|j| feed_worker(j, coll, &feed, &turns, acc).boxed()),
+        );
+        futures_util::future::try_join_all(runs).await?;
+        Ok(())
     }
 
     /// One transaction: project the chunk (isolating rejected documents) and advance the
-    /// collection's checkpoint. Transient failures retry the whole chunk.
+    /// collection's checkpoint, after the chunks before it when `turn` is given. Transient
+    /// failures retry the whole chunk.
     async fn commit_chunk(
         &mut self,
         coll: &str,
         chunk: Chunk,
-        cum: &mut store::Progress,
-        s: &mut CollectionSummary,
+        acc: &Mutex<Acc>,
+        guard: Guard,
+        turn: Option<(&Turns, u64)>,
     ) -> Result<(), BackfillError> {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let tx = self.client.transaction().await?;
-            match project_chunk(tx, self.pipeline, coll, &chunk, cum).await {
+            match project_chunk(tx, self.pipeline, coll, &chunk, acc, guard, turn).await {
                 Ok(outcome) => {
-                    self.account(coll, &chunk, outcome, cum, s);
+                    {
+                        let mut a = acc.lock().unwrap_or_else(PoisonError::into_inner);
+                        let (cum, s) = &mut *a;
+                        self.account(coll, &chunk, outcome, cum, s);
+                        self.progress().advance(coll, cum.docs_done);
+                    }
+                    if let Some((t, seq)) = turn {
+                        t.pass(seq);
+                    }
                     return Ok(());
                 }
                 Err(e)
@@ -822,16 +964,22 @@ impl<'a> Job<'a> {
     }
 }
 
-/// Project a chunk and record its checkpoint in `tx`, then commit.
+/// Project a chunk and record its checkpoint in `tx` (after the chunks before it, when
+/// `turn` is given), then commit.
 async fn project_chunk(
     mut tx: Transaction<'_>,
     pipeline: &Pipeline,
     coll: &str,
     chunk: &Chunk,
-    cum: &store::Progress,
+    acc: &Mutex<Acc>,
+    guard: Guard,
+    turn: Option<(&Turns, u64)>,
 ) -> Result<Outcome, ProjectError> {
-    let outcome = apply_isolating(&mut tx, pipeline, &chunk.docs).await?;
-    let mut next = cum.clone();
+    let outcome = apply_isolating(&mut tx, pipeline, &chunk.docs, guard).await?;
+    if let Some((t, seq)) = turn {
+        t.wait(seq).await;
+    }
+    let mut next = acc.lock().unwrap_or_else(PoisonError::into_inner).0.clone();
     outcome.add_to(chunk, &mut next);
     let pg = |source| ProjectError::Postgres {
         step: "backfill checkpoint",
@@ -842,6 +990,24 @@ async fn project_chunk(
         .map_err(pg)?;
     tx.commit().await.map_err(pg)?;
     Ok(outcome)
+}
+
+/// A collection's checkpoint figures and summary while it loads.
+type Acc = (store::Progress, CollectionSummary);
+
+/// Commit turns of a collection loaded on several connections: chunk `seq` commits after
+/// chunk `seq - 1`.
+struct Turns(watch::Sender<u64>);
+
+impl Turns {
+    async fn wait(&self, seq: u64) {
+        // The sender lives as long as every waiter: this cannot fail.
+        let _ = self.0.subscribe().wait_for(|t| *t == seq).await;
+    }
+
+    fn pass(&self, seq: u64) {
+        self.0.send_replace(seq + 1);
+    }
 }
 
 enum Opened {
@@ -892,6 +1058,7 @@ fn apply_isolating<'a, 'b: 'a>(
     tx: &'a mut Transaction<'b>,
     pipeline: &'a Pipeline,
     docs: &'a [SourceDoc],
+    guard: Guard,
 ) -> BoxFut<'a, Result<Outcome, ProjectError>> {
     Box::pin(async move {
         let pg = |source| ProjectError::Postgres {
@@ -899,7 +1066,7 @@ fn apply_isolating<'a, 'b: 'a>(
             source,
         };
         let sp = tx.savepoint("backfill_chunk").await.map_err(pg)?;
-        match project::apply(&sp, pipeline, docs, Guard::NewerOrEqual).await {
+        match project::apply(&sp, pipeline, docs, guard).await {
             Ok(stats) => {
                 sp.commit().await.map_err(pg)?;
                 Ok(Outcome {
@@ -916,8 +1083,8 @@ fn apply_isolating<'a, 'b: 'a>(
                     });
                 }
                 let (a, b) = docs.split_at(docs.len() / 2);
-                let mut out = apply_isolating(tx, pipeline, a).await?;
-                out.merge(apply_isolating(tx, pipeline, b).await?);
+                let mut out = apply_isolating(tx, pipeline, a, guard).await?;
+                out.merge(apply_isolating(tx, pipeline, b, guard).await?);
                 Ok(out)
             }
             Err(e) => Err(e),

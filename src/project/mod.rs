@@ -86,6 +86,10 @@ pub enum Guard {
     /// projection lock shared: the backfill's own workers load independent collections side
     /// by side, while streaming batches wait for them (and they for it).
     NewerOrEqual,
+    /// Backfill, versions as [`Guard::NewerOrEqual`], under the projection lock that the
+    /// caller's session already holds exclusive (a backfill loading one collection on several
+    /// connections at once): takes no lock.
+    NewerOrEqualHeld,
 }
 
 /// What one call did.
@@ -118,6 +122,7 @@ pub async fn apply(
     let lock = match mode {
         Guard::Newer => sql::LOCK_EXCLUSIVE,
         Guard::NewerOrEqual => sql::LOCK_SHARED,
+        Guard::NewerOrEqualHeld => "SELECT 1",
     };
     tx.batch_execute(&format!("{lock}; {}", sql::SCRATCH))
         .await
@@ -221,7 +226,7 @@ async fn upsert_mirror(
     let doc: Vec<Option<Json<&RawValue>>> =
         batch.iter().map(|d| d.doc.as_deref().map(Json)).collect();
     let deleted: Vec<bool> = batch.iter().map(|d| d.deleted).collect();
-    let or_equal = mode == Guard::NewerOrEqual;
+    let or_equal = mode != Guard::Newer;
     let params: [(&(dyn ToSql + Sync), Type); 9] = [
         (&entity, Type::TEXT_ARRAY),
         (&key, Type::TEXT_ARRAY),

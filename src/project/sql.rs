@@ -236,33 +236,43 @@ fn archive_dim(table: &str, entity: &str) -> String {
 
 /// Each affected live child of ENTITY with its parent report (the lowest-key live report
 /// whose array lists it, from `cdc.report_child`) when that report is derivable (its jobsite
-/// and crew are live): the rows of `pg_temp.cdc_ctx`.
+/// and crew are live): the rows of `pg_temp.cdc_ctx`. A report's context is looked up once
+/// for all of its children.
 fn child_ctx(entity: &str) -> String {
     format!(
         "
-    SELECT a.entity, w.key, w.doc, p.key AS report_key, cdc.oid(r.doc -> 'jobsite') AS jobsite_key,
-           cdc.ts(r.doc -> 'date') AS rts,
-           dr.id AS daily_report_id, dr.jobsite_id, dr.crew_id, dr.report_date AS work_date,
-           COALESCE(NULLIF(c.type, ''), 'Unknown') AS crew_type
-    FROM pg_temp.cdc_affected a
-    -- A lateral OFFSET 0 subquery drives every lookup from the affected keys: as a plain join
-    -- the planner (with stale or missing statistics on the mirror) could hash-join the whole
-    -- collection and run the GIN parent lookup for every child in the mirror.
-    CROSS JOIN LATERAL (
-        SELECT w0.key, w0.doc FROM cdc.source_doc w0
-        WHERE w0.entity = a.entity AND w0.key = a.key AND NOT w0.deleted AND w0.doc IS NOT NULL
-        OFFSET 0) w
-    CROSS JOIN LATERAL (
-        SELECT min(rc.report_key) AS key FROM cdc.report_child rc
-        WHERE rc.entity = '{entity}' AND rc.child_key = w.key
-    ) p
-    JOIN cdc.source_doc r ON r.entity = 'daily_report' AND r.key = p.key
-    JOIN dim_daily_report dr ON dr.mongo_id = p.key
-    JOIN dim_crew c ON c.id = dr.crew_id
-    WHERE a.entity = '{entity}'
-      AND cdc.ts(r.doc -> 'date') IS NOT NULL
-      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'jobsite' AND l.key = cdc.oid(r.doc -> 'jobsite') AND NOT l.deleted)
-      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'crew' AND l.key = cdc.oid(r.doc -> 'crew') AND NOT l.deleted)
+    WITH kids AS MATERIALIZED (
+        SELECT a.entity, w.key, w.doc, p.key AS report_key
+        FROM pg_temp.cdc_affected a
+        -- A lateral OFFSET 0 subquery drives every lookup from the affected keys: as a plain
+        -- join the planner (with stale or missing statistics on the mirror) could hash-join
+        -- the whole collection.
+        CROSS JOIN LATERAL (
+            SELECT w0.key, w0.doc FROM cdc.source_doc w0
+            WHERE w0.entity = a.entity AND w0.key = a.key AND NOT w0.deleted AND w0.doc IS NOT NULL
+            OFFSET 0) w
+        CROSS JOIN LATERAL (
+            SELECT min(rc.report_key) AS key FROM cdc.report_child rc
+            WHERE rc.entity = '{entity}' AND rc.child_key = w.key
+        ) p
+        WHERE a.entity = '{entity}' AND p.key IS NOT NULL
+    ), reports AS MATERIALIZED (
+        SELECT k.report_key, cdc.oid(r.doc -> 'jobsite') AS jobsite_key, r.rts,
+               dr.id AS daily_report_id, dr.jobsite_id, dr.crew_id, dr.report_date AS work_date,
+               COALESCE(NULLIF(c.type, ''), 'Unknown') AS crew_type
+        FROM (SELECT DISTINCT report_key FROM kids) k
+        CROSS JOIN LATERAL (
+            SELECT r0.doc, cdc.ts(r0.doc -> 'date') AS rts FROM cdc.source_doc r0
+            WHERE r0.entity = 'daily_report' AND r0.key = k.report_key OFFSET 0) r
+        JOIN dim_daily_report dr ON dr.mongo_id = k.report_key
+        JOIN dim_crew c ON c.id = dr.crew_id
+        WHERE r.rts IS NOT NULL
+          AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'jobsite' AND l.key = cdc.oid(r.doc -> 'jobsite') AND NOT l.deleted)
+          AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'crew' AND l.key = cdc.oid(r.doc -> 'crew') AND NOT l.deleted)
+    )
+    SELECT k.entity, k.key, k.doc, k.report_key, r.jobsite_key, r.rts, r.daily_report_id,
+           r.jobsite_id, r.crew_id, r.work_date, r.crew_type
+    FROM kids k JOIN reports r ON r.report_key = k.report_key
 "
     )
 }

@@ -56,6 +56,9 @@ FROM (
 -- collection).
 WHERE EXISTS (SELECT 1 FROM cdc.source_doc s WHERE s.entity = l.child AND s.key = l.key
               OFFSET 0)
+  -- A backfill loads the reports before any child: then there is nothing to look up.
+  AND EXISTS (SELECT 1 FROM cdc.source_doc s
+              WHERE s.entity IN ('employee_work', 'vehicle_work', 'material_shipment', 'production'))
 ON CONFLICT DO NOTHING
 
 -- @stmt -
@@ -150,12 +153,11 @@ WITH docs AS (
     WHERE c.entity = 'material_shipment' AND c.old_doc IS NOT NULL
 )
 INSERT INTO pg_temp.cdc_affected (entity, key)
-SELECT DISTINCT 'jobsite_material', cdc.oid(docs.doc -> 'jobsiteMaterial')
-FROM docs
-WHERE cdc.oid(docs.doc -> 'jobsiteMaterial') IS NOT NULL
+SELECT 'jobsite_material', d.jm
+FROM (SELECT DISTINCT cdc.oid(docs.doc -> 'jobsiteMaterial') AS jm FROM docs) d
+WHERE d.jm IS NOT NULL
   AND NOT EXISTS (SELECT 1 FROM cdc.source_doc js
-                  WHERE js.entity = 'jobsite'
-                    AND js.doc -> 'materials' @> cdc.oid_probe(cdc.oid(docs.doc -> 'jobsiteMaterial')))
+                  WHERE js.entity = 'jobsite' AND js.doc -> 'materials' @> cdc.oid_probe(d.jm))
 ON CONFLICT DO NOTHING
 
 -- @stmt -
