@@ -244,6 +244,12 @@ fn print_migrate_report(report: &MigrateReport) {
             report.dbmate_unknown.join(", ")
         );
     }
+    if report.rebuilt > 0 {
+        println!(
+            "{db}: rebuilt {} indexes and foreign keys an interrupted bulk backfill had dropped",
+            report.rebuilt
+        );
+    }
     if report.applied.is_empty() {
         match report.current {
             Some(v) => println!("{db}: up to date (version {v})"),

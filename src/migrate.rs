@@ -81,6 +81,8 @@ pub struct MigrateReport {
     pub dbmate_unknown: Vec<String>,
     /// The newest version now applied.
     pub current: Option<i64>,
+    /// Indexes and foreign keys rebuilt that an interrupted bulk backfill had dropped.
+    pub rebuilt: usize,
 }
 
 impl MigrateReport {
@@ -120,6 +122,11 @@ pub enum MigrateError {
     },
     #[error("cannot record the applied versions in dbmate's {DBMATE_TABLE}")]
     DualLedger(#[source] tokio_postgres::Error),
+    #[error(
+        "cannot rebuild the indexes and foreign keys an interrupted bulk backfill dropped \
+         (cdc.deferred_ddl)"
+    )]
+    Rebuild(#[source] tokio_postgres::Error),
 }
 
 /// The embedded migrations, oldest first.
@@ -142,7 +149,16 @@ pub async fn run(conn: &PostgresConn) -> Result<MigrateReport, MigrateError> {
     let lock = connect(conn).await?;
     take_lock(&lock).await?;
     let mut client = connect(conn).await?;
-    let result = migrate_locked(&mut client, &target(conn).0).await;
+    let result = match migrate_locked(&mut client, &target(conn).0).await {
+        Ok(mut report) => crate::backfill::rebuild_deferred(&mut client)
+            .await
+            .map(|n| {
+                report.rebuilt = n;
+                report
+            })
+            .map_err(MigrateError::Rebuild),
+        Err(e) => Err(e),
+    };
     // Closing the lock connection releases the lock even if the unlock fails.
     let _ = lock
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATE_LOCK_KEY])

@@ -13,7 +13,7 @@
 
 use std::time::Instant;
 
-use tokio_postgres::{Client, GenericClient};
+use tokio_postgres::Client;
 
 use crate::event::Entity;
 use crate::project::PROJECT_LOCK_KEY;
@@ -150,11 +150,3 @@ pub async fn restore(
 
 /// Serializes rebuilds (see [`restore`]).
 const REBUILD_LOCK_KEY: i64 = 0x626f_776d_6172_6b04;
-
-/// How many definitions an interrupted bulk load left to rebuild.
-pub async fn pending(client: &impl GenericClient) -> Result<i64, tokio_postgres::Error> {
-    Ok(client
-        .query_one("SELECT count(*) FROM cdc.deferred_ddl", &[])
-        .await?
-        .get(0))
-}

@@ -157,6 +157,12 @@ impl From<tokio_postgres::Error> for BackfillError {
     }
 }
 
+/// Rebuild the indexes and foreign keys that an interrupted bulk load left dropped
+/// (`cdc.deferred_ddl`); returns how many were rebuilt.
+pub async fn rebuild_deferred(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
+    defer::restore(client, None).await
+}
+
 /// The version and wall time stamped on every document of a run.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct DocStamp {
@@ -638,6 +644,8 @@ impl<'a> Job<'a> {
         self.progress().start(coll, cum.docs_done, Some(total));
         let acc = Mutex::new((cum, s));
         let result = if !extra.is_empty() && self.hold_exclusive(entity).await? {
+            tracing::info!(pipeline = %name, collection = coll, connections = extra.len() + 1,
+                "no child in the mirror yet: the reports load side by side");
             let result = self.drain_parallel(extra, coll, rx, &acc).await;
             self.release_exclusive().await?;
             result

@@ -2,7 +2,7 @@
 //! dual ledger, concurrency, and the numbers the generated columns and views give.
 
 mod adopt;
-mod catalog;
+pub mod catalog;
 mod expected;
 mod report_layer;
 mod upgrade;

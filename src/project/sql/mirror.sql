@@ -1,20 +1,12 @@
 -- @stmt cdc.source_doc
 -- Version-guarded bulk upsert of one batch (deduped per key by the caller). The pre-image of
 -- every document that actually changed goes to pg_temp.cdc_changed for the affected-set step.
--- $1..$8 the columns, $9 = true for Guard::NewerOrEqual.
+-- $1..$8 the columns, $9 = true for the backfill guards (an equal version applies again).
 WITH input AS (
     SELECT *
     FROM unnest($1::text[], $2::text[], $3::int8[], $4::int8[], $5::int8[],
                 $6::timestamptz[], $7::jsonb[], $8::bool[])
          AS i(entity, key, ct_t, ct_i, ordinal, wall_time, doc, deleted)
-), old AS (
-    -- A lookup per input document (a join could scan the whole mirror). Every part of the
-    -- statement sees the mirror as it was before it: these are the previous states.
-    SELECT i.entity, i.key, s.doc
-    FROM input i
-    CROSS JOIN LATERAL (
-        SELECT s0.doc FROM cdc.source_doc s0
-        WHERE s0.entity = i.entity AND s0.key = i.key OFFSET 0) s
 ), up AS (
     INSERT INTO cdc.source_doc AS s
         (entity, key, ct_t, ct_i, ordinal, wall_time, doc, deleted, deleted_at)
@@ -29,11 +21,16 @@ WITH input AS (
         deleted = EXCLUDED.deleted, deleted_at = EXCLUDED.deleted_at
     WHERE (s.ct_t, s.ct_i, s.ordinal) < (EXCLUDED.ct_t, EXCLUDED.ct_i, EXCLUDED.ordinal)
        OR ($9::bool AND (s.ct_t, s.ct_i, s.ordinal) = (EXCLUDED.ct_t, EXCLUDED.ct_i, EXCLUDED.ordinal))
-    RETURNING s.entity, s.key
+    -- xmax is 0 on a freshly inserted row version: there is no previous state to look up.
+    RETURNING s.entity, s.key, s.xmax = 0 AS inserted
 )
 INSERT INTO pg_temp.cdc_changed (entity, key, old_doc)
-SELECT up.entity, up.key, old.doc
-FROM up LEFT JOIN old ON old.entity = up.entity AND old.key = up.key
+SELECT up.entity, up.key,
+       -- Every part of the statement sees the mirror as it was before it: the previous state.
+       CASE WHEN NOT up.inserted THEN
+           (SELECT s0.doc FROM cdc.source_doc s0 WHERE s0.entity = up.entity AND s0.key = up.key)
+       END
+FROM up
 RETURNING entity, key
 
 -- @stmt -

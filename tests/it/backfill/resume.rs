@@ -246,9 +246,33 @@ async fn a_second_backfill_of_the_same_pipeline_is_refused_while_one_runs() {
     );
 }
 
+/// The schema of a database (relations, constraints, indexes), whatever objects were rebuilt.
+async fn schema(c: &tokio_postgres::Client) -> Vec<String> {
+    let cat = crate::migrate::catalog::snapshot(c).await;
+    [cat.relations, cat.constraints, cat.indexes].concat()
+}
+
+/// The tables whose indexes and foreign keys wait in `cdc.deferred_ddl`, and whether each of
+/// them is gone from the catalog meanwhile.
+async fn deferred(c: &tokio_postgres::Client) -> Vec<(String, bool)> {
+    c.query(
+        "SELECT table_name, bool_and(NOT EXISTS (SELECT 1 FROM pg_class WHERE relname = d.name) \
+                AND NOT EXISTS (SELECT 1 FROM pg_constraint WHERE conname = d.name)) \
+         FROM cdc.deferred_ddl d GROUP BY table_name ORDER BY table_name",
+        &[],
+    )
+    .await
+    .expect("deferred_ddl")
+    .iter()
+    .map(|r| (r.get(0), r.get(1)))
+    .collect()
+}
+
 /// Given a generated dump whose four children collections load side by side, when the backfill
 /// is killed while two of them are half way and started again, then each continues from its
-/// own last chunk, and the database equals an uninterrupted run's.
+/// own last chunk, and the database equals an uninterrupted run's. The killed run had dropped
+/// the loading tables' non-unique indexes and foreign keys (bulk load) and left them recorded;
+/// `migrate` rebuilds them, and every run leaves the schema as migrated.
 #[tokio::test]
 async fn a_backfill_killed_while_children_load_side_by_side_resumes_to_the_same_rows() {
     let dir = tempfile::tempdir().expect("tempdir");
@@ -292,6 +316,45 @@ async fn a_backfill_killed_while_children_load_side_by_side_resumes_to_the_same_
     child.kill().expect("kill");
     let _ = child.wait();
     released(&c).await;
+    let fresh = schema(&support::migrated_db().await.client().await).await;
+    let waiting = deferred(&c).await;
+    for (coll, table) in [
+        ("employeeworks", "fact_employee_work"),
+        ("vehicleworks", "fact_vehicle_work"),
+        ("materialshipments", "fact_material_shipment"),
+        ("productions", "fact_production"),
+    ] {
+        if running.iter().any(|r| r == coll) {
+            assert!(
+                waiting.contains(&(table.to_string(), true)),
+                "{table} ({coll} was loading) has its indexes and foreign keys dropped and \
+                 recorded: {waiting:?}"
+            );
+        }
+    }
+    assert_ne!(
+        schema(&c).await,
+        fresh,
+        "the killed run left tables without their indexes"
+    );
+    let migrate = support::cdc_bin()
+        .args(["migrate", "--pipeline"])
+        .arg(&p.path)
+        .envs(support::child_env(&killed, None, None))
+        .output()
+        .expect("run migrate");
+    assert_success(&migrate);
+    assert!(
+        text(&migrate.stdout).contains("indexes and foreign keys an interrupted bulk backfill"),
+        "{}",
+        text(&migrate.stdout)
+    );
+    assert_eq!(deferred(&c).await, vec![], "migrate rebuilt everything");
+    assert_eq!(
+        schema(&c).await,
+        fresh,
+        "migrate restored the migrated schema"
+    );
 
     let out = run_cli(&killed, &p.path, None, &["--from-dump", dump]);
     assert_success(&out);
@@ -305,6 +368,92 @@ async fn a_backfill_killed_while_children_load_side_by_side_resumes_to_the_same_
             "{coll}: resumed + read = all\n{stdout}"
         );
     }
+
+    let whole = support::migrated_db().await;
+    let out = run_cli(&whole, &p.path, None, &["--from-dump", dump]);
+    assert_success(&out);
+    assert!(
+        text(&out.stderr).contains("the reports load side by side"),
+        "a first load runs the reports on both connections:\n{}",
+        text(&out.stderr)
+    );
+    assert_eq!(
+        content(&c).await,
+        content(&whole.client().await).await,
+        "resumed run differs from an uninterrupted one"
+    );
+    assert_eq!(
+        schema(&c).await,
+        fresh,
+        "the resumed run leaves the schema as migrated"
+    );
+    assert_eq!(
+        schema(&whole.client().await).await,
+        fresh,
+        "a bulk load leaves the schema as migrated"
+    );
+    assert_eq!(deferred(&whole.client().await).await, vec![]);
+}
+
+/// Given a generated dump, when the backfill is killed while the daily reports load on two
+/// connections (chunks committing in reading order) and started again, then the reports
+/// continue from the last committed chunk and the database equals an uninterrupted run's.
+#[tokio::test]
+async fn a_backfill_killed_while_reports_load_side_by_side_resumes_to_the_same_rows() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = super::workload::Workload::generate(22, super::workload::Shape::realistic(800));
+    w.write_dump(dir.path()).expect("write dump");
+    let dump = dir.path().to_str().unwrap();
+    let p = temp_pipeline("paving", None, Some(20));
+
+    let killed = support::migrated_db().await;
+    let c = killed.client().await;
+    let mut child = support::cdc_bin()
+        .args(["backfill", "--pipeline"])
+        .arg(&p.path)
+        .args(["--from-dump", dump])
+        .envs(support::child_env(&killed, None, None))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn backfill");
+    support::eventually(
+        "the reports half loaded",
+        Duration::from_secs(120),
+        || async {
+            let n = count(
+                &c,
+                "SELECT COALESCE(max(docs_done), 0) FROM cdc.backfill_progress \
+                 WHERE collection = 'dailyreports' AND status = 'running'",
+            )
+            .await;
+            (n > 0).then_some(())
+        },
+    )
+    .await;
+    child.kill().expect("kill");
+    let _ = child.wait();
+    released(&c).await;
+    let committed = count(
+        &c,
+        "SELECT docs_done FROM cdc.backfill_progress WHERE collection = 'dailyreports'",
+    )
+    .await;
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM cdc.source_doc WHERE entity = 'daily_report'"
+        )
+        .await,
+        committed,
+        "the checkpoint covers exactly the committed reports (a prefix of the dump)"
+    );
+
+    let out = run_cli(&killed, &p.path, None, &["--from-dump", dump]);
+    assert_success(&out);
+    let (resumed, read) = resumed_and_read(&text(&out.stdout), "dailyreports");
+    assert_eq!(resumed, committed as u64);
+    assert_eq!((resumed + read) as usize, w.count("dailyreports"));
 
     let whole = support::migrated_db().await;
     assert_success(&run_cli(&whole, &p.path, None, &["--from-dump", dump]));
