@@ -6,21 +6,31 @@
 -- $1 = report time zone, $2 = this apply's synced_at stamp.
 
 -- @stmt fact_employee_work
-WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'employee_work')
+WITH x AS MATERIALIZED (
+    -- Each date parsed once (OFFSET 0 keeps the planner from repeating the calls).
+    SELECT c.*, cdc.oid(c.doc -> 'employee') AS dim_key, t.st, t.et
+    FROM pg_temp.cdc_ctx c
+    CROSS JOIN LATERAL (SELECT cdc.ts(c.doc -> 'startTime') AS st,
+                               cdc.ts(c.doc -> 'endTime') AS et OFFSET 0) t
+    WHERE c.entity = 'employee_work'
+), e AS MATERIALIZED (
+    -- Each employee once: its dim row, when its document is live.
+    SELECT e0.id, e0.mongo_id FROM dim_employee e0
+    WHERE e0.mongo_id IN (SELECT DISTINCT dim_key FROM x)
+      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'employee' AND l.key = e0.mongo_id AND NOT l.deleted)
+)
 INSERT INTO fact_employee_work AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, employee_id, crew_type, work_date,
      start_time, end_time, job_title, hourly_rate, archived_at, synced_at)
 SELECT x.key, x.daily_report_id, x.jobsite_id, x.crew_id, e.id, x.crew_type, x.work_date,
-       cdc.ts(x.doc -> 'startTime'), cdc.ts(x.doc -> 'endTime'),
-       COALESCE(x.doc ->> 'jobTitle', ''),
+       x.st, x.et, COALESCE(x.doc ->> 'jobTitle', ''),
        COALESCE((SELECT er.rate FROM dim_employee_rate er
                  WHERE er.employee_id = e.id AND er.effective_date <= x.work_date
                  ORDER BY er.effective_date DESC, er.rate DESC LIMIT 1), 0),
        cdc.ts(x.doc -> 'archivedAt'), $2
 FROM x
-JOIN dim_employee e ON e.mongo_id = cdc.oid(x.doc -> 'employee')
-WHERE EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'employee' AND l.key = e.mongo_id AND NOT l.deleted)
-  AND cdc.ts(x.doc -> 'startTime') IS NOT NULL AND cdc.ts(x.doc -> 'endTime') IS NOT NULL
+JOIN e ON e.mongo_id = x.dim_key
+WHERE x.st IS NOT NULL AND x.et IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
     crew_id = EXCLUDED.crew_id, employee_id = EXCLUDED.employee_id,
@@ -33,7 +43,15 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 {{archive fact_employee_work employee_work employeeWork}}
 
 -- @stmt fact_vehicle_work
-WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'vehicle_work')
+WITH x AS MATERIALIZED (
+    SELECT c.*, cdc.oid(c.doc -> 'vehicle') AS dim_key
+    FROM pg_temp.cdc_ctx c WHERE c.entity = 'vehicle_work'
+), v AS MATERIALIZED (
+    -- Each vehicle once: its dim row, when its document is live.
+    SELECT v0.id, v0.mongo_id FROM dim_vehicle v0
+    WHERE v0.mongo_id IN (SELECT DISTINCT dim_key FROM x)
+      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'vehicle' AND l.key = v0.mongo_id AND NOT l.deleted)
+)
 INSERT INTO fact_vehicle_work AS t
     (mongo_id, daily_report_id, jobsite_id, vehicle_id, crew_id, crew_type, work_date,
      job_title, hours, hourly_rate, archived_at, synced_at)
@@ -44,8 +62,7 @@ SELECT x.key, x.daily_report_id, x.jobsite_id, v.id, x.crew_id, x.crew_type, x.w
                  ORDER BY vr.effective_date DESC, vr.rate DESC LIMIT 1), 0),
        cdc.ts(x.doc -> 'archivedAt'), $2
 FROM x
-JOIN dim_vehicle v ON v.mongo_id = cdc.oid(x.doc -> 'vehicle')
-WHERE EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'vehicle' AND l.key = v.mongo_id AND NOT l.deleted)
+JOIN v ON v.mongo_id = x.dim_key
 ON CONFLICT (mongo_id) DO UPDATE SET
     daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
     vehicle_id = EXCLUDED.vehicle_id, crew_id = EXCLUDED.crew_id,
@@ -58,16 +75,21 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 {{archive fact_vehicle_work vehicle_work vehicleWork}}
 
 -- @stmt fact_production
-WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'production')
+WITH x AS MATERIALIZED (
+    SELECT c.*, t.st, t.et
+    FROM pg_temp.cdc_ctx c
+    CROSS JOIN LATERAL (SELECT cdc.ts(c.doc -> 'startTime') AS st,
+                               cdc.ts(c.doc -> 'endTime') AS et OFFSET 0) t
+    WHERE c.entity = 'production'
+)
 INSERT INTO fact_production AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, crew_type, work_date, job_title,
      quantity, unit, start_time, end_time, description, synced_at)
 SELECT x.key, x.daily_report_id, x.jobsite_id, x.crew_id, x.crew_type, x.work_date,
        COALESCE(x.doc ->> 'jobTitle', ''), COALESCE(cdc.num(x.doc -> 'quantity'), 0),
-       COALESCE(x.doc ->> 'unit', ''), cdc.ts(x.doc -> 'startTime'), cdc.ts(x.doc -> 'endTime'),
-       x.doc ->> 'description', $2
+       COALESCE(x.doc ->> 'unit', ''), x.st, x.et, x.doc ->> 'description', $2
 FROM x
-WHERE cdc.ts(x.doc -> 'startTime') IS NOT NULL AND cdc.ts(x.doc -> 'endTime') IS NOT NULL
+WHERE x.st IS NOT NULL AND x.et IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
     crew_id = EXCLUDED.crew_id, crew_type = EXCLUDED.crew_type,
