@@ -1,4 +1,4 @@
--- Bulk loading (docs/backfill.md): a backfill into empty star tables drops their non-unique
+-- Bulk loading (README, Operations): a backfill into empty star tables drops their non-unique
 -- indexes and foreign keys for the load and rebuilds them after it, as pg_restore does. The
 -- definitions wait here meanwhile, so a killed backfill leaves a record of what to rebuild:
 -- the next backfill of the database, or `bowmark-cdc migrate`, rebuilds it.
