@@ -79,7 +79,7 @@ pub(crate) const LOCK_SHARED: &str = "SELECT pg_advisory_xact_lock_shared(709301
 pub(crate) const SCRATCH: &str = "
 SET LOCAL jit = off;
 CREATE TEMP TABLE IF NOT EXISTS cdc_changed (
-    entity text NOT NULL, key text NOT NULL, old_doc jsonb, PRIMARY KEY (entity, key)
+    entity text NOT NULL, key text NOT NULL, old_doc jsonb, doc jsonb, PRIMARY KEY (entity, key)
 ) ON COMMIT DELETE ROWS;
 CREATE TEMP TABLE IF NOT EXISTS cdc_affected (
     entity text NOT NULL, key text NOT NULL, PRIMARY KEY (entity, key)
@@ -242,20 +242,22 @@ fn child_ctx(entity: &str) -> String {
     format!(
         "
     WITH kids AS MATERIALIZED (
-        SELECT a.entity, w.key, w.doc, p.key AS report_key
+        SELECT a.entity, a.key, COALESCE(c.doc, w.doc) AS doc, p.key AS report_key
         FROM pg_temp.cdc_affected a
-        -- A lateral OFFSET 0 subquery drives every lookup from the affected keys: as a plain
-        -- join the planner (with stale or missing statistics on the mirror) could hash-join
-        -- the whole collection.
-        CROSS JOIN LATERAL (
-            SELECT w0.key, w0.doc FROM cdc.source_doc w0
-            WHERE w0.entity = a.entity AND w0.key = a.key AND NOT w0.deleted AND w0.doc IS NOT NULL
-            OFFSET 0) w
+        -- A changed child's state is in cdc_changed; the others' are looked up. A lateral
+        -- OFFSET 0 subquery drives every lookup from the affected keys: as a plain join the
+        -- planner (with stale or missing statistics on the mirror) could hash-join the whole
+        -- collection.
+        LEFT JOIN pg_temp.cdc_changed c ON c.entity = a.entity AND c.key = a.key
+        LEFT JOIN LATERAL (
+            SELECT w0.doc FROM cdc.source_doc w0
+            WHERE c.key IS NULL AND w0.entity = a.entity AND w0.key = a.key AND NOT w0.deleted
+            OFFSET 0) w ON true
         CROSS JOIN LATERAL (
             SELECT min(rc.report_key) AS key FROM cdc.report_child rc
-            WHERE rc.entity = '{entity}' AND rc.child_key = w.key
+            WHERE rc.entity = '{entity}' AND rc.child_key = a.key
         ) p
-        WHERE a.entity = '{entity}' AND p.key IS NOT NULL
+        WHERE a.entity = '{entity}' AND COALESCE(c.doc, w.doc) IS NOT NULL AND p.key IS NOT NULL
     ), reports AS MATERIALIZED (
         SELECT k.report_key, cdc.oid(r.doc -> 'jobsite') AS jobsite_key, r.rts,
                dr.id AS daily_report_id, dr.jobsite_id, dr.crew_id, dr.report_date AS work_date,
@@ -284,7 +286,7 @@ mod tests {
     #[test]
     fn every_file_splits_into_labelled_expanded_statements() {
         assert!(MIRROR_UPSERT.sql.contains("INSERT INTO cdc.source_doc"));
-        assert_eq!(AFFECTED_STEPS.len(), 9);
+        assert_eq!(AFFECTED_STEPS.len(), 8);
         assert_eq!(MIRROR_STEPS.len(), 2);
         assert!(DERIVE_STEPS.len() >= 20);
         assert!(LOCK_EXCLUSIVE.contains(&format!("pg_advisory_xact_lock({PROJECT_LOCK_KEY})")));

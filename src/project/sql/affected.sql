@@ -1,16 +1,10 @@
 -- The affected set: every (entity, key) whose star rows may change because the documents in
--- pg_temp.cdc_changed changed. Each step reads the new state (the mirror) and, where a
+-- pg_temp.cdc_changed changed (the mirror upsert adds those documents themselves). Each step reads the new state (the mirror) and, where a
 -- reference may have been dropped, the old state (cdc_changed.old_doc or the star rows).
 -- $1 = report time zone. Order matters: later steps read what earlier ones added.
 -- Mirror rows of affected or changed keys are read through `CROSS JOIN LATERAL (… OFFSET 0)`
 -- (here and in every derivation file): a lookup per key, whatever the mirror's statistics say
 -- (a plain join let the planner scan a whole collection, or every report of a jobsite).
-
--- @stmt -
--- The changed documents themselves.
-INSERT INTO pg_temp.cdc_affected (entity, key)
-SELECT entity, key FROM pg_temp.cdc_changed
-ON CONFLICT DO NOTHING
 
 -- @stmt -
 -- A jobsite or crew -> its daily reports (a waiting report appears; crew_type; trucking rates).

@@ -1,6 +1,7 @@
 -- @stmt cdc.source_doc
--- Version-guarded bulk upsert of one batch (deduped per key by the caller). The pre-image of
--- every document that actually changed goes to pg_temp.cdc_changed for the affected-set step.
+-- Version-guarded bulk upsert of one batch (deduped per key by the caller). Every document
+-- that actually changed goes to pg_temp.cdc_changed with its previous and new state (the
+-- new one saves later statements a mirror lookup), and to pg_temp.cdc_affected.
 -- $1..$8 the columns, $9 = true for the backfill guards (an equal version applies again).
 WITH input AS (
     SELECT *
@@ -22,15 +23,22 @@ WITH input AS (
     WHERE (s.ct_t, s.ct_i, s.ordinal) < (EXCLUDED.ct_t, EXCLUDED.ct_i, EXCLUDED.ordinal)
        OR ($9::bool AND (s.ct_t, s.ct_i, s.ordinal) = (EXCLUDED.ct_t, EXCLUDED.ct_i, EXCLUDED.ordinal))
     -- xmax is 0 on a freshly inserted row version: there is no previous state to look up.
-    RETURNING s.entity, s.key, s.xmax = 0 AS inserted
+    RETURNING s.entity, s.key, s.doc, s.xmax = 0 AS inserted
+), changed AS (
+    INSERT INTO pg_temp.cdc_changed (entity, key, old_doc, doc)
+    SELECT up.entity, up.key,
+           -- Every part of the statement sees the mirror as it was before it: the previous
+           -- state.
+           CASE WHEN NOT up.inserted THEN
+               (SELECT s0.doc FROM cdc.source_doc s0 WHERE s0.entity = up.entity AND s0.key = up.key)
+           END,
+           up.doc
+    FROM up
+    RETURNING entity, key
 )
-INSERT INTO pg_temp.cdc_changed (entity, key, old_doc)
-SELECT up.entity, up.key,
-       -- Every part of the statement sees the mirror as it was before it: the previous state.
-       CASE WHEN NOT up.inserted THEN
-           (SELECT s0.doc FROM cdc.source_doc s0 WHERE s0.entity = up.entity AND s0.key = up.key)
-       END
-FROM up
+-- The changed documents are the first of the affected set (sql/affected.sql adds the rest).
+INSERT INTO pg_temp.cdc_affected (entity, key)
+SELECT entity, key FROM changed
 RETURNING entity, key
 
 -- @stmt -
@@ -50,13 +58,10 @@ WHERE l.entity = o.child AND l.child_key = o.child_key AND l.report_key = o.repo
 
 -- @stmt -
 INSERT INTO cdc.report_child (entity, child_key, report_key)
-SELECT DISTINCT f.child, cdc.oid(e.v), s.key
+SELECT DISTINCT f.child, cdc.oid(e.v), c.key
 FROM pg_temp.cdc_changed c
-CROSS JOIN LATERAL (
-    SELECT s0.key, s0.doc FROM cdc.source_doc s0
-    WHERE s0.entity = c.entity AND s0.key = c.key OFFSET 0) s
 CROSS JOIN (VALUES ('employee_work', 'employeeWork'), ('vehicle_work', 'vehicleWork'),
                    ('material_shipment', 'materialShipment'), ('production', 'production'))
            AS f(child, field)
-CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(s.doc -> f.field)) AS e(v)
-WHERE c.entity = 'daily_report' AND s.doc IS NOT NULL AND cdc.oid(e.v) IS NOT NULL
+CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(c.doc -> f.field)) AS e(v)
+WHERE c.entity = 'daily_report' AND c.doc IS NOT NULL AND cdc.oid(e.v) IS NOT NULL
