@@ -35,12 +35,18 @@ pub fn bulk_tables(e: Entity) -> &'static [&'static str] {
     }
 }
 
+/// The report-child links: loaded in bulk with the reports. Their primary key is deferred too
+/// (nothing reads the links while the reports load on a first load, [`defer`]'s `keys`).
+pub const LINKS: &str = "cdc.report_child";
+
 /// Record and drop the non-unique indexes and the foreign keys of every table in `tables`
-/// that holds no rows. Returns the tables deferred now; tables already deferred by an
-/// earlier, interrupted run stay deferred.
+/// that holds no rows, and with `keys` its primary key and unique constraints too (only for a
+/// table no statement of the load upserts into or looks up). Returns the tables deferred now;
+/// tables already deferred by an earlier, interrupted run stay deferred.
 pub async fn defer(
     client: &mut Client,
     tables: &[&str],
+    keys: bool,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
     let mut deferred = Vec::new();
     if tables.is_empty() {
@@ -69,8 +75,9 @@ pub async fn defer(
                                c.conname, pg_get_constraintdef(c.oid)),
                         format('ALTER TABLE %s DROP CONSTRAINT %I', c.conrelid::regclass, c.conname)
                  FROM pg_constraint c
-                 WHERE c.conrelid = $1::text::regclass AND c.contype = 'f'",
-                &[&table],
+                 WHERE c.conrelid = $1::text::regclass
+                   AND (c.contype = 'f' OR ($2 AND c.contype IN ('p', 'u')))",
+                &[&table, &keys],
             )
             .await?;
         for row in &dropped {

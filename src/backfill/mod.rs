@@ -347,6 +347,11 @@ pub async fn run_backfill(
         .iter()
         .map(|(coll, entity)| (coll.clone(), *entity, earlier.remove(coll)))
         .collect();
+    // The children's context reads the report links by key: a killed run's deferred key is
+    // rebuilt before anything else loads.
+    defer::restore(job.client, Some(&[defer::LINKS]))
+        .await
+        .map_err(BackfillError::Rebuild)?;
     let result = load_all(&mut job, settings, &mut queue).await;
     job.progress().clear();
     // Rebuilt whatever the outcome (a failed or interrupted run leaves the schema whole); only a
@@ -632,7 +637,7 @@ impl<'a> Job<'a> {
             Opened::Reading { rx, total } => (rx, total),
         };
         store::begin_collection(self.client, &name, coll, "running", Some(total)).await?;
-        let deferred = defer::defer(self.client, defer::bulk_tables(entity)).await?;
+        let deferred = defer::defer(self.client, defer::bulk_tables(entity), false).await?;
         if !deferred.is_empty() {
             tracing::info!(pipeline = %name, collection = coll, tables = deferred.join(","),
                 "bulk load: non-unique indexes and foreign keys of empty tables dropped until \
@@ -646,8 +651,13 @@ impl<'a> Job<'a> {
         let result = if !extra.is_empty() && self.hold_exclusive(entity).await? {
             tracing::info!(pipeline = %name, collection = coll, connections = extra.len() + 1,
                 "no child in the mirror yet: the reports load side by side");
+            defer::defer(self.client, &[defer::LINKS], true).await?;
             let result = self.drain_parallel(extra, coll, rx, &acc).await;
+            let rebuilt = defer::restore(self.client, Some(&[defer::LINKS]))
+                .await
+                .map_err(BackfillError::Rebuild);
             self.release_exclusive().await?;
+            rebuilt?;
             result
         } else {
             self.drain(coll, rx, &acc, Guard::NewerOrEqual).await

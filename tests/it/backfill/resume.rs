@@ -439,6 +439,13 @@ async fn a_backfill_killed_while_reports_load_side_by_side_resumes_to_the_same_r
         "SELECT docs_done FROM cdc.backfill_progress WHERE collection = 'dailyreports'",
     )
     .await;
+    let waiting = deferred(&c).await;
+    for table in ["cdc.report_child", "dim_daily_report"] {
+        assert!(
+            waiting.contains(&(table.to_string(), true)),
+            "{table} is loading in bulk: its keys or indexes wait in cdc.deferred_ddl: {waiting:?}"
+        );
+    }
     assert_eq!(
         count(
             &c,
@@ -462,4 +469,11 @@ async fn a_backfill_killed_while_reports_load_side_by_side_resumes_to_the_same_r
         content(&whole.client().await).await,
         "resumed run differs from an uninterrupted one"
     );
+    let fresh = schema(&support::migrated_db().await.client().await).await;
+    assert_eq!(
+        schema(&c).await,
+        fresh,
+        "the resumed run rebuilt what the killed one dropped"
+    );
+    assert_eq!(schema(&whole.client().await).await, fresh);
 }
