@@ -139,14 +139,16 @@ entries AS (
     ORDER BY j.jobsite_key, cdc.oid(e.v -> '_id'), e.n
 ),
 tr AS (
-    SELECT x.*, f.quantity AS qty, ent.v AS entry,
-           cdc.ts(x.doc -> 'startTime') AS st, cdc.ts(x.doc -> 'endTime') AS et
+    SELECT x.*, f.quantity AS qty, ent.v AS entry, t.st, t.et
     FROM x
     CROSS JOIN LATERAL (
         SELECT f0.quantity FROM fact_material_shipment f0
         WHERE f0.mongo_id = x.key AND f0.synced_at = $2 OFFSET 0) f
     JOIN entries ent ON ent.jobsite_key = x.jobsite_key
      AND ent.rid = cdc.oid(x.doc -> 'vehicleObject' -> 'truckingRateId')
+    -- Each time parsed once (OFFSET 0: the hours formula below would repeat the calls).
+    CROSS JOIN LATERAL (SELECT cdc.ts(x.doc -> 'startTime') AS st,
+                               cdc.ts(x.doc -> 'endTime') AS et OFFSET 0) t
 ),
 priced AS (
     SELECT tr.*, rr.v AS rate_doc,
@@ -157,10 +159,11 @@ priced AS (
     FROM tr
     CROSS JOIN LATERAL (
         SELECT e.v FROM jsonb_array_elements(cdc.arr(tr.entry -> 'rates')) WITH ORDINALITY AS e(v, n)
+        CROSS JOIN LATERAL (SELECT cdc.ts(e.v -> 'date') AS d OFFSET 0) d
         WHERE cdc.num(e.v -> 'rate') IS NOT NULL
-        ORDER BY (cdc.ts(e.v -> 'date') <= tr.rts) DESC NULLS LAST,
-                 CASE WHEN cdc.ts(e.v -> 'date') <= tr.rts THEN cdc.ts(e.v -> 'date') END DESC NULLS LAST,
-                 cdc.ts(e.v -> 'date') ASC NULLS LAST, e.n
+        ORDER BY (d.d <= tr.rts) DESC NULLS LAST,
+                 CASE WHEN d.d <= tr.rts THEN d.d END DESC NULLS LAST,
+                 d.d ASC NULLS LAST, e.n
         LIMIT 1
     ) rr
 )
