@@ -5,11 +5,12 @@
 //! with one join costs a fraction of it.
 //!
 //! The primary keys and unique constraints stay: the projection's `ON CONFLICT` needs them,
-//! and they keep the load idempotent. Every definition dropped is first recorded in
-//! `cdc.deferred_ddl`, in the same transaction as the drop, so a killed backfill leaves a
-//! record of what to rebuild; the next backfill of the database or `bowmark-cdc migrate`
-//! rebuilds it ([`restore`]). Deferring and restoring take the projection lock exclusive, so a
-//! streaming projection never sees a table half-altered.
+//! and they keep the load idempotent (the one exception is the report links' key, [`LINKS`]).
+//! Every definition dropped is first recorded in `cdc.deferred_ddl`, in the same transaction
+//! as the drop, so a killed backfill leaves a record of what to rebuild; the next backfill of
+//! the database or `bowmark-cdc migrate` rebuilds it ([`restore`]). Deferring takes the
+//! projection lock exclusive and rebuilding takes it shared, so a streaming projection never
+//! sees a table half-altered.
 
 use std::time::Instant;
 

@@ -359,6 +359,11 @@ pub async fn run_backfill(
     let rebuilt = defer::restore(job.client, None)
         .await
         .map_err(BackfillError::Rebuild);
+    if let (Err(load), Err(rebuild)) = (&result, &rebuilt) {
+        tracing::error!(pipeline = %p.name, error = ?rebuild,
+            "the run failed ({load}) and so did rebuilding the dropped indexes and foreign keys; \
+             the next backfill or `bowmark-cdc migrate` rebuilds them");
+    }
     let collections = result?;
     rebuilt?;
     let checkpoint = job.hand_off().await?;
