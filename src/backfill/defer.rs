@@ -15,6 +15,7 @@
 use std::time::Instant;
 
 use tokio_postgres::Client;
+use tokio_postgres::error::SqlState;
 
 use crate::event::Entity;
 use crate::project::PROJECT_LOCK_KEY;
@@ -44,15 +45,34 @@ pub const LINKS: &str = "cdc.report_child";
 /// that holds no rows, and with `keys` its primary key and unique constraints too (only for a
 /// table no statement of the load upserts into or looks up). Returns the tables deferred now;
 /// tables already deferred by an earlier, interrupted run stay deferred.
+///
+/// A role that does not own the tables cannot alter them: then nothing is deferred, the load
+/// keeps the indexes in place, and a warning says why.
 pub async fn defer(
     client: &mut Client,
     tables: &[&str],
     keys: bool,
 ) -> Result<Vec<String>, tokio_postgres::Error> {
-    let mut deferred = Vec::new();
     if tables.is_empty() {
-        return Ok(deferred);
+        return Ok(Vec::new());
     }
+    match defer_in_tx(client, tables, keys).await {
+        Err(e) if e.code() == Some(&SqlState::INSUFFICIENT_PRIVILEGE) => {
+            tracing::warn!(tables = tables.join(","), error = %e,
+                "bulk load unavailable (the role does not own the tables): loading with their \
+                 indexes and foreign keys in place, which is slower");
+            Ok(Vec::new())
+        }
+        other => other,
+    }
+}
+
+async fn defer_in_tx(
+    client: &mut Client,
+    tables: &[&str],
+    keys: bool,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    let mut deferred = Vec::new();
     let tx = client.transaction().await?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&PROJECT_LOCK_KEY])
         .await?;

@@ -214,3 +214,54 @@ async fn an_unknown_collection_is_named() {
     let c = db.client().await;
     assert_eq!(count(&c, "SELECT count(*) FROM cdc.backfill_run").await, 0);
 }
+
+/// Given a database whose tables belong to the migration role, when a role that may only read
+/// and write them backfills a generated dump, then the bulk load is skipped with a warning (it
+/// cannot alter the tables) and the load gives the same rows as the owner's, schema untouched.
+#[tokio::test]
+async fn a_role_that_does_not_own_the_tables_loads_without_the_bulk_load() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    super::workload::Workload::generate(23, super::workload::Shape::realistic(60))
+        .write_dump(dir.path())
+        .expect("write dump");
+    let dump = dir.path().to_str().unwrap();
+    let p = temp_pipeline("paving", None, Some(50));
+
+    let db = support::migrated_db().await;
+    let c = db.client().await;
+    let role = format!("{}_writer", db.name);
+    c.batch_execute(&format!(
+        "CREATE ROLE \"{role}\" LOGIN;
+         GRANT USAGE ON SCHEMA public, cdc TO \"{role}\";
+         GRANT SELECT, INSERT, UPDATE, DELETE ON ALL TABLES IN SCHEMA public, cdc TO \"{role}\";
+         GRANT USAGE, SELECT ON ALL SEQUENCES IN SCHEMA public, cdc TO \"{role}\";"
+    ))
+    .await
+    .expect("create a writer role");
+    let out = support::cdc_bin()
+        .args(["backfill", "--pipeline"])
+        .arg(&p.path)
+        .args(["--from-dump", dump])
+        .envs(support::child_env(&db, None, None))
+        .env("POSTGRES_USER", &role)
+        .output()
+        .expect("run backfill");
+    c.batch_execute(&format!("DROP OWNED BY \"{role}\"; DROP ROLE \"{role}\""))
+        .await
+        .expect("drop the writer role");
+    assert_success(&out);
+    assert!(
+        text(&out.stderr).contains("bulk load unavailable"),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(count(&c, "SELECT count(*) FROM cdc.deferred_ddl").await, 0);
+
+    let owner = support::migrated_db().await;
+    assert_success(&run_cli(&owner, &p.path, None, &["--from-dump", dump]));
+    assert_eq!(
+        super::content(&c).await,
+        super::content(&owner.client().await).await,
+        "the writer's load equals the owner's"
+    );
+}
