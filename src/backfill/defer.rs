@@ -92,10 +92,22 @@ async fn defer_in_tx(
                  WHERE x.indrelid = $1::text::regclass AND NOT x.indisunique AND NOT x.indisprimary
                  UNION ALL
                  SELECT c.conname::text, 'constraint',
-                        format('ALTER TABLE %s ADD CONSTRAINT %I %s', c.conrelid::regclass,
-                               c.conname, pg_get_constraintdef(c.oid)),
+                        -- An ON DELETE CASCADE foreign key: first what the cascade would have
+                        -- deleted had a referenced row gone meanwhile (the daemon may delete a
+                        -- crew or jobsite material while the key is away).
+                        CASE WHEN c.contype = 'f' AND c.confdeltype = 'c'
+                                  AND cardinality(c.conkey) = 1 THEN
+                            format('DELETE FROM %s t WHERE t.%I IS NOT NULL AND NOT EXISTS '
+                                   '(SELECT 1 FROM %s r WHERE r.%I = t.%I)' || E'\n' || ';',
+                                   c.conrelid::regclass, fk.attname, c.confrelid::regclass,
+                                   pk.attname, fk.attname)
+                        ELSE '' END
+                        || format('ALTER TABLE %s ADD CONSTRAINT %I %s', c.conrelid::regclass,
+                                  c.conname, pg_get_constraintdef(c.oid)),
                         format('ALTER TABLE %s DROP CONSTRAINT %I', c.conrelid::regclass, c.conname)
                  FROM pg_constraint c
+                 LEFT JOIN pg_attribute fk ON fk.attrelid = c.conrelid AND fk.attnum = c.conkey[1]
+                 LEFT JOIN pg_attribute pk ON pk.attrelid = c.confrelid AND pk.attnum = c.confkey[1]
                  WHERE c.conrelid = $1::text::regclass
                    AND (c.contype = 'f' OR ($2 AND c.contype IN ('p', 'u')))",
                 &[&table, &keys],
@@ -162,6 +174,21 @@ pub async fn restore(
         // "constraint" sorts after "index": build the indexes before validating foreign keys.
         statements.sort();
         for (_, sql) in &statements {
+            let sql = match sql.split_once(CASCADE_SEPARATOR) {
+                Some((cascade, add)) => {
+                    let gone = tx.execute(cascade, &[]).await?;
+                    if gone > 0 {
+                        tracing::warn!(
+                            table,
+                            rows = gone,
+                            "rows whose referenced row was deleted while the foreign key was \
+                             away removed, as its ON DELETE CASCADE would have"
+                        );
+                    }
+                    add
+                }
+                None => sql,
+            };
             tx.batch_execute(sql).await?;
         }
         tx.commit().await?;
@@ -175,6 +202,9 @@ pub async fn restore(
     }
     Ok(rebuilt)
 }
+
+/// Between the cascade's DELETE and the ALTER TABLE of a recorded foreign key.
+const CASCADE_SEPARATOR: &str = "\n;";
 
 /// Serializes rebuilds (see [`restore`]).
 const REBUILD_LOCK_KEY: i64 = 0x626f_776d_6172_6b04;

@@ -477,3 +477,74 @@ async fn a_backfill_killed_while_reports_load_side_by_side_resumes_to_the_same_r
     );
     assert_eq!(schema(&whole.client().await).await, fresh);
 }
+
+/// Given a backfill killed while `fact_employee_work` loads without its foreign keys, when a
+/// referenced employee row is deleted meanwhile (as the daemon may delete a dimension row),
+/// then `migrate` rebuilds the keys after removing the rows the ON DELETE CASCADE would have
+/// removed, and the schema is as migrated.
+#[tokio::test]
+async fn a_rebuilt_foreign_key_first_removes_what_its_cascade_would_have() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    super::workload::Workload::generate(24, super::workload::Shape::realistic(800))
+        .write_dump(dir.path())
+        .expect("write dump");
+    let dump = dir.path().to_str().unwrap();
+    let p = temp_pipeline("paving", None, Some(20));
+    let db = support::migrated_db().await;
+    let c = db.client().await;
+    let mut child = support::cdc_bin()
+        .args(["backfill", "--pipeline"])
+        .arg(&p.path)
+        .args(["--from-dump", dump])
+        .envs(support::child_env(&db, None, None))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn backfill");
+    support::eventually(
+        "employee work loading",
+        Duration::from_secs(120),
+        || async {
+            let n = count(
+                &c,
+                "SELECT COALESCE(max(docs_done), 0) FROM cdc.backfill_progress \
+                 WHERE collection = 'employeeworks' AND status = 'running'",
+            )
+            .await;
+            (n > 0).then_some(())
+        },
+    )
+    .await;
+    child.kill().expect("kill");
+    let _ = child.wait();
+    released(&c).await;
+    assert!(
+        deferred(&c)
+            .await
+            .contains(&("fact_employee_work".to_string(), true)),
+        "fact_employee_work loads without its foreign keys"
+    );
+    let employee: uuid::Uuid = c
+        .query_one("SELECT employee_id FROM fact_employee_work LIMIT 1", &[])
+        .await
+        .expect("a loaded work row")
+        .get(0);
+    let referencing = "SELECT count(*) FROM fact_employee_work WHERE employee_id = $1";
+    let n: i64 = c.query_one(referencing, &[&employee]).await.unwrap().get(0);
+    assert!(n > 0);
+    c.execute("DELETE FROM dim_employee WHERE id = $1", &[&employee])
+        .await
+        .expect("delete the employee row");
+
+    let migrate = support::cdc_bin()
+        .args(["migrate", "--pipeline"])
+        .arg(&p.path)
+        .envs(support::child_env(&db, None, None))
+        .output()
+        .expect("run migrate");
+    assert_success(&migrate);
+    let n: i64 = c.query_one(referencing, &[&employee]).await.unwrap().get(0);
+    assert_eq!(n, 0, "the cascade's rows are gone");
+    let fresh = schema(&support::migrated_db().await.client().await).await;
+    assert_eq!(schema(&c).await, fresh);
+}
