@@ -287,6 +287,27 @@ async fn wait_for_schema(
             });
         }
     }
+    // A killed bulk backfill leaves star tables without some indexes and foreign keys: correct
+    // but slow to query. Say so; the next backfill or `migrate` rebuilds them.
+    if let Ok(row) = client
+        .query_one(
+            "SELECT count(*), COALESCE(string_agg(DISTINCT table_name, ','), '') \
+             FROM cdc.deferred_ddl",
+            &[],
+        )
+        .await
+    {
+        let (pending, tables): (i64, String) = (row.get(0), row.get(1));
+        if pending > 0 {
+            warn!(
+                pending,
+                tables,
+                "indexes and foreign keys dropped by an unfinished bulk \
+                backfill are not rebuilt yet (cdc.deferred_ddl); a running backfill rebuilds \
+                them when done, else run the backfill again or `bowmark-cdc migrate`"
+            );
+        }
+    }
     health.set_connected(Dependency::Postgres, true);
     Ok(())
 }

@@ -395,6 +395,34 @@ async fn a_backfill_killed_while_children_load_side_by_side_resumes_to_the_same_
     assert_eq!(deferred(&whole.client().await).await, vec![]);
 }
 
+/// Run the backfill of `dump` as a child process and SIGKILL it once `collection` has committed
+/// a chunk and is still running; returns when PostgreSQL has released the dead session.
+async fn kill_while_loading(db: &TestDb, pipeline: &std::path::Path, dump: &str, collection: &str) {
+    let c = db.client().await;
+    let mut child = support::cdc_bin()
+        .args(["backfill", "--pipeline"])
+        .arg(pipeline)
+        .args(["--from-dump", dump])
+        .envs(support::child_env(db, None, None))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn backfill");
+    let sql = format!(
+        "SELECT COALESCE(max(docs_done), 0) FROM cdc.backfill_progress \
+         WHERE collection = '{collection}' AND status = 'running'"
+    );
+    support::eventually(
+        &format!("{collection} half loaded"),
+        Duration::from_secs(120),
+        || async { (count(&c, &sql).await > 0).then_some(()) },
+    )
+    .await;
+    child.kill().expect("kill");
+    let _ = child.wait();
+    released(&c).await;
+}
+
 /// Given a generated dump, when the backfill is killed while the daily reports load on two
 /// connections (chunks committing in reading order) and started again, then the reports
 /// continue from the last committed chunk and the database equals an uninterrupted run's.
@@ -408,32 +436,7 @@ async fn a_backfill_killed_while_reports_load_side_by_side_resumes_to_the_same_r
 
     let killed = support::migrated_db().await;
     let c = killed.client().await;
-    let mut child = support::cdc_bin()
-        .args(["backfill", "--pipeline"])
-        .arg(&p.path)
-        .args(["--from-dump", dump])
-        .envs(support::child_env(&killed, None, None))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn backfill");
-    support::eventually(
-        "the reports half loaded",
-        Duration::from_secs(120),
-        || async {
-            let n = count(
-                &c,
-                "SELECT COALESCE(max(docs_done), 0) FROM cdc.backfill_progress \
-                 WHERE collection = 'dailyreports' AND status = 'running'",
-            )
-            .await;
-            (n > 0).then_some(())
-        },
-    )
-    .await;
-    child.kill().expect("kill");
-    let _ = child.wait();
-    released(&c).await;
+    kill_while_loading(&killed, &p.path, dump, "dailyreports").await;
     let committed = count(
         &c,
         "SELECT docs_done FROM cdc.backfill_progress WHERE collection = 'dailyreports'",
@@ -492,32 +495,7 @@ async fn a_rebuilt_foreign_key_first_removes_what_its_cascade_would_have() {
     let p = temp_pipeline("paving", None, Some(20));
     let db = support::migrated_db().await;
     let c = db.client().await;
-    let mut child = support::cdc_bin()
-        .args(["backfill", "--pipeline"])
-        .arg(&p.path)
-        .args(["--from-dump", dump])
-        .envs(support::child_env(&db, None, None))
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn backfill");
-    support::eventually(
-        "employee work loading",
-        Duration::from_secs(120),
-        || async {
-            let n = count(
-                &c,
-                "SELECT COALESCE(max(docs_done), 0) FROM cdc.backfill_progress \
-                 WHERE collection = 'employeeworks' AND status = 'running'",
-            )
-            .await;
-            (n > 0).then_some(())
-        },
-    )
-    .await;
-    child.kill().expect("kill");
-    let _ = child.wait();
-    released(&c).await;
+    kill_while_loading(&db, &p.path, dump, "employeeworks").await;
     assert!(
         deferred(&c)
             .await
