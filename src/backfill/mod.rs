@@ -653,7 +653,7 @@ impl<'a> Job<'a> {
         s.resumed_from = cum.docs_done;
         self.progress().start(coll, cum.docs_done, Some(total));
         let acc = Mutex::new((cum, s));
-        let result = if !extra.is_empty() && self.hold_exclusive(entity).await? {
+        let result = if !extra.is_empty() && self.hold_exclusive().await? {
             tracing::info!(pipeline = %name, collection = coll, connections = extra.len() + 1,
                 "no child in the mirror yet: the reports load side by side");
             defer::defer(self.client, &[defer::LINKS], true).await?;
@@ -770,27 +770,16 @@ impl<'a> Job<'a> {
         next.transpose()
     }
 
-    /// Take the projection lock exclusive for this session when `entity`'s chunks may load
-    /// side by side: daily reports whose children are not in the mirror yet (the first load
-    /// of a database). Such chunks derive only their own reports' rows, from dimensions no
-    /// chunk writes; holding the lock keeps the streaming projector from adding children
-    /// meanwhile. Returns whether the lock is held.
-    async fn hold_exclusive(&mut self, entity: Entity) -> Result<bool, BackfillError> {
-        if entity != Entity::DailyReport {
-            return Ok(false);
-        }
+    /// Take the projection lock exclusive for this session when the daily reports' chunks may
+    /// load side by side: no child is in the mirror yet (the first load of a database). Such
+    /// chunks derive only their own reports' rows, from dimensions no chunk writes; holding
+    /// the lock keeps the streaming projector from adding children meanwhile. Returns whether
+    /// the lock is held.
+    async fn hold_exclusive(&mut self) -> Result<bool, BackfillError> {
         self.client
             .execute("SELECT pg_advisory_lock($1)", &[&project::PROJECT_LOCK_KEY])
             .await?;
-        let children: bool = self
-            .client
-            .query_one(
-                "SELECT EXISTS (SELECT 1 FROM cdc.source_doc WHERE entity IN \
-                 ('employee_work', 'vehicle_work', 'material_shipment', 'production'))",
-                &[],
-            )
-            .await?
-            .get(0);
+        let children = project::mirror_holds_children(&*self.client).await?;
         if children {
             self.release_exclusive().await?;
         }

@@ -153,6 +153,13 @@ pub async fn apply(
     Ok(stats)
 }
 
+/// Whether the mirror holds any daily-report child document yet.
+pub async fn mirror_holds_children(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<bool, tokio_postgres::Error> {
+    Ok(client.query_one(sql::ANY_CHILD.as_str(), &[]).await?.get(0))
+}
+
 /// Rebuild every star row derivable from the mirror alone (after a schema or rule change).
 /// Rows whose documents are no longer derivable are archived or deleted as in [`apply`];
 /// rows of documents the mirror never saw are left alone.

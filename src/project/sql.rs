@@ -8,7 +8,9 @@
 //! - `{{archive TABLE ENTITY FIELD}}`: archive the TABLE rows of affected children that were
 //!   not derived by this apply;
 //! - `{{rates ENTITY}}`: rewrite `dim_ENTITY_rate` from the document's `rates[]`;
-//! - `{{archive_dim TABLE ENTITY}}`: soft-archive the TABLE rows of deleted documents.
+//! - `{{archive_dim TABLE ENTITY}}`: soft-archive the TABLE rows of deleted documents;
+//! - `{{report_children}}`: the children entities with their report arrays, as `f(child, field)`;
+//! - `{{child_entities}}`: the children entities, for `IN`.
 
 use std::sync::LazyLock;
 
@@ -172,6 +174,8 @@ fn expand(sql: &str) -> String {
         let args: Vec<&str> = tail[..end].split_whitespace().collect();
         out.push_str(&match args.as_slice() {
             ["ctx", entity] => child_ctx(entity),
+            ["report_children"] => report_children(),
+            ["child_entities"] => child_entities(),
             ["archive", table, entity, field] => archive_children(table, entity, field),
             ["rates", entity] => rates(entity),
             ["archive_dim", table, entity] => archive_dim(table, entity),
@@ -182,6 +186,37 @@ fn expand(sql: &str) -> String {
     out.push_str(rest);
     out
 }
+
+/// The daily-report children: each entity with the report array that lists it.
+const REPORT_CHILDREN: [(&str, &str); 4] = [
+    ("employee_work", "employeeWork"),
+    ("vehicle_work", "vehicleWork"),
+    ("material_shipment", "materialShipment"),
+    ("production", "production"),
+];
+
+/// `(VALUES …) AS f(child, field)`: the report children and their arrays, as a relation.
+fn report_children() -> String {
+    let rows: Vec<String> = REPORT_CHILDREN
+        .iter()
+        .map(|(e, f)| format!("('{e}', '{f}')"))
+        .collect();
+    format!("(VALUES {}) AS f(child, field)", rows.join(", "))
+}
+
+/// `('employee_work', …)`: the report children's entities, for `IN`.
+fn child_entities() -> String {
+    let names: Vec<String> = REPORT_CHILDREN
+        .iter()
+        .map(|(e, _)| format!("'{e}'"))
+        .collect();
+    format!("({})", names.join(", "))
+}
+
+/// Whether the mirror holds any daily-report child (none before a first load reaches them).
+pub(crate) static ANY_CHILD: LazyLock<String> = LazyLock::new(|| {
+    expand("SELECT EXISTS (SELECT 1 FROM cdc.source_doc WHERE entity IN {{child_entities}})")
+});
 
 /// The TABLE rows of affected ENTITY children that this apply did not stamp (not derivable any
 /// more), archived at the wall time of the event that deleted or detached them (the report

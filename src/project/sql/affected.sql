@@ -38,9 +38,7 @@ FROM (
     -- Children not affected yet (a streamed report usually arrives with its children)...
     SELECT f.child, cdc.oid(e.v) AS key
     FROM docs d
-    CROSS JOIN (VALUES ('employee_work', 'employeeWork'), ('vehicle_work', 'vehicleWork'),
-                       ('material_shipment', 'materialShipment'), ('production', 'production'))
-               AS f(child, field)
+    CROSS JOIN {{report_children}}
     CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(d.doc -> f.field)) AS e(v)
     WHERE cdc.oid(e.v) IS NOT NULL
       AND NOT EXISTS (SELECT 1 FROM pg_temp.cdc_affected a
@@ -52,7 +50,7 @@ WHERE EXISTS (SELECT 1 FROM cdc.source_doc s WHERE s.entity = l.child AND s.key 
               OFFSET 0)
   -- A backfill loads the reports before any child: then there is nothing to look up.
   AND EXISTS (SELECT 1 FROM cdc.source_doc s
-              WHERE s.entity IN ('employee_work', 'vehicle_work', 'material_shipment', 'production'))
+              WHERE s.entity IN {{child_entities}})
 ON CONFLICT DO NOTHING
 
 -- @stmt -

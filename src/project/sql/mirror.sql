@@ -48,9 +48,7 @@ DELETE FROM cdc.report_child l
 USING (
     SELECT DISTINCT f.child, cdc.oid(e.v) AS child_key, c.key AS report_key
     FROM pg_temp.cdc_changed c
-    CROSS JOIN (VALUES ('employee_work', 'employeeWork'), ('vehicle_work', 'vehicleWork'),
-                       ('material_shipment', 'materialShipment'), ('production', 'production'))
-               AS f(child, field)
+    CROSS JOIN {{report_children}}
     CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(c.old_doc -> f.field)) AS e(v)
     WHERE c.entity = 'daily_report' AND c.old_doc IS NOT NULL AND cdc.oid(e.v) IS NOT NULL
 ) o
@@ -60,8 +58,6 @@ WHERE l.entity = o.child AND l.child_key = o.child_key AND l.report_key = o.repo
 INSERT INTO cdc.report_child (entity, child_key, report_key)
 SELECT DISTINCT f.child, cdc.oid(e.v), c.key
 FROM pg_temp.cdc_changed c
-CROSS JOIN (VALUES ('employee_work', 'employeeWork'), ('vehicle_work', 'vehicleWork'),
-                   ('material_shipment', 'materialShipment'), ('production', 'production'))
-           AS f(child, field)
+CROSS JOIN {{report_children}}
 CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(c.doc -> f.field)) AS e(v)
 WHERE c.entity = 'daily_report' AND c.doc IS NOT NULL AND cdc.oid(e.v) IS NOT NULL
