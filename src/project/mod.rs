@@ -141,11 +141,20 @@ pub async fn apply(
     }
     if stats.applied > 0 {
         let ctx = Ctx::new(pipeline);
+        // The entities that may have affected keys so far: a statement none of whose source
+        // entities is here would find nothing (a child chunk of a backfill skips them all).
+        let mut present: BTreeSet<&str> = stats.changed.iter().map(|(e, _)| e.as_str()).collect();
         for step in sql::MIRROR_STEPS.iter() {
-            ctx.run(tx, step, "mirror").await?;
+            if sql::source_entities(step.label).iter().any(|e| present.contains(e)) {
+                ctx.run(tx, step, "mirror").await?;
+            }
         }
         for step in sql::AFFECTED_STEPS.iter() {
-            ctx.run(tx, step, "affected").await?;
+            let (from, to) = sql::closure_entities(step.label);
+            if from.iter().any(|e| present.contains(e)) {
+                ctx.run(tx, step, "affected").await?;
+                present.extend(to);
+            }
         }
         derive(tx, &ctx, &mut stats).await?;
     }

@@ -1,7 +1,8 @@
 //! The projection's SQL, kept in `sql/*.sql` and split into statements at first use.
 //!
-//! A file holds statements each introduced by a line `-- @stmt LABEL`, where LABEL is the star
-//! table the statement writes (`-` for bookkeeping, `ctx:ENTITY` for the child context).
+//! A file holds statements each introduced by a line `-- @stmt LABEL`, where LABEL is the table
+//! the statement writes (`ctx:ENTITY` for the child context, `SOURCES -> TARGETS` for the
+//! affected-set closure steps: the entities whose affected keys it reads and adds).
 //! Templates shared by several statements expand in place:
 //! - `{{ctx ENTITY}}`: the daily-report child context query (`sql/ctx.sql` stores it in
 //!   `pg_temp.cdc_ctx` once per apply for every fact statement);
@@ -121,7 +122,13 @@ pub(crate) fn source_entities(label: &str) -> &'static [&'static str] {
         | "fact_trucking"
         | "ctx:material_shipment" => &["material_shipment"],
         "fact_invoice" => &["invoice"],
-        // dim_* (deleted dimensions) and anything new: always run.
+        // The report-child links (sql/mirror.sql) of changed reports.
+        "cdc.report_child" => &["daily_report"],
+        // Deleted dimension documents. Not run for other batches: the statement is an UPDATE
+        // of five dimension tables, and its row locks on them would make a backfill chunk of
+        // facts wait for (or deadlock with) a rebuild adding a foreign key to them.
+        "dim_*" => &["employee", "vehicle", "jobsite", "company", "material"],
+        // Anything new: always run.
         _ => &[
             "employee",
             "vehicle",
@@ -138,6 +145,16 @@ pub(crate) fn source_entities(label: &str) -> &'static [&'static str] {
             "invoice",
         ],
     }
+}
+
+/// A closure step's entities, from its label `SOURCES -> TARGETS` (sql/affected.sql): the
+/// step finds nothing unless the batch has affected keys of a source entity, and adds keys of
+/// target entities only.
+pub(crate) fn closure_entities(label: &str) -> (Vec<&str>, Vec<&str>) {
+    let (from, to) = label
+        .split_once(" -> ")
+        .unwrap_or_else(|| panic!("closure step label {label:?} is not `SOURCES -> TARGETS`"));
+    (from.split(',').collect(), to.split(',').collect())
 }
 
 /// Every mirror key is affected: the input of `reproject_all`.
@@ -323,6 +340,20 @@ mod tests {
         assert!(MIRROR_UPSERT.sql.contains("INSERT INTO cdc.source_doc"));
         assert_eq!(AFFECTED_STEPS.len(), 8);
         assert_eq!(MIRROR_STEPS.len(), 2);
+        for s in MIRROR_STEPS.iter() {
+            assert_eq!(source_entities(s.label), ["daily_report"]);
+        }
+        for s in AFFECTED_STEPS.iter() {
+            let (from, to) = closure_entities(s.label);
+            for e in from.iter().chain(&to) {
+                assert!(
+                    e.parse::<crate::event::Entity>().is_ok(),
+                    "{e:?} in {:?} is not an entity",
+                    s.label
+                );
+                assert!(s.sql.contains(&format!("'{e}'")), "{e} unused in {:?}", s.label);
+            }
+        }
         assert!(DERIVE_STEPS.len() >= 20);
         assert!(LOCK_EXCLUSIVE.contains(&format!("pg_advisory_xact_lock({PROJECT_LOCK_KEY})")));
         assert!(LOCK_SHARED.contains(&format!("_lock_shared({PROJECT_LOCK_KEY})")));

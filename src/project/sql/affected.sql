@@ -1,12 +1,16 @@
 -- The affected set: every (entity, key) whose star rows may change because the documents in
--- pg_temp.cdc_changed changed (the mirror upsert adds those documents themselves). Each step reads the new state (the mirror) and, where a
--- reference may have been dropped, the old state (cdc_changed.old_doc or the star rows).
+-- pg_temp.cdc_changed changed (the mirror upsert adds those documents themselves). Each step
+-- reads the new state (the mirror) and, where a reference may have been dropped, the old
+-- state (cdc_changed.old_doc or the star rows).
 -- $1 = report time zone. Order matters: later steps read what earlier ones added.
+-- Each label reads `SOURCES -> TARGETS`: a step runs only when the batch has affected keys of
+-- one of its source entities (changed ones, for the steps that read pg_temp.cdc_changed, are a
+-- subset), and may add keys of its target entities.
 -- Mirror rows of affected or changed keys are read through `CROSS JOIN LATERAL (… OFFSET 0)`
 -- (here and in every derivation file): a lookup per key, whatever the mirror's statistics say
 -- (a plain join let the planner scan a whole collection, or every report of a jobsite).
 
--- @stmt -
+-- @stmt jobsite,crew -> daily_report
 -- A jobsite or crew -> its daily reports (a waiting report appears; crew_type; trucking rates).
 INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT 'daily_report', r.key
@@ -20,7 +24,7 @@ JOIN cdc.source_doc r ON r.entity = 'daily_report' AND cdc.oid(r.doc -> 'crew') 
 WHERE c.entity = 'crew'
 ON CONFLICT DO NOTHING
 
--- @stmt -
+-- @stmt daily_report -> employee_work,vehicle_work,material_shipment,production
 -- A daily report -> its children in the mirror, listed now or before this change (a child
 -- the mirror has not seen has nothing to derive: a backfill loads reports before children).
 WITH docs AS (
@@ -53,7 +57,7 @@ WHERE EXISTS (SELECT 1 FROM cdc.source_doc s WHERE s.entity = l.child AND s.key 
               WHERE s.entity IN {{child_entities}})
 ON CONFLICT DO NOTHING
 
--- @stmt -
+-- @stmt employee,vehicle -> employee_work,vehicle_work
 -- An employee or vehicle -> its work items (re-costing; waiting items appear).
 INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT 'employee_work', w.key
@@ -67,7 +71,7 @@ JOIN cdc.source_doc w ON w.entity = 'vehicle_work' AND cdc.oid(w.doc -> 'vehicle
 WHERE c.entity = 'vehicle'
 ON CONFLICT DO NOTHING
 
--- @stmt -
+-- @stmt jobsite,material,company,invoice -> jobsite_material
 -- Jobsite materials: claimed by a changed jobsite (now or before), referencing a changed
 -- material or supplier, or listing a changed invoice.
 WITH jdocs AS (
@@ -97,7 +101,7 @@ JOIN cdc.source_doc jm ON jm.entity = 'jobsite_material'
 WHERE c.entity = 'invoice'
 ON CONFLICT DO NOTHING
 
--- @stmt -
+-- @stmt jobsite,jobsite_material,company -> invoice
 -- Invoices listed by a changed jobsite or jobsite material, now or before (direction and
 -- the material-linked exclusion depend on those arrays); invoices of a changed company.
 WITH docs AS (
@@ -122,7 +126,7 @@ JOIN cdc.source_doc i ON i.entity = 'invoice' AND cdc.oid(i.doc -> 'company') = 
 WHERE c.entity = 'company'
 ON CONFLICT DO NOTHING
 
--- @stmt -
+-- @stmt jobsite_material -> material_shipment
 -- An affected jobsite material -> the shipments using it (rates, cost type, appearance).
 INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT 'material_shipment', s.key
@@ -132,7 +136,7 @@ JOIN cdc.source_doc s ON s.entity = 'material_shipment'
 WHERE a.entity = 'jobsite_material'
 ON CONFLICT DO NOTHING
 
--- @stmt -
+-- @stmt material_shipment -> jobsite_material
 -- An affected shipment -> its jobsite material, now and before, when no jobsite claims the
 -- material: only then does its jobsite come from the reports of its shipments (DESIGN §7.4).
 -- (A claim that comes or goes is a jobsite change, handled above.)
@@ -152,7 +156,7 @@ WHERE d.jm IS NOT NULL
                   WHERE js.entity = 'jobsite' AND js.doc -> 'materials' @> cdc.oid_probe(d.jm))
 ON CONFLICT DO NOTHING
 
--- @stmt -
+-- @stmt material_shipment,daily_report -> material_shipment
 -- Invoice-month rates are live: every shipment of an invoice-priced material in a month an
 -- affected shipment belongs (or belonged) to is re-costed.
 WITH ms AS (
