@@ -4,8 +4,10 @@
 //! row's insert; building an index once over the loaded rows and validating a foreign key
 //! with one join costs a fraction of it.
 //!
-//! The primary keys and unique constraints stay: the projection's `ON CONFLICT` needs them,
-//! and they keep the load idempotent (the one exception is the report links' key, [`LINKS`]).
+//! The unique constraints stay: the projection's `ON CONFLICT` needs them, and they keep the
+//! load idempotent (the one exception is the report links' key, [`LINKS`]). So do primary keys
+//! that foreign keys reference; a fact table's surrogate `id` key, which nothing references
+//! and no statement looks up, is deferred like an index.
 //! Every definition dropped is first recorded in `cdc.deferred_ddl`, in the same transaction
 //! as the drop, so a killed backfill leaves a record of what to rebuild; the next backfill of
 //! the database or `bowmark-cdc migrate` rebuilds it ([`restore`]). Deferring takes the
@@ -41,8 +43,9 @@ pub fn bulk_tables(e: Entity) -> &'static [&'static str] {
 /// (nothing reads the links while the reports load on a first load, [`defer`]'s `keys`).
 pub const LINKS: &str = "cdc.report_child";
 
-/// Record and drop the non-unique indexes and the foreign keys of every table in `tables`
-/// that holds no rows, and with `keys` its primary key and unique constraints too (only for a
+/// Record and drop the non-unique indexes, the foreign keys and a primary key nothing
+/// references (when a unique constraint stays) of every table in `tables` that holds no rows,
+/// and with `keys` its primary key and unique constraints too (only for a
 /// table no statement of the load upserts into or looks up). Returns the tables deferred now;
 /// tables already deferred by an earlier, interrupted run stay deferred.
 ///
@@ -109,7 +112,14 @@ async fn defer_in_tx(
                  LEFT JOIN pg_attribute fk ON fk.attrelid = c.conrelid AND fk.attnum = c.conkey[1]
                  LEFT JOIN pg_attribute pk ON pk.attrelid = c.confrelid AND pk.attnum = c.confkey[1]
                  WHERE c.conrelid = $1::text::regclass
-                   AND (c.contype = 'f' OR ($2 AND c.contype IN ('p', 'u')))",
+                   AND (c.contype = 'f' OR ($2 AND c.contype IN ('p', 'u'))
+                        -- A surrogate primary key that no foreign key references, beside
+                        -- the natural key the upserts conflict on: an index like the others.
+                        OR (c.contype = 'p'
+                            AND EXISTS (SELECT 1 FROM pg_constraint u
+                                        WHERE u.conrelid = c.conrelid AND u.contype = 'u')
+                            AND NOT EXISTS (SELECT 1 FROM pg_constraint r
+                                            WHERE r.confrelid = c.conrelid AND r.contype = 'f')))",
                 &[&table, &keys],
             )
             .await?;
