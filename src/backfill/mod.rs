@@ -408,6 +408,15 @@ async fn load_all(
         };
         done.push(job.collection(&coll, entity, prev, extra).await?);
     }
+    // The children's tables go into bulk load at once, before any child chunk runs: dropping
+    // a foreign key waits for every transaction reading the table it references, and every
+    // child chunk reads the daily reports.
+    let tables: Vec<&str> = queue
+        .iter()
+        .filter(|t| t.2.as_ref().is_none_or(|p| p.status != "complete"))
+        .flat_map(|t| defer::bulk_tables(t.1).iter().copied())
+        .collect();
+    job.defer("the daily-report children", &tables).await?;
     clients.truncate(queue.len().saturating_sub(1));
     let shared: Mutex<VecDeque<(usize, Task)>> =
         Mutex::new(std::mem::take(queue).into_iter().enumerate().collect());
@@ -642,11 +651,8 @@ impl<'a> Job<'a> {
             Opened::Reading { rx, total } => (rx, total),
         };
         store::begin_collection(self.client, &name, coll, "running", Some(total)).await?;
-        let deferred = defer::defer(self.client, defer::bulk_tables(entity), false).await?;
-        if !deferred.is_empty() {
-            tracing::info!(pipeline = %name, collection = coll, tables = deferred.join(","),
-                "bulk load: non-unique indexes and foreign keys of empty tables dropped until \
-                 the collection is loaded");
+        if !is_child(entity) {
+            self.defer(coll, defer::bulk_tables(entity)).await?;
         }
         cum.docs_total = Some(total);
         let mut s = CollectionSummary::new(coll, entity, CollectionStatus::Complete);
@@ -689,6 +695,18 @@ impl<'a> Job<'a> {
         s.total = Some(total.max(cum.docs_done));
         s.duration = started.elapsed();
         Ok(s)
+    }
+
+    /// Put the empty ones of `tables` in bulk load for `what` ([`defer::defer`]).
+    async fn defer(&mut self, what: &str, tables: &[&str]) -> Result<(), BackfillError> {
+        let deferred = defer::defer(self.client, tables, false).await?;
+        if !deferred.is_empty() {
+            tracing::info!(pipeline = %self.pipeline.name, collection = what,
+                tables = deferred.join(","),
+                "bulk load: non-unique indexes and foreign keys of empty tables dropped until \
+                 the collection is loaded");
+        }
+        Ok(())
     }
 
     /// Start reading a collection after its checkpoint.

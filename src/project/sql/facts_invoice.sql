@@ -4,7 +4,8 @@
 -- $1 = report time zone, $2 = this apply's synced_at stamp.
 
 -- @stmt fact_invoice
-WITH i0 AS (
+-- (MATERIALIZED: the owner lookups run once per invoice, not once per use below.)
+WITH i0 AS MATERIALIZED (
     SELECT s.key, s.doc,
            (SELECT min(k) FROM (
                SELECT js.key AS k FROM cdc.source_doc js

@@ -58,6 +58,8 @@ CROSS JOIN LATERAL (
                               WHERE l.entity = 'jobsite' AND l.key = cdc.oid(r1.doc -> 'jobsite')
                                 AND NOT l.deleted)
                 OFFSET 0) f))) AS jobsite_key
+    -- Once per jobsite material (the join below would evaluate it again).
+    OFFSET 0
 ) o
 JOIN dim_jobsite j ON j.mongo_id = o.jobsite_key
 JOIN dim_material mat ON mat.mongo_id = cdc.oid(jm.doc -> 'material')
@@ -80,19 +82,25 @@ WHERE a.entity = 'jobsite_material' AND t.mongo_id = a.key AND t.synced_at IS DI
 
 -- @stmt dim_jobsite_material_rate
 -- mongo_id discriminates: NULL = rates[], else the deliveredRates[] or scenarios[] entry _id.
-WITH gone AS (
+-- The jobsite materials derived by this apply, each looked up by key (as a plain join the
+-- planner, misled by a table it last saw empty, scanned every row per affected key).
+WITH t AS MATERIALIZED (
+    SELECT a.entity, a.key, t0.id
+    FROM pg_temp.cdc_affected a
+    CROSS JOIN LATERAL (SELECT t1.id FROM dim_jobsite_material t1
+                        WHERE t1.mongo_id = a.key AND t1.synced_at = $2 OFFSET 0) t0
+    WHERE a.entity = 'jobsite_material'
+), gone AS (
     DELETE FROM dim_jobsite_material_rate r
-    USING pg_temp.cdc_affected a, dim_jobsite_material t
-    WHERE a.entity = 'jobsite_material' AND t.mongo_id = a.key AND t.synced_at = $2
-      AND r.jobsite_material_id = t.id
+    USING t
+    WHERE r.jobsite_material_id = t.id
 )
 INSERT INTO dim_jobsite_material_rate
     (jobsite_material_id, mongo_id, rate, effective_date, estimated, synced_at)
 SELECT t.id, x.mid, cdc.num(x.r -> 'rate'), cdc.day(cdc.ts(x.r -> 'date'), $1),
        cdc.bool(x.r -> 'estimated'), $2
-FROM pg_temp.cdc_affected a
-JOIN dim_jobsite_material t ON t.mongo_id = a.key AND t.synced_at = $2
-CROSS JOIN LATERAL (SELECT jm0.* FROM cdc.source_doc jm0 WHERE jm0.entity = a.entity AND jm0.key = a.key OFFSET 0) jm
+FROM t
+CROSS JOIN LATERAL (SELECT jm0.* FROM cdc.source_doc jm0 WHERE jm0.entity = t.entity AND jm0.key = t.key OFFSET 0) jm
 CROSS JOIN LATERAL (
     SELECT NULL::text AS mid, e.v AS r
     FROM jsonb_array_elements(cdc.arr(jm.doc -> 'rates')) AS e(v)
@@ -105,5 +113,4 @@ CROSS JOIN LATERAL (
     FROM jsonb_array_elements(cdc.arr(jm.doc -> 'scenarios')) AS d(v)
     CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(d.v -> 'rates')) AS e(v)
 ) x
-WHERE a.entity = 'jobsite_material'
-  AND cdc.num(x.r -> 'rate') IS NOT NULL AND cdc.ts(x.r -> 'date') IS NOT NULL
+WHERE cdc.num(x.r -> 'rate') IS NOT NULL AND cdc.ts(x.r -> 'date') IS NOT NULL
