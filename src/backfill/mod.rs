@@ -29,7 +29,8 @@ use std::collections::VecDeque;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
 use bson::{Bson, Document};
@@ -214,7 +215,9 @@ impl Chunk {
     }
 }
 
-/// Backfill order rank: dimensions, then invoices, daily reports, then their children.
+/// Backfill order rank: dimensions, then invoices, daily reports, then their children, the
+/// material shipments first: the other children's chunks [`splits`] across connections, so
+/// the connection that runs out of collections first can take some of the last ones.
 fn rank(e: Entity) -> u8 {
     match e {
         Entity::Company => 0,
@@ -227,9 +230,9 @@ fn rank(e: Entity) -> u8 {
         Entity::System => 7,
         Entity::Invoice => 8,
         Entity::DailyReport => 9,
-        Entity::EmployeeWork => 10,
-        Entity::VehicleWork => 11,
-        Entity::MaterialShipment => 12,
+        Entity::MaterialShipment => 10,
+        Entity::EmployeeWork => 11,
+        Entity::VehicleWork => 12,
         Entity::Production => 13,
     }
 }
@@ -333,6 +336,7 @@ pub async fn run_backfill(
         wall_time: run.started_at,
     };
     let progress = Mutex::new(progress::Progress::new(&p.name, opts.progress));
+    let open = Mutex::new(Vec::new());
     let mut job = Job {
         pipeline: p,
         client: &mut client,
@@ -341,6 +345,7 @@ pub async fn run_backfill(
         position: run.position.clone(),
         shutdown: opts.shutdown.clone(),
         progress: &progress,
+        open: &open,
     };
     let mut earlier = store::load_progress(job.client, &p.name).await?;
     let mut queue: VecDeque<Task> = selected
@@ -433,36 +438,39 @@ async fn load_all(
     Ok(done)
 }
 
-/// The reader of a collection loaded on several connections, and the next chunk's number.
-type Feed = tokio::sync::Mutex<(mpsc::Receiver<Result<Chunk, BackfillError>>, u64)>;
+/// A collection loading: its reader and the next chunk's number, the commit turns of its
+/// chunks and its checkpoint figures, shared by the connections that take its chunks.
+struct Load {
+    coll: String,
+    feed: tokio::sync::Mutex<(mpsc::Receiver<Result<Chunk, BackfillError>>, u64)>,
+    turns: Turns,
+    acc: Mutex<Acc>,
+    /// The reader is done: no chunk is left to take.
+    read: AtomicBool,
+}
 
-/// One connection of [`Job::drain_parallel`]: take the next chunk, project it, commit it in
-/// its turn, until the reader is done.
-async fn feed_worker(
-    job: &mut Job<'_>,
-    coll: &str,
-    feed: &Feed,
-    turns: &Turns,
-    acc: &Mutex<Acc>,
-) -> Result<(), BackfillError> {
-    loop {
-        let (seq, chunk) = {
-            let mut f = feed.lock().await;
-            let Some(chunk) = job.next_chunk(&mut f.0).await? else {
-                return Ok(());
-            };
-            f.1 += 1;
-            (f.1 - 1, chunk)
-        };
-        job.commit_chunk(
-            coll,
-            chunk,
-            acc,
-            Guard::NewerOrEqualHeld,
-            Some((turns, seq)),
-        )
-        .await?;
+impl Load {
+    /// Once the reader is done: wait until every chunk taken has committed (another
+    /// connection may still be committing one).
+    async fn settled(&self) {
+        let taken = self.feed.lock().await.1;
+        self.turns.wait(taken).await;
     }
+}
+
+fn lock_open(open: &Mutex<Vec<Arc<Load>>>) -> MutexGuard<'_, Vec<Arc<Load>>> {
+    open.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Whether a collection's chunks may load side by side with each other (on connections that
+/// ran out of collections): each derives only its own documents' rows, from reports and
+/// dimensions no chunk writes. Not the material shipments: a shipment's invoice-month rate
+/// depends on the other shipments of its month.
+fn splits(e: Entity) -> bool {
+    matches!(
+        e,
+        Entity::EmployeeWork | Entity::VehicleWork | Entity::Production
+    )
 }
 
 /// A daily-report child collection: ranked after the reports, loads beside the other children.
@@ -483,9 +491,22 @@ async fn drain_queue(
             .unwrap_or_else(PoisonError::into_inner)
             .pop_front();
         let Some((place, (coll, entity, prev))) = next else {
-            return Ok(out);
+            break;
         };
         out.push((place, job.collection(&coll, entity, prev, &mut []).await?));
+    }
+    // No collection left to start: take chunks of those still being read, until none is left.
+    loop {
+        let open = lock_open(job.open)
+            .iter()
+            .find(|l| !l.read.load(Ordering::Acquire))
+            .cloned();
+        let Some(load) = open else {
+            return Ok(out);
+        };
+        tracing::info!(pipeline = %job.pipeline.name, collection = load.coll,
+            "no collection left to start: this connection takes chunks of one still loading");
+        job.drain(&load, Guard::NewerOrEqual).await?;
     }
 }
 
@@ -598,6 +619,8 @@ struct Job<'a> {
     position: Option<StreamPosition>,
     shutdown: CancellationToken,
     progress: &'a Mutex<progress::Progress>,
+    /// The collections loading now whose chunks another connection may take ([`splits`]).
+    open: &'a Mutex<Vec<Arc<Load>>>,
 }
 
 impl<'a> Job<'a> {
@@ -614,6 +637,7 @@ impl<'a> Job<'a> {
             position: self.position.clone(),
             shutdown: self.shutdown.clone(),
             progress: self.progress,
+            open: self.open,
         }
     }
 
@@ -658,22 +682,41 @@ impl<'a> Job<'a> {
         let mut s = CollectionSummary::new(coll, entity, CollectionStatus::Complete);
         s.resumed_from = cum.docs_done;
         self.progress().start(coll, cum.docs_done, Some(total));
-        let acc = Mutex::new((cum, s));
+        let load = Arc::new(Load {
+            coll: coll.to_string(),
+            feed: tokio::sync::Mutex::new((rx, 0)),
+            turns: Turns(watch::Sender::new(0)),
+            acc: Mutex::new((cum, s)),
+            read: AtomicBool::new(false),
+        });
         let result = if !extra.is_empty() && self.hold_exclusive().await? {
             tracing::info!(pipeline = %name, collection = coll, connections = extra.len() + 1,
                 "no child in the mirror yet: the reports load side by side");
             defer::defer(self.client, &[defer::LINKS], true).await?;
-            let result = self.drain_parallel(extra, coll, rx, &acc).await;
+            let result = self.drain_parallel(extra, &load).await;
             let rebuilt = defer::restore(self.client, Some(&[defer::LINKS]))
                 .await
                 .map_err(BackfillError::Rebuild);
             self.release_exclusive().await?;
             rebuilt?;
             result
+        } else if splits(entity) {
+            // Open to the other connections once they run out of collections.
+            lock_open(self.open).push(Arc::clone(&load));
+            let result = self.drain(&load, Guard::NewerOrEqual).await;
+            lock_open(self.open).retain(|l| !Arc::ptr_eq(l, &load));
+            match result {
+                Ok(()) => Ok(load.settled().await),
+                e => e,
+            }
         } else {
-            self.drain(coll, rx, &acc, Guard::NewerOrEqual).await
+            self.drain(&load, Guard::NewerOrEqual).await
         };
-        let (cum, mut s) = acc.into_inner().unwrap_or_else(PoisonError::into_inner);
+        let (cum, mut s) = load
+            .acc
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
         if let Err(e) = result {
             self.progress().finish(coll, "stopped");
             return Err(BackfillError::Collection {
@@ -761,18 +804,23 @@ impl<'a> Job<'a> {
         }
     }
 
-    /// Project every chunk the reader sends, committing each with its checkpoint.
-    async fn drain(
-        &mut self,
-        coll: &str,
-        mut rx: mpsc::Receiver<Result<Chunk, BackfillError>>,
-        acc: &Mutex<Acc>,
-        guard: Guard,
-    ) -> Result<(), BackfillError> {
-        while let Some(chunk) = self.next_chunk(&mut rx).await? {
-            self.commit_chunk(coll, chunk, acc, guard, None).await?;
+    /// Take the collection's next chunk, project it and commit it with its checkpoint in its
+    /// turn, until the reader is done. Other connections may take chunks of the same
+    /// collection meanwhile ([`Job::drain_parallel`], [`drain_queue`]).
+    async fn drain(&mut self, load: &Load, guard: Guard) -> Result<(), BackfillError> {
+        loop {
+            let (seq, chunk) = {
+                let mut f = load.feed.lock().await;
+                let Some(chunk) = self.next_chunk(&mut f.0).await? else {
+                    load.read.store(true, Ordering::Release);
+                    return Ok(());
+                };
+                f.1 += 1;
+                (f.1 - 1, chunk)
+            };
+            self.commit_chunk(&load.coll, chunk, &load.acc, guard, Some((&load.turns, seq)))
+                .await?;
         }
-        Ok(())
     }
 
     /// The reader's next chunk; `None` at the end of the collection.
@@ -820,18 +868,14 @@ impl<'a> Job<'a> {
     async fn drain_parallel(
         &mut self,
         extra: &mut [Client],
-        coll: &str,
-        rx: mpsc::Receiver<Result<Chunk, BackfillError>>,
-        acc: &Mutex<Acc>,
+        load: &Load,
     ) -> Result<(), BackfillError> {
-        let feed: Feed = tokio::sync::Mutex::new((rx, 0));
-        let turns = Turns(watch::Sender::new(0));
         let mut siblings: Vec<Job<'_>> = extra.iter_mut().map(|c| self.sibling(c)).collect();
-        let mut runs = vec![feed_worker(self, coll, &feed, &turns, acc).boxed()];
+        let mut runs = vec![self.drain(load, Guard::NewerOrEqualHeld).boxed()];
         runs.extend(
             siblings
                 .iter_mut()
-                .map(|j| feed_worker(j, coll, &feed, &turns, acc).boxed()),
+                .map(|j| j.drain(load, Guard::NewerOrEqualHeld).boxed()),
         );
         futures_util::future::try_join_all(runs).await?;
         Ok(())
@@ -1162,9 +1206,9 @@ mod tests {
                 "systems",
                 "invoices",
                 "dailyreports",
+                "materialshipments",
                 "employeeworks",
                 "vehicleworks",
-                "materialshipments",
                 "productions"
             ]
         );
