@@ -215,9 +215,11 @@ impl Chunk {
     }
 }
 
-/// Backfill order rank: dimensions, then invoices, daily reports, then their children, the
-/// material shipments first: the other children's chunks [`splits`] across connections, so
-/// the connection that runs out of collections first can take some of the last ones.
+/// Backfill order rank: the dimensions the daily reports read, the reports, then the rest
+/// side by side ([`load_all`]): jobsite materials, invoices and material shipments one after
+/// the other (the shipments' costs read the other two), beside the other children. Those go
+/// last: their chunks [`splits`] across connections, so the connection that runs out of
+/// collections first can take some of the last ones.
 fn rank(e: Entity) -> u8 {
     match e {
         Entity::Company => 0,
@@ -226,10 +228,10 @@ fn rank(e: Entity) -> u8 {
         Entity::Employee => 3,
         Entity::Vehicle => 4,
         Entity::Jobsite => 5,
-        Entity::JobsiteMaterial => 6,
-        Entity::System => 7,
-        Entity::Invoice => 8,
-        Entity::DailyReport => 9,
+        Entity::System => 6,
+        Entity::DailyReport => 7,
+        Entity::JobsiteMaterial => 8,
+        Entity::Invoice => 9,
         Entity::MaterialShipment => 10,
         Entity::EmployeeWork => 11,
         Entity::VehicleWork => 12,
@@ -386,11 +388,13 @@ pub async fn run_backfill(
 /// A collection to load: its name, entity and earlier progress.
 type Task = (String, Entity, Option<store::Progress>);
 
-/// Load every queued collection in order; the daily-report children (the tail of the queue)
-/// load side by side on `backfill.workers` connections. They derive disjoint star tables
-/// from reports and dimensions that are already loaded, so their chunks may commit in any
-/// order; the projection lock, taken shared by backfill chunks, still keeps the streaming
-/// projector (which takes it exclusive) out while they run.
+/// Load every queued collection in order; those after the daily reports (the tail of the
+/// queue) load side by side on `backfill.workers` connections: the jobsite materials, invoices
+/// and material shipments one after the other on one, each other child collection on the
+/// next free one. They derive disjoint star tables from reports and dimensions that are
+/// already loaded (and none of them changes what another derives), so their chunks may
+/// commit in any order; the projection lock, taken shared by backfill chunks, still keeps the
+/// streaming projector (which takes it exclusive) out while they run.
 async fn load_all(
     job: &mut Job<'_>,
     settings: &Settings,
@@ -402,7 +406,7 @@ async fn load_all(
     for _ in 1..workers {
         clients.push(connect_pg(settings).await?);
     }
-    while queue.front().is_some_and(|t| !is_child(t.1)) {
+    while queue.front().is_some_and(|t| !side_by_side(t.1)) {
         let Some((coll, entity, prev)) = queue.pop_front() else {
             break;
         };
@@ -422,9 +426,21 @@ async fn load_all(
         .flat_map(|t| defer::bulk_tables(t.1).iter().copied())
         .collect();
     job.defer("the daily-report children", &tables).await?;
-    clients.truncate(queue.len().saturating_sub(1));
-    let shared: Mutex<VecDeque<(usize, Task)>> =
-        Mutex::new(std::mem::take(queue).into_iter().enumerate().collect());
+    let mut chains: VecDeque<Vec<(usize, Task)>> = VecDeque::new();
+    let mut chain = Vec::new();
+    for (place, task) in std::mem::take(queue).into_iter().enumerate() {
+        if chained(task.1) {
+            chain.push((place, task));
+        } else {
+            chains.push_back(vec![(place, task)]);
+        }
+    }
+    if !chain.is_empty() {
+        // First: the longest, and its chunks do not split.
+        chains.push_front(chain);
+    }
+    clients.truncate(chains.len().saturating_sub(1));
+    let shared = Mutex::new(chains);
     let mut siblings: Vec<Job<'_>> = clients.iter_mut().map(|c| job.sibling(c)).collect();
     let mut runs = vec![drain_queue(job, &shared).boxed()];
     runs.extend(siblings.iter_mut().map(|j| drain_queue(j, &shared).boxed()));
@@ -473,16 +489,27 @@ fn splits(e: Entity) -> bool {
     )
 }
 
-/// A daily-report child collection: ranked after the reports, loads beside the other children.
-fn is_child(e: Entity) -> bool {
+/// Ranked after the daily reports: loads beside the other such collections ([`load_all`]).
+fn side_by_side(e: Entity) -> bool {
     rank(e) > rank(Entity::DailyReport)
 }
 
-/// One worker: load the next queued collection until none is left. Each summary keeps its
-/// place in the queue, so the final summary lists collections in backfill order.
+/// Of the collections loaded side by side, those loaded one after the other on one
+/// connection: a shipment's cost reads its jobsite material and the invoices of its month
+/// (loaded first, each shipment is derived once).
+fn chained(e: Entity) -> bool {
+    matches!(
+        e,
+        Entity::JobsiteMaterial | Entity::Invoice | Entity::MaterialShipment
+    )
+}
+
+/// One worker: load the next queued collections (one after the other) until none is left.
+/// Each summary keeps its place in the queue, so the final summary lists collections in
+/// backfill order.
 async fn drain_queue(
     job: &mut Job<'_>,
-    queue: &Mutex<VecDeque<(usize, Task)>>,
+    queue: &Mutex<VecDeque<Vec<(usize, Task)>>>,
 ) -> Result<Vec<(usize, CollectionSummary)>, BackfillError> {
     let mut out = Vec::new();
     loop {
@@ -490,10 +517,12 @@ async fn drain_queue(
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .pop_front();
-        let Some((place, (coll, entity, prev))) = next else {
+        let Some(chain) = next else {
             break;
         };
-        out.push((place, job.collection(&coll, entity, prev, &mut []).await?));
+        for (place, (coll, entity, prev)) in chain {
+            out.push((place, job.collection(&coll, entity, prev, &mut []).await?));
+        }
     }
     // No collection left to start: take chunks of those still being read, until none is left.
     loop {
@@ -675,7 +704,7 @@ impl<'a> Job<'a> {
             Opened::Reading { rx, total } => (rx, total),
         };
         store::begin_collection(self.client, &name, coll, "running", Some(total)).await?;
-        if !is_child(entity) {
+        if !side_by_side(entity) {
             self.defer(coll, defer::bulk_tables(entity)).await?;
         }
         cum.docs_total = Some(total);
@@ -1187,7 +1216,7 @@ mod tests {
     }
 
     #[test]
-    fn dimensions_come_first_then_invoices_reports_and_children() {
+    fn dimensions_come_first_then_reports_then_the_rest() {
         let order: Vec<String> = select(&pipeline(), &[])
             .unwrap()
             .into_iter()
@@ -1202,10 +1231,10 @@ mod tests {
                 "employees",
                 "vehicles",
                 "jobsites",
-                "jobsiteMaterials",
                 "systems",
-                "invoices",
                 "dailyreports",
+                "jobsiteMaterials",
+                "invoices",
                 "materialshipments",
                 "employeeworks",
                 "vehicleworks",
