@@ -847,8 +847,14 @@ impl<'a> Job<'a> {
                 f.1 += 1;
                 (f.1 - 1, chunk)
             };
-            self.commit_chunk(&load.coll, chunk, &load.acc, guard, Some((&load.turns, seq)))
-                .await?;
+            self.commit_chunk(
+                &load.coll,
+                chunk,
+                &load.acc,
+                guard,
+                Some((&load.turns, seq)),
+            )
+            .await?;
         }
     }
 

@@ -145,7 +145,10 @@ pub async fn apply(
         // entities is here would find nothing (a child chunk of a backfill skips them all).
         let mut present: BTreeSet<&str> = stats.changed.iter().map(|(e, _)| e.as_str()).collect();
         for step in sql::MIRROR_STEPS.iter() {
-            if sql::source_entities(step.label).iter().any(|e| present.contains(e)) {
+            if sql::source_entities(step.label)
+                .iter()
+                .any(|e| present.contains(e))
+            {
                 ctx.run(tx, step, "mirror").await?;
             }
         }

@@ -10,6 +10,7 @@
 //!   not derived by this apply;
 //! - `{{rates ENTITY}}`: rewrite `dim_ENTITY_rate` from the document's `rates[]`;
 //! - `{{archive_dim TABLE ENTITY}}`: soft-archive the TABLE rows of deleted documents;
+//! - `{{rate_periods ENTITY DIMS}}`: the `dim_ENTITY_rate` periods of the rows of CTE DIMS;
 //! - `{{report_children}}`: the children entities with their report arrays, as `f(child, field)`;
 //! - `{{child_entities}}`: the children entities, for `IN`.
 
@@ -196,12 +197,29 @@ fn expand(sql: &str) -> String {
             ["archive", table, entity, field] => archive_children(table, entity, field),
             ["rates", entity] => rates(entity),
             ["archive_dim", table, entity] => archive_dim(table, entity),
+            ["rate_periods", entity, dims] => rate_periods(entity, dims),
             other => panic!("unknown template {other:?} in projection SQL"),
         });
         rest = &tail[end + 2..];
     }
     out.push_str(rest);
     out
+}
+
+/// The rate periods of the dimension rows in the CTE `dims` (`id`): each `dim_ENTITY_rate`
+/// date's rate (the highest of a date) from that date until the next one, as
+/// `(id, from_d, to_d, rate)` with `to_d` NULL for the current one. A work item's rate is the
+/// period holding its work date (none before the first rate): one join instead of an ordered
+/// lookup per row.
+fn rate_periods(entity: &str, dims: &str) -> String {
+    format!(
+        "SELECT p.id, p.from_d, p.rate,
+           lead(p.from_d) OVER (PARTITION BY p.id ORDER BY p.from_d) AS to_d
+    FROM (SELECT DISTINCT ON (r0.{entity}_id, r0.effective_date)
+                 r0.{entity}_id AS id, r0.effective_date AS from_d, r0.rate
+          FROM dim_{entity}_rate r0 JOIN {dims} ON r0.{entity}_id = {dims}.id
+          ORDER BY r0.{entity}_id, r0.effective_date, r0.rate DESC) p"
+    )
 }
 
 /// The daily-report children: each entity with the report array that lists it.
@@ -351,7 +369,11 @@ mod tests {
                     "{e:?} in {:?} is not an entity",
                     s.label
                 );
-                assert!(s.sql.contains(&format!("'{e}'")), "{e} unused in {:?}", s.label);
+                assert!(
+                    s.sql.contains(&format!("'{e}'")),
+                    "{e} unused in {:?}",
+                    s.label
+                );
             }
         }
         assert!(DERIVE_STEPS.len() >= 20);

@@ -18,18 +18,18 @@ WITH x AS MATERIALIZED (
     SELECT e0.id, e0.mongo_id FROM dim_employee e0
     WHERE e0.mongo_id IN (SELECT DISTINCT dim_key FROM x)
       AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'employee' AND l.key = e0.mongo_id AND NOT l.deleted)
+), r AS MATERIALIZED (
+    {{rate_periods employee e}}
 )
 INSERT INTO fact_employee_work AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, employee_id, crew_type, work_date,
      start_time, end_time, job_title, hourly_rate, archived_at, synced_at)
 SELECT x.key, x.daily_report_id, x.jobsite_id, x.crew_id, e.id, x.crew_type, x.work_date,
        x.st, x.et, COALESCE(x.doc ->> 'jobTitle', ''),
-       COALESCE((SELECT er.rate FROM dim_employee_rate er
-                 WHERE er.employee_id = e.id AND er.effective_date <= x.work_date
-                 ORDER BY er.effective_date DESC, er.rate DESC LIMIT 1), 0),
-       cdc.ts(x.doc -> 'archivedAt'), $2
+       COALESCE(r.rate, 0), cdc.ts(x.doc -> 'archivedAt'), $2
 FROM x
 JOIN e ON e.mongo_id = x.dim_key
+LEFT JOIN r ON r.id = e.id AND r.from_d <= x.work_date AND (r.to_d IS NULL OR x.work_date < r.to_d)
 WHERE x.st IS NOT NULL AND x.et IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
@@ -51,18 +51,18 @@ WITH x AS MATERIALIZED (
     SELECT v0.id, v0.mongo_id FROM dim_vehicle v0
     WHERE v0.mongo_id IN (SELECT DISTINCT dim_key FROM x)
       AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'vehicle' AND l.key = v0.mongo_id AND NOT l.deleted)
+), r AS MATERIALIZED (
+    {{rate_periods vehicle v}}
 )
 INSERT INTO fact_vehicle_work AS t
     (mongo_id, daily_report_id, jobsite_id, vehicle_id, crew_id, crew_type, work_date,
      job_title, hours, hourly_rate, archived_at, synced_at)
 SELECT x.key, x.daily_report_id, x.jobsite_id, v.id, x.crew_id, x.crew_type, x.work_date,
        NULLIF(x.doc ->> 'jobTitle', ''), COALESCE(cdc.num(x.doc -> 'hours'), 0),
-       COALESCE((SELECT vr.rate FROM dim_vehicle_rate vr
-                 WHERE vr.vehicle_id = v.id AND vr.effective_date <= x.work_date
-                 ORDER BY vr.effective_date DESC, vr.rate DESC LIMIT 1), 0),
-       cdc.ts(x.doc -> 'archivedAt'), $2
+       COALESCE(r.rate, 0), cdc.ts(x.doc -> 'archivedAt'), $2
 FROM x
 JOIN v ON v.mongo_id = x.dim_key
+LEFT JOIN r ON r.id = v.id AND r.from_d <= x.work_date AND (r.to_d IS NULL OR x.work_date < r.to_d)
 ON CONFLICT (mongo_id) DO UPDATE SET
     daily_report_id = EXCLUDED.daily_report_id, jobsite_id = EXCLUDED.jobsite_id,
     vehicle_id = EXCLUDED.vehicle_id, crew_id = EXCLUDED.crew_id,

@@ -227,6 +227,69 @@ async fn employee_work_is_costed_at_the_rate_effective_on_the_work_date() {
     );
 }
 
+/// Given an employee whose rates include two entries for one date, when work items fall
+/// before the first rate, on a rate's date, between rates and after the last, then each is
+/// costed at the latest rate dated on or before its work date (the higher of a date's two),
+/// and at 0 before the first.
+#[tokio::test]
+async fn work_items_take_the_rate_of_their_work_date_the_highest_of_a_date_and_zero_before_any() {
+    let mut h = Harness::new().await;
+    h.seed().await;
+    let mut employee = base_foreman_1();
+    employee["rates"] = json!([
+        { "_id": oid("6216645500000000000009e1"), "date": date("2022-01-01T00:00:00Z"), "rate": 40 },
+        { "_id": oid("6216645500000000000009e2"), "date": date("2022-06-01T00:00:00Z"), "rate": 45 },
+        { "_id": oid("6216645500000000000009e3"), "date": date("2022-06-01T00:00:00Z"), "rate": 50 },
+        { "_id": oid("6216645500000000000009e4"), "date": date("2023-01-01T00:00:00Z"), "rate": 60 }
+    ]);
+    h.put(Entity::Employee, BASE_FOREMAN_1, employee).await;
+    let cases = [
+        ("2021-12-31", "0.00"),
+        ("2022-01-01", "40.00"),
+        ("2022-05-31", "40.00"),
+        ("2022-06-01", "50.00"),
+        ("2022-12-31", "50.00"),
+        ("2023-01-01", "60.00"),
+        ("2024-03-01", "60.00"),
+    ];
+    let mut docs = Vec::new();
+    for (i, (day, _)) in cases.iter().enumerate() {
+        let (report_key, work_key) = (
+            format!("62166455000000000000a{i:03}"),
+            format!("62166455000000000000b{i:03}"),
+        );
+        let mut r = report(
+            &report_key,
+            &format!("{day}T12:00:00Z"),
+            JOBSITE_1,
+            CREW_BASE_1,
+        );
+        r["employeeWork"] = oids(&[work_key.as_str()]);
+        let t = h.tick();
+        docs.push(upsert(Entity::DailyReport, &report_key, r, t));
+        let w = employee_work(
+            &work_key,
+            BASE_FOREMAN_1,
+            &format!("{day}T07:00:00Z"),
+            &format!("{day}T15:00:00Z"),
+        );
+        docs.push(upsert(Entity::EmployeeWork, &work_key, w, t));
+    }
+    h.apply(&docs).await;
+    for (i, (day, rate)) in cases.iter().enumerate() {
+        assert_eq!(
+            h.num(
+                "fact_employee_work",
+                "hourly_rate",
+                &format!("62166455000000000000b{i:03}")
+            )
+            .await,
+            *rate,
+            "work on {day}"
+        );
+    }
+}
+
 #[tokio::test]
 async fn vehicle_work_takes_hours_as_stored_at_the_vehicle_rate() {
     let mut h = Harness::new().await;
