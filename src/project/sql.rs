@@ -11,6 +11,7 @@
 //! - `{{rates ENTITY}}`: rewrite `dim_ENTITY_rate` from the document's `rates[]`;
 //! - `{{archive_dim TABLE ENTITY}}`: soft-archive the TABLE rows of deleted documents;
 //! - `{{rate_periods ENTITY DIMS}}`: the `dim_ENTITY_rate` periods of the rows of CTE DIMS;
+//! - `{{derived TABLE ENTITY}}`: the TABLE rows this apply derived for affected ENTITY keys;
 //! - `{{report_children}}`: the children entities with their report arrays, as `f(child, field)`;
 //! - `{{child_entities}}`: the children entities, for `IN`.
 
@@ -198,12 +199,26 @@ fn expand(sql: &str) -> String {
             ["rates", entity] => rates(entity),
             ["archive_dim", table, entity] => archive_dim(table, entity),
             ["rate_periods", entity, dims] => rate_periods(entity, dims),
+            ["derived", table, entity] => derived(table, entity),
             other => panic!("unknown template {other:?} in projection SQL"),
         });
         rest = &tail[end + 2..];
     }
     out.push_str(rest);
     out
+}
+
+/// The TABLE rows this apply derived for affected ENTITY keys, as `(entity, key, id)`: each
+/// looked up by key (a plain join let the planner, misled by a table it last saw empty, scan
+/// every row per affected key).
+fn derived(table: &str, entity: &str) -> String {
+    format!(
+        "SELECT a.entity, a.key, t0.id
+    FROM pg_temp.cdc_affected a
+    CROSS JOIN LATERAL (SELECT t1.id FROM {table} t1
+                        WHERE t1.mongo_id = a.key AND t1.synced_at = $2 OFFSET 0) t0
+    WHERE a.entity = '{entity}'"
+    )
 }
 
 /// The rate periods of the dimension rows in the CTE `dims` (`id`): each `dim_ENTITY_rate`
@@ -271,22 +286,22 @@ WHERE a.entity = '{entity}' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
 
 /// `dim_ENTITY_rate` mirrors the `rates[]` of every ENTITY row this apply derived (§7.6).
 fn rates(entity: &str) -> String {
+    let derived = derived(&format!("dim_{entity}"), entity);
     format!(
         "
-WITH gone AS (
+WITH t AS MATERIALIZED (
+    {derived}
+), gone AS (
     DELETE FROM dim_{entity}_rate r
-    USING pg_temp.cdc_affected a, dim_{entity} t
-    WHERE a.entity = '{entity}' AND t.mongo_id = a.key AND t.synced_at = $2
-      AND r.{entity}_id = t.id
+    USING t
+    WHERE r.{entity}_id = t.id
 )
 INSERT INTO dim_{entity}_rate ({entity}_id, mongo_id, rate, effective_date, synced_at)
 SELECT t.id, NULL, cdc.num(e.v -> 'rate'), cdc.day(cdc.ts(e.v -> 'date'), $1), $2
-FROM pg_temp.cdc_affected a
-JOIN dim_{entity} t ON t.mongo_id = a.key AND t.synced_at = $2
-CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
+FROM t
+CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = t.entity AND s0.key = t.key OFFSET 0) s
 CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(s.doc -> 'rates')) AS e(v)
-WHERE a.entity = '{entity}'
-  AND cdc.num(e.v -> 'rate') IS NOT NULL AND cdc.ts(e.v -> 'date') IS NOT NULL
+WHERE cdc.num(e.v -> 'rate') IS NOT NULL AND cdc.ts(e.v -> 'date') IS NOT NULL
 "
     )
 }
@@ -336,7 +351,10 @@ fn child_ctx(entity: &str) -> String {
         CROSS JOIN LATERAL (
             SELECT r0.doc, cdc.ts(r0.doc -> 'date') AS rts FROM cdc.source_doc r0
             WHERE r0.entity = 'daily_report' AND r0.key = k.report_key OFFSET 0) r
-        JOIN dim_daily_report dr ON dr.mongo_id = k.report_key
+        -- Looked up per report: a join scanned every report's row for each chunk.
+        CROSS JOIN LATERAL (
+            SELECT dr0.id, dr0.jobsite_id, dr0.crew_id, dr0.report_date FROM dim_daily_report dr0
+            WHERE dr0.mongo_id = k.report_key OFFSET 0) dr
         JOIN dim_crew c ON c.id = dr.crew_id
         WHERE r.rts IS NOT NULL
           AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'jobsite' AND l.key = cdc.oid(r.doc -> 'jobsite') AND NOT l.deleted)

@@ -82,14 +82,8 @@ WHERE a.entity = 'jobsite_material' AND t.mongo_id = a.key AND t.synced_at IS DI
 
 -- @stmt dim_jobsite_material_rate
 -- mongo_id discriminates: NULL = rates[], else the deliveredRates[] or scenarios[] entry _id.
--- The jobsite materials derived by this apply, each looked up by key (as a plain join the
--- planner, misled by a table it last saw empty, scanned every row per affected key).
 WITH t AS MATERIALIZED (
-    SELECT a.entity, a.key, t0.id
-    FROM pg_temp.cdc_affected a
-    CROSS JOIN LATERAL (SELECT t1.id FROM dim_jobsite_material t1
-                        WHERE t1.mongo_id = a.key AND t1.synced_at = $2 OFFSET 0) t0
-    WHERE a.entity = 'jobsite_material'
+    {{derived dim_jobsite_material jobsite_material}}
 ), gone AS (
     DELETE FROM dim_jobsite_material_rate r
     USING t
