@@ -265,3 +265,58 @@ async fn a_role_that_does_not_own_the_tables_loads_without_the_bulk_load() {
         "the writer's load equals the owner's"
     );
 }
+
+/// Given a generated dump whose dimensions and reports a first run loaded, when a second run
+/// loads employee and vehicle work side by side, then the connection that finishes the
+/// vehicle work (half the documents) takes chunks of the employee work still loading, every
+/// document is read once, and the rows equal a single full run's.
+#[tokio::test]
+async fn a_connection_with_no_collection_left_takes_chunks_of_one_still_loading() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let w = super::workload::Workload::generate(22, super::workload::Shape::realistic(400));
+    w.write_dump(dir.path()).expect("write dump");
+    let dump = dir.path().to_str().unwrap();
+    let p = temp_pipeline("paving", None, Some(20));
+
+    let split = support::migrated_db().await;
+    let rest = "companies,materials,crews,employees,vehicles,jobsites,systems,dailyreports,\
+                jobsiteMaterials,invoices,materialshipments,productions";
+    let first = run_cli(
+        &split,
+        &p.path,
+        None,
+        &["--from-dump", dump, "--collections", rest],
+    );
+    assert_success(&first);
+    let works = "employeeworks,vehicleworks";
+    let second = run_cli(
+        &split,
+        &p.path,
+        None,
+        &["--from-dump", dump, "--collections", works],
+    );
+    assert_success(&second);
+    let log = text(&second.stderr);
+    assert!(
+        log.lines()
+            .any(|l| l.contains("takes chunks of one still loading")
+                && l.contains("\"collection\":\"employeeworks\"")),
+        "the connection done with vehicleworks helped with employeeworks:\n{log}"
+    );
+    let stdout = text(&second.stdout);
+    for coll in ["employeeworks", "vehicleworks"] {
+        assert_eq!(
+            super::resumed_and_read(&stdout, coll),
+            (0, w.count(coll) as u64),
+            "{coll} read once:\n{stdout}"
+        );
+    }
+
+    let whole = support::migrated_db().await;
+    assert_success(&run_cli(&whole, &p.path, None, &["--from-dump", dump]));
+    assert_eq!(
+        super::content(&split.client().await).await,
+        super::content(&whole.client().await).await,
+        "loaded in two runs, with shared chunks, differs from one run"
+    );
+}
