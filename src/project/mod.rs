@@ -329,17 +329,30 @@ async fn derive(
     ctx: &Ctx,
     stats: &mut ApplyStats,
 ) -> Result<(), ProjectError> {
-    let present: Vec<String> = tx
-        .query_one(sql::AFFECTED_ENTITIES, &[])
+    let affected: BTreeMap<String, u64> = tx
+        .query(sql::AFFECTED_ENTITIES, &[])
         .await
         .map_err(ProjectError::pg("affected"))?
-        .get(0);
+        .iter()
+        .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
+        .collect();
+    // Rows written by each table's first statement (its upsert).
+    let mut upserted: BTreeMap<&str, u64> = BTreeMap::new();
     for stmt in sql::DERIVE_STEPS.iter() {
         let needed = sql::source_entities(stmt.label);
-        if !needed.iter().any(|e| present.iter().any(|p| p == e)) {
+        if !needed.iter().any(|e| affected.contains_key(*e)) {
             continue;
         }
+        // A table's second statement archives or removes the rows of affected keys its upsert
+        // did not derive (stamp): none are left when the upsert wrote one row per affected
+        // key of its entity.
+        if let (Some(&n), [e]) = (upserted.get(stmt.label), needed) {
+            if affected.get(*e) == Some(&n) {
+                continue;
+            }
+        }
         let n = ctx.run(tx, stmt, stmt.label).await?;
+        upserted.entry(stmt.label).or_insert(n);
         if n > 0 && !stmt.label.starts_with("ctx:") {
             *stats.rows_written.entry(stmt.label).or_default() += n;
         }

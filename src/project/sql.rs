@@ -100,9 +100,9 @@ DELETE FROM pg_temp.cdc_affected;
 DELETE FROM pg_temp.cdc_ctx;
 ";
 
-/// The entities with affected keys.
+/// The entities with affected keys, with how many each.
 pub(crate) const AFFECTED_ENTITIES: &str =
-    "SELECT COALESCE(array_agg(DISTINCT entity), '{}') FROM pg_temp.cdc_affected";
+    "SELECT entity, count(*) FROM pg_temp.cdc_affected GROUP BY entity";
 
 /// The affected entities a derivation statement (by its label, the table it writes) reads
 /// its keys from.
