@@ -10,7 +10,8 @@
 //!   not derived by this apply;
 //! - `{{rates ENTITY}}`: rewrite `dim_ENTITY_rate` from the document's `rates[]`;
 //! - `{{archive_dim TABLE ENTITY}}`: soft-archive the TABLE rows of deleted documents;
-//! - `{{rate_periods ENTITY DIMS}}`: the `dim_ENTITY_rate` periods of the rows of CTE DIMS;
+//! - `{{work_dims ENTITY ALIAS}}`: the CTEs ALIAS (the live dim rows the work items in CTE `x`
+//!   reference) and `r` (their rate periods);
 //! - `{{derived TABLE ENTITY}}`: the TABLE rows this apply derived for affected ENTITY keys;
 //! - `{{report_children}}`: the children entities with their report arrays, as `f(child, field)`;
 //! - `{{child_entities}}`: the children entities, for `IN`.
@@ -198,7 +199,7 @@ fn expand(sql: &str) -> String {
             ["archive", table, entity, field] => archive_children(table, entity, field),
             ["rates", entity] => rates(entity),
             ["archive_dim", table, entity] => archive_dim(table, entity),
-            ["rate_periods", entity, dims] => rate_periods(entity, dims),
+            ["work_dims", entity, alias] => work_dims(entity, alias),
             ["derived", table, entity] => derived(table, entity),
             other => panic!("unknown template {other:?} in projection SQL"),
         });
@@ -221,19 +222,26 @@ fn derived(table: &str, entity: &str) -> String {
     )
 }
 
-/// The rate periods of the dimension rows in the CTE `dims` (`id`): each `dim_ENTITY_rate`
-/// date's rate (the highest of a date) from that date until the next one, as
-/// `(id, from_d, to_d, rate)` with `to_d` NULL for the current one. A work item's rate is the
-/// period holding its work date (none before the first rate): one join instead of an ordered
-/// lookup per row.
-fn rate_periods(entity: &str, dims: &str) -> String {
+/// Two CTEs for the work items of CTE `x` (with their dimension key as `dim_key`): ALIAS, each
+/// referenced `dim_ENTITY` row once, when its document is live; and `r`, their rate periods:
+/// each `dim_ENTITY_rate` date's rate (the highest of a date) from that date until the next
+/// one, as `(id, from_d, to_d, rate)` with `to_d` NULL for the current one. A work item's rate
+/// is the period holding its work date (none before the first rate): one join instead of an
+/// ordered lookup per row.
+fn work_dims(entity: &str, alias: &str) -> String {
     format!(
-        "SELECT p.id, p.from_d, p.rate,
+        "{alias} AS MATERIALIZED (
+    SELECT d0.id, d0.mongo_id FROM dim_{entity} d0
+    WHERE d0.mongo_id IN (SELECT DISTINCT dim_key FROM x)
+      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = '{entity}' AND l.key = d0.mongo_id AND NOT l.deleted)
+), r AS MATERIALIZED (
+    SELECT p.id, p.from_d, p.rate,
            lead(p.from_d) OVER (PARTITION BY p.id ORDER BY p.from_d) AS to_d
     FROM (SELECT DISTINCT ON (r0.{entity}_id, r0.effective_date)
                  r0.{entity}_id AS id, r0.effective_date AS from_d, r0.rate
-          FROM dim_{entity}_rate r0 JOIN {dims} ON r0.{entity}_id = {dims}.id
-          ORDER BY r0.{entity}_id, r0.effective_date, r0.rate DESC) p"
+          FROM dim_{entity}_rate r0 JOIN {alias} ON r0.{entity}_id = {alias}.id
+          ORDER BY r0.{entity}_id, r0.effective_date, r0.rate DESC) p
+)"
     )
 }
 

@@ -13,14 +13,7 @@ WITH x AS MATERIALIZED (
     CROSS JOIN LATERAL (SELECT cdc.ts(c.doc -> 'startTime') AS st,
                                cdc.ts(c.doc -> 'endTime') AS et OFFSET 0) t
     WHERE c.entity = 'employee_work'
-), e AS MATERIALIZED (
-    -- Each employee once: its dim row, when its document is live.
-    SELECT e0.id, e0.mongo_id FROM dim_employee e0
-    WHERE e0.mongo_id IN (SELECT DISTINCT dim_key FROM x)
-      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'employee' AND l.key = e0.mongo_id AND NOT l.deleted)
-), r AS MATERIALIZED (
-    {{rate_periods employee e}}
-)
+), {{work_dims employee e}}
 INSERT INTO fact_employee_work AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, employee_id, crew_type, work_date,
      start_time, end_time, job_title, hourly_rate, archived_at, synced_at)
@@ -46,14 +39,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 WITH x AS MATERIALIZED (
     SELECT c.*, cdc.oid(c.doc -> 'vehicle') AS dim_key
     FROM pg_temp.cdc_ctx c WHERE c.entity = 'vehicle_work'
-), v AS MATERIALIZED (
-    -- Each vehicle once: its dim row, when its document is live.
-    SELECT v0.id, v0.mongo_id FROM dim_vehicle v0
-    WHERE v0.mongo_id IN (SELECT DISTINCT dim_key FROM x)
-      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'vehicle' AND l.key = v0.mongo_id AND NOT l.deleted)
-), r AS MATERIALIZED (
-    {{rate_periods vehicle v}}
-)
+), {{work_dims vehicle v}}
 INSERT INTO fact_vehicle_work AS t
     (mongo_id, daily_report_id, jobsite_id, vehicle_id, crew_id, crew_type, work_date,
      job_title, hours, hourly_rate, archived_at, synced_at)
