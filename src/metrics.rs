@@ -11,6 +11,8 @@ pub const LABEL_OUTCOME: &str = "outcome";
 pub const LABEL_ERROR_TYPE: &str = "error_type";
 pub const LABEL_TABLE: &str = "table";
 pub const LABEL_REASON: &str = "reason";
+pub const LABEL_COLUMN: &str = "column";
+pub const LABEL_ADJUSTMENT: &str = "adjustment";
 
 // --- capture ---------------------------------------------------------------------------------
 
@@ -62,6 +64,15 @@ pub const PROJECTOR_QUEUE_MESSAGES: &str = "cdc_projector_queue_messages";
 pub const PROJECTOR_DEAD_LETTER_QUEUE_MESSAGES: &str = "cdc_projector_dead_letter_queue_messages";
 /// Batch retries and broker reconnects after a transient failure, by `error_type`.
 pub const PROJECTOR_RETRIES_TOTAL: &str = "cdc_projector_retries_total";
+
+/// Counter {pipeline, table, column, adjustment}: values the projection changed so that a
+/// valid document's rows are never rejected (`truncated`: text cut to its column's width;
+/// `nul_removed`, `not_finite`, `date_out_of_range`: made storable in the mirror, where
+/// `table` is `cdc.source_doc` and `column` the document's top-level field).
+pub const PROJECT_VALUES_ADJUSTED_TOTAL: &str = "cdc_project_values_adjusted_total";
+/// Gauge {pipeline, entity}: source documents whose own rows PostgreSQL rejected, left out of
+/// the star schema and listed in `cdc.quarantine` until a newer version applies.
+pub const PROJECT_QUARANTINED_DOCUMENTS: &str = "cdc_project_quarantined_documents";
 
 /// `outcome` values of [`PROJECTOR_EVENTS_APPLIED_TOTAL`].
 pub const OUTCOME_APPLIED: &str = "applied";
@@ -206,6 +217,16 @@ fn describe_projector() {
         PROJECTOR_DEAD_LETTER_QUEUE_MESSAGES,
         Unit::Count,
         "Messages in the projector's dead-letter queue"
+    );
+    describe_counter!(
+        PROJECT_VALUES_ADJUSTED_TOTAL,
+        Unit::Count,
+        "Values adjusted so that their rows are not rejected, by table, column and adjustment"
+    );
+    describe_gauge!(
+        PROJECT_QUARANTINED_DOCUMENTS,
+        Unit::Count,
+        "Source documents whose rows PostgreSQL rejected, left out until a newer version, by entity"
     );
     describe_counter!(
         PROJECTOR_RETRIES_TOTAL,

@@ -1090,9 +1090,9 @@ async fn project_chunk(
     }
     let mut next = acc.lock().unwrap_or_else(PoisonError::into_inner).0.clone();
     outcome.add_to(chunk, &mut next);
-    let pg = |source| ProjectError::Postgres {
+    let pg = |error| ProjectError::Postgres {
         step: "backfill checkpoint",
-        source,
+        error,
     };
     store::record_chunk(&tx, &pipeline.name, coll, &chunk.at, &next)
         .await
@@ -1170,9 +1170,9 @@ fn apply_isolating<'a, 'b: 'a>(
     guard: Guard,
 ) -> BoxFut<'a, Result<Outcome, ProjectError>> {
     Box::pin(async move {
-        let pg = |source| ProjectError::Postgres {
+        let pg = |error| ProjectError::Postgres {
             step: "savepoint",
-            source,
+            error,
         };
         let sp = tx.savepoint("backfill_chunk").await.map_err(pg)?;
         match project::apply(&sp, pipeline, docs, guard).await {
@@ -1204,10 +1204,9 @@ fn apply_isolating<'a, 'b: 'a>(
 /// A short reason for a rejected document: the step and PostgreSQL's message (no values).
 fn reason(e: &ProjectError) -> String {
     match e {
-        ProjectError::Postgres { step, source } => match source.as_db_error() {
-            Some(db) => format!("{step}: {} ({})", db.message(), db.code().code()),
-            None => format!("{step}: {source}"),
-        },
+        ProjectError::Postgres { step, error } => {
+            format!("{step}: {}", project::describe_pg(error))
+        }
         other => other.to_string(),
     }
 }

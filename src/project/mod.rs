@@ -11,6 +11,7 @@
 //! The SQL lives in `src/project/sql/*.sql`.
 
 mod error;
+mod sanitize;
 mod sql;
 
 use std::collections::{BTreeMap, BTreeSet, btree_map};
@@ -26,7 +27,8 @@ use crate::config::Pipeline;
 use crate::event::{ChangeEvent, Entity, Op, Version};
 use crate::metrics as m;
 
-pub use error::{ErrorClass, ProjectError};
+pub use error::{ErrorClass, ProjectError, describe_pg};
+pub use sanitize::Adjustment;
 pub use sql::PROJECT_LOCK_KEY;
 
 /// One source document state: the mirror's unit. Built from a [`ChangeEvent`] or from a
@@ -104,6 +106,19 @@ pub struct ApplyStats {
     pub rows_written: BTreeMap<&'static str, u64>,
     /// The documents (entity, `_id`) whose mirror state this call changed.
     pub changed: BTreeSet<(Entity, String)>,
+    /// Values changed so that no row is rejected, as (table, column, adjustment) -> documents:
+    /// text cut to its column's width, and what the mirror cannot store (table
+    /// `cdc.source_doc`, column = the document's top-level field).
+    pub adjusted: BTreeMap<(String, String, String), u64>,
+}
+
+impl ApplyStats {
+    /// Add another call's adjustments to these.
+    pub fn merge_adjusted(&mut self, other: &ApplyStats) {
+        for (k, n) in &other.adjusted {
+            *self.adjusted.entry(k.clone()).or_default() += n;
+        }
+    }
 }
 
 /// Project a batch inside the caller's transaction.
@@ -129,7 +144,8 @@ pub async fn apply(
         .map_err(ProjectError::pg("scratch"))?;
     if !batch.is_empty() {
         let t0 = Instant::now();
-        stats.changed = upsert_mirror(tx, &batch, mode).await?;
+        let storable = storable(&batch, &mut stats);
+        stats.changed = upsert_mirror(tx, &batch, &storable, mode).await?;
         stats.applied = stats.changed.len() as u64;
         tracing::debug!(
             docs = batch.len(),
@@ -160,9 +176,70 @@ pub async fn apply(
             }
         }
         derive(tx, &ctx, &mut stats).await?;
+        cut_values(tx, &mut stats).await?;
     }
     record(pipeline, &stats, started);
     Ok(stats)
+}
+
+/// Literal markers of what [`sanitize`] changes, looked for in a document's JSON text before
+/// parsing it (almost no document has one).
+const UNSTORABLE_MARKERS: [&str; 6] = [
+    "\\u0000",
+    "\"$numberDouble\"",
+    "\"$numberDecimal\":\"NaN",
+    "\"$numberDecimal\":\"Inf",
+    "\"$numberDecimal\":\"-",
+    "\"$date\":{",
+];
+
+/// Per document of the batch, its storable body when [`sanitize`] had to change it (`None`:
+/// store it as it is). Each change is counted and logged once, never with the value.
+fn storable(batch: &[&SourceDoc], stats: &mut ApplyStats) -> Vec<Option<DocJson>> {
+    batch
+        .iter()
+        .map(|d| {
+            let raw = d.doc.as_deref()?.get();
+            if !UNSTORABLE_MARKERS.iter().any(|m| raw.contains(m)) {
+                return None;
+            }
+            let mut v: serde_json::Value = serde_json::from_str(raw).ok()?;
+            let changes = sanitize::sanitize(&mut v);
+            if changes.is_empty() {
+                return None;
+            }
+            let mut seen = BTreeSet::new();
+            for a in &changes {
+                if seen.insert((a.field.as_str(), a.kind)) {
+                    *stats
+                        .adjusted
+                        .entry(("cdc.source_doc".into(), a.field.clone(), a.kind.into()))
+                        .or_default() += 1;
+                    tracing::warn!(entity = d.entity.as_str(), key = %d.key, field = %a.field,
+                        adjustment = a.kind, original_length = a.original_length,
+                        "a value the mirror cannot store was adjusted");
+                }
+            }
+            Some(doc_json(&v))
+        })
+        .collect()
+}
+
+/// Count and log the text values this call cut to their column's width (`{{fit}}`).
+async fn cut_values(tx: &Transaction<'_>, stats: &mut ApplyStats) -> Result<(), ProjectError> {
+    let rows = tx
+        .query(sql::ADJUSTED, &[])
+        .await
+        .map_err(ProjectError::pg("adjusted"))?;
+    for r in rows {
+        let (table, column, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
+        let key: Option<String> = r.get(3);
+        let original_length: Option<i32> = r.get(4);
+        tracing::warn!(table = %table, column = %column, key = key.as_deref().unwrap_or(""),
+            original_length, adjustment = %kind, "a text value was cut to its column's width");
+        *stats.adjusted.entry((table, column, kind)).or_default() += 1;
+    }
+    Ok(())
 }
 
 /// Whether the mirror holds any daily-report child document yet.
@@ -188,6 +265,7 @@ pub async fn reproject_all(
         .await
         .map_err(ProjectError::pg("affected"))?;
     derive(tx, &Ctx::new(pipeline), &mut stats).await?;
+    cut_values(tx, &mut stats).await?;
     record(pipeline, &stats, started);
     Ok(stats)
 }
@@ -228,6 +306,7 @@ fn dedupe(docs: &[SourceDoc]) -> Result<(Vec<&SourceDoc>, u64), ProjectError> {
 async fn upsert_mirror(
     tx: &Transaction<'_>,
     batch: &[&SourceDoc],
+    storable: &[Option<DocJson>],
     mode: Guard,
 ) -> Result<BTreeSet<(Entity, String)>, ProjectError> {
     let entity: Vec<&str> = batch.iter().map(|d| d.entity.as_str()).collect();
@@ -242,8 +321,11 @@ async fn upsert_mirror(
         .collect();
     let ordinal: Vec<i64> = batch.iter().map(|d| i64::from(d.version.ordinal)).collect();
     let wall: Vec<DateTime<Utc>> = batch.iter().map(|d| d.wall_time).collect();
-    let doc: Vec<Option<Json<&RawValue>>> =
-        batch.iter().map(|d| d.doc.as_deref().map(Json)).collect();
+    let doc: Vec<Option<Json<&RawValue>>> = batch
+        .iter()
+        .zip(storable)
+        .map(|(d, fixed)| fixed.as_deref().or(d.doc.as_deref()).map(Json))
+        .collect();
     let deleted: Vec<bool> = batch.iter().map(|d| d.deleted).collect();
     let or_equal = mode != Guard::Newer;
     let params: [(&(dyn ToSql + Sync), Type); 9] = [
@@ -346,10 +428,10 @@ async fn derive(
         // A table's second statement archives or removes the rows of affected keys its upsert
         // did not derive (stamp): none are left when the upsert wrote one row per affected
         // key of its entity.
-        if let (Some(&n), [e]) = (upserted.get(stmt.label), needed) {
-            if affected.get(*e) == Some(&n) {
-                continue;
-            }
+        if let (Some(&n), [e]) = (upserted.get(stmt.label), needed)
+            && affected.get(*e) == Some(&n)
+        {
+            continue;
         }
         let n = ctx.run(tx, stmt, stmt.label).await?;
         upserted.entry(stmt.label).or_insert(n);
@@ -369,6 +451,12 @@ fn record(pipeline: &Pipeline, stats: &ApplyStats, started: Instant) {
     for (table, n) in &stats.rows_written {
         metrics::counter!(m::PROJECTOR_ROWS_WRITTEN_TOTAL,
             m::LABEL_PIPELINE => p.clone(), m::LABEL_TABLE => *table)
+        .increment(*n);
+    }
+    for ((table, column, kind), n) in &stats.adjusted {
+        metrics::counter!(m::PROJECT_VALUES_ADJUSTED_TOTAL,
+            m::LABEL_PIPELINE => p.clone(), m::LABEL_TABLE => table.clone(),
+            m::LABEL_COLUMN => column.clone(), m::LABEL_ADJUSTMENT => kind.clone())
         .increment(*n);
     }
     metrics::histogram!(m::PROJECTOR_APPLY_DURATION_SECONDS, m::LABEL_PIPELINE => p)

@@ -14,7 +14,9 @@
 //!   reference) and `r` (their rate periods);
 //! - `{{derived TABLE ENTITY}}`: the TABLE rows this apply derived for affected ENTITY keys;
 //! - `{{report_children}}`: the children entities with their report arrays, as `f(child, field)`;
-//! - `{{child_entities}}`: the children entities, for `IN`.
+//! - `{{child_entities}}`: the children entities, for `IN`;
+//! - `{{fit TABLE COLUMN KEY EXPR}}`: the text EXPR cut to TABLE.COLUMN's width (the cut noted
+//!   with the document KEY), so that no text value rejects its row.
 
 use std::sync::LazyLock;
 
@@ -96,10 +98,24 @@ CREATE TEMP TABLE IF NOT EXISTS cdc_ctx (
     jobsite_id uuid NOT NULL, crew_id uuid NOT NULL, work_date date NOT NULL,
     crew_type text NOT NULL
 ) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS cdc_adjusted (
+    tbl text NOT NULL, col text NOT NULL, doc_key text, adjustment text NOT NULL,
+    original_length int NOT NULL
+) ON COMMIT DELETE ROWS;
+CREATE TEMP TABLE IF NOT EXISTS cdc_width AS
+    SELECT table_name::text AS tbl, column_name::text AS col, character_maximum_length::int AS w
+    FROM information_schema.columns
+    WHERE table_schema = current_schema() AND character_maximum_length IS NOT NULL;
 DELETE FROM pg_temp.cdc_changed;
 DELETE FROM pg_temp.cdc_affected;
 DELETE FROM pg_temp.cdc_ctx;
+DELETE FROM pg_temp.cdc_adjusted;
 ";
+
+/// The text values this apply cut to their column's width (`cdc.fit_slow`), one row per
+/// document and column.
+pub(crate) const ADJUSTED: &str = "SELECT tbl, col, adjustment, doc_key, max(original_length)
+    FROM pg_temp.cdc_adjusted GROUP BY tbl, col, adjustment, doc_key ORDER BY 1, 2, 4";
 
 /// The entities with affected keys, with how many each.
 pub(crate) const AFFECTED_ENTITIES: &str =
@@ -201,12 +217,27 @@ fn expand(sql: &str) -> String {
             ["archive_dim", table, entity] => archive_dim(table, entity),
             ["work_dims", entity, alias] => work_dims(entity, alias),
             ["derived", table, entity] => derived(table, entity),
+            ["fit", table, column, key, expr @ ..] => fit(table, column, key, &expr.join(" ")),
             other => panic!("unknown template {other:?} in projection SQL"),
         });
         rest = &tail[end + 2..];
     }
     out.push_str(rest);
     out
+}
+
+/// EXPR (text) cut to the width of TABLE.COLUMN, as PostgreSQL's information schema gives it
+/// (`pg_temp.cdc_width`, read once per session), so that a long value never rejects its row.
+/// A value that fits costs a comparison; a cut one calls `cdc.fit_slow`, which notes the cut
+/// (table, column, the document KEY, the original length) for [`ADJUSTED`].
+fn fit(table: &str, column: &str, key: &str, expr: &str) -> String {
+    let width = format!(
+        "COALESCE((SELECT fw.w FROM pg_temp.cdc_width fw WHERE fw.tbl = '{table}' AND fw.col = '{column}'), 2147483647)"
+    );
+    format!(
+        "(CASE WHEN COALESCE(length({expr}), 0) <= {width} THEN ({expr}) \
+         ELSE cdc.fit_slow({expr}, {width}, '{table}', '{column}', {key}) END)"
+    )
 }
 
 /// The TABLE rows this apply derived for affected ENTITY keys, as `(entity, key, id)`: each
@@ -224,7 +255,8 @@ fn derived(table: &str, entity: &str) -> String {
 
 /// Two CTEs for the work items of CTE `x` (with their dimension key as `dim_key`): ALIAS, each
 /// referenced `dim_ENTITY` row once, when its document is live; and `r`, their rate periods:
-/// each `dim_ENTITY_rate` date's rate (the highest of a date) from that date until the next
+/// each calendar date of the document's `rates[]` with its rate (of the rates dated that day,
+/// the latest instant; equal instants, the one listed last) from that date until the next
 /// one, as `(id, from_d, to_d, rate)` with `to_d` NULL for the current one. A work item's rate
 /// is the period holding its work date (none before the first rate): one join instead of an
 /// ordered lookup per row.
@@ -237,10 +269,16 @@ fn work_dims(entity: &str, alias: &str) -> String {
 ), r AS MATERIALIZED (
     SELECT p.id, p.from_d, p.rate,
            lead(p.from_d) OVER (PARTITION BY p.id ORDER BY p.from_d) AS to_d
-    FROM (SELECT DISTINCT ON (r0.{entity}_id, r0.effective_date)
-                 r0.{entity}_id AS id, r0.effective_date AS from_d, r0.rate
-          FROM dim_{entity}_rate r0 JOIN {alias} ON r0.{entity}_id = {alias}.id
-          ORDER BY r0.{entity}_id, r0.effective_date, r0.rate DESC) p
+    FROM (SELECT DISTINCT ON ({alias}.id, q.d) {alias}.id, q.d AS from_d, q.rate
+          FROM {alias}
+          CROSS JOIN LATERAL (SELECT s0.doc FROM cdc.source_doc s0
+                              WHERE s0.entity = '{entity}' AND s0.key = {alias}.mongo_id OFFSET 0) s
+          CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(s.doc -> 'rates')) WITH ORDINALITY AS re(v, n)
+          CROSS JOIN LATERAL (SELECT cdc.ts(re.v -> 'date') AS ts, cdc.num(re.v -> 'rate') AS rate
+                              OFFSET 0) q0
+          CROSS JOIN LATERAL (SELECT cdc.day(q0.ts, $1) AS d, q0.rate) q
+          WHERE q0.ts IS NOT NULL AND q0.rate IS NOT NULL
+          ORDER BY {alias}.id, q.d, q0.ts DESC, re.n DESC) p
 )"
     )
 }

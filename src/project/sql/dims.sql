@@ -5,7 +5,8 @@
 
 -- @stmt dim_employee
 INSERT INTO dim_employee AS t (mongo_id, name, job_title, archived_at, synced_at)
-SELECT s.key, COALESCE(s.doc ->> 'name', ''), NULLIF(s.doc ->> 'jobTitle', ''),
+SELECT s.key, {{fit dim_employee name s.key COALESCE(s.doc ->> 'name', '')}},
+       {{fit dim_employee job_title s.key NULLIF(s.doc ->> 'jobTitle', '')}},
        cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
 CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
@@ -20,9 +21,12 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 -- @stmt dim_vehicle
 INSERT INTO dim_vehicle AS t
     (mongo_id, name, vehicle_code, vehicle_type, is_rental, source_company, archived_at, synced_at)
-SELECT s.key, COALESCE(s.doc ->> 'name', ''), COALESCE(s.doc ->> 'vehicleCode', 'noCode'),
-       COALESCE(s.doc ->> 'vehicleType', 'General'), cdc.bool(s.doc -> 'rental'),
-       COALESCE(s.doc ->> 'sourceCompany', 'Bow Mark'), cdc.ts(s.doc -> 'archivedAt'), $2
+SELECT s.key, {{fit dim_vehicle name s.key COALESCE(s.doc ->> 'name', '')}},
+       {{fit dim_vehicle vehicle_code s.key COALESCE(s.doc ->> 'vehicleCode', 'noCode')}},
+       {{fit dim_vehicle vehicle_type s.key COALESCE(s.doc ->> 'vehicleType', 'General')}},
+       cdc.bool(s.doc -> 'rental'),
+       {{fit dim_vehicle source_company s.key COALESCE(s.doc ->> 'sourceCompany', 'Bow Mark')}},
+       cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
 CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 WHERE a.entity = 'vehicle' AND NOT s.deleted AND s.doc IS NOT NULL
@@ -37,9 +41,10 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 
 -- @stmt dim_jobsite
 INSERT INTO dim_jobsite AS t (mongo_id, name, jobcode, active, archived_at, synced_at)
-SELECT s.key, COALESCE(s.doc ->> 'name', ''), NULLIF(s.doc ->> 'jobcode', ''),
-       CASE WHEN jsonb_typeof(s.doc -> 'active') = 'boolean' THEN (s.doc -> 'active')::boolean
-            ELSE true END,
+SELECT s.key, {{fit dim_jobsite name s.key COALESCE(s.doc ->> 'name', '')}},
+       {{fit dim_jobsite jobcode s.key NULLIF(s.doc ->> 'jobcode', '')}},
+       -- The app's schema default: a jobsite without `active` is inactive.
+       cdc.bool(s.doc -> 'active'),
        cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
 CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
@@ -50,7 +55,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 
 -- @stmt dim_company
 INSERT INTO dim_company AS t (mongo_id, name, archived_at, synced_at)
-SELECT s.key, COALESCE(s.doc ->> 'name', ''), cdc.ts(s.doc -> 'archivedAt'), $2
+SELECT s.key, {{fit dim_company name s.key COALESCE(s.doc ->> 'name', '')}}, cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
 CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 WHERE a.entity = 'company' AND NOT s.deleted AND s.doc IS NOT NULL
@@ -59,7 +64,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 
 -- @stmt dim_material
 INSERT INTO dim_material AS t (mongo_id, name, archived_at, synced_at)
-SELECT s.key, COALESCE(s.doc ->> 'name', ''), cdc.ts(s.doc -> 'archivedAt'), $2
+SELECT s.key, {{fit dim_material name s.key COALESCE(s.doc ->> 'name', '')}}, cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
 CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 WHERE a.entity = 'material' AND NOT s.deleted AND s.doc IS NOT NULL
@@ -68,7 +73,8 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 
 -- @stmt dim_crew
 INSERT INTO dim_crew AS t (mongo_id, name, type, synced_at)
-SELECT s.key, COALESCE(s.doc ->> 'name', ''), COALESCE(NULLIF(s.doc ->> 'type', ''), 'Unknown'), $2
+SELECT s.key, {{fit dim_crew name s.key COALESCE(s.doc ->> 'name', '')}},
+       {{fit dim_crew type s.key COALESCE(NULLIF(s.doc ->> 'type', ''), 'Unknown')}}, $2
 FROM pg_temp.cdc_affected a
 CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
 WHERE a.entity = 'crew' AND NOT s.deleted AND s.doc IS NOT NULL

@@ -34,8 +34,9 @@ SELECT i.key, j.id, c.id, cdc.day(cdc.ts(i.doc -> 'date'), $1), i.owner[2],
        CASE WHEN cdc.bool(i.doc -> 'accrual') THEN 'accrual'
             WHEN cdc.bool(i.doc -> 'internal') THEN 'internal'
             ELSE 'external' END,
-       COALESCE(i.doc ->> 'invoiceNumber', ''), COALESCE(cdc.num(i.doc -> 'cost'), 0),
-       i.doc ->> 'description', $2
+       {{fit fact_invoice invoice_number i.key COALESCE(i.doc ->> 'invoiceNumber', '')}},
+       COALESCE(cdc.num(i.doc -> 'cost'), 0),
+       {{fit fact_invoice description i.key NULLIF(i.doc ->> 'description', '')}}, $2
 FROM i
 JOIN dim_jobsite j ON j.mongo_id = i.owner[1]
 JOIN dim_company c ON c.mongo_id = cdc.oid(i.doc -> 'company')

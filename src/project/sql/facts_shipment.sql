@@ -7,7 +7,7 @@
 -- Rate: a scenario id first; else costType invoice -> the live invoice-month rate (sum of the
 -- material's invoices dated in the work month / quantity of its live costed shipments listed
 -- in any report dated in that month); else the delivered-rate entry, else the standard rates.
--- Lookups take the greatest effective_date <= work date; a miss gives (0, estimated).
+-- Lookups take the latest rate dated on or before the work date; a miss gives (0, estimated).
 WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'material_shipment'),
 b AS (
     SELECT x.*, jmd.id AS jm_id, jmd.unit AS jm_unit, jmd.cost_type, jm.key AS jm_key,
@@ -70,15 +70,32 @@ SELECT b.key, b.daily_report_id, b.jobsite_id, b.crew_id, b.jm_id, b.crew_type, 
             ELSE COALESCE(lr.rate, 0) END,
        CASE WHEN b.scen IS NULL AND b.cost_type = 'invoice' THEN false
             ELSE COALESCE(lr.estimated, true) END,
-       b.deliv, cdc.ts(b.doc -> 'archivedAt'), $2,
-       b.doc -> 'vehicleObject' ->> 'vehicleType', b.scen
+       {{fit fact_material_shipment delivered_rate_id b.key b.deliv}}, cdc.ts(b.doc -> 'archivedAt'), $2,
+       {{fit fact_material_shipment vehicle_type b.key cdc.vehicle_type(b.doc -> 'vehicleObject')}},
+       {{fit fact_material_shipment rate_scenario_id b.key b.scen}}
 FROM b
 LEFT JOIN LATERAL (
-    SELECT r.rate, r.estimated FROM dim_jobsite_material_rate r
-    WHERE r.jobsite_material_id = b.jm_id
-      AND r.mongo_id IS NOT DISTINCT FROM COALESCE(b.scen, b.deliv)
-      AND r.effective_date <= b.work_date
-    ORDER BY r.effective_date DESC, r.rate DESC, r.estimated LIMIT 1
+    -- The jobsite material's rates (rates[], or the deliveredRates[] / scenarios[] entry with
+    -- the shipment's id) dated on or before the work date: the latest instant, equal instants
+    -- the one listed last.
+    SELECT cdc.num(c.r -> 'rate') AS rate, cdc.bool(c.r -> 'estimated') AS estimated
+    FROM (
+        SELECT NULL::text AS mid, 0 AS a, 0::bigint AS dn, e.n, e.v AS r
+        FROM jsonb_array_elements(cdc.arr(b.jm_doc -> 'rates')) WITH ORDINALITY AS e(v, n)
+        UNION ALL
+        SELECT cdc.oid(d.v -> '_id'), 1, d.n, e.n, e.v
+        FROM jsonb_array_elements(cdc.arr(b.jm_doc -> 'deliveredRates')) WITH ORDINALITY AS d(v, n)
+        CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(d.v -> 'rates')) WITH ORDINALITY AS e(v, n)
+        UNION ALL
+        SELECT cdc.oid(d.v -> '_id'), 2, d.n, e.n, e.v
+        FROM jsonb_array_elements(cdc.arr(b.jm_doc -> 'scenarios')) WITH ORDINALITY AS d(v, n)
+        CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(d.v -> 'rates')) WITH ORDINALITY AS e(v, n)
+    ) c
+    CROSS JOIN LATERAL (SELECT cdc.ts(c.r -> 'date') AS ts OFFSET 0) t
+    WHERE c.mid IS NOT DISTINCT FROM COALESCE(b.scen, b.deliv)
+      AND cdc.num(c.r -> 'rate') IS NOT NULL AND t.ts IS NOT NULL
+      AND cdc.day(t.ts, $1) <= b.work_date
+    ORDER BY t.ts DESC, c.a DESC, c.dn DESC, c.n DESC LIMIT 1
 ) lr ON true
 LEFT JOIN inv_cost ic ON ic.jm_key = b.jm_key AND ic.m0 = b.m0
 LEFT JOIN inv_qty iq ON iq.jm_key = b.jm_key AND iq.m0 = b.m0
@@ -100,10 +117,10 @@ INSERT INTO fact_non_costed_material AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, crew_type, work_date, material_name,
      supplier_name, quantity, unit, archived_at, synced_at)
 SELECT x.key, x.daily_report_id, x.jobsite_id, x.crew_id, x.crew_type, x.work_date,
-       COALESCE(NULLIF(x.doc ->> 'shipmentType', ''), 'Unknown'),
-       COALESCE(NULLIF(x.doc ->> 'supplier', ''), 'Unknown'),
+       {{fit fact_non_costed_material material_name x.key COALESCE(NULLIF(x.doc ->> 'shipmentType', ''), 'Unknown')}},
+       {{fit fact_non_costed_material supplier_name x.key COALESCE(NULLIF(x.doc ->> 'supplier', ''), 'Unknown')}},
        COALESCE(cdc.num(x.doc -> 'quantity'), 0),
-       COALESCE(NULLIF(x.doc ->> 'unit', ''), 'unit'),
+       {{fit fact_non_costed_material unit x.key COALESCE(NULLIF(x.doc ->> 'unit', ''), 'unit')}},
        cdc.ts(x.doc -> 'archivedAt'), $2
 FROM x
 WHERE cdc.bool(x.doc -> 'noJobsiteMaterial')
@@ -172,14 +189,16 @@ INSERT INTO fact_trucking AS t
      trucking_type, quantity, hours, rate, rate_type, total_cost, vehicle_source,
      vehicle_type, vehicle_code, trucking_rate_id, archived_at, synced_at)
 SELECT p.key, p.daily_report_id, p.jobsite_id, p.crew_id, NULL, p.crew_type, p.work_date,
-       COALESCE(p.entry ->> 'title', ''), p.qty, p.hrs, cdc.num(p.rate_doc -> 'rate'),
-       COALESCE(p.rate_doc ->> 'type', ''),
+       {{fit fact_trucking trucking_type p.key COALESCE(p.entry ->> 'title', '')}}, p.qty, p.hrs,
+       cdc.num(p.rate_doc -> 'rate'),
+       {{fit fact_trucking rate_type p.key COALESCE(p.rate_doc ->> 'type', '')}},
        CASE WHEN lower(p.rate_doc ->> 'type') = 'quantity'
             THEN cdc.num(p.doc -> 'quantity') * cdc.num(p.rate_doc -> 'rate')
             ELSE COALESCE(p.hrs, 0) * cdc.num(p.rate_doc -> 'rate') END,
-       p.doc -> 'vehicleObject' ->> 'source', p.doc -> 'vehicleObject' ->> 'vehicleType',
-       p.doc -> 'vehicleObject' ->> 'vehicleCode',
-       cdc.oid(p.doc -> 'vehicleObject' -> 'truckingRateId'),
+       {{fit fact_trucking vehicle_source p.key NULLIF(p.doc -> 'vehicleObject' ->> 'source', '')}},
+       {{fit fact_trucking vehicle_type p.key cdc.vehicle_type(p.doc -> 'vehicleObject')}},
+       {{fit fact_trucking vehicle_code p.key NULLIF(p.doc -> 'vehicleObject' ->> 'vehicleCode', '')}},
+       {{fit fact_trucking trucking_rate_id p.key cdc.oid(p.doc -> 'vehicleObject' -> 'truckingRateId')}},
        cdc.ts(p.doc -> 'archivedAt'), $2
 FROM priced p
 ON CONFLICT (mongo_id) DO UPDATE SET

@@ -18,7 +18,7 @@ INSERT INTO fact_employee_work AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, employee_id, crew_type, work_date,
      start_time, end_time, job_title, hourly_rate, archived_at, synced_at)
 SELECT x.key, x.daily_report_id, x.jobsite_id, x.crew_id, e.id, x.crew_type, x.work_date,
-       x.st, x.et, COALESCE(x.doc ->> 'jobTitle', ''),
+       x.st, x.et, {{fit fact_employee_work job_title x.key COALESCE(x.doc ->> 'jobTitle', '')}},
        COALESCE(r.rate, 0), cdc.ts(x.doc -> 'archivedAt'), $2
 FROM x
 JOIN e ON e.mongo_id = x.dim_key
@@ -44,7 +44,8 @@ INSERT INTO fact_vehicle_work AS t
     (mongo_id, daily_report_id, jobsite_id, vehicle_id, crew_id, crew_type, work_date,
      job_title, hours, hourly_rate, archived_at, synced_at)
 SELECT x.key, x.daily_report_id, x.jobsite_id, v.id, x.crew_id, x.crew_type, x.work_date,
-       NULLIF(x.doc ->> 'jobTitle', ''), COALESCE(cdc.num(x.doc -> 'hours'), 0),
+       {{fit fact_vehicle_work job_title x.key NULLIF(x.doc ->> 'jobTitle', '')}},
+       COALESCE(cdc.num(x.doc -> 'hours'), 0),
        COALESCE(r.rate, 0), cdc.ts(x.doc -> 'archivedAt'), $2
 FROM x
 JOIN v ON v.mongo_id = x.dim_key
@@ -72,8 +73,10 @@ INSERT INTO fact_production AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, crew_type, work_date, job_title,
      quantity, unit, start_time, end_time, description, synced_at)
 SELECT x.key, x.daily_report_id, x.jobsite_id, x.crew_id, x.crew_type, x.work_date,
-       COALESCE(x.doc ->> 'jobTitle', ''), COALESCE(cdc.num(x.doc -> 'quantity'), 0),
-       COALESCE(x.doc ->> 'unit', ''), x.st, x.et, x.doc ->> 'description', $2
+       {{fit fact_production job_title x.key COALESCE(x.doc ->> 'jobTitle', '')}},
+       COALESCE(cdc.num(x.doc -> 'quantity'), 0),
+       {{fit fact_production unit x.key COALESCE(x.doc ->> 'unit', '')}}, x.st, x.et,
+       {{fit fact_production description x.key NULLIF(x.doc ->> 'description', '')}}, $2
 FROM x
 WHERE x.st IS NOT NULL AND x.et IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET

@@ -35,7 +35,8 @@ INSERT INTO dim_jobsite_material AS t
     (mongo_id, jobsite_id, material_id, supplier_id, quantity, unit, cost_type, delivered,
      synced_at)
 SELECT jm.key, j.id, mat.id, sup.id, COALESCE(cdc.num(jm.doc -> 'quantity'), 0),
-       COALESCE(jm.doc ->> 'unit', ''), COALESCE(jm.doc ->> 'costType', 'rate'),
+       {{fit dim_jobsite_material unit jm.key COALESCE(jm.doc ->> 'unit', '')}},
+       {{fit dim_jobsite_material cost_type jm.key COALESCE(jm.doc ->> 'costType', 'rate')}},
        cdc.bool(jm.doc -> 'delivered'), $2
 FROM pg_temp.cdc_affected a
 CROSS JOIN LATERAL (SELECT jm0.* FROM cdc.source_doc jm0 WHERE jm0.entity = a.entity AND jm0.key = a.key OFFSET 0) jm

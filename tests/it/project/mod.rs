@@ -9,6 +9,7 @@ mod departures;
 mod gaps;
 pub mod law;
 mod propagation;
+mod real_data;
 
 use bowmark_cdc::config::Pipeline;
 use bowmark_cdc::event::Entity;
