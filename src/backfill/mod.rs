@@ -981,6 +981,16 @@ impl<'a> Job<'a> {
         skip("no_id", chunk.no_id);
         skip("stale", outcome.stats.stale);
         skip("rejected", outcome.rejected.len() as u64);
+        for (entity, key) in &outcome.stats.quarantined {
+            tracing::warn!(entity = %entity, key = %key,
+                "document quarantined: its rows are rejected by PostgreSQL (see cdc.quarantine)");
+        }
+        if !outcome.stats.quarantined.is_empty() {
+            *s.skipped.entry("quarantined").or_default() += outcome.stats.quarantined.len() as u64;
+        }
+        for ((t, c, a), n) in &outcome.stats.adjusted {
+            *s.adjusted.entry(format!("{t}.{c} ({a})")).or_default() += n;
+        }
         for (t, n) in &outcome.stats.rows_written {
             *s.rows_written.entry((*t).to_string()).or_default() += n;
         }
@@ -1139,6 +1149,7 @@ impl Outcome {
     fn merge(&mut self, other: Outcome) {
         self.stats.applied += other.stats.applied;
         self.stats.stale += other.stats.stale;
+        self.stats.merge_adjusted(&other.stats);
         for (t, n) in other.stats.rows_written {
             *self.stats.rows_written.entry(t).or_default() += n;
         }
@@ -1185,6 +1196,20 @@ fn apply_isolating<'a, 'b: 'a>(
             }
             Err(e) if e.class() == ErrorClass::Poison => {
                 sp.rollback().await.map_err(pg)?;
+                // Quarantine the documents whose own rows fail and project the rest; only what
+                // still fails is bisected.
+                let sp = tx.savepoint("backfill_quarantine").await.map_err(pg)?;
+                match project::apply_quarantining(&sp, pipeline, docs, guard).await {
+                    Ok(stats) => {
+                        sp.commit().await.map_err(pg)?;
+                        return Ok(Outcome {
+                            stats,
+                            rejected: Vec::new(),
+                        });
+                    }
+                    Err(e) if e.class() == ErrorClass::Poison => sp.rollback().await.map_err(pg)?,
+                    Err(e) => return Err(e),
+                }
                 if let [one] = docs {
                     return Ok(Outcome {
                         stats: project::ApplyStats::default(),

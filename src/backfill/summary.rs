@@ -54,6 +54,8 @@ pub struct CollectionSummary {
     pub vanished: u64,
     /// Star rows written in this run, by table.
     pub rows_written: BTreeMap<String, u64>,
+    /// Values adjusted so that no row is rejected, by `table.column (adjustment)`.
+    pub adjusted: BTreeMap<String, u64>,
     pub duration: Duration,
 }
 
@@ -71,6 +73,7 @@ impl CollectionSummary {
             rejected: Vec::new(),
             vanished: 0,
             rows_written: BTreeMap::new(),
+            adjusted: BTreeMap::new(),
             duration: Duration::ZERO,
         }
     }
@@ -144,6 +147,17 @@ impl BackfillSummary {
         let mut out = BTreeMap::new();
         for c in &self.collections {
             for (t, n) in &c.rows_written {
+                *out.entry(t.clone()).or_default() += n;
+            }
+        }
+        out
+    }
+
+    /// Values adjusted in this run, by `table.column (adjustment)`, over every collection.
+    pub fn adjusted(&self) -> BTreeMap<String, u64> {
+        let mut out = BTreeMap::new();
+        for c in &self.collections {
+            for (t, n) in &c.adjusted {
                 *out.entry(t.clone()).or_default() += n;
             }
         }
@@ -231,6 +245,16 @@ impl fmt::Display for BackfillSummary {
             writeln!(f, "missing in the source: {coll} ({why})")?;
         }
         writeln!(f, "rows written: {}", join_counts(&self.rows_written()))?;
+        let adjusted = self.adjusted();
+        if !adjusted.is_empty() {
+            writeln!(
+                f,
+                "values adjusted so that no row is rejected (documents, by table.column):"
+            )?;
+            for (k, n) in &adjusted {
+                writeln!(f, "  {k:<48} {n:>8}")?;
+            }
+        }
         writeln!(f, "{}", self.checkpoint)
     }
 }

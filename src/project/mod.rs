@@ -29,7 +29,7 @@ use crate::metrics as m;
 
 pub use error::{ErrorClass, ProjectError, describe_pg};
 pub use sanitize::Adjustment;
-pub use sql::PROJECT_LOCK_KEY;
+pub use sql::{PLACEHOLDER_NAME_PREFIX, PROJECT_LOCK_KEY};
 
 /// One source document state: the mirror's unit. Built from a [`ChangeEvent`] or from a
 /// backfill scan.
@@ -110,6 +110,9 @@ pub struct ApplyStats {
     /// text cut to its column's width, and what the mirror cannot store (table
     /// `cdc.source_doc`, column = the document's top-level field).
     pub adjusted: BTreeMap<(String, String, String), u64>,
+    /// Documents (entity, `_id`) quarantined by this call: their rows are rejected by
+    /// PostgreSQL and left out ([`apply_quarantining`]).
+    pub quarantined: BTreeSet<(String, String)>,
 }
 
 impl ApplyStats {
@@ -118,15 +121,69 @@ impl ApplyStats {
         for (k, n) in &other.adjusted {
             *self.adjusted.entry(k.clone()).or_default() += n;
         }
+        self.quarantined.extend(other.quarantined.iter().cloned());
     }
 }
 
 /// Project a batch inside the caller's transaction.
+///
+/// A derived row that PostgreSQL rejects fails the whole call (class
+/// [`ErrorClass::Poison`]); the caller rolls back to a savepoint and calls
+/// [`apply_quarantining`] (or uses [`apply_isolated`], which does both).
 pub async fn apply(
     tx: &Transaction<'_>,
     pipeline: &Pipeline,
     docs: &[SourceDoc],
     mode: Guard,
+) -> Result<ApplyStats, ProjectError> {
+    apply_inner(tx, pipeline, docs, mode, false).await
+}
+
+/// [`apply`], with each derivation statement in a savepoint: when one fails on the data, the
+/// source documents whose own rows it rejects are found (by halving the statement's keys),
+/// recorded in `cdc.quarantine` and left out (their earlier rows are archived or removed like
+/// any row no longer derivable), and everything else applies: their daily report, their
+/// siblings, the rest of the batch. Slower than [`apply`]: for a batch [`apply`] rejected.
+pub async fn apply_quarantining(
+    tx: &Transaction<'_>,
+    pipeline: &Pipeline,
+    docs: &[SourceDoc],
+    mode: Guard,
+) -> Result<ApplyStats, ProjectError> {
+    apply_inner(tx, pipeline, docs, mode, true).await
+}
+
+/// [`apply`] in a savepoint; when PostgreSQL rejects a derived row, again with
+/// [`apply_quarantining`].
+pub async fn apply_isolated(
+    tx: &mut Transaction<'_>,
+    pipeline: &Pipeline,
+    docs: &[SourceDoc],
+    mode: Guard,
+) -> Result<ApplyStats, ProjectError> {
+    let sp = tx
+        .savepoint("cdc_apply")
+        .await
+        .map_err(ProjectError::pg("savepoint"))?;
+    match apply(&sp, pipeline, docs, mode).await {
+        Ok(stats) => {
+            sp.commit().await.map_err(ProjectError::pg("savepoint"))?;
+            Ok(stats)
+        }
+        Err(e) if e.class() == ErrorClass::Poison => {
+            sp.rollback().await.map_err(ProjectError::pg("savepoint"))?;
+            apply_quarantining(tx, pipeline, docs, mode).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+async fn apply_inner(
+    tx: &Transaction<'_>,
+    pipeline: &Pipeline,
+    docs: &[SourceDoc],
+    mode: Guard,
+    quarantine: bool,
 ) -> Result<ApplyStats, ProjectError> {
     let started = Instant::now();
     let (batch, skipped) = dedupe(docs)?;
@@ -175,11 +232,50 @@ pub async fn apply(
                 present.extend(to);
             }
         }
-        derive(tx, &ctx, &mut stats).await?;
+        derive(tx, &ctx, &mut stats, quarantine).await?;
         cut_values(tx, &mut stats).await?;
+        sync_quarantine(tx, pipeline).await?;
     }
     record(pipeline, &stats, started);
     Ok(stats)
+}
+
+/// Bring `cdc.quarantine` up to date after a derivation (and its gauge, when it changed).
+async fn sync_quarantine(tx: &Transaction<'_>, pipeline: &Pipeline) -> Result<(), ProjectError> {
+    let changed: i64 = tx
+        .query_one(sql::QUARANTINE_SYNC, &[])
+        .await
+        .map_err(ProjectError::pg("cdc.quarantine"))?
+        .get(0);
+    if changed > 0 {
+        let counts = quarantined(tx)
+            .await
+            .map_err(ProjectError::pg("cdc.quarantine"))?;
+        set_quarantine_gauge(pipeline, &counts);
+    }
+    Ok(())
+}
+
+/// Documents in `cdc.quarantine`, by entity.
+pub async fn quarantined(
+    client: &impl tokio_postgres::GenericClient,
+) -> Result<BTreeMap<String, i64>, tokio_postgres::Error> {
+    Ok(client
+        .query(sql::QUARANTINE_COUNTS, &[])
+        .await?
+        .iter()
+        .map(|r| (r.get(0), r.get(1)))
+        .collect())
+}
+
+/// `cdc_project_quarantined_documents` for every entity (0 where none is quarantined).
+pub fn set_quarantine_gauge(pipeline: &Pipeline, counts: &BTreeMap<String, i64>) {
+    for e in Entity::ALL {
+        let n = counts.get(e.as_str()).copied().unwrap_or(0);
+        metrics::gauge!(m::PROJECT_QUARANTINED_DOCUMENTS,
+            m::LABEL_PIPELINE => pipeline.name.clone(), m::LABEL_ENTITY => e.as_str())
+        .set(n as f64);
+    }
 }
 
 /// Literal markers of what [`sanitize`] changes, looked for in a document's JSON text before
@@ -264,8 +360,9 @@ pub async fn reproject_all(
     tx.batch_execute(sql::AFFECT_ALL)
         .await
         .map_err(ProjectError::pg("affected"))?;
-    derive(tx, &Ctx::new(pipeline), &mut stats).await?;
+    derive(tx, &Ctx::new(pipeline), &mut stats, false).await?;
     cut_values(tx, &mut stats).await?;
+    sync_quarantine(tx, pipeline).await?;
     record(pipeline, &stats, started);
     Ok(stats)
 }
@@ -410,6 +507,7 @@ async fn derive(
     tx: &Transaction<'_>,
     ctx: &Ctx,
     stats: &mut ApplyStats,
+    quarantine: bool,
 ) -> Result<(), ProjectError> {
     let affected: BTreeMap<String, u64> = tx
         .query(sql::AFFECTED_ENTITIES, &[])
@@ -433,13 +531,155 @@ async fn derive(
         {
             continue;
         }
-        let n = ctx.run(tx, stmt, stmt.label).await?;
+        let n = if quarantine {
+            run_quarantining(tx, ctx, stmt, needed, stats).await?
+        } else {
+            ctx.run(tx, stmt, stmt.label).await?
+        };
         upserted.entry(stmt.label).or_insert(n);
-        if n > 0 && !stmt.label.starts_with("ctx:") {
+        if n > 0 && !stmt.label.starts_with("ctx:") && !stmt.label.starts_with("placeholder:") {
             *stats.rows_written.entry(stmt.label).or_default() += n;
         }
     }
     Ok(())
+}
+
+/// Run `stmt` in a savepoint. When it fails on the data, find the documents of its entity
+/// whose rows it rejects, quarantine them, and run it again without them (their keys stay
+/// affected, so the table's next statement archives or removes their earlier rows).
+async fn run_quarantining(
+    tx: &Transaction<'_>,
+    ctx: &Ctx,
+    stmt: &sql::Stmt,
+    needed: &[&str],
+    stats: &mut ApplyStats,
+) -> Result<u64, ProjectError> {
+    let [entity] = needed else {
+        return ctx.run(tx, stmt, stmt.label).await;
+    };
+    let exec = |sql: &'static str| async move {
+        tx.batch_execute(sql)
+            .await
+            .map_err(ProjectError::pg("quarantine savepoint"))
+    };
+    loop {
+        exec("SAVEPOINT cdc_stmt").await?;
+        let e = match ctx.run(tx, stmt, stmt.label).await {
+            Ok(n) => {
+                exec("RELEASE SAVEPOINT cdc_stmt").await?;
+                // Quarantined keys of this entity leave the statement's input only.
+                tx.execute(
+                    "INSERT INTO pg_temp.cdc_affected (entity, key)
+                     SELECT entity, key FROM pg_temp.cdc_quarantined WHERE entity = $1
+                     ON CONFLICT DO NOTHING",
+                    &[entity],
+                )
+                .await
+                .map_err(ProjectError::pg("quarantine"))?;
+                return Ok(n);
+            }
+            Err(e) if e.class() == ErrorClass::Poison => e,
+            Err(e) => return Err(e),
+        };
+        exec("ROLLBACK TO SAVEPOINT cdc_stmt; RELEASE SAVEPOINT cdc_stmt").await?;
+        let keys: Vec<String> = tx
+            .query(
+                "SELECT key FROM pg_temp.cdc_affected WHERE entity = $1 ORDER BY key",
+                &[entity],
+            )
+            .await
+            .map_err(ProjectError::pg("quarantine"))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let culprits = culprits(tx, ctx, stmt, entity, keys).await?;
+        if culprits.is_empty() {
+            return Err(e);
+        }
+        let reason = e.to_string();
+        for key in &culprits {
+            tracing::warn!(entity, key = %key, reason = %reason,
+                "document quarantined: its rows are rejected by PostgreSQL and left out");
+            stats.quarantined.insert((entity.to_string(), key.clone()));
+        }
+        tx.execute(
+            "WITH q AS (
+                 INSERT INTO pg_temp.cdc_quarantined (entity, key, reason)
+                 SELECT $1, k, $3 FROM unnest($2::text[]) AS k ON CONFLICT DO NOTHING)
+             , c AS (DELETE FROM pg_temp.cdc_ctx WHERE entity = $1 AND key = ANY($2))
+             DELETE FROM pg_temp.cdc_affected WHERE entity = $1 AND key = ANY($2)",
+            &[entity, &culprits, &reason],
+        )
+        .await
+        .map_err(ProjectError::pg("quarantine"))?;
+    }
+}
+
+/// The keys (of `entity`, among `keys`, with which `stmt` fails) whose own rows `stmt` rejects:
+/// halves are tried in savepoints, each with only its keys as input, down to single keys. Keys
+/// that fail only together are all returned.
+async fn culprits(
+    tx: &Transaction<'_>,
+    ctx: &Ctx,
+    stmt: &sql::Stmt,
+    entity: &str,
+    keys: Vec<String>,
+) -> Result<Vec<String>, ProjectError> {
+    let mut out = Vec::new();
+    let mut failing = vec![keys];
+    while let Some(set) = failing.pop() {
+        if set.len() <= 1 {
+            out.extend(set);
+            continue;
+        }
+        let (a, b) = set.split_at(set.len() / 2);
+        let (fa, fb) = (
+            fails_with(tx, ctx, stmt, entity, a).await?,
+            fails_with(tx, ctx, stmt, entity, b).await?,
+        );
+        match (fa, fb) {
+            (false, false) => out.extend(set),
+            _ => {
+                if fa {
+                    failing.push(a.to_vec());
+                }
+                if fb {
+                    failing.push(b.to_vec());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether `stmt` fails on the data with only `keys` of `entity` as its input (everything is
+/// rolled back).
+async fn fails_with(
+    tx: &Transaction<'_>,
+    ctx: &Ctx,
+    stmt: &sql::Stmt,
+    entity: &str,
+    keys: &[String],
+) -> Result<bool, ProjectError> {
+    let pg = ProjectError::pg("quarantine probe");
+    tx.batch_execute("SAVEPOINT cdc_probe").await.map_err(pg)?;
+    let keys = keys.to_vec();
+    tx.execute(
+        "WITH c AS (DELETE FROM pg_temp.cdc_ctx WHERE entity = $1 AND NOT key = ANY($2))
+         DELETE FROM pg_temp.cdc_affected WHERE entity = $1 AND NOT key = ANY($2)",
+        &[&entity, &keys],
+    )
+    .await
+    .map_err(ProjectError::pg("quarantine probe"))?;
+    let r = ctx.run(tx, stmt, stmt.label).await;
+    tx.batch_execute("ROLLBACK TO SAVEPOINT cdc_probe; RELEASE SAVEPOINT cdc_probe")
+        .await
+        .map_err(ProjectError::pg("quarantine probe"))?;
+    match r {
+        Ok(_) => Ok(false),
+        Err(e) if e.class() == ErrorClass::Poison => Ok(true),
+        Err(e) => Err(e),
+    }
 }
 
 fn record(pipeline: &Pipeline, stats: &ApplyStats, started: Instant) {

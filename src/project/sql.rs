@@ -15,6 +15,8 @@
 //! - `{{derived TABLE ENTITY}}`: the TABLE rows this apply derived for affected ENTITY keys;
 //! - `{{report_children}}`: the children entities with their report arrays, as `f(child, field)`;
 //! - `{{child_entities}}`: the children entities, for `IN`;
+//! - `{{placeholder TABLE COLUMN}}`: placeholder rows of TABLE for the missing ids in column
+//!   COLUMN of CTE `refs`;
 //! - `{{fit TABLE COLUMN KEY EXPR}}`: the text EXPR cut to TABLE.COLUMN's width (the cut noted
 //!   with the document KEY), so that no text value rejects its row.
 
@@ -106,11 +108,42 @@ CREATE TEMP TABLE IF NOT EXISTS cdc_width AS
     SELECT table_name::text AS tbl, column_name::text AS col, character_maximum_length::int AS w
     FROM information_schema.columns
     WHERE table_schema = current_schema() AND character_maximum_length IS NOT NULL;
+CREATE TEMP TABLE IF NOT EXISTS cdc_quarantined (
+    entity text NOT NULL, key text NOT NULL, reason text NOT NULL, PRIMARY KEY (entity, key)
+) ON COMMIT DELETE ROWS;
 DELETE FROM pg_temp.cdc_changed;
+DELETE FROM pg_temp.cdc_quarantined;
 DELETE FROM pg_temp.cdc_affected;
 DELETE FROM pg_temp.cdc_ctx;
 DELETE FROM pg_temp.cdc_adjusted;
 ";
+
+/// The quarantine after an apply: documents that derived (affected, not quarantined now) leave
+/// it; the documents this apply quarantined enter it (or have their version and reason
+/// updated, keeping when they were first seen). Returns how many entries changed.
+pub(crate) const QUARANTINE_SYNC: &str = "
+WITH gone AS (
+    DELETE FROM cdc.quarantine q
+    USING pg_temp.cdc_affected a
+    WHERE q.entity = a.entity AND q.key = a.key
+      AND NOT EXISTS (SELECT 1 FROM pg_temp.cdc_quarantined x
+                      WHERE x.entity = q.entity AND x.key = q.key)
+    RETURNING 1
+), came AS (
+    INSERT INTO cdc.quarantine AS q (entity, key, ct_t, ct_i, ordinal, reason)
+    SELECT x.entity, x.key, s.ct_t, s.ct_i, s.ordinal, x.reason
+    FROM pg_temp.cdc_quarantined x
+    JOIN cdc.source_doc s ON s.entity = x.entity AND s.key = x.key
+    ON CONFLICT (entity, key) DO UPDATE SET
+        ct_t = EXCLUDED.ct_t, ct_i = EXCLUDED.ct_i, ordinal = EXCLUDED.ordinal,
+        reason = EXCLUDED.reason, last_seen = now()
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM gone) + (SELECT count(*) FROM came)";
+
+/// Quarantined documents by entity.
+pub(crate) const QUARANTINE_COUNTS: &str =
+    "SELECT entity, count(*) FROM cdc.quarantine GROUP BY entity";
 
 /// The text values this apply cut to their column's width (`cdc.fit_slow`), one row per
 /// document and column.
@@ -140,7 +173,13 @@ pub(crate) fn source_entities(label: &str) -> &'static [&'static str] {
         | "fact_non_costed_material"
         | "fact_trucking"
         | "ctx:material_shipment" => &["material_shipment"],
-        "fact_invoice" => &["invoice"],
+        "fact_invoice" | "placeholder:invoice" => &["invoice"],
+        "placeholder:daily_report" => &["daily_report"],
+        "placeholder:jobsite_material" | "placeholder:jobsite_material:unused" => {
+            &["jobsite_material"]
+        }
+        "placeholder:employee_work" => &["employee_work"],
+        "placeholder:vehicle_work" => &["vehicle_work"],
         // The report-child links (sql/mirror.sql) of changed reports.
         "cdc.report_child" => &["daily_report"],
         // Deleted dimension documents. Not run for other batches: the statement is an UPDATE
@@ -218,12 +257,49 @@ fn expand(sql: &str) -> String {
             ["work_dims", entity, alias] => work_dims(entity, alias),
             ["derived", table, entity] => derived(table, entity),
             ["fit", table, column, key, expr @ ..] => fit(table, column, key, &expr.join(" ")),
+            ["placeholder", table, column] => placeholder(table, column),
             other => panic!("unknown template {other:?} in projection SQL"),
         });
         rest = &tail[end + 2..];
     }
     out.push_str(rest);
     out
+}
+
+/// The placeholder row of each dimension a reference may miss: its columns and their values
+/// (beside `mongo_id`, the missing id, and `synced_at`).
+const PLACEHOLDERS: [(&str, &str, &str); 6] = [
+    ("dim_jobsite", "name, active", "'(missing jobsite)', false"),
+    ("dim_crew", "name, type", "'(missing crew)', 'Unknown'"),
+    ("dim_employee", "name", "'(missing employee)'"),
+    (
+        "dim_vehicle",
+        "name, vehicle_code, vehicle_type",
+        "'(missing vehicle)', 'noCode', 'Unknown'",
+    ),
+    ("dim_material", "name", "'(missing material)'"),
+    ("dim_company", "name", "'(missing company)'"),
+];
+
+/// The name every placeholder row's name starts with.
+pub const PLACEHOLDER_NAME_PREFIX: &str = "(missing ";
+
+/// A `RETURNING 1` data-modifying CTE body: a TABLE placeholder row for every id in column
+/// COLUMN of CTE `refs` that has no row yet (its document is gone or never existed). The
+/// document, when it appears, overwrites the row in place. Only ObjectId-shaped ids: anything
+/// else is no reference.
+fn placeholder(table: &str, column: &str) -> String {
+    let (_, cols, vals) = PLACEHOLDERS
+        .iter()
+        .find(|(t, _, _)| *t == table)
+        .unwrap_or_else(|| panic!("no placeholder row for {table}"));
+    format!(
+        "INSERT INTO {table} (mongo_id, {cols}, synced_at)
+    SELECT DISTINCT r.{column}, {vals}, $2 FROM refs r
+    WHERE r.{column} ~ '^[0-9a-f]{{24}}$'
+    ON CONFLICT (mongo_id) DO NOTHING
+    RETURNING 1"
+    )
 }
 
 /// EXPR (text) cut to the width of TABLE.COLUMN, as PostgreSQL's information schema gives it
@@ -254,7 +330,8 @@ fn derived(table: &str, entity: &str) -> String {
 }
 
 /// Two CTEs for the work items of CTE `x` (with their dimension key as `dim_key`): ALIAS, each
-/// referenced `dim_ENTITY` row once, when its document is live; and `r`, their rate periods:
+/// referenced `dim_ENTITY` row once (the document's, or its placeholder or archived row when
+/// the document is gone); and `r`, their rate periods (none when the document is gone):
 /// each calendar date of the document's `rates[]` with its rate (of the rates dated that day,
 /// the latest instant; equal instants, the one listed last) from that date until the next
 /// one, as `(id, from_d, to_d, rate)` with `to_d` NULL for the current one. A work item's rate
@@ -265,7 +342,6 @@ fn work_dims(entity: &str, alias: &str) -> String {
         "{alias} AS MATERIALIZED (
     SELECT d0.id, d0.mongo_id FROM dim_{entity} d0
     WHERE d0.mongo_id IN (SELECT DISTINCT dim_key FROM x)
-      AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = '{entity}' AND l.key = d0.mongo_id AND NOT l.deleted)
 ), r AS MATERIALIZED (
     SELECT p.id, p.from_d, p.rate,
            lead(p.from_d) OVER (PARTITION BY p.id ORDER BY p.from_d) AS to_d
@@ -366,8 +442,8 @@ fn archive_dim(table: &str, entity: &str) -> String {
 }
 
 /// Each affected live child of ENTITY with its parent report (the lowest-key live report
-/// whose array lists it, from `cdc.report_child`) when that report is derivable (its jobsite
-/// and crew are live): the rows of `pg_temp.cdc_ctx`. A report's context is looked up once
+/// whose array lists it, from `cdc.report_child`) when that report is derivable (it has its
+/// `dim_daily_report` row): the rows of `pg_temp.cdc_ctx`. A report's context is looked up once
 /// for all of its children.
 fn child_ctx(entity: &str) -> String {
     format!(
@@ -403,8 +479,6 @@ fn child_ctx(entity: &str) -> String {
             WHERE dr0.mongo_id = k.report_key OFFSET 0) dr
         JOIN dim_crew c ON c.id = dr.crew_id
         WHERE r.rts IS NOT NULL
-          AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'jobsite' AND l.key = cdc.oid(r.doc -> 'jobsite') AND NOT l.deleted)
-          AND EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'crew' AND l.key = cdc.oid(r.doc -> 'crew') AND NOT l.deleted)
     )
     SELECT k.entity, k.key, k.doc, k.report_key, r.jobsite_key, r.rts, r.daily_report_id,
            r.jobsite_id, r.crew_id, r.work_date, r.crew_type

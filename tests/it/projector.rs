@@ -429,8 +429,7 @@ fn company(key: &str, name: &str, t: u32) -> ChangeEvent {
 #[tokio::test]
 async fn poison_messages_are_dead_lettered_with_their_reason_and_the_stream_keeps_flowing() {
     // Given one batch's worth of messages in the queue: ten good companies, and among them bad
-    // JSON, an unknown entity and two companies whose names PostgreSQL rejects (longer than
-    // varchar(255))
+    // JSON, an unknown entity and two companies whose names are longer than varchar(255)
     let rig = Rig::new().await;
     let msg = |e: &ChangeEvent| {
         (
@@ -482,17 +481,27 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_stream_keep
     // When the projector runs
     let _daemon = rig.start();
 
-    // Then the good events apply, the four poison messages wait in the DLQ with their reasons,
+    // Then the good events apply, the long names cut to the column's width (a valid document
+    // never loses its row), the two undecodable messages wait in the DLQ with their reasons,
     // and the queue is drained
-    eventually("all ten good companies", WAIT, || async {
-        let n = rig
-            .count("SELECT count(*) FROM dim_company WHERE name LIKE 'Good %'")
-            .await;
-        (n == 10).then_some(())
+    eventually("all twelve companies", WAIT, || async {
+        let n = rig.count("SELECT count(*) FROM dim_company").await;
+        (n == 12).then_some(())
     })
     .await;
-    eventually("four dead letters", WAIT, || async {
-        (rig.depth(&rig.pipeline.dead_letter_queue).await == 4).then_some(())
+    assert_eq!(
+        rig.count("SELECT count(*) FROM dim_company WHERE name LIKE 'Good %'")
+            .await,
+        10
+    );
+    assert_eq!(
+        rig.count("SELECT count(*) FROM dim_company WHERE name = repeat('N', 255)")
+            .await,
+        2,
+        "the long names are cut to 255 characters"
+    );
+    eventually("two dead letters", WAIT, || async {
+        (rig.depth(&rig.pipeline.dead_letter_queue).await == 2).then_some(())
     })
     .await;
     let letters = dead_letters(&rig).await;
@@ -504,19 +513,8 @@ async fn poison_messages_are_dead_lettered_with_their_reason_and_the_stream_keep
         reasons,
         vec![
             ("bad_json", "company.created"),
-            ("rejected_by_postgres", "company.created"),
-            ("rejected_by_postgres", "company.created"),
             ("unknown_entity", "spaceship.created"),
         ]
-    );
-    for (letter, event) in letters[1..3].iter().zip(&too_long) {
-        assert!(letter.1.contains("too long"), "error header: {}", letter.1);
-        assert_eq!(letter.3.as_deref(), Some(event.id.as_str()));
-    }
-    assert_eq!(
-        rig.count("SELECT count(*) FROM dim_company").await,
-        10,
-        "the rejected companies have no row"
     );
     eventually("an empty queue", WAIT, || async {
         (rig.depth(&rig.pipeline.queue).await == 0).then_some(())

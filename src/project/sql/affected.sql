@@ -152,8 +152,11 @@ INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT 'jobsite_material', d.jm
 FROM (SELECT DISTINCT cdc.oid(docs.doc -> 'jobsiteMaterial') AS jm FROM docs) d
 WHERE d.jm IS NOT NULL
-  AND NOT EXISTS (SELECT 1 FROM cdc.source_doc js
-                  WHERE js.entity = 'jobsite' AND js.doc -> 'materials' @> cdc.oid_probe(d.jm))
+  AND (NOT EXISTS (SELECT 1 FROM cdc.source_doc js
+                   WHERE js.entity = 'jobsite' AND js.doc -> 'materials' @> cdc.oid_probe(d.jm))
+       -- (or when its document is gone: its placeholder row needs a shipment's report)
+       OR NOT EXISTS (SELECT 1 FROM cdc.source_doc jm
+                      WHERE jm.entity = 'jobsite_material' AND jm.key = d.jm AND NOT jm.deleted))
 ON CONFLICT DO NOTHING
 
 -- @stmt material_shipment,daily_report -> material_shipment

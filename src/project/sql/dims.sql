@@ -1,6 +1,7 @@
 -- Dimensions are eager (DESIGN §7.5): every live document of a dimension collection has its
 -- row. A deleted document keeps its row, archived at the deleting event's wall time where the
--- table has archived_at; a deleted crew's row is removed (dim_crew has no archive column). Rate tables mirror rates[]
+-- table has archived_at; a deleted crew's row becomes the placeholder while anything
+-- references it (dim_crew has no archive column). Rate tables mirror rates[]
 -- exactly (§7.6). $1 = report time zone, $2 = this apply's synced_at stamp.
 
 -- @stmt dim_employee
@@ -82,17 +83,51 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, type = EXCLUDED.type, synced_at = EXCLUDED.synced_at
 
 -- @stmt dim_crew
--- A deleted crew goes (dim_crew has no archive column); its reports are not derivable any
--- more, so only archived rows cascade with it.
-DELETE FROM dim_crew t
-USING pg_temp.cdc_affected a, cdc.source_doc s
-WHERE a.entity = 'crew' AND s.entity = a.entity AND s.key = a.key AND s.deleted
-  AND t.mongo_id = a.key
+-- A deleted crew (dim_crew has no archive column) keeps its row while any report or fact
+-- references it, as the placeholder a fresh projection holds for a missing crew (its facts'
+-- crew_type becomes "Unknown"); otherwise the row goes. No ON DELETE CASCADE ever fires
+-- because of a source delete.
+WITH gone AS MATERIALIZED (
+    SELECT t.id,
+           EXISTS (SELECT 1 FROM dim_daily_report d WHERE d.crew_id = t.id)
+           OR EXISTS (SELECT 1 FROM fact_employee_work f WHERE f.crew_id = t.id)
+           OR EXISTS (SELECT 1 FROM fact_vehicle_work f WHERE f.crew_id = t.id)
+           OR EXISTS (SELECT 1 FROM fact_material_shipment f WHERE f.crew_id = t.id)
+           OR EXISTS (SELECT 1 FROM fact_non_costed_material f WHERE f.crew_id = t.id)
+           OR EXISTS (SELECT 1 FROM fact_trucking f WHERE f.crew_id = t.id)
+           OR EXISTS (SELECT 1 FROM fact_production f WHERE f.crew_id = t.id) AS referenced
+    FROM pg_temp.cdc_affected a
+    CROSS JOIN LATERAL (SELECT s0.deleted FROM cdc.source_doc s0 WHERE s0.entity = a.entity AND s0.key = a.key OFFSET 0) s
+    JOIN dim_crew t ON t.mongo_id = a.key
+    WHERE a.entity = 'crew' AND s.deleted
+), kept AS (
+    UPDATE dim_crew t SET name = '(missing crew)', type = 'Unknown', synced_at = now()
+    FROM gone g WHERE t.id = g.id AND g.referenced
+    RETURNING 1
+), dropped AS (
+    DELETE FROM dim_crew t USING gone g WHERE t.id = g.id AND NOT g.referenced
+    RETURNING 1
+)
+SELECT (SELECT count(*) FROM kept) + (SELECT count(*) FROM dropped)
 
 -- @stmt dim_*
--- Deleted dimension documents: soft archive at the deleting event's wall time.
+-- Deleted dimension documents: soft archive at the deleting event's wall time (the row and
+-- the facts referencing it stay; the facts keep their hours, their rates become 0 as for any
+-- missing rate), and an employee's or vehicle's rates go with its rates[].
 WITH e AS (
     {{archive_dim dim_employee employee}}
+), er AS (
+    DELETE FROM dim_employee_rate r
+    USING pg_temp.cdc_affected a, cdc.source_doc s, dim_employee t
+    WHERE a.entity = 'employee' AND s.entity = a.entity AND s.key = a.key AND s.deleted
+      AND t.mongo_id = a.key AND r.employee_id = t.id
+    RETURNING 1
+), vr AS (
+    DELETE FROM dim_vehicle_rate r
+    USING pg_temp.cdc_affected a, cdc.source_doc s, dim_vehicle t
+    WHERE a.entity = 'vehicle' AND s.entity = a.entity AND s.key = a.key AND s.deleted
+      AND t.mongo_id = a.key AND r.vehicle_id = t.id
+    RETURNING 1
 ), v AS (
     {{archive_dim dim_vehicle vehicle}}
 ), j AS (
@@ -103,4 +138,5 @@ WITH e AS (
     {{archive_dim dim_material material}}
 )
 SELECT (SELECT count(*) FROM e) + (SELECT count(*) FROM v) + (SELECT count(*) FROM j)
-     + (SELECT count(*) FROM c) + (SELECT count(*) FROM m)
+     + (SELECT count(*) FROM c) + (SELECT count(*) FROM m) + (SELECT count(*) FROM er)
+     + (SELECT count(*) FROM vr)

@@ -3,6 +3,19 @@
 -- invoice-month rate and is not written here (DESIGN §7.3). Hard delete, as legacy.
 -- $1 = report time zone, $2 = this apply's synced_at stamp.
 
+-- @stmt placeholder:invoice
+-- An invoice's company has a row even when its document is gone (placeholder).
+WITH refs AS MATERIALIZED (
+    SELECT cdc.oid(s.doc -> 'company') AS k
+    FROM pg_temp.cdc_affected a
+    CROSS JOIN LATERAL (SELECT s0.doc FROM cdc.source_doc s0
+                        WHERE s0.entity = a.entity AND s0.key = a.key AND NOT s0.deleted OFFSET 0) s
+    WHERE a.entity = 'invoice'
+), p AS (
+    {{placeholder dim_company k}}
+)
+SELECT count(*) FROM p
+
 -- @stmt fact_invoice
 -- (MATERIALIZED: the owner lookups run once per invoice, not once per use below.)
 WITH i0 AS MATERIALIZED (
@@ -40,7 +53,7 @@ SELECT i.key, j.id, c.id, cdc.day(cdc.ts(i.doc -> 'date'), $1), i.owner[2],
 FROM i
 JOIN dim_jobsite j ON j.mongo_id = i.owner[1]
 JOIN dim_company c ON c.mongo_id = cdc.oid(i.doc -> 'company')
-WHERE EXISTS (SELECT 1 FROM cdc.source_doc l WHERE l.entity = 'company' AND l.key = c.mongo_id AND NOT l.deleted) AND cdc.ts(i.doc -> 'date') IS NOT NULL
+WHERE cdc.ts(i.doc -> 'date') IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     jobsite_id = EXCLUDED.jobsite_id, company_id = EXCLUDED.company_id,
     invoice_date = EXCLUDED.invoice_date, direction = EXCLUDED.direction,

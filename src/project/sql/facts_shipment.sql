@@ -10,16 +10,20 @@
 -- Lookups take the latest rate dated on or before the work date; a miss gives (0, estimated).
 WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'material_shipment'),
 b AS (
-    SELECT x.*, jmd.id AS jm_id, jmd.unit AS jm_unit, jmd.cost_type, jm.key AS jm_key,
+    SELECT x.*, jmd.id AS jm_id, jmd.unit AS jm_unit, jmd.cost_type, jmd.mongo_id AS jm_key,
            jm.doc AS jm_doc,
            cdc.oid(x.doc -> 'vehicleObject' -> 'rateScenarioId') AS scen,
            cdc.oid(x.doc -> 'vehicleObject' -> 'deliveredRateId') AS deliv,
            date_trunc('month', x.work_date::timestamp)::date AS m0,
            (date_trunc('month', x.work_date::timestamp) + interval '1 month')::date AS m1
     FROM x
-    JOIN cdc.source_doc jm ON jm.entity = 'jobsite_material'
-     AND jm.key = cdc.oid(x.doc -> 'jobsiteMaterial') AND NOT jm.deleted AND jm.doc IS NOT NULL
-    JOIN dim_jobsite_material jmd ON jmd.mongo_id = jm.key
+    -- The jobsite material's row: its document's, or a placeholder when the document is gone
+    -- (no rates: the shipment costs 0, estimated).
+    JOIN dim_jobsite_material jmd ON jmd.mongo_id = cdc.oid(x.doc -> 'jobsiteMaterial')
+    LEFT JOIN LATERAL (
+        SELECT jm0.doc FROM cdc.source_doc jm0
+        WHERE jm0.entity = 'jobsite_material' AND jm0.key = jmd.mongo_id AND NOT jm0.deleted
+        OFFSET 0) jm ON true
     WHERE NOT cdc.bool(x.doc -> 'noJobsiteMaterial')
 ),
 inv_months AS (
@@ -193,7 +197,7 @@ SELECT p.key, p.daily_report_id, p.jobsite_id, p.crew_id, NULL, p.crew_type, p.w
        cdc.num(p.rate_doc -> 'rate'),
        {{fit fact_trucking rate_type p.key COALESCE(p.rate_doc ->> 'type', '')}},
        CASE WHEN lower(p.rate_doc ->> 'type') = 'quantity'
-            THEN cdc.num(p.doc -> 'quantity') * cdc.num(p.rate_doc -> 'rate')
+            THEN p.qty * cdc.num(p.rate_doc -> 'rate')
             ELSE COALESCE(p.hrs, 0) * cdc.num(p.rate_doc -> 'rate') END,
        {{fit fact_trucking vehicle_source p.key NULLIF(p.doc -> 'vehicleObject' ->> 'source', '')}},
        {{fit fact_trucking vehicle_type p.key cdc.vehicle_type(p.doc -> 'vehicleObject')}},

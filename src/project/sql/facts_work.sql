@@ -5,6 +5,15 @@
 -- of the event that deleted or detached them (production: hard-deleted, as legacy).
 -- $1 = report time zone, $2 = this apply's synced_at stamp.
 
+-- @stmt placeholder:employee_work
+-- The employee a work item names has a row even when its document is gone (placeholder).
+WITH refs AS MATERIALIZED (
+    SELECT cdc.oid(c.doc -> 'employee') AS k FROM pg_temp.cdc_ctx c WHERE c.entity = 'employee_work'
+), p AS (
+    {{placeholder dim_employee k}}
+)
+SELECT count(*) FROM p
+
 -- @stmt fact_employee_work
 WITH x AS MATERIALIZED (
     -- Each date parsed once (OFFSET 0 keeps the planner from repeating the calls).
@@ -34,6 +43,14 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 
 -- @stmt fact_employee_work
 {{archive fact_employee_work employee_work employeeWork}}
+
+-- @stmt placeholder:vehicle_work
+WITH refs AS MATERIALIZED (
+    SELECT cdc.oid(c.doc -> 'vehicle') AS k FROM pg_temp.cdc_ctx c WHERE c.entity = 'vehicle_work'
+), p AS (
+    {{placeholder dim_vehicle k}}
+)
+SELECT count(*) FROM p
 
 -- @stmt fact_vehicle_work
 WITH x AS MATERIALIZED (

@@ -164,7 +164,7 @@ async fn archived_children_carry_their_own_archived_at_and_overnight_shifts_wrap
 }
 
 #[tokio::test]
-async fn children_wait_in_the_mirror_until_their_report_and_dimensions_arrive() {
+async fn children_wait_for_their_report_and_missing_dimensions_are_placeholders_filled_in_place() {
     let mut h = Harness::new().await;
     // Children first, then the report, then its jobsite and crew, then the employee.
     let t = h.tick();
@@ -189,11 +189,37 @@ async fn children_wait_in_the_mirror_until_their_report_and_dimensions_arrive() 
             .await,
         0
     );
+    // The report arrives before its jobsite, crew and employee: it and its children are
+    // projected at once, against placeholder rows (rate 0: the employee is unknown yet)
     h.put(Entity::DailyReport, REPORT_1, report_1()).await;
     assert_eq!(
         h.count("SELECT count(*) FROM dim_daily_report", &[]).await,
-        0
+        1
     );
+    assert_eq!(name_of(&h, "dim_crew", CREW_BASE_1).await, "(missing crew)");
+    assert_eq!(
+        name_of(&h, "dim_jobsite", JOBSITE_1).await,
+        "(missing jobsite)"
+    );
+    assert_eq!(
+        name_of(&h, "dim_employee", BASE_FOREMAN_1).await,
+        "(missing employee)"
+    );
+    assert_eq!(
+        h.num("fact_employee_work", "crew_type", EMPLOYEE_WORK_1)
+            .await,
+        "Unknown"
+    );
+    assert_eq!(
+        h.num("fact_employee_work", "hourly_rate", EMPLOYEE_WORK_1)
+            .await,
+        "0.00"
+    );
+    assert_eq!(
+        h.num("fact_production", "quantity", PRODUCTION_1).await,
+        "150.000"
+    );
+    // The documents appear: the placeholders are filled in place and the facts re-derived
     h.put(
         Entity::Jobsite,
         JOBSITE_1,
@@ -206,21 +232,20 @@ async fn children_wait_in_the_mirror_until_their_report_and_dimensions_arrive() 
         crew(CREW_BASE_1, "Base Crew 1", "Base"),
     )
     .await;
-    assert_eq!(
-        h.count("SELECT count(*) FROM dim_daily_report", &[]).await,
-        1
-    );
-    assert_eq!(
-        h.num("fact_production", "quantity", PRODUCTION_1).await,
-        "150.000"
-    );
-    assert_eq!(
-        h.num("fact_employee_work", "hourly_rate", EMPLOYEE_WORK_1)
-            .await,
-        "NO ROW"
-    );
     h.put(Entity::Employee, BASE_FOREMAN_1, base_foreman_1())
         .await;
+    assert_eq!(name_of(&h, "dim_crew", CREW_BASE_1).await, "Base Crew 1");
+    assert_eq!(name_of(&h, "dim_jobsite", JOBSITE_1).await, "Jobsite 1");
+    assert_eq!(
+        h.count("SELECT count(*) FROM dim_crew", &[]).await,
+        1,
+        "filled in place, not a second row"
+    );
+    assert_eq!(
+        h.num("fact_employee_work", "crew_type", EMPLOYEE_WORK_1)
+            .await,
+        "Base"
+    );
     assert_eq!(
         h.num("fact_employee_work", "hourly_rate", EMPLOYEE_WORK_1)
             .await,
@@ -417,4 +442,10 @@ async fn a_document_postgres_rejects_is_poison_and_the_batch_rolls_back() {
         h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
         "8.00"
     );
+}
+
+/// The name of the TABLE row with this mongo_id.
+async fn name_of(h: &Harness, table: &str, key: &str) -> String {
+    let sql = format!("SELECT name FROM {table} WHERE mongo_id = $1");
+    h.rows(&sql, &[&key]).await[0].get(0)
 }

@@ -52,14 +52,15 @@ impl Harness {
         self.t
     }
 
-    /// Apply a batch in its own transaction (streaming guard) and commit.
+    /// Apply a batch in its own transaction (streaming guard) and commit; documents whose rows
+    /// PostgreSQL rejects are quarantined, as the projector and the backfill do.
     pub async fn apply(&mut self, docs: &[SourceDoc]) -> ApplyStats {
         self.apply_with(docs, Guard::Newer).await
     }
 
     pub async fn apply_with(&mut self, docs: &[SourceDoc], guard: Guard) -> ApplyStats {
-        let tx = self.client.transaction().await.expect("begin");
-        let stats = project::apply(&tx, &self.pipeline, docs, guard)
+        let mut tx = self.client.transaction().await.expect("begin");
+        let stats = project::apply_isolated(&mut tx, &self.pipeline, docs, guard)
             .await
             .unwrap_or_else(|e| panic!("apply failed: {e}: {:?}", std::error::Error::source(&e)));
         tx.commit().await.expect("commit");

@@ -310,3 +310,177 @@ async fn same_date_rates_take_the_latest_instant_then_the_one_listed_last() {
         "9.00"
     );
 }
+
+/// The report's employee hours and costs as the company's reports read them.
+async fn report_labour(h: &Harness) -> (String, String) {
+    let r = h
+        .rows(
+            "SELECT sum(c.quantity)::text, sum(c.total_cost)::text FROM jobsite_all_costs c
+             JOIN dim_daily_report d ON d.id = c.daily_report_id
+             WHERE d.mongo_id = $1 AND c.cost_type = 'employee'",
+            &[&REPORT_1],
+        )
+        .await;
+    (
+        r[0].get::<_, Option<String>>(0).unwrap_or_default(),
+        r[0].get::<_, Option<String>>(1).unwrap_or_default(),
+    )
+}
+
+#[tokio::test]
+async fn a_report_whose_crew_document_is_gone_keeps_its_hours_and_costs_in_the_reports() {
+    // Given the seed, whose report 1 has 8 h of Base Foreman 1 at 25.00
+    let mut h = Harness::new().await;
+    h.seed().await;
+    let before = report_labour(&h).await;
+    assert_eq!(before, ("8.00".into(), "200.00".into()));
+    // When its crew document is deleted
+    h.del(Entity::Crew, CREW_BASE_1).await;
+    // Then the report and its facts stay (no cascade), against the crew's placeholder row,
+    // and the reports show the same hours and costs
+    assert_eq!(report_labour(&h).await, before);
+    let crew: (String, String) = {
+        let r = h
+            .rows(
+                "SELECT name, type FROM dim_crew WHERE mongo_id = $1",
+                &[&CREW_BASE_1],
+            )
+            .await;
+        (r[0].get(0), r[0].get(1))
+    };
+    assert_eq!(crew, ("(missing crew)".into(), "Unknown".into()));
+    assert_eq!(
+        h.num("fact_employee_work", "crew_type", EMPLOYEE_WORK_1)
+            .await,
+        "Unknown"
+    );
+    // And a report naming a crew that never existed is projected as well
+    let mut r = report_1();
+    r["crew"] = oid("6216645500000000000000c9");
+    h.put(Entity::DailyReport, REPORT_1, r).await;
+    assert_eq!(report_labour(&h).await, before);
+}
+
+#[tokio::test]
+async fn deleting_any_dimension_document_never_removes_reports_or_facts() {
+    let mut h = Harness::new().await;
+    h.seed().await;
+    let facts = "SELECT (SELECT count(*) FROM fact_employee_work) + (SELECT count(*) FROM fact_vehicle_work)
+        + (SELECT count(*) FROM fact_material_shipment) + (SELECT count(*) FROM fact_non_costed_material)
+        + (SELECT count(*) FROM fact_trucking) + (SELECT count(*) FROM fact_production)
+        + (SELECT count(*) FROM dim_daily_report)";
+    let before = h.count(facts, &[]).await;
+    assert!(before > 10);
+    // When every dimension document the reports use is deleted
+    for (e, k) in [
+        (Entity::Jobsite, JOBSITE_1),
+        (Entity::Jobsite, JOBSITE_2),
+        (Entity::Crew, CREW_BASE_1),
+        (Entity::Employee, BASE_FOREMAN_1),
+        (Entity::Vehicle, SKIDSTEER_1),
+        (Entity::JobsiteMaterial, JM_1),
+        (Entity::Material, MATERIAL_GRAVEL),
+        (Entity::Company, SUPPLIER),
+    ] {
+        h.del(e, k).await;
+    }
+    // Then every report and fact row is still there and still live
+    assert_eq!(h.count(facts, &[]).await, before);
+    assert_eq!(
+        h.archived("fact_employee_work", EMPLOYEE_WORK_1).await,
+        Some(false)
+    );
+    assert_eq!(
+        h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
+        "8.00"
+    );
+    // (the employee's row is archived, not replaced; its rates are gone with its document, so
+    // the hours cost 0 as for any employee without a rate)
+    assert_eq!(h.archived("dim_employee", BASE_FOREMAN_1).await, Some(true));
+    assert_eq!(
+        h.num("fact_employee_work", "hourly_rate", EMPLOYEE_WORK_1)
+            .await,
+        "0.00"
+    );
+    // (the shipment of the deleted jobsite material is costed 0, estimated, not dropped)
+    assert_eq!(
+        h.num("fact_material_shipment", "rate", SHIPMENT_COSTED_1)
+            .await,
+        "0.00"
+    );
+    assert_eq!(
+        h.num("fact_material_shipment", "estimated", SHIPMENT_COSTED_1)
+            .await,
+        "true"
+    );
+}
+
+#[tokio::test]
+async fn a_row_postgres_still_rejects_quarantines_its_own_document_and_nothing_else() {
+    let mut h = Harness::new().await;
+    h.seed().await;
+    // Given one batch: the report, an edited employee work, and a vehicle work whose hours
+    // (a billion) overflow the column
+    let mut v = vehicle_work(VEHICLE_WORK_1, SKIDSTEER_1, 1.0);
+    v["hours"] = json!(1_000_000_000.0);
+    let w = employee_work(
+        EMPLOYEE_WORK_1,
+        BASE_FOREMAN_1,
+        "2022-02-23T07:00:00Z",
+        "2022-02-23T17:00:00Z",
+    );
+    let t = h.tick();
+    h.t += 3;
+    let stats = h
+        .apply(&[
+            upsert(Entity::VehicleWork, VEHICLE_WORK_1, v, t),
+            upsert(Entity::EmployeeWork, EMPLOYEE_WORK_1, w, t + 1),
+            upsert(Entity::DailyReport, REPORT_1, report_1(), t + 2),
+        ])
+        .await;
+    // Then only the vehicle work is left out and listed in the quarantine, with the SQLSTATE,
+    // table and column but not the value
+    assert_eq!(
+        stats.quarantined.iter().collect::<Vec<_>>(),
+        [&("vehicle_work".to_string(), VEHICLE_WORK_1.to_string())]
+    );
+    let q = h
+        .rows("SELECT entity, key, reason, ct_t FROM cdc.quarantine", &[])
+        .await;
+    assert_eq!(q.len(), 1);
+    let reason: String = q[0].get(2);
+    assert!(reason.contains("22003"), "{reason}");
+    assert!(reason.contains("fact_vehicle_work"), "{reason}");
+    assert!(!reason.contains("1000000000"), "{reason}");
+    assert_eq!(q[0].get::<_, i64>(3), i64::from(t));
+    assert_eq!(
+        h.archived("fact_vehicle_work", VEHICLE_WORK_1).await,
+        Some(true),
+        "its earlier row is archived, as any row no longer derivable"
+    );
+    // (the rest of the batch applied: the report and its other children)
+    assert_eq!(
+        h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
+        "10.00"
+    );
+    assert_eq!(
+        h.num("fact_production", "quantity", PRODUCTION_1).await,
+        "150.000"
+    );
+    // When a newer version of the document arrives, it applies and leaves the quarantine
+    h.put(
+        Entity::VehicleWork,
+        VEHICLE_WORK_1,
+        vehicle_work(VEHICLE_WORK_1, SKIDSTEER_1, 6.0),
+    )
+    .await;
+    assert_eq!(h.count("SELECT count(*) FROM cdc.quarantine", &[]).await, 0);
+    assert_eq!(
+        h.archived("fact_vehicle_work", VEHICLE_WORK_1).await,
+        Some(false)
+    );
+    assert_eq!(
+        h.num("fact_vehicle_work", "hours", VEHICLE_WORK_1).await,
+        "6.00"
+    );
+}
