@@ -1119,3 +1119,138 @@ async fn streaming_a_workload_equals_backfilling_its_final_state() {
         "the detached vehicle work has no row in a fresh backfill"
     );
 }
+
+#[tokio::test]
+async fn streaming_a_production_shaped_dump_children_first_equals_backfilling_the_dump() {
+    use crate::backfill::workload::{Shape, Workload};
+    // Given a production-shaped dataset (long, padded and empty text, missing fields, reports
+    // naming deleted crews, same-date rates, int/double/Decimal128), also as a mongodump folder
+    let w = Workload::generate(31, Shape::realistic(300));
+    assert!(w.gone_crews > 0, "the dataset names deleted crews");
+    let dir = tempfile::tempdir().expect("temp dir");
+    w.write_dump(dir.path()).expect("write dump");
+    // And MongoDB (the simulator) with the daemon, both roles, on database A
+    let sim = mongosim::Sim::start().await;
+    let rig = Rig::new().await;
+    let mut daemon = Daemon::spawn(
+        &["--role", "all"],
+        support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri())),
+    );
+    eventually("/readyz with both roles active", WAIT, || async {
+        (daemon.get("/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    // When the app writes it, each report's children before the report
+    let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
+    let db = mongo.database(&rig.pipeline.mongo_database);
+    w.insert_children_first(&db).await.expect("insert workload");
+    db.collection::<bson::Document>("companies")
+        .insert_one(bson::doc! {"_id": bson::oid::ObjectId::new(), "name": "zz-marker"})
+        .await
+        .unwrap();
+    eventually("the marker in the streamed database", WAIT, || async {
+        let n = rig
+            .count("SELECT count(*) FROM dim_company WHERE name = 'zz-marker'")
+            .await;
+        (n == 1).then_some(())
+    })
+    .await;
+    let metrics = daemon.get("/metrics").await.1;
+    daemon.signal("-TERM");
+    assert!(
+        daemon.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        daemon.log()
+    );
+    // And the same dump is backfilled into a fresh database B
+    let fresh = support::migrated_db().await;
+    let pipeline = support::project_root().join("pipeline/paving.toml");
+    let dump = dir.path().to_str().unwrap().to_string();
+    let out = tokio::task::spawn_blocking({
+        let fresh_env = support::child_env(&fresh, None, None);
+        move || {
+            let mut cmd = support::cdc_bin();
+            cmd.arg("backfill")
+                .arg("--pipeline")
+                .arg(pipeline)
+                .arg("--from-dump")
+                .arg(dump)
+                .envs(fresh_env);
+            cmd.output().expect("run bowmark-cdc backfill")
+        }
+    })
+    .await
+    .unwrap();
+    crate::backfill::assert_success(&out);
+    let summary = crate::backfill::text(&out.stdout);
+
+    // Then both hold the same star rows (the marker aside), nothing was dead-lettered, and
+    // no document was rejected or quarantined
+    let mut streamed = crate::project::law::star_of(&rig.pg).await;
+    let fresh_client = fresh.client().await;
+    let backfilled = crate::project::law::star_of(&fresh_client).await;
+    streamed
+        .get_mut("dim_company")
+        .expect("dim_company")
+        .retain(|_, r| !r.content.contains("zz-marker"));
+    if let Err(diff) = crate::project::law::compare(&streamed, &backfilled) {
+        panic!("stream and backfill differ: {diff}");
+    }
+    for (t, rows) in &backfilled {
+        let live_streamed = streamed[t].values().filter(|r| !r.retired).count();
+        assert_eq!(
+            live_streamed,
+            rows.len(),
+            "{t}: live rows streamed vs backfilled"
+        );
+    }
+    assert!(
+        backfilled["fact_employee_work"].len() > 1000,
+        "the workload produced facts"
+    );
+    assert_eq!(rig.depth(&rig.pipeline.dead_letter_queue).await, 0);
+    for c in [&rig.pg, &fresh_client] {
+        let q: i64 = c
+            .query_one("SELECT count(*) FROM cdc.quarantine", &[])
+            .await
+            .unwrap()
+            .get(0);
+        assert_eq!(q, 0, "no document quarantined");
+    }
+    assert!(
+        !summary
+            .lines()
+            .any(|l| l.trim_start().starts_with("rejected ") || l.contains("skipped:")),
+        "{summary}"
+    );
+    // And the backfill's summary and the daemon's metrics show the values adjusted, by table
+    // and column
+    for line in [
+        "values adjusted so that no row is rejected",
+        "fact_employee_work.job_title (truncated)",
+        "dim_jobsite_material.unit (truncated)",
+    ] {
+        assert!(summary.contains(line), "{line:?} missing from:\n{summary}");
+    }
+    assert!(
+        metrics.contains("cdc_project_values_adjusted_total{")
+            && metrics.contains("column=\"job_title\""),
+        "{metrics}"
+    );
+    // And the reports naming a deleted crew keep their hours and costs in the report views
+    let gone_crew_cost: Option<String> = fresh_client
+        .query_one(
+            "SELECT sum(c.total_cost)::text FROM jobsite_all_costs c
+             JOIN dim_daily_report d ON d.id = c.daily_report_id
+             JOIN dim_crew cr ON cr.id = d.crew_id
+             WHERE cr.name = '(missing crew)' AND c.cost_type = 'employee'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        gone_crew_cost.as_deref().is_some_and(|c| c != "0.00"),
+        "employee costs of reports whose crew is gone: {gone_crew_cost:?}"
+    );
+}

@@ -69,8 +69,16 @@ impl Shape {
 }
 
 /// The generated documents by collection (names as in `pipeline/paving.toml`).
+///
+/// Production-shaped, as a complete 2023 snapshot is: free text that is long and padded (job
+/// titles of 400-440 characters, units of ~500), mid-length (51-180) or empty; optional fields
+/// missing (a jobsite's `active`, a vehicle object's `vehicleType`, an invoice's `accrual`);
+/// about 3 % of the daily reports naming a crew whose document was deleted; two rates on one
+/// date, in either order; quantities as int, double and Decimal128.
 pub struct Workload {
     pub collections: BTreeMap<&'static str, Vec<Document>>,
+    /// Crews the reports name whose documents are gone (deleted before the snapshot).
+    pub gone_crews: usize,
 }
 
 /// ObjectIds in increasing order from a fixed epoch, so `_id` order is insertion order.
@@ -101,6 +109,38 @@ fn at(ms: i64) -> DateTime {
     DateTime::from_millis(ms)
 }
 
+/// Free text as production holds it, for the `k`-th document: now and then long and padded
+/// (400-440 characters), mid-length (51-180), empty, or missing (`None`).
+fn free_text(k: usize, ordinary: &str) -> Option<String> {
+    match k % 211 {
+        5 => Some(format!(
+            "{} {}",
+            format!("{ordinary} / flagger / night shift, ").repeat(14),
+            " ".repeat(k % 40)
+        )),
+        17 | 90 | 150 => Some(format!("{ordinary} ({})", "relief ".repeat(7 + k % 20))),
+        31 | 120 => Some(String::new()),
+        60 => None,
+        _ => Some(ordinary.to_string()),
+    }
+}
+
+/// Set `field` of `d` to `free_text(k, ordinary)` (left out when missing).
+fn set_text(d: &mut Document, field: &str, k: usize, ordinary: &str) {
+    if let Some(t) = free_text(k, ordinary) {
+        d.insert(field, t);
+    }
+}
+
+/// A quantity as the app stores it, for the `k`-th document: int, double or Decimal128.
+fn quantity(k: usize, q: i64) -> Bson {
+    match k % 3 {
+        0 => Bson::Int32(q as i32),
+        1 => Bson::Double(q as f64 + 0.5),
+        _ => Bson::Decimal128(format!("{q}.25").parse().expect("a decimal")),
+    }
+}
+
 fn rates(ids: &mut Ids, rng: &mut StdRng, base: f64) -> Vec<Bson> {
     (0..2)
         .map(|y| {
@@ -124,15 +164,28 @@ impl Workload {
         let companies = g.simple("companies", shape.companies, "Company");
         let materials = g.simple("materials", shape.materials, "Material");
         let crews = g.crews(shape.crews);
+        // Crews deleted from MongoDB that old reports still name.
+        let gone: Vec<ObjectId> = (0..2).map(|_| g.ids.next()).collect();
         let employees = g.employees(shape.employees);
         let vehicles = g.vehicles(shape.vehicles);
         let sites = g.jobsites(&shape, &companies, &materials);
-        g.reports(shape.reports, &sites, &crews, &employees, &vehicles);
+        g.reports(shape.reports, &sites, &crews, &gone, &employees, &vehicles);
         g.out.insert(
             "systems",
             vec![doc! {"_id": g.ids.next(), "timezone": "America/Edmonton"}],
         );
-        Workload { collections: g.out }
+        let gone_crews = gone
+            .iter()
+            .filter(|id| {
+                g.out["dailyreports"]
+                    .iter()
+                    .any(|r| r.get_object_id("crew").ok() == Some(**id))
+            })
+            .count();
+        Workload {
+            collections: g.out,
+            gone_crews,
+        }
     }
 
     /// Documents over every collection.
@@ -170,6 +223,53 @@ impl Workload {
                     .insert_many(batch.to_vec())
                     .await?;
             }
+        }
+        Ok(())
+    }
+
+    /// Insert everything through the driver as the app saves it: the dimensions, invoices and
+    /// jobsite materials first, then per few daily reports their children and after them the
+    /// reports (so a child always arrives before the report that lists it).
+    pub async fn insert_children_first(
+        &self,
+        db: &mongodb::Database,
+    ) -> mongodb::error::Result<()> {
+        const CHILDREN: [(&str, &str); 4] = [
+            ("employeeWork", "employeeworks"),
+            ("vehicleWork", "vehicleworks"),
+            ("materialShipment", "materialshipments"),
+            ("production", "productions"),
+        ];
+        let is_child = |c: &str| CHILDREN.iter().any(|(_, coll)| *coll == c);
+        for (coll, docs) in &self.collections {
+            if *coll == "dailyreports" || is_child(coll) {
+                continue;
+            }
+            for batch in docs.chunks(1000) {
+                db.collection::<Document>(coll)
+                    .insert_many(batch.to_vec())
+                    .await?;
+            }
+        }
+        let by_id: BTreeMap<ObjectId, &Document> = CHILDREN
+            .iter()
+            .flat_map(|(_, coll)| self.collections.get(coll).into_iter().flatten())
+            .filter_map(|d| Some((d.get_object_id("_id").ok()?, d)))
+            .collect();
+        for reports in self.collections["dailyreports"].chunks(25) {
+            for (field, coll) in CHILDREN {
+                let kids: Vec<Document> = reports
+                    .iter()
+                    .flat_map(|r| r.get_array(field).into_iter().flatten())
+                    .filter_map(|id| by_id.get(&id.as_object_id()?).map(|d| (*d).clone()))
+                    .collect();
+                if !kids.is_empty() {
+                    db.collection::<Document>(coll).insert_many(kids).await?;
+                }
+            }
+            db.collection::<Document>("dailyreports")
+                .insert_many(reports.to_vec())
+                .await?;
         }
         Ok(())
     }
@@ -250,12 +350,18 @@ impl Gen {
         (0..n)
             .map(|i| {
                 let id = self.ids.next();
-                let rates = rates(&mut self.ids, &mut self.rng, 30.0);
-                self.push(
-                    "employees",
-                    doc! {"_id": id, "name": format!("Employee {i}"),
-                    "jobTitle": JOB_TITLES[i % JOB_TITLES.len()], "rates": rates},
-                );
+                let mut rates = rates(&mut self.ids, &mut self.rng, 30.0);
+                if i % 5 == 0 {
+                    // A second rate on the date of the first (a correction entered later),
+                    // listed before or after it.
+                    let same_day = doc! {"_id": self.ids.next(),
+                    "date": at(BASE_MS + if i % 10 == 0 { 0 } else { 9 * HOUR_MS }),
+                    "rate": 31.0 + (i % 7) as f64};
+                    rates.insert(if i % 2 == 0 { 0 } else { 1 }, Bson::Document(same_day));
+                }
+                let mut d = doc! {"_id": id, "name": format!("Employee {i}"), "rates": rates};
+                set_text(&mut d, "jobTitle", i, JOB_TITLES[i % JOB_TITLES.len()]);
+                self.push("employees", d);
                 id
             })
             .collect()
@@ -302,12 +408,19 @@ impl Gen {
             let rate_id = self.ids.next();
             self.push(
                 "jobsites",
-                doc! {"_id": id, "name": format!("Jobsite {s}"), "jobcode": format!("22-{s:04}"),
-                "active": s % 3 != 0, "materials": jms.clone(),
+                {
+                let mut d = doc! {"_id": id, "name": format!("Jobsite {s}"), "jobcode": format!("22-{s:04}"),
+                "materials": jms.clone(),
                 "revenueInvoices": revenue, "expenseInvoices": expense,
                 "truckingRates": [{"_id": trucking, "title": "Tandem",
                     "rates": [{"_id": rate_id, "date": at(BASE_MS - DAY_MS * 30),
-                               "rate": 120, "type": "Hour"}]}]},
+                               "rate": 120, "type": "Hour"}]}]};
+                // (old jobsites have no `active`: the app's default is inactive)
+                if s % 7 != 3 {
+                    d.insert("active", s % 3 != 0);
+                }
+                d
+                },
             );
             sites.push(Site {
                 id,
@@ -332,7 +445,13 @@ impl Gen {
         self.push(
             "jobsiteMaterials",
             doc! {"_id": id, "material": material, "supplier": supplier,
-            "quantity": 1000.0, "unit": UNITS[m % UNITS.len()], "costType": "rate",
+            "quantity": 1000.0,
+            "unit": if self.ids.n % 41 == 7 {
+                format!("{} ", "cubic metres delivered to the north stockpile, ".repeat(11))
+            } else {
+                UNITS[m % UNITS.len()].to_string()
+            },
+            "costType": "rate",
             "delivered": false,
             "rates": [{"_id": rate_id, "date": at(BASE_MS - DAY_MS * 10), "rate": rate,
                        "estimated": false}],
@@ -347,12 +466,16 @@ impl Gen {
         let day = self.rng.random_range(0..365);
         let cost = self.rng.random_range(100.0..50_000.0f64).round();
         let n = self.ids.n;
-        self.push(
-            "invoices",
-            doc! {"_id": id, "company": company, "invoiceNumber": format!("INV-{n}"),
-            "cost": cost, "description": "generated", "internal": internal,
-            "accrual": false, "date": at(BASE_MS + DAY_MS * day)},
-        );
+        self.push("invoices", {
+            let mut d = doc! {"_id": id, "company": company, "invoiceNumber": format!("INV-{n}"),
+            "cost": cost, "internal": internal, "date": at(BASE_MS + DAY_MS * day)};
+            set_text(&mut d, "description", n as usize, "generated");
+            // (about 2 % of the invoices have no `accrual`)
+            if n % 50 != 1 {
+                d.insert("accrual", false);
+            }
+            d
+        });
         id
     }
 
@@ -361,6 +484,7 @@ impl Gen {
         n: usize,
         sites: &[Site],
         crews: &[ObjectId],
+        gone_crews: &[ObjectId],
         employees: &[ObjectId],
         vehicles: &[ObjectId],
     ) {
@@ -373,6 +497,12 @@ impl Gen {
             let pr = vec![self.production(day)];
             let id = self.ids.next();
             let crew = crews[self.rng.random_range(0..crews.len())];
+            // About 3 % of the reports name a crew whose document was deleted.
+            let crew = if r % 33 == 7 {
+                gone_crews[r % gone_crews.len()]
+            } else {
+                crew
+            };
             self.push(
                 "dailyreports",
                 doc! {"_id": id, "date": at(day), "jobsite": site.id, "crew": crew,
@@ -387,11 +517,10 @@ impl Gen {
         let id = self.ids.next();
         let employee = employees[self.rng.random_range(0..employees.len())];
         let hours = self.rng.random_range(4..11);
-        self.push(
-            "employeeworks",
-            doc! {"_id": id, "startTime": at(day), "endTime": at(day + hours * HOUR_MS),
-            "jobTitle": "Labour", "employee": employee},
-        );
+        let mut d = doc! {"_id": id, "startTime": at(day), "endTime": at(day + hours * HOUR_MS),
+        "employee": employee};
+        set_text(&mut d, "jobTitle", self.ids.n as usize, "Labour");
+        self.push("employeeworks", d);
         id
     }
 
@@ -399,10 +528,11 @@ impl Gen {
         let id = self.ids.next();
         let vehicle = vehicles[self.rng.random_range(0..vehicles.len())];
         let hours = self.rng.random_range(1..9);
-        self.push(
-            "vehicleworks",
-            doc! {"_id": id, "hours": hours, "jobTitle": "Hauling", "vehicle": vehicle},
-        );
+        let k = self.ids.n as usize;
+        let mut d = doc! {"_id": id, "hours": if k % 2 == 0 { Bson::Int32(hours) } else { Bson::Double(f64::from(hours) + 0.25) },
+        "vehicle": vehicle};
+        set_text(&mut d, "jobTitle", k, "Hauling");
+        self.push("vehicleworks", d);
         id
     }
 
@@ -411,20 +541,29 @@ impl Gen {
     fn shipment(&mut self, day: i64, site: &Site, k: usize) -> ObjectId {
         let id = self.ids.next();
         let qty = self.rng.random_range(1..40);
+        let n = self.ids.n as usize;
         let d = if k == 1 && self.rng.random_range(0..5) == 0 {
-            doc! {"_id": id, "quantity": qty, "noJobsiteMaterial": true,
-            "shipmentType": "Gravel", "supplier": "Local Supplier", "unit": "tonnes",
-            "startTime": Bson::Null, "endTime": Bson::Null, "vehicleObject": Bson::Null}
+            let mut d = doc! {"_id": id, "quantity": quantity(n, qty), "noJobsiteMaterial": true,
+            "shipmentType": "Gravel", "supplier": "Local Supplier",
+            "startTime": Bson::Null, "endTime": Bson::Null, "vehicleObject": Bson::Null};
+            set_text(&mut d, "unit", n, "tonnes");
+            d
         } else {
             let jm = site.materials[self.rng.random_range(0..site.materials.len())];
-            let mut d = doc! {"_id": id, "quantity": qty, "noJobsiteMaterial": false,
+            let mut d = doc! {"_id": id, "quantity": quantity(n, qty), "noJobsiteMaterial": false,
             "jobsiteMaterial": jm, "startTime": at(day), "endTime": at(day + 2 * HOUR_MS)};
-            let vehicle = if k == 0 {
-                doc! {"source": "Company", "vehicleType": "Tandem", "vehicleCode": "T1",
-                "truckingRateId": site.trucking}
+            let mut vehicle = if k == 0 {
+                doc! {"source": "Company", "vehicleCode": "T1", "truckingRateId": site.trucking}
             } else {
-                doc! {"source": "Supplier", "vehicleType": "Truck", "vehicleCode": "S1"}
+                doc! {"source": "Supplier", "vehicleCode": "S1"}
             };
+            // (no vehicleType on some: the app's default is "Truck"; empty source on others)
+            if n % 9 != 4 {
+                vehicle.insert("vehicleType", if k == 0 { "Tandem" } else { "Truck" });
+            }
+            if n % 13 == 6 {
+                vehicle.insert("source", "");
+            }
             d.insert("vehicleObject", vehicle);
             d
         };
@@ -435,12 +574,13 @@ impl Gen {
     fn production(&mut self, day: i64) -> ObjectId {
         let id = self.ids.next();
         let qty = self.rng.random_range(10..500);
-        self.push(
-            "productions",
-            doc! {"_id": id, "jobTitle": "Paving", "quantity": qty, "unit": "tonnes",
-            "startTime": at(day), "endTime": at(day + 8 * HOUR_MS),
-            "description": "generated"},
-        );
+        self.push("productions", {
+            let n = self.ids.n as usize;
+            let mut d = doc! {"_id": id, "jobTitle": "Paving", "quantity": quantity(n, qty),
+            "unit": "tonnes", "startTime": at(day), "endTime": at(day + 8 * HOUR_MS)};
+            set_text(&mut d, "description", n, "generated");
+            d
+        });
         id
     }
 }
