@@ -247,7 +247,14 @@ async fn sync_quarantine(tx: &Transaction<'_>, pipeline: &Pipeline) -> Result<()
         .await
         .map_err(ProjectError::pg("cdc.quarantine"))?
         .get(0);
-    if changed > 0 {
+    // The gauge is set when the quarantine changed, and on a pipeline's first apply in this
+    // process (every entity then has its series, 0 where nothing is quarantined).
+    static SEEDED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
+    let first = SEEDED
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(pipeline.name.clone());
+    if changed > 0 || first {
         let counts = quarantined(tx)
             .await
             .map_err(ProjectError::pg("cdc.quarantine"))?;

@@ -24,12 +24,12 @@ pub enum ProjectorError {
     /// No PostgreSQL connection could be taken from the pool.
     #[error("PostgreSQL connection pool")]
     Pool(#[source] deadpool_postgres::PoolError),
-    /// A transaction statement (begin, savepoint, commit) failed.
-    #[error("PostgreSQL {op} failed")]
+    /// A transaction statement (begin, savepoint, commit) failed. The message names the
+    /// SQLSTATE, table, column and constraint, never row values.
+    #[error("PostgreSQL {op} failed: {}", crate::project::describe_pg(error))]
     Postgres {
         op: &'static str,
-        #[source]
-        source: tokio_postgres::Error,
+        error: tokio_postgres::Error,
     },
     /// The projection itself failed.
     #[error(transparent)]
@@ -42,7 +42,7 @@ impl ProjectorError {
     }
 
     pub(crate) fn pg(op: &'static str) -> impl FnOnce(tokio_postgres::Error) -> ProjectorError {
-        move |source| ProjectorError::Postgres { op, source }
+        move |error| ProjectorError::Postgres { op, error }
     }
 
     /// The one reviewed classification of the stage's failures. Poison is decided per message
@@ -55,7 +55,7 @@ impl ProjectorError {
                 ErrorClass::Transient
             }
             ProjectorError::Pool(_) => ErrorClass::Transient,
-            ProjectorError::Postgres { source, .. } => classify_pg(source),
+            ProjectorError::Postgres { error, .. } => classify_pg(error),
             ProjectorError::Project(e) => e.class(),
         }
     }
