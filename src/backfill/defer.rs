@@ -25,18 +25,7 @@ use crate::project::PROJECT_LOCK_KEY;
 /// The star tables a collection loads in bulk (tens of thousands of rows per business line);
 /// the dimension tables of the other collections are small.
 pub fn bulk_tables(e: Entity) -> &'static [&'static str] {
-    match e {
-        Entity::DailyReport => &["dim_daily_report"],
-        Entity::EmployeeWork => &["fact_employee_work"],
-        Entity::VehicleWork => &["fact_vehicle_work"],
-        Entity::Production => &["fact_production"],
-        Entity::MaterialShipment => &[
-            "fact_material_shipment",
-            "fact_non_costed_material",
-            "fact_trucking",
-        ],
-        _ => &[],
-    }
+    crate::model::model(e).bulk_tables
 }
 
 /// The report-child links: loaded in bulk with the reports. Their primary key is deferred too

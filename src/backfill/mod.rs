@@ -221,22 +221,7 @@ impl Chunk {
 /// last: their chunks [`splits`] across connections, so the connection that runs out of
 /// collections first can take some of the last ones.
 fn rank(e: Entity) -> u8 {
-    match e {
-        Entity::Company => 0,
-        Entity::Material => 1,
-        Entity::Crew => 2,
-        Entity::Employee => 3,
-        Entity::Vehicle => 4,
-        Entity::Jobsite => 5,
-        Entity::System => 6,
-        Entity::DailyReport => 7,
-        Entity::JobsiteMaterial => 8,
-        Entity::Invoice => 9,
-        Entity::MaterialShipment => 10,
-        Entity::EmployeeWork => 11,
-        Entity::VehicleWork => 12,
-        Entity::Production => 13,
-    }
+    crate::model::model(e).rank
 }
 
 /// The collections to backfill, in backfill order; `names` (empty: all) must be watched.
@@ -483,10 +468,7 @@ fn lock_open(open: &Mutex<Vec<Arc<Load>>>) -> MutexGuard<'_, Vec<Arc<Load>>> {
 /// dimensions no chunk writes. Not the material shipments: a shipment's invoice-month rate
 /// depends on the other shipments of its month.
 fn splits(e: Entity) -> bool {
-    matches!(
-        e,
-        Entity::EmployeeWork | Entity::VehicleWork | Entity::Production
-    )
+    crate::model::model(e).splits
 }
 
 /// Ranked after the daily reports: loads beside the other such collections ([`load_all`]).
@@ -498,10 +480,7 @@ fn side_by_side(e: Entity) -> bool {
 /// connection: a shipment's cost reads its jobsite material and the invoices of its month
 /// (loaded first, each shipment is derived once).
 fn chained(e: Entity) -> bool {
-    matches!(
-        e,
-        Entity::JobsiteMaterial | Entity::Invoice | Entity::MaterialShipment
-    )
+    crate::model::model(e).chained
 }
 
 /// One worker: load the next queued collections (one after the other) until none is left.

@@ -218,10 +218,7 @@ async fn apply_inner(
         // entities is here would find nothing (a child chunk of a backfill skips them all).
         let mut present: BTreeSet<&str> = stats.changed.iter().map(|(e, _)| e.as_str()).collect();
         for step in sql::MIRROR_STEPS.iter() {
-            if sql::source_entities(step.label)
-                .iter()
-                .any(|e| present.contains(e))
-            {
+            if step.sources.iter().any(|e| present.contains(e)) {
                 ctx.run(tx, step, "mirror").await?;
             }
         }
@@ -526,7 +523,7 @@ async fn derive(
     // Rows written by each table's first statement (its upsert).
     let mut upserted: BTreeMap<&str, u64> = BTreeMap::new();
     for stmt in sql::DERIVE_STEPS.iter() {
-        let needed = sql::source_entities(stmt.label);
+        let needed = stmt.sources.as_slice();
         if !needed.iter().any(|e| affected.contains_key(*e)) {
             continue;
         }

@@ -22,11 +22,16 @@
 
 use std::sync::LazyLock;
 
+use crate::event::Entity;
+use crate::model;
+
 /// One statement of the projection.
 #[derive(Debug)]
 pub(crate) struct Stmt {
     pub label: &'static str,
     pub sql: String,
+    /// The entities whose affected keys it reads ([`source_entities`] of its label).
+    pub sources: Vec<&'static str>,
 }
 
 const MIRROR: &str = include_str!("sql/mirror.sql");
@@ -154,55 +159,42 @@ pub(crate) const ADJUSTED: &str = "SELECT tbl, col, adjustment, doc_key, max(ori
 pub(crate) const AFFECTED_ENTITIES: &str =
     "SELECT entity, count(*) FROM pg_temp.cdc_affected GROUP BY entity";
 
-/// The affected entities a derivation statement (by its label, the table it writes) reads
-/// its keys from.
-pub(crate) fn source_entities(label: &str) -> &'static [&'static str] {
-    match label {
-        "dim_employee" | "dim_employee_rate" => &["employee"],
-        "dim_vehicle" | "dim_vehicle_rate" => &["vehicle"],
-        "dim_jobsite" => &["jobsite"],
-        "dim_company" => &["company"],
-        "dim_material" => &["material"],
-        "dim_crew" => &["crew"],
-        "dim_daily_report" => &["daily_report"],
-        "dim_jobsite_material" | "dim_jobsite_material_rate" => &["jobsite_material"],
-        "fact_employee_work" | "ctx:employee_work" => &["employee_work"],
-        "fact_vehicle_work" | "ctx:vehicle_work" => &["vehicle_work"],
-        "fact_production" | "ctx:production" => &["production"],
-        "fact_material_shipment"
-        | "fact_non_costed_material"
-        | "fact_trucking"
-        | "ctx:material_shipment" => &["material_shipment"],
-        "fact_invoice" | "placeholder:invoice" => &["invoice"],
-        "placeholder:daily_report" => &["daily_report"],
-        "placeholder:jobsite_material" | "placeholder:jobsite_material:unused" => {
-            &["jobsite_material"]
-        }
-        "placeholder:employee_work" => &["employee_work"],
-        "placeholder:vehicle_work" => &["vehicle_work"],
-        // The report-child links (sql/mirror.sql) of changed reports.
-        "cdc.report_child" => &["daily_report"],
-        // Deleted dimension documents. Not run for other batches: the statement is an UPDATE
-        // of five dimension tables, and its row locks on them would make a backfill chunk of
-        // facts wait for (or deadlock with) a rebuild adding a foreign key to them.
-        "dim_*" => &["employee", "vehicle", "jobsite", "company", "material"],
-        // Anything new: always run.
-        _ => &[
-            "employee",
-            "vehicle",
-            "jobsite",
-            "company",
-            "material",
-            "crew",
-            "daily_report",
-            "jobsite_material",
-            "employee_work",
-            "vehicle_work",
-            "production",
-            "material_shipment",
-            "invoice",
-        ],
+/// The affected entities a statement (by its label) reads its keys from, from the entity
+/// catalog (`crate::model`): a table's owner; `ctx:ENTITY`, `placeholder:ENTITY[:…]` that
+/// entity; `dim_*` the entities whose deleted documents are archived; `cdc.report_child` the
+/// daily reports. A label the catalog does not know reads every entity (always runs).
+pub(crate) fn source_entities(label: &str) -> Vec<&'static str> {
+    let named = |name: &str| {
+        name.parse::<Entity>()
+            .map(|e| vec![e.as_str()])
+            .unwrap_or_else(|_| all_entities())
+    };
+    if let Some(rest) = label
+        .strip_prefix("ctx:")
+        .or_else(|| label.strip_prefix("placeholder:"))
+    {
+        return named(rest.split(':').next().unwrap_or(rest));
     }
+    match label {
+        "cdc.report_child" => vec![Entity::DailyReport.as_str()],
+        "dim_*" => model::CATALOG
+            .iter()
+            .filter(|m| m.archives_on_delete)
+            .map(|m| m.entity.as_str())
+            .collect(),
+        table => match model::owner(table) {
+            Some(e) => vec![e.as_str()],
+            None => all_entities(),
+        },
+    }
+}
+
+fn all_entities() -> Vec<&'static str> {
+    model::CATALOG
+        .iter()
+        .filter(|m| !m.tables.is_empty())
+        .map(|m| m.entity.as_str())
+        .collect()
 }
 
 /// A closure step's entities, from its label `SOURCES -> TARGETS` (sql/affected.sql): the
@@ -231,6 +223,7 @@ fn split(file: &'static str) -> Vec<Stmt> {
         out.push(Stmt {
             label,
             sql: expand(&body[..end]),
+            sources: source_entities(label),
         });
         rest = &body[end..];
     }
@@ -359,18 +352,10 @@ fn work_dims(entity: &str, alias: &str) -> String {
     )
 }
 
-/// The daily-report children: each entity with the report array that lists it.
-const REPORT_CHILDREN: [(&str, &str); 4] = [
-    ("employee_work", "employeeWork"),
-    ("vehicle_work", "vehicleWork"),
-    ("material_shipment", "materialShipment"),
-    ("production", "production"),
-];
-
-/// `(VALUES …) AS f(child, field)`: the report children and their arrays, as a relation.
+/// `(VALUES …) AS f(child, field)`: the report children and their arrays (from the entity
+/// catalog), as a relation.
 fn report_children() -> String {
-    let rows: Vec<String> = REPORT_CHILDREN
-        .iter()
+    let rows: Vec<String> = model::report_children()
         .map(|(e, f)| format!("('{e}', '{f}')"))
         .collect();
     format!("(VALUES {}) AS f(child, field)", rows.join(", "))
@@ -378,8 +363,7 @@ fn report_children() -> String {
 
 /// `('employee_work', …)`: the report children's entities, for `IN`.
 fn child_entities() -> String {
-    let names: Vec<String> = REPORT_CHILDREN
-        .iter()
+    let names: Vec<String> = model::report_children()
         .map(|(e, _)| format!("'{e}'"))
         .collect();
     format!("({})", names.join(", "))
@@ -491,6 +475,44 @@ fn child_ctx(entity: &str) -> String {
 mod tests {
     use super::*;
 
+    /// The projection SQL and the entity catalog agree: every star table of the catalog is
+    /// written by statements labelled with it, each such statement writes that table, every
+    /// report child has its context statement, and no derivation label is unknown to it.
+    #[test]
+    fn the_sql_and_the_entity_catalog_agree() {
+        for t in model::star_tables() {
+            let stmts: Vec<&Stmt> = DERIVE_STEPS.iter().filter(|s| s.label == t).collect();
+            assert!(!stmts.is_empty(), "no statement derives {t}");
+            for s in stmts {
+                let writes = [
+                    format!("INSERT INTO {t} "),
+                    format!("UPDATE {t} "),
+                    format!("DELETE FROM {t} "),
+                ];
+                assert!(
+                    writes.iter().any(|w| s.sql.contains(w.as_str())),
+                    "statement {t} does not write {t}"
+                );
+            }
+        }
+        for (child, _) in model::report_children() {
+            assert!(
+                DERIVE_STEPS
+                    .iter()
+                    .any(|s| s.label == format!("ctx:{child}")),
+                "no context statement for {child}"
+            );
+        }
+        for s in DERIVE_STEPS.iter() {
+            assert_ne!(
+                s.sources,
+                all_entities(),
+                "{} is not a catalog table, ctx:, placeholder: or dim_*",
+                s.label
+            );
+        }
+    }
+
     #[test]
     fn every_file_splits_into_labelled_expanded_statements() {
         assert!(MIRROR_UPSERT.sql.contains("INSERT INTO cdc.source_doc"));
@@ -531,6 +553,7 @@ mod tests {
             .chain(&*DERIVE_STEPS)
         {
             assert!(!s.label.is_empty());
+            assert_eq!(s.sources, source_entities(s.label));
             assert!(!s.sql.contains("{{"), "unexpanded template in {}", s.label);
             assert!(!s.sql.contains("@stmt"));
         }

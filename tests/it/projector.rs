@@ -694,7 +694,10 @@ async fn sentinel(rig: &Rig, key: &str, t: u32) {
 async fn star_snapshot(rig: &Rig) -> Vec<String> {
     let mut out = Vec::new();
     // dim_company aside: the sentinels are companies.
-    for t in support::STAR_TABLES.iter().filter(|t| **t != "dim_company") {
+    for t in support::star_tables()
+        .into_iter()
+        .filter(|t| *t != "dim_company")
+    {
         let sql = format!(
             "SELECT (to_jsonb(x) - 'id' - 'synced_at' - 'employee_id' - 'vehicle_id' \
                      - 'jobsite_id' - 'crew_id' - 'daily_report_id' - 'material_id' \

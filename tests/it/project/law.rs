@@ -16,7 +16,7 @@ use super::Harness;
 use super::seed::{date, delete, oid, oids, upsert};
 use bowmark_cdc::project::PLACEHOLDER_NAME_PREFIX;
 
-use crate::support::STAR_TABLES;
+use crate::support::star_tables;
 
 const J: [&str; 2] = ["7000000000000000000000a1", "7000000000000000000000a2"];
 const TR: [&str; 2] = ["7000000000000000000000b1", "7000000000000000000000b2"];
@@ -330,7 +330,7 @@ pub async fn star_of(client: &tokio_postgres::Client) -> Star {
     };
     // Every row, with its surrogate id and whether it is archived by its own column.
     let mut all: Vec<(&str, Option<String>, Value, bool)> = Vec::new();
-    for t in STAR_TABLES {
+    for t in star_tables() {
         for r in rows(format!("SELECT to_jsonb(x)::text FROM {t} x")).await {
             let v: Value = serde_json::from_str(&r.get::<_, String>(0)).expect("row json");
             let archived = v.get("archived_at").is_some_and(|a| !a.is_null())
@@ -383,7 +383,7 @@ pub async fn star_of(client: &tokio_postgres::Client) -> Star {
         })
         .collect();
     let mut out = Star::new();
-    for t in STAR_TABLES {
+    for t in star_tables() {
         out.entry(t.to_string()).or_default();
     }
     for (n, (t, _, v, _)) in all.into_iter().enumerate() {
@@ -486,7 +486,7 @@ async fn quarantine(h: &Harness) -> Vec<(String, String)> {
 
 /// Empty both databases between cases (cheaper than creating two per case).
 async fn reset(h: &Harness) {
-    let tables = STAR_TABLES.join(", ");
+    let tables = star_tables().join(", ");
     h.client
         .batch_execute(&format!(
             "TRUNCATE cdc.source_doc, cdc.report_child, cdc.quarantine, {tables} CASCADE"

@@ -351,23 +351,6 @@ impl StderrTail {
 }
 
 /// Every star table the projection writes: what comparisons of two databases cover.
-pub const STAR_TABLES: [&str; 18] = [
-    "dim_company",
-    "dim_crew",
-    "dim_employee",
-    "dim_employee_rate",
-    "dim_vehicle",
-    "dim_vehicle_rate",
-    "dim_jobsite",
-    "dim_material",
-    "dim_jobsite_material",
-    "dim_jobsite_material_rate",
-    "dim_daily_report",
-    "fact_employee_work",
-    "fact_vehicle_work",
-    "fact_material_shipment",
-    "fact_non_costed_material",
-    "fact_trucking",
-    "fact_production",
-    "fact_invoice",
-];
+pub fn star_tables() -> Vec<&'static str> {
+    bowmark_cdc::model::star_tables()
+}
