@@ -39,7 +39,8 @@ fn is_dump_file(name: &str) -> bool {
 
 /// The names of `dir`'s entries (files and folders), sorted.
 fn entries(dir: &Path) -> Result<Vec<(String, bool)>, String> {
-    let read = std::fs::read_dir(dir).map_err(|e| format!("{}: cannot read: {e}", dir.display()))?;
+    let read =
+        std::fs::read_dir(dir).map_err(|e| format!("{}: cannot read: {e}", dir.display()))?;
     let mut out = Vec::new();
     for entry in read {
         let entry = entry.map_err(|e| format!("{}: cannot read: {e}", dir.display()))?;
@@ -53,7 +54,10 @@ fn entries(dir: &Path) -> Result<Vec<(String, bool)>, String> {
 /// Resolve `dir` (mongodump's output root or one database folder of it) for `database`.
 pub fn resolve(dir: &Path, database: &str) -> Result<DumpDir, String> {
     let here = entries(dir)?;
-    if here.iter().any(|(name, is_dir)| !is_dir && is_dump_file(name)) {
+    if here
+        .iter()
+        .any(|(name, is_dir)| !is_dir && is_dump_file(name))
+    {
         return Ok(DumpDir {
             dir: dir.to_path_buf(),
             descended: false,
@@ -136,7 +140,10 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         touch(&t.path().join("concrete/dailyreports.metadata.json"));
         let err = resolve(t.path(), "paving").unwrap_err();
-        assert!(err.contains("no .bson files and no \"paving\" folder"), "{err}");
+        assert!(
+            err.contains("no .bson files and no \"paving\" folder"),
+            "{err}"
+        );
         assert!(err.contains("databases concrete"), "{err}");
     }
 

@@ -92,7 +92,11 @@ impl Health {
     }
 
     fn set_cause(&self, dep: Dependency, cause: Option<String>) {
-        let mut slot = self.dep(dep).cause.lock().unwrap_or_else(|p| p.into_inner());
+        let mut slot = self
+            .dep(dep)
+            .cause
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
         *slot = cause;
     }
 

@@ -178,7 +178,13 @@ mod tests {
         );
         let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
         assert!(!ok);
-        assert!(body.contains("postgres disconnected (FATAL: role"), "{body}");
-        assert!(!body.contains("broker") && !body.contains("mongo"), "{body}");
+        assert!(
+            body.contains("postgres disconnected (FATAL: role"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("broker") && !body.contains("mongo"),
+            "{body}"
+        );
     }
 }

@@ -396,8 +396,8 @@ async fn check_broker(settings: &Settings, health: &Health) -> Result<(), Runtim
     match tokio::time::timeout(START_CHECK_TIMEOUT, connect).await {
         Ok(Ok(conn)) => {
             health.set_connected(Dependency::Broker, true);
-            let _ = tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into()))
-                .await;
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
             Ok(())
         }
         Ok(Err(e)) if cause::is_amqp_login_error(&e) => {
@@ -444,7 +444,10 @@ async fn probe_mongo(settings: Settings, health: Health) {
         result.map(|_| ())
     };
     let result: Result<(), mongodb::error::Error> = ping.await;
-    if !matches!(health.link(Dependency::Mongo), crate::health::Link::Unchecked) {
+    if !matches!(
+        health.link(Dependency::Mongo),
+        crate::health::Link::Unchecked
+    ) {
         return; // the capture knows better by now
     }
     match result {
