@@ -22,7 +22,7 @@ pub const DEFAULT_EXCHANGE: &str = "bowmark.sync";
 pub const DEFAULT_QUEUE: &str = "cdc.projector";
 /// Default dead-letter queue of the projector.
 pub const DEFAULT_DLQ: &str = "cdc.projector.dlq";
-/// Default report time zone: what the legacy production holds (DESIGN §7.1).
+/// Default report time zone: what the legacy production holds.
 pub const DEFAULT_TIMEZONE: &str = "UTC";
 /// Default HTTP listen address for `/metrics`, `/healthz`, `/readyz`.
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
