@@ -150,7 +150,7 @@ if [ -z "${MONGO_URI:-}" ]; then
     cat "$log" >&2
     die "mongosim did not start"
   fi
-  grep '^mongosim: loaded' "$log" | sed 's/^/run-local: /' >&2 || true
+  grep '^mongosim:' "$log" | sed 's/^/run-local: /' >&2 || true
   MONGO_URI=$(grep -m1 '^mongodb://' "$log")
   export MONGO_URI
   say "no MONGO_URI given; serving MongoDB from mongosim at $MONGO_URI (data in memory)"
