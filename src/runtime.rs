@@ -281,7 +281,12 @@ async fn wait_for_schema(
         match pool.get().await {
             Ok(c) => break c,
             Err(e) => {
-                let cause = cause::chain(&e);
+                // The server's own words, without the pool's "Error occurred while creating a
+                // new object" around them.
+                let cause = match &e {
+                    deadpool_postgres::PoolError::Backend(pg) => cause::chain(pg),
+                    other => cause::chain(other),
+                };
                 if cause::is_pg_login_error(&e) {
                     health.set_failed(Dependency::Postgres, cause.clone());
                     return Err(RuntimeError::Login {
