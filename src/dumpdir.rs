@@ -3,7 +3,9 @@
 //! `mongodump --out OUT` writes `OUT/<database>/<collection>.bson` (+ `.metadata.json`), so
 //! "the dump folder" can mean `OUT` or `OUT/<database>`. Both are accepted: a folder holding
 //! `.bson` or `.metadata.json` files is the database folder itself; otherwise its
-//! `<database>` subfolder is taken. Anything else is an error that says what was found.
+//! `<database>` subfolder is taken when there is one. A folder that holds only other
+//! databases' dumps (or a compressed dump) is an error that says what was found; a folder that
+//! cannot be read, or an empty one, is passed through for the loader to report.
 //!
 //! Standard library only: the `mongosim` binary includes this file too (`--load-dump`).
 
@@ -53,15 +55,18 @@ fn entries(dir: &Path) -> Result<Vec<(String, bool)>, String> {
 
 /// Resolve `dir` (mongodump's output root or one database folder of it) for `database`.
 pub fn resolve(dir: &Path, database: &str) -> Result<DumpDir, String> {
-    let here = entries(dir)?;
+    let as_given = DumpDir {
+        dir: dir.to_path_buf(),
+        descended: false,
+    };
+    let Ok(here) = entries(dir) else {
+        return Ok(as_given);
+    };
     if here
         .iter()
         .any(|(name, is_dir)| !is_dir && is_dump_file(name))
     {
-        return Ok(DumpDir {
-            dir: dir.to_path_buf(),
-            descended: false,
-        });
+        return Ok(as_given);
     }
     let sub = dir.join(database);
     if sub.is_dir() {
@@ -80,7 +85,7 @@ pub fn resolve(dir: &Path, database: &str) -> Result<DumpDir, String> {
             dir.display()
         ));
     }
-    // Subfolders that look like database folders, to name in the error.
+    // Subfolders that look like database folders: another database's dump, not this one.
     let databases: Vec<String> = here
         .iter()
         .filter(|(_, is_dir)| *is_dir)
@@ -91,18 +96,15 @@ pub fn resolve(dir: &Path, database: &str) -> Result<DumpDir, String> {
         })
         .map(|(name, _)| name.clone())
         .collect();
-    let found = if databases.is_empty() {
-        "it holds no database folders either".to_string()
-    } else {
-        format!(
-            "it holds dumps of the databases {}: give one of those folders, or dump {database:?}",
-            databases.join(", ")
-        )
-    };
+    if databases.is_empty() {
+        return Ok(as_given);
+    }
     Err(format!(
         "{}: no .bson files and no {database:?} folder (mongodump writes \
-         OUT/<database>/<collection>.bson: give OUT or OUT/{database}); {found}",
-        dir.display()
+         OUT/<database>/<collection>.bson: give OUT or OUT/{database}); it holds dumps of the \
+         databases {}: give one of those folders, or dump {database:?}",
+        dir.display(),
+        databases.join(", ")
     ))
 }
 
@@ -148,9 +150,10 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_folder_is_named() {
+    fn a_missing_or_empty_folder_is_left_to_the_loader() {
         let t = tempfile::tempdir().unwrap();
-        let err = resolve(&t.path().join("nope"), "paving").unwrap_err();
-        assert!(err.contains("nope: cannot read"), "{err}");
+        let missing = t.path().join("nope");
+        assert_eq!(resolve(&missing, "paving").unwrap().dir, missing);
+        assert_eq!(resolve(t.path(), "paving").unwrap().dir, t.path());
     }
 }
