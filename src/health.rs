@@ -42,6 +42,8 @@ impl RoleState {
 pub enum Link {
     /// Not tried yet.
     Unchecked,
+    /// A start-up check reached it; no stage uses it yet (not ready, but not the problem).
+    Reachable,
     Connected,
     /// Down, with the cause when one is known (the server's message).
     Disconnected(Option<String>),
@@ -49,7 +51,7 @@ pub enum Link {
 
 #[derive(Debug, Default)]
 struct DepSlot {
-    /// 0 unchecked, 1 connected, 2 disconnected.
+    /// 0 unchecked, 1 connected, 2 disconnected, 3 reachable.
     state: AtomicU8,
     cause: Mutex<Option<String>>,
 }
@@ -114,6 +116,15 @@ impl Health {
         self.dep(dep).state.store(2, Ordering::Relaxed);
     }
 
+    /// A start-up check reached `dep`: recorded only while nothing else is known, so a stage's
+    /// own report always wins and readiness still waits for the stage.
+    pub fn set_reachable(&self, dep: Dependency) {
+        let _ = self
+            .dep(dep)
+            .state
+            .compare_exchange(0, 3, Ordering::Relaxed, Ordering::Relaxed);
+    }
+
     pub fn connected(&self, dep: Dependency) -> bool {
         self.dep(dep).state.load(Ordering::Relaxed) == 1
     }
@@ -123,6 +134,7 @@ impl Health {
         match self.dep(dep).state.load(Ordering::Relaxed) {
             0 => Link::Unchecked,
             1 => Link::Connected,
+            3 => Link::Reachable,
             _ => Link::Disconnected(
                 self.dep(dep)
                     .cause

@@ -99,6 +99,7 @@ fn stage_name(s: Stage) -> &'static str {
 /// role is active or standing by. The body lists what is missing, or each role's state.
 pub fn readiness(health: &Health, roles: &[Stage]) -> (bool, String) {
     let mut missing = Vec::new();
+    let mut connecting = Vec::new();
     let mut deps = vec![
         (Dependency::Broker, "broker"),
         (Dependency::Postgres, "postgres"),
@@ -109,6 +110,7 @@ pub fn readiness(health: &Health, roles: &[Stage]) -> (bool, String) {
     for (dep, name) in deps {
         match health.link(dep) {
             Link::Connected => {}
+            Link::Reachable => connecting.push(format!("{name} connecting")),
             Link::Unchecked => missing.push(format!("{name} not checked yet")),
             Link::Disconnected(None) => missing.push(format!("{name} disconnected")),
             Link::Disconnected(Some(cause)) => {
@@ -124,6 +126,10 @@ pub fn readiness(health: &Health, roles: &[Stage]) -> (bool, String) {
         if !matches!(health.state(*r), RoleState::Active | RoleState::Standby) {
             missing.push(format!("{} {}", stage_name(*r), health.state(*r).as_str()));
         }
+    }
+    if missing.is_empty() {
+        // Only what is still connecting holds readiness back.
+        missing = connecting;
     }
     if missing.is_empty() {
         (true, format!("ready: {}\n", states.join(", ")))
@@ -186,5 +192,26 @@ mod tests {
             !body.contains("broker") && !body.contains("mongo"),
             "{body}"
         );
+    }
+
+    #[test]
+    fn a_dependency_reached_at_start_is_not_ready_until_a_stage_connects() {
+        let h = Health::default();
+        h.set_connected(Dependency::Broker, true);
+        h.set_connected(Dependency::Postgres, true);
+        h.set_reachable(Dependency::Mongo);
+        h.set_state(Stage::Capture, RoleState::Active);
+        h.set_state(Stage::Projector, RoleState::Active);
+        let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
+        assert!(!ok, "the change stream is not open yet: {body}");
+        assert_eq!(body, "not ready: mongo connecting\n");
+        h.set_failed(Dependency::Postgres, "gone");
+        let (_, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
+        assert_eq!(body, "not ready: postgres disconnected (gone)\n");
+        // A stage's report wins over the start-up check.
+        h.set_connected(Dependency::Mongo, false);
+        h.set_reachable(Dependency::Mongo);
+        assert!(!h.connected(Dependency::Mongo));
+        assert_eq!(h.link(Dependency::Mongo), Link::Disconnected(None));
     }
 }

@@ -400,7 +400,7 @@ async fn check_broker(settings: &Settings, health: &Health) -> Result<(), Runtim
     let connect = lapin::Connection::connect(uri.expose(), props);
     match tokio::time::timeout(START_CHECK_TIMEOUT, connect).await {
         Ok(Ok(conn)) => {
-            health.set_connected(Dependency::Broker, true);
+            health.set_reachable(Dependency::Broker);
             let _ =
                 tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
             Ok(())
@@ -456,7 +456,8 @@ async fn probe_mongo(settings: Settings, health: Health) {
         return; // the capture knows better by now
     }
     match result {
-        Ok(()) => health.set_connected(Dependency::Mongo, true),
+        // Reachable, not connected: readiness waits for the capture's change stream.
+        Ok(()) => health.set_reachable(Dependency::Mongo),
         Err(e) => {
             let cause = cause::chain(&e);
             warn!(error = %cause, "MongoDB not reachable yet; the capture keeps retrying");
