@@ -1,10 +1,10 @@
 //! The capture checkpoint: where a pipeline's change stream resumes (`cdc.checkpoint`), and the
 //! pure rule that decides how far it may advance.
 //!
-//! Protocol (DESIGN §4): the checkpoint holds the resume token of the newest event whose own
-//! publisher confirm *and every earlier one* arrived, and never a token inside a group of events
-//! sharing a cluster time (a transaction): a resumed stream then renumbers that group exactly as
-//! before. An idle stream advances it with the post-batch resume token.
+//! Protocol (`docs/architecture.md`, Checkpoints): the checkpoint holds the resume token of
+//! the newest event whose own publisher confirm *and every earlier one* arrived, and never a
+//! token inside a group of events sharing a cluster time (a transaction): a resumed stream then
+//! renumbers that group exactly as before. An idle stream advances it with the post-batch resume token.
 
 use serde_json::Value;
 

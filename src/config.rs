@@ -22,7 +22,7 @@ pub const DEFAULT_EXCHANGE: &str = "bowmark.sync";
 pub const DEFAULT_QUEUE: &str = "cdc.projector";
 /// Default dead-letter queue of the projector.
 pub const DEFAULT_DLQ: &str = "cdc.projector.dlq";
-/// Default report time zone: what the legacy production holds (DESIGN §7.1).
+/// Default report time zone: what the legacy production holds.
 pub const DEFAULT_TIMEZONE: &str = "UTC";
 /// Default HTTP listen address for `/metrics`, `/healthz`, `/readyz`.
 pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
@@ -224,8 +224,29 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
+    #[error("{}:{line}:{column}: TOML syntax error: {message}", file.display())]
+    Syntax {
+        file: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
     #[error("environment variable {name}: {message}")]
     Env { name: String, message: String },
+}
+
+/// 1-based line and column (in characters) of a byte offset in `text`.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let column = before
+        .rsplit_once('\n')
+        .map_or(before, |(_, rest)| rest)
+        .chars()
+        .count()
+        + 1;
+    (line, column)
 }
 
 impl ConfigError {
@@ -271,11 +292,22 @@ impl Pipeline {
 
     /// Parse and validate pipeline text; `path` is used in error messages.
     pub fn parse(path: &Path, text: &str) -> Result<Pipeline, ConfigError> {
-        let de = toml::Deserializer::parse(text)
-            .map_err(|e| ConfigError::field(path, "(syntax)", e.message().to_string()))?;
+        let de = toml::Deserializer::parse(text).map_err(|e| {
+            let (line, column) = line_col(text, e.span().map_or(0, |s| s.start));
+            ConfigError::Syntax {
+                file: path.to_path_buf(),
+                line,
+                column,
+                message: e.message().trim_end().to_string(),
+            }
+        })?;
         let file: PipelineFile = serde_path_to_error::deserialize(de).map_err(|e| {
             let field = e.path().to_string();
-            let message = e.inner().message().to_string();
+            let mut message = e.inner().message().to_string();
+            if let Some(span) = e.inner().span() {
+                let (line, column) = line_col(text, span.start);
+                message.push_str(&format!(" (line {line}, column {column})"));
+            }
             ConfigError::field(
                 path,
                 if field == "." {
@@ -679,6 +711,25 @@ database = "bowmark_reports_paving"
             .to_string();
         assert!(err.contains("p.toml"), "{err}");
         assert!(err.contains("vhots"), "{err}");
+    }
+
+    #[test]
+    fn syntax_error_names_file_line_and_column() {
+        let text = GOOD.replace("vhost = \"bowmark\"", "vhost = \"bowmark");
+        let err = parse(&text).unwrap_err().to_string();
+        let line = text.lines().position(|l| l.starts_with("vhost")).unwrap() + 1;
+        assert!(
+            err.starts_with(&format!("p.toml:{line}:")),
+            "names the file and line {line}: {err}"
+        );
+        assert!(err.contains("TOML syntax error"), "{err}");
+        assert!(!err.contains('\n'), "one line: {err}");
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
     }
 
     #[test]

@@ -1,5 +1,5 @@
-//! The change event, wire contract v1 (DESIGN §3): built once at capture (or by the backfill),
-//! carried unchanged through RabbitMQ to the projector.
+//! The change event, wire contract v1 (see `docs/architecture.md`): built once at capture (or
+//! by the backfill), carried unchanged through RabbitMQ to the projector.
 
 use std::fmt;
 use std::str::FromStr;
@@ -175,7 +175,7 @@ pub struct Txn {
     pub txn_number: i64,
 }
 
-/// One normalized change, as published on `bowmark.sync` (DESIGN §3).
+/// One normalized change, as published on `bowmark.sync`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChangeEvent {
     pub v: u32,

@@ -1,7 +1,7 @@
 //! Shared readiness state: what `/readyz` reports. Stages update it; the HTTP server reads it.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::{Arc, Mutex};
 
 /// What a role is doing right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +37,30 @@ impl RoleState {
     }
 }
 
+/// What is known about a dependency's connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Link {
+    /// Not tried yet.
+    Unchecked,
+    /// A start-up check reached it; no stage uses it yet (not ready, but not the problem).
+    Reachable,
+    Connected,
+    /// Down, with the cause when one is known (the server's message).
+    Disconnected(Option<String>),
+}
+
+#[derive(Debug, Default)]
+struct DepSlot {
+    /// 0 unchecked, 1 connected, 2 disconnected, 3 reachable.
+    state: AtomicU8,
+    cause: Mutex<Option<String>>,
+}
+
 #[derive(Debug, Default)]
 struct Inner {
-    mongo: AtomicBool,
-    broker: AtomicBool,
-    postgres: AtomicBool,
+    mongo: DepSlot,
+    broker: DepSlot,
+    postgres: DepSlot,
     capture: AtomicU8,
     projector: AtomicU8,
 }
@@ -66,20 +85,63 @@ pub enum Stage {
 }
 
 impl Health {
-    pub fn set_connected(&self, dep: Dependency, up: bool) {
-        let flag = match dep {
+    fn dep(&self, dep: Dependency) -> &DepSlot {
+        match dep {
             Dependency::Mongo => &self.0.mongo,
             Dependency::Broker => &self.0.broker,
             Dependency::Postgres => &self.0.postgres,
-        };
-        flag.store(up, Ordering::Relaxed);
+        }
+    }
+
+    fn set_cause(&self, dep: Dependency, cause: Option<String>) {
+        let mut slot = self
+            .dep(dep)
+            .cause
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        *slot = cause;
+    }
+
+    /// Connected, or down without a known cause.
+    pub fn set_connected(&self, dep: Dependency, up: bool) {
+        self.set_cause(dep, None);
+        self.dep(dep)
+            .state
+            .store(if up { 1 } else { 2 }, Ordering::Relaxed);
+    }
+
+    /// Down, with the cause (shown by `/readyz`).
+    pub fn set_failed(&self, dep: Dependency, cause: impl Into<String>) {
+        self.set_cause(dep, Some(cause.into()));
+        self.dep(dep).state.store(2, Ordering::Relaxed);
+    }
+
+    /// A start-up check reached `dep`: recorded only while nothing else is known, so a stage's
+    /// own report always wins and readiness still waits for the stage.
+    pub fn set_reachable(&self, dep: Dependency) {
+        let _ = self
+            .dep(dep)
+            .state
+            .compare_exchange(0, 3, Ordering::Relaxed, Ordering::Relaxed);
     }
 
     pub fn connected(&self, dep: Dependency) -> bool {
-        match dep {
-            Dependency::Mongo => self.0.mongo.load(Ordering::Relaxed),
-            Dependency::Broker => self.0.broker.load(Ordering::Relaxed),
-            Dependency::Postgres => self.0.postgres.load(Ordering::Relaxed),
+        self.dep(dep).state.load(Ordering::Relaxed) == 1
+    }
+
+    /// What is known about `dep`.
+    pub fn link(&self, dep: Dependency) -> Link {
+        match self.dep(dep).state.load(Ordering::Relaxed) {
+            0 => Link::Unchecked,
+            1 => Link::Connected,
+            3 => Link::Reachable,
+            _ => Link::Disconnected(
+                self.dep(dep)
+                    .cause
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone(),
+            ),
         }
     }
 

@@ -1,4 +1,4 @@
-//! The daemon's HTTP port (DESIGN §9): `/metrics` (Prometheus text), `/healthz` (200 while the
+//! The daemon's HTTP port: `/metrics` (Prometheus text), `/healthz` (200 while the
 //! process lives) and `/readyz` (503 until the dependencies of the running roles are connected
 //! and every role is active or standing by; the body says which).
 
@@ -13,7 +13,7 @@ use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
-use crate::health::{Dependency, Health, RoleState, Stage};
+use crate::health::{Dependency, Health, Link, RoleState, Stage};
 
 /// What the endpoints read.
 #[derive(Clone)]
@@ -99,6 +99,7 @@ fn stage_name(s: Stage) -> &'static str {
 /// role is active or standing by. The body lists what is missing, or each role's state.
 pub fn readiness(health: &Health, roles: &[Stage]) -> (bool, String) {
     let mut missing = Vec::new();
+    let mut connecting = Vec::new();
     let mut deps = vec![
         (Dependency::Broker, "broker"),
         (Dependency::Postgres, "postgres"),
@@ -107,8 +108,14 @@ pub fn readiness(health: &Health, roles: &[Stage]) -> (bool, String) {
         deps.insert(0, (Dependency::Mongo, "mongo"));
     }
     for (dep, name) in deps {
-        if !health.connected(dep) {
-            missing.push(format!("{name} disconnected"));
+        match health.link(dep) {
+            Link::Connected => {}
+            Link::Reachable => connecting.push(format!("{name} connecting")),
+            Link::Unchecked => missing.push(format!("{name} not checked yet")),
+            Link::Disconnected(None) => missing.push(format!("{name} disconnected")),
+            Link::Disconnected(Some(cause)) => {
+                missing.push(format!("{name} disconnected ({cause})"))
+            }
         }
     }
     let states: Vec<String> = roles
@@ -119,6 +126,10 @@ pub fn readiness(health: &Health, roles: &[Stage]) -> (bool, String) {
         if !matches!(health.state(*r), RoleState::Active | RoleState::Standby) {
             missing.push(format!("{} {}", stage_name(*r), health.state(*r).as_str()));
         }
+    }
+    if missing.is_empty() {
+        // Only what is still connecting holds readiness back.
+        missing = connecting;
     }
     if missing.is_empty() {
         (true, format!("ready: {}\n", states.join(", ")))
@@ -136,7 +147,13 @@ mod tests {
         let h = Health::default();
         let (ok, body) = readiness(&h, &[Stage::Projector]);
         assert!(!ok);
-        assert!(body.contains("broker disconnected") && body.contains("projector starting"));
+        assert!(
+            body.contains("broker not checked yet") && body.contains("projector starting"),
+            "{body}"
+        );
+        h.set_connected(Dependency::Broker, false);
+        let (_, body) = readiness(&h, &[Stage::Projector]);
+        assert!(body.contains("broker disconnected"), "{body}");
         h.set_connected(Dependency::Broker, true);
         h.set_connected(Dependency::Postgres, true);
         h.set_state(Stage::Projector, RoleState::Active);
@@ -145,10 +162,56 @@ mod tests {
         assert_eq!(body, "ready: projector active\n");
         // Capture also needs MongoDB; a standby capture is ready.
         h.set_state(Stage::Capture, RoleState::Standby);
+        h.set_failed(Dependency::Mongo, "server selection timed out");
         let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
-        assert!(!ok && body.contains("mongo disconnected"), "{body}");
+        assert!(
+            !ok && body.contains("mongo disconnected (server selection timed out)"),
+            "{body}"
+        );
         h.set_connected(Dependency::Mongo, true);
         let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
         assert!(ok && body.contains("capture standby"), "{body}");
+    }
+
+    #[test]
+    fn only_the_failing_dependency_is_named_with_its_cause() {
+        let h = Health::default();
+        h.set_connected(Dependency::Broker, true);
+        h.set_connected(Dependency::Mongo, true);
+        h.set_failed(
+            Dependency::Postgres,
+            "FATAL: role \"nobody\" does not exist (SQLSTATE 28000)",
+        );
+        let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
+        assert!(!ok);
+        assert!(
+            body.contains("postgres disconnected (FATAL: role"),
+            "{body}"
+        );
+        assert!(
+            !body.contains("broker") && !body.contains("mongo"),
+            "{body}"
+        );
+    }
+
+    #[test]
+    fn a_dependency_reached_at_start_is_not_ready_until_a_stage_connects() {
+        let h = Health::default();
+        h.set_connected(Dependency::Broker, true);
+        h.set_connected(Dependency::Postgres, true);
+        h.set_reachable(Dependency::Mongo);
+        h.set_state(Stage::Capture, RoleState::Active);
+        h.set_state(Stage::Projector, RoleState::Active);
+        let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
+        assert!(!ok, "the change stream is not open yet: {body}");
+        assert_eq!(body, "not ready: mongo connecting\n");
+        h.set_failed(Dependency::Postgres, "gone");
+        let (_, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
+        assert_eq!(body, "not ready: postgres disconnected (gone)\n");
+        // A stage's report wins over the start-up check.
+        h.set_connected(Dependency::Mongo, false);
+        h.set_reachable(Dependency::Mongo);
+        assert!(!h.connected(Dependency::Mongo));
+        assert_eq!(h.link(Dependency::Mongo), Link::Disconnected(None));
     }
 }

@@ -3,8 +3,10 @@
 
 pub mod backfill;
 pub mod capture;
+pub mod cause;
 pub mod checkpoint;
 pub mod config;
+pub mod dumpdir;
 pub mod event;
 pub mod health;
 pub mod http;

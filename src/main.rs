@@ -37,7 +37,9 @@ enum Command {
     Backfill {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
-        /// Read a mongodump folder (`*.bson` + `*.metadata.json`) instead of MongoDB.
+        /// Read a mongodump folder instead of MongoDB: mongodump's output folder (its
+        /// subfolder named after the pipeline's `mongo.database` is read) or that database
+        /// folder itself (`*.bson` + `*.metadata.json`).
         #[arg(long)]
         from_dump: Option<PathBuf>,
         /// Only these collections (comma-separated).
@@ -56,17 +58,17 @@ enum Command {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
     },
-    /// Compare MongoDB with PostgreSQL; non-zero exit on drift.
+    /// Compare MongoDB with PostgreSQL; non-zero exit on drift (not available yet).
     Verify {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
     },
-    /// Show checkpoint, lag, queue depth, DLQ depth and backfill progress.
+    /// Show checkpoint, lag, queue depth, DLQ depth and backfill progress (not available yet).
     Status {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
     },
-    /// Rebuild every star row from the `cdc` source mirror alone.
+    /// Rebuild every star row from the `cdc` source mirror alone (not available yet).
     Reproject {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
@@ -161,6 +163,26 @@ fn backfill(
     ) {
         Ok(p) => p,
         Err(code) => return code,
+    };
+    // mongodump writes OUT/<database>/*.bson: accept OUT or OUT/<database>, and say which.
+    let from_dump = match from_dump {
+        None => None,
+        Some(given) => {
+            let database = &settings.pipeline.mongo_database;
+            match bowmark_cdc::dumpdir::resolve(&given, database) {
+                Ok(d) => {
+                    eprintln!(
+                        "backfill: reading the mongodump folder {}",
+                        d.describe(database)
+                    );
+                    Some(d.dir)
+                }
+                Err(e) => {
+                    eprintln!("backfill failed: {e}");
+                    return ExitCode::FAILURE;
+                }
+            }
+        }
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
     let http_stop = tokio_util::sync::CancellationToken::new();

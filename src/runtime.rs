@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::capture::{CaptureError, CaptureStage};
+use crate::cause;
 use crate::config::{ConfigError, Settings};
 use crate::health::{Dependency, Health, Stage};
 use crate::http::{self, HttpState};
@@ -50,11 +51,14 @@ pub enum RuntimeError {
     Config(#[from] ConfigError),
     #[error("cannot install the metrics recorder")]
     Recorder(#[source] BuildError),
-    #[error("cannot listen on {addr}")]
-    Listen {
-        addr: SocketAddr,
-        #[source]
-        source: std::io::Error,
+    #[error("{message}")]
+    Listen { addr: SocketAddr, message: String },
+    /// A login that no retry fixes (wrong user, password, database or vhost): fatal at start.
+    #[error("cannot log in to {service}: {cause}; {fix}")]
+    Login {
+        service: String,
+        cause: String,
+        fix: &'static str,
     },
     #[error("cannot build the PostgreSQL pool")]
     Pool(#[source] deadpool_postgres::BuildError),
@@ -80,14 +84,13 @@ pub async fn run(settings: Settings, opts: RunOptions) -> Result<(), RuntimeErro
         Role::All => vec![Stage::Capture, Stage::Projector],
         Role::Project => vec![Stage::Projector],
     };
+    // The port first: a busy port is reported before any other work.
+    let addr = opts.http_listen.unwrap_or(settings.pipeline.http_listen);
+    let listener = bind_http(addr).await?;
     let shutdown = CancellationToken::new();
     tokio::spawn(on_signal(shutdown.clone()));
     let metrics = install_recorder()?;
     let health = Health::default();
-    let addr = opts.http_listen.unwrap_or(settings.pipeline.http_listen);
-    let listener = TcpListener::bind(addr)
-        .await
-        .map_err(|source| RuntimeError::Listen { addr, source })?;
     let bound = listener.local_addr().unwrap_or(addr);
     info!(addr = %bound, pipeline = %settings.pipeline.name, "http listening on /metrics, /healthz, /readyz");
     let http_stop = CancellationToken::new();
@@ -113,8 +116,18 @@ async fn run_stages(
     shutdown: &CancellationToken,
 ) -> Result<(), RuntimeError> {
     let pool = make_pool(settings)?;
+    if roles.contains(&Stage::Capture) {
+        tokio::spawn(probe_mongo(settings.clone(), health.clone()));
+    }
+    // PostgreSQL and RabbitMQ side by side: a wrong login to either stops the start at once,
+    // with the server's message; an outage is retried (and shown by /readyz with its cause).
     let ready = tokio::select! {
-        r = wait_for_schema(&pool, settings, health) => r,
+        r = async {
+            tokio::try_join!(
+                wait_for_schema(&pool, settings, health),
+                check_broker(settings, health),
+            )
+        } => r,
         _ = shutdown.cancelled() => return Ok(()),
     };
     ready?;
@@ -268,8 +281,25 @@ async fn wait_for_schema(
         match pool.get().await {
             Ok(c) => break c,
             Err(e) => {
+                // The server's own words, without the pool's "Error occurred while creating a
+                // new object" around them.
+                let cause = match &e {
+                    deadpool_postgres::PoolError::Backend(pg) => cause::chain(pg),
+                    other => cause::chain(other),
+                };
+                if cause::is_pg_login_error(&e) {
+                    health.set_failed(Dependency::Postgres, cause.clone());
+                    return Err(RuntimeError::Login {
+                        service: postgres_target(settings),
+                        cause,
+                        fix: "check POSTGRES_USER, POSTGRES_PASSWORD and POSTGRES_DB (or \
+                              POSTGRES_URL); `bowmark-cdc migrate` creates the schema, not the \
+                              database",
+                    });
+                }
                 let delay = delays.next_delay();
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "PostgreSQL not reachable yet");
+                warn!(error = %cause, retry_in_ms = delay.as_millis() as u64, "PostgreSQL not reachable yet");
+                health.set_failed(Dependency::Postgres, cause);
                 tokio::time::sleep(delay).await;
             }
         }
@@ -310,4 +340,128 @@ async fn wait_for_schema(
     }
     health.set_connected(Dependency::Postgres, true);
     Ok(())
+}
+
+/// Bind the HTTP port, or say which port is busy and how to choose another.
+pub async fn bind_http(addr: SocketAddr) -> Result<TcpListener, RuntimeError> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        let port = addr.port();
+        let why = if e.kind() == std::io::ErrorKind::AddrInUse {
+            format!(" (port {port} is already in use, perhaps by another bowmark-cdc)")
+        } else {
+            String::new()
+        };
+        RuntimeError::Listen {
+            addr,
+            message: format!(
+                "cannot listen on {addr} for /metrics, /healthz and /readyz: {e}{why}; set \
+                 CDC_HTTP_LISTEN (or --http-listen, or http.listen in the pipeline file) to a \
+                 free address, e.g. CDC_HTTP_LISTEN=127.0.0.1:{}",
+                port.wrapping_add(1).max(1)
+            ),
+        }
+    })
+}
+
+/// Where the daemon logs in to PostgreSQL, without secrets.
+fn postgres_target(settings: &Settings) -> String {
+    let (database, host) = crate::migrate::target(&settings.postgres);
+    match &settings.postgres.url {
+        Some(_) => format!("PostgreSQL at {host} (database {database}, from POSTGRES_URL)"),
+        None => format!(
+            "PostgreSQL at {host} (database {database}, user {})",
+            settings.postgres.user
+        ),
+    }
+}
+
+/// Where the daemon logs in to RabbitMQ, without secrets.
+fn rabbitmq_target(settings: &Settings) -> String {
+    let r = &settings.rabbitmq;
+    match &r.url {
+        Some(_) => "RabbitMQ (from RABBITMQ_URL)".to_string(),
+        None => format!(
+            "RabbitMQ at {}:{} (vhost {}, user {})",
+            r.host, r.port, r.vhost, r.user
+        ),
+    }
+}
+
+/// How long the start-up checks of RabbitMQ and MongoDB wait.
+const START_CHECK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One connection to the pipeline's vhost at start: a wrong login is fatal (with the broker's
+/// message); an outage is logged with its cause and left to the stages, which retry.
+async fn check_broker(settings: &Settings, health: &Health) -> Result<(), RuntimeError> {
+    let props = lapin::ConnectionProperties::default().with_connection_name(
+        format!("bowmark-cdc start-up check {}", settings.pipeline.name).into(),
+    );
+    let uri = settings.rabbitmq.uri();
+    let connect = lapin::Connection::connect(uri.expose(), props);
+    match tokio::time::timeout(START_CHECK_TIMEOUT, connect).await {
+        Ok(Ok(conn)) => {
+            health.set_reachable(Dependency::Broker);
+            let _ =
+                tokio::time::timeout(Duration::from_secs(5), conn.close(200, "bye".into())).await;
+            Ok(())
+        }
+        Ok(Err(e)) if cause::is_amqp_login_error(&e) => {
+            let cause = cause::chain(&e);
+            health.set_failed(Dependency::Broker, cause.clone());
+            Err(RuntimeError::Login {
+                service: rabbitmq_target(settings),
+                cause,
+                fix: "check RABBITMQ_USER, RABBITMQ_PASSWORD and RABBITMQ_VHOST (or \
+                      RABBITMQ_URL), and the user's permissions on the vhost",
+            })
+        }
+        Ok(Err(e)) => {
+            let cause = cause::chain(&e);
+            warn!(error = %cause, "RabbitMQ not reachable yet; the stages keep retrying");
+            health.set_failed(Dependency::Broker, cause);
+            Ok(())
+        }
+        Err(_) => {
+            let cause = format!("no answer within {}s", START_CHECK_TIMEOUT.as_secs());
+            warn!(error = %cause, "RabbitMQ not reachable yet; the stages keep retrying");
+            health.set_failed(Dependency::Broker, cause);
+            Ok(())
+        }
+    }
+}
+
+/// Ping MongoDB once at start so `/readyz` tells an unreachable MongoDB apart from the rest
+/// before the capture runs (the capture reports from then on).
+async fn probe_mongo(settings: Settings, health: Health) {
+    let ping = async {
+        let mut opts = mongodb::options::ClientOptions::parse(settings.mongo_uri.expose()).await?;
+        opts.server_selection_timeout = Some(START_CHECK_TIMEOUT);
+        opts.app_name = Some(format!(
+            "bowmark-cdc-start-check-{}",
+            settings.pipeline.name
+        ));
+        let client = mongodb::Client::with_options(opts)?;
+        let result = client
+            .database("admin")
+            .run_command(bson::doc! {"ping": 1})
+            .await;
+        client.shutdown().await;
+        result.map(|_| ())
+    };
+    let result: Result<(), mongodb::error::Error> = ping.await;
+    if !matches!(
+        health.link(Dependency::Mongo),
+        crate::health::Link::Unchecked
+    ) {
+        return; // the capture knows better by now
+    }
+    match result {
+        // Reachable, not connected: readiness waits for the capture's change stream.
+        Ok(()) => health.set_reachable(Dependency::Mongo),
+        Err(e) => {
+            let cause = cause::chain(&e);
+            warn!(error = %cause, "MongoDB not reachable yet; the capture keeps retrying");
+            health.set_failed(Dependency::Mongo, cause);
+        }
+    }
 }

@@ -1,6 +1,6 @@
-//! The broker topology of a pipeline (DESIGN §1, §5), declared idempotently from one place:
-//! the topic exchange, the projector's quorum queue bound `#` with a single active consumer,
-//! and its dead-letter queue. Capture and projector both call [`declare`], so whichever starts
+//! The broker topology of a pipeline (see `docs/architecture.md`), declared idempotently from
+//! one place: the topic exchange, the projector's quorum queue bound `#` with a single active
+//! consumer, and its dead-letter queue. Capture and projector both call [`declare`], so whichever starts
 //! first creates it and events published before the projector runs are kept.
 
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};

@@ -8,6 +8,10 @@ use std::path::PathBuf;
 
 use clap::Parser;
 
+// Which folder of a mongodump output to load (shared with `bowmark-cdc backfill --from-dump`).
+#[path = "../../src/dumpdir.rs"]
+mod dumpdir;
+
 #[derive(Parser, Debug)]
 #[command(name = "mongosim", about = "Wire-level MongoDB replica-set simulator")]
 struct Args {
@@ -26,7 +30,8 @@ struct Args {
     /// Add `_typeBits` to every other resume token.
     #[arg(long)]
     token_type_bits: bool,
-    /// Load a mongodump folder into a database before serving: DB=DIR (repeatable).
+    /// Load a mongodump folder into a database before serving: DB=DIR (repeatable). DIR is
+    /// mongodump's output folder (its DB subfolder is read) or the DB folder itself.
     #[arg(long = "load-dump", value_name = "DB=DIR")]
     load_dump: Vec<String>,
 }
@@ -74,15 +79,29 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    for (db, dir) in &dumps {
-        match sim.load_dump(db, dir) {
+    for (db, given) in &dumps {
+        let dir = match dumpdir::resolve(given, db) {
+            Ok(d) => d,
+            Err(e) => {
+                eprintln!("mongosim: cannot load dump: {e}");
+                std::process::exit(1);
+            }
+        };
+        let described = dir.describe(db);
+        let dir = dir.dir;
+        match sim.load_dump(db, &dir) {
             Ok(counts) => {
                 let total: usize = counts.values().sum();
                 eprintln!(
-                    "mongosim: loaded {total} documents in {} collections into {db} from {}",
+                    "mongosim: loaded {total} documents in {} collections into {db} from {described}",
                     counts.len(),
-                    dir.display()
                 );
+                for (coll, n) in &counts {
+                    eprintln!("mongosim:   {db}.{coll}: {n}");
+                }
+                if counts.is_empty() {
+                    eprintln!("mongosim: warning: {} holds no collections", dir.display());
+                }
             }
             Err(e) => {
                 eprintln!("mongosim: cannot load dump {}: {e}", dir.display());

@@ -1,4 +1,4 @@
-//! The backfill stage (DESIGN §8): load every watched collection from a live MongoDB or a
+//! The backfill stage (docs/architecture.md): load every watched collection from a live MongoDB or a
 //! mongodump folder through the same mirror and derivation code as streamed events
 //! ([`crate::project::apply`]), in chunks, one PostgreSQL transaction per chunk.
 //!

@@ -24,7 +24,7 @@ const MAX_BATCH: u32 = 1000;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Connect to MongoDB. `retry_reads` is off for the client that opens the change stream
-/// (DESIGN §4: never trust the driver's own stream resume), on for the scan.
+/// (docs/architecture.md: never trust the driver's own stream resume), on for the scan.
 pub async fn connect(uri: &str, retry_reads: bool) -> Result<Client, BackfillError> {
     let mut opts = ClientOptions::parse(uri)
         .await

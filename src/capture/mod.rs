@@ -4,8 +4,9 @@
 //!
 //! Resume is ours, not the driver's: the tailing client sets `retryReads=false` and, after any
 //! stream, broker or database error, the stage reopens the stream from its own checkpoint with a
-//! capped, jittered backoff (the driver's retried resume loses its token: spec-mongo-simulator
-//! §6). A PostgreSQL advisory lock elects the one replica that tails ([`leader`]).
+//! capped, jittered backoff (the driver's retried resume loses its token: see
+//! `docs/mongosim.md`). A PostgreSQL advisory lock elects the one replica that tails
+//! ([`leader`]).
 
 // Errors carry their sources (driver and broker errors are large); they are rare.
 #![allow(clippy::result_large_err)]
@@ -71,7 +72,8 @@ impl CaptureStage {
                 Ok(None) => break,
                 Err(err) => {
                     self.report(&err);
-                    self.health.set_connected(Dependency::Postgres, false);
+                    self.health
+                        .set_failed(Dependency::Postgres, crate::cause::chain(&err));
                     sleep_or_cancel(backoff.next_delay(), &shutdown).await;
                     continue;
                 }
@@ -220,14 +222,14 @@ impl CaptureStage {
     fn report(&self, err: &CaptureError) {
         metrics::counter!(m::CAPTURE_ERRORS, m::LABEL_PIPELINE => self.settings.pipeline.name.clone(),
             m::LABEL_ERROR_TYPE => err.error_type()).increment(1);
-        tracing::warn!(pipeline = %self.settings.pipeline.name, error = %err,
+        tracing::warn!(pipeline = %self.settings.pipeline.name, error = %crate::cause::chain(err),
             error_type = err.error_type(), "capture interrupted; resuming from the checkpoint");
     }
 
     fn fatal(&self, err: CaptureError) -> CaptureError {
         metrics::counter!(m::CAPTURE_ERRORS, m::LABEL_PIPELINE => self.settings.pipeline.name.clone(),
             m::LABEL_ERROR_TYPE => err.error_type()).increment(1);
-        tracing::error!(pipeline = %self.settings.pipeline.name, error = %err,
+        tracing::error!(pipeline = %self.settings.pipeline.name, error = %crate::cause::chain(&err),
             error_type = err.error_type(), "capture stopped");
         self.health.set_state(Stage::Capture, RoleState::Stopping);
         err

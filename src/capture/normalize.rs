@@ -1,5 +1,5 @@
 //! Pure normalization of a raw change-stream document (the whole change event, read with
-//! `T = Document`) into the v1 [`ChangeEvent`] (DESIGN §3). No I/O here.
+//! `T = Document`) into the v1 [`ChangeEvent`]. No I/O here.
 
 use bson::{Bson, Document};
 use chrono::{DateTime, Utc};

@@ -59,7 +59,11 @@ pub(super) async fn tail(
         !stage.exchange_declared.load(Ordering::Relaxed),
     )
     .await
-    .inspect_err(|_| stage.health.set_connected(Dependency::Broker, false))?;
+    .inspect_err(|e| {
+        stage
+            .health
+            .set_failed(Dependency::Broker, crate::cause::chain(e))
+    })?;
     stage.exchange_declared.store(true, Ordering::Relaxed);
     stage.health.set_connected(Dependency::Broker, true);
     let opened = match &checkpoint {

@@ -1,4 +1,4 @@
-//! The projection core shared by the streaming projector and the backfill (DESIGN §5).
+//! The projection core shared by the streaming projector and the backfill (docs/architecture.md).
 //!
 //! [`apply`] takes a batch of source document states, upserts them into the version-guarded
 //! source mirror (`cdc.source_doc`), computes every star row the changed documents affect and

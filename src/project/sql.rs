@@ -390,7 +390,7 @@ WHERE a.entity = '{entity}' AND t.mongo_id = a.key AND dr.id = t.daily_report_id
     )
 }
 
-/// `dim_ENTITY_rate` mirrors the `rates[]` of every ENTITY row this apply derived (§7.6).
+/// `dim_ENTITY_rate` mirrors the `rates[]` of every ENTITY row this apply derived (README difference 6).
 fn rates(entity: &str) -> String {
     let derived = derived(&format!("dim_{entity}"), entity);
     format!(

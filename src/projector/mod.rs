@@ -1,4 +1,4 @@
-//! The projector stage (DESIGN §5): consumes the pipeline's quorum queue with a bounded
+//! The projector stage (docs/architecture.md): consumes the pipeline's quorum queue with a bounded
 //! prefetch, batches deliveries by count, bytes and linger time, applies each batch in one
 //! PostgreSQL transaction through [`crate::project::apply`] and acks only after the commit.
 //!

@@ -76,3 +76,60 @@ fn unbuilt_subcommands_say_so_and_fail() {
         );
     }
 }
+
+#[test]
+fn validate_names_the_line_and_column_of_a_toml_syntax_error() {
+    // Given the paving pipeline with an unterminated string on the vhost line
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(project_root().join("pipeline/paving.toml")).unwrap();
+    let line = text
+        .lines()
+        .position(|l| l.starts_with("vhost = \"bowmark\""))
+        .expect("the vhost line")
+        + 1;
+    let bad = dir.path().join("paving.toml");
+    std::fs::write(
+        &bad,
+        text.replacen("vhost = \"bowmark\"", "vhost = \"bowmark", 1),
+    )
+    .unwrap();
+    // When it is validated, and when `run` loads it
+    for args in [vec!["validate"], vec!["run", "--pipeline"]] {
+        let out = cdc_bin()
+            .args(&args)
+            .arg(&bad)
+            .env("CDC_HTTP_LISTEN", "127.0.0.1:0")
+            .output()
+            .unwrap();
+        // Then it fails naming the file, the line and the column
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}");
+        assert!(
+            stderr.contains(&format!("{}:{line}:", bad.display())),
+            "{args:?}: names {}:{line}: {stderr}",
+            bad.display()
+        );
+        assert!(stderr.contains("TOML syntax error"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn help_says_which_subcommands_are_not_available_yet() {
+    let out = cdc_bin().arg("--help").output().unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success());
+    for cmd in ["verify", "status", "reproject"] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{cmd} ")))
+            .unwrap_or_else(|| panic!("{cmd} is listed: {help}"));
+        assert!(line.contains("(not available yet)"), "{line}");
+    }
+    for cmd in ["run", "backfill", "migrate", "validate"] {
+        let line = help
+            .lines()
+            .find(|l| l.trim_start().starts_with(&format!("{cmd} ")))
+            .unwrap();
+        assert!(!line.contains("not available"), "{line}");
+    }
+}

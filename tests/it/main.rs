@@ -7,6 +7,7 @@ mod support;
 mod backfill;
 mod capture;
 mod cli;
+mod first_run;
 mod migrate;
 mod project;
 mod projector;

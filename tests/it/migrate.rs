@@ -145,7 +145,7 @@ fn assert_complete_catalog(c: &Catalog, with_dbmate: bool) {
     ];
     assert_eq!(
         generated, want,
-        "generated column expressions must deparse exactly as spec §1.7"
+        "generated column expressions must deparse exactly as the legacy schema declares them"
     );
 }
 

@@ -255,7 +255,7 @@ async fn employee_cost_on_2022_02_23(rig: &Rig) -> Option<String> {
 
 #[tokio::test]
 async fn seed_scenario_through_the_broker_reaches_the_reports_and_a_rate_edit_recosts_them() {
-    // Given the daemon and the spec §6 seed published to bowmark.sync
+    // Given the daemon and the legacy checklist seed published to bowmark.sync
     let rig = Rig::new().await;
     let daemon = rig.start();
     daemon.wait_ready().await;
@@ -820,7 +820,7 @@ fn bson_doc(v: &Value) -> bson::Document {
 
 #[tokio::test]
 async fn role_all_carries_mongodb_writes_to_the_reports_end_to_end() {
-    // Given MongoDB (the simulator), the daemon with both roles, and the spec §6 seed written
+    // Given MongoDB (the simulator), the daemon with both roles, and the legacy checklist seed written
     // to MongoDB's collections
     let sim = mongosim::Sim::start().await;
     let rig = Rig::new().await;

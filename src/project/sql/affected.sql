@@ -138,7 +138,7 @@ ON CONFLICT DO NOTHING
 
 -- @stmt material_shipment -> jobsite_material
 -- An affected shipment -> its jobsite material, now and before, when no jobsite claims the
--- material: only then does its jobsite come from the reports of its shipments (DESIGN §7.4).
+-- material: only then does its jobsite come from the reports of its shipments (README, "Differences from the legacy sync" 4).
 -- (A claim that comes or goes is a jobsite change, handled above.)
 WITH docs AS (
     SELECT s.doc FROM pg_temp.cdc_affected a

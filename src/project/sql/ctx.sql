@@ -1,7 +1,7 @@
 -- The daily-report child context, computed once per apply for every fact statement: each
 -- affected live child with its parent daily report (the lowest-key live report whose array
 -- lists it) when that report is derivable, the report's dim row, jobsite, work date and crew
--- type ("Unknown" fallback, DESIGN §7.7). Runs after the reports are derived.
+-- type ("Unknown" fallback, README difference 7). Runs after the reports are derived.
 
 -- @stmt ctx:employee_work
 INSERT INTO pg_temp.cdc_ctx {{ctx employee_work}}

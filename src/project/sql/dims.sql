@@ -1,8 +1,8 @@
--- Dimensions are eager (DESIGN §7.5): every live document of a dimension collection has its
+-- Dimensions are eager (README, "Differences from the legacy sync" 5): every live document of a dimension collection has its
 -- row. A deleted document keeps its row, archived at the deleting event's wall time where the
 -- table has archived_at; a deleted crew's row becomes the placeholder while anything
 -- references it (dim_crew has no archive column). Rate tables mirror rates[]
--- exactly (§7.6). $1 = report time zone, $2 = this apply's synced_at stamp.
+-- exactly (README difference 6). $1 = report time zone, $2 = this apply's synced_at stamp.
 
 -- @stmt dim_employee
 INSERT INTO dim_employee AS t (mongo_id, name, job_title, archived_at, synced_at)

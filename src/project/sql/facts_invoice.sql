@@ -1,6 +1,6 @@
 -- Invoices: revenue or expense through the jobsite arrays only (first jobsite by key, revenue
 -- before expense). An invoice listed by any jobsite material feeds that material's
--- invoice-month rate and is not written here (DESIGN §7.3). Hard delete, as legacy.
+-- invoice-month rate and is not written here (README, "Differences from the legacy sync" 3). Hard delete, as legacy.
 -- $1 = report time zone, $2 = this apply's synced_at stamp.
 
 -- @stmt placeholder:invoice

@@ -1,6 +1,6 @@
 -- Material shipments: costed (fact_material_shipment, plus fact_trucking when it carries a
 -- trucking rate id) or non-costed (fact_non_costed_material). A shipment that switches side,
--- is deleted or detached has its other rows archived (DESIGN §7.7: deleting a shipment also
+-- is deleted or detached has its other rows archived (README difference 7: deleting a shipment also
 -- archives its non-costed row). $1 = report time zone, $2 = this apply's synced_at stamp.
 
 -- @stmt fact_material_shipment
@@ -142,7 +142,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
 -- Only for a shipment whose costed row was written just now. The rate: the entry of the
 -- report's jobsite truckingRates[] with that _id; its newest rate dated at or before the
 -- report's instant, else its oldest (legacy). Quantity (any case) -> quantity x rate,
--- else hours x rate; hours use the overnight rule (DESIGN §7.2).
+-- else hours x rate; hours use the overnight rule (README, "Differences from the legacy sync" 2).
 WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'material_shipment'),
 entries AS (
     -- The trucking-rate entries of the reports' jobsites, each jobsite document read once;

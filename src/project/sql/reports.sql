@@ -65,7 +65,7 @@ SELECT (SELECT count(*) FROM m) + (SELECT count(*) FROM c)
 
 -- @stmt dim_jobsite_material
 -- jobsite_id: the jobsite whose materials[] holds it, else the jobsite of a report one of
--- its shipments is listed in (DESIGN §7.4); the lowest key wins so the choice is deterministic.
+-- its shipments is listed in (README, "Differences from the legacy sync" 4); the lowest key wins so the choice is deterministic.
 -- A jobsite material whose document is gone but that a jobsite or a shipment still names is
 -- a placeholder row (no rates: its shipments cost 0, estimated), filled in place when the
 -- document appears.

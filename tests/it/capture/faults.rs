@@ -75,7 +75,7 @@ async fn driver_resume_defect_loses_nothing() {
     })
     .await;
     // When the next getMore and the driver's resume aggregate both lose their connection
-    // (spec-mongo-simulator §6: a retried resume aggregate would restart at "now")
+    // (docs/mongosim.md: a retried resume aggregate would restart at "now")
     fx.m.fail_command(
         bson::bson!({"times": 2}),
         doc! {

@@ -1,14 +1,14 @@
-//! The catalog a migrated database must have, written out from `spec-legacy-sync.md` §1 (and
+//! The catalog a migrated database must have, written out from the legacy schema (and
 //! the `cdc` contract of the brief), never read back from the migrations.
 
-/// `fact_employee_work.hours` and `fact_production.hours`, as `pg_get_expr` prints them (§1.7).
+/// `fact_employee_work.hours` and `fact_production.hours`, as `pg_get_expr` prints them.
 pub const HOURS_EXPR: &str = "
 CASE
     WHEN (EXTRACT(epoch FROM (end_time AT TIME ZONE 'UTC'::text)) < EXTRACT(epoch FROM (start_time AT TIME ZONE 'UTC'::text))) THEN (((EXTRACT(epoch FROM (end_time AT TIME ZONE 'UTC'::text)) + (86400)::numeric) - EXTRACT(epoch FROM (start_time AT TIME ZONE 'UTC'::text))) / (3600)::numeric)
     ELSE ((EXTRACT(epoch FROM (end_time AT TIME ZONE 'UTC'::text)) - EXTRACT(epoch FROM (start_time AT TIME ZONE 'UTC'::text))) / (3600)::numeric)
 END";
 
-/// `fact_employee_work.total_cost` (§1.7).
+/// `fact_employee_work.total_cost`.
 pub const EMPLOYEE_COST_EXPR: &str = "
 CASE
     WHEN (EXTRACT(epoch FROM (end_time AT TIME ZONE 'UTC'::text)) < EXTRACT(epoch FROM (start_time AT TIME ZONE 'UTC'::text))) THEN ((((EXTRACT(epoch FROM (end_time AT TIME ZONE 'UTC'::text)) + (86400)::numeric) - EXTRACT(epoch FROM (start_time AT TIME ZONE 'UTC'::text))) / (3600)::numeric) * hourly_rate)
@@ -468,7 +468,7 @@ CREATE INDEX idx_fact_vehicle_work_mongo_id ON public.fact_vehicle_work USING bt
 CREATE INDEX idx_fact_vehicle_work_vehicle_date ON public.fact_vehicle_work USING btree (vehicle_id, work_date)
 "#;
 
-/// Functions with their signatures and language (§1.7), by name.
+/// Functions with their signatures and language, by name.
 pub const FUNCTIONS: &str = r#"
 public.employee_productivity(p_employee_id uuid, p_start_date date, p_end_date date) RETURNS TABLE(employee_id uuid, employee_name character varying, jobsite_id uuid, jobsite_name character varying, total_hours numeric, total_cost numeric, days_worked bigint, avg_hours_per_day numeric) LANGUAGE plpgsql
 public.jobsite_comparison(p_jobsite_ids uuid[], p_start_date date, p_end_date date) RETURNS TABLE(jobsite_id uuid, jobsite_name character varying, jobcode character varying, total_cost numeric, total_revenue numeric, net_income numeric, employee_hours numeric, days_worked bigint, cost_per_day numeric, revenue_per_day numeric) LANGUAGE plpgsql
@@ -476,7 +476,7 @@ public.jobsite_period_summary(p_jobsite_id uuid, p_start_date date, p_end_date d
 public.vehicle_utilization(p_vehicle_id uuid, p_start_date date, p_end_date date) RETURNS TABLE(vehicle_id uuid, vehicle_name character varying, vehicle_code character varying, jobsite_id uuid, jobsite_name character varying, total_hours numeric, total_cost numeric, days_used bigint, avg_hours_per_day numeric) LANGUAGE plpgsql
 "#;
 
-/// Every comment on a table or column (§1.7), by object.
+/// Every comment on a table or column, by object.
 pub const COMMENTS: &str = r#"
 public.fact_material_shipment.rate_scenario_id: Scenario _id (24-char hex) from JobsiteMaterial.scenarios when the shipment is costed via the rate-model scenario system. NULL for legacy cost types.
 public.fact_material_shipment.vehicle_type: Vehicle type from vehicleObject (e.g., "Tandem", "Tri-axle"). Used for load-to-tonne conversions.

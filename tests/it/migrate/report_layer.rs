@@ -1,5 +1,5 @@
 //! What the app's reports read: generated columns, views and functions compute the legacy
-//! numbers (spec-legacy-sync.md §1.3-§1.5 and the §6 "PG report layer" checklist).
+//! numbers (the legacy report layer and its checklist).
 
 use tokio_postgres::Client;
 

@@ -1,4 +1,4 @@
-//! spec-legacy-sync.md §6, item by item, with the legacy seed and numbers.
+//! The legacy sync's behaviour checklist, item by item, with the legacy seed and numbers.
 
 use bowmark_cdc::event::Entity;
 use serde_json::json;

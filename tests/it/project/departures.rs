@@ -1,4 +1,4 @@
-//! Each DESIGN §7 decision on the legacy rules, as a user would notice it.
+//! Each departure from the legacy rules (README, "Differences from the legacy sync"), as a user would notice it.
 
 use bowmark_cdc::event::Entity;
 use serde_json::json;

@@ -1,4 +1,4 @@
-//! What the legacy tests never covered (spec §6 "gaps"), plus version handling.
+//! What the legacy tests never covered (the legacy checklist's "gaps"), plus version handling.
 
 use bowmark_cdc::event::{Entity, Op};
 use bowmark_cdc::project::{Guard, SourceDoc};

@@ -1,4 +1,4 @@
-//! THE LAW (DESIGN §5) as a property: random create/update/delete histories over a small
+//! THE LAW (docs/architecture.md) as a property: random create/update/delete histories over a small
 //! universe of linked documents, streamed with duplicates and stale re-deliveries, end in the
 //! same star rows as a fresh database given only the final state of each document.
 //! Rows compare by natural key and content (surrogate ids and synced_at ignored, FK uuids

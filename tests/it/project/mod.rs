@@ -1,5 +1,5 @@
-//! The projection core against a real PostgreSQL: the legacy checklist (spec §6) with its
-//! seed, each DESIGN §7 departure, the gaps the legacy tests left, propagation of dimension
+//! The projection core against a real PostgreSQL: the legacy behaviour checklist with its
+//! seed, each departure from the legacy rules (README, "Differences from the legacy sync"), the gaps the legacy tests left, propagation of dimension
 //! changes, and THE LAW as a property test.
 
 pub mod seed;

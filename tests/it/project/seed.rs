@@ -1,4 +1,4 @@
-//! The legacy test seed (spec-legacy-sync.md §6) as relaxed extended JSON documents, reusable
+//! The legacy test seed (the legacy sync's behaviour checklist) as relaxed extended JSON documents, reusable
 //! as projector input ([`Seed::source_docs`]) or as v1 change events to publish
 //! ([`Seed::events`]). Dates are UTC (the legacy seed used the test process's local time).
 
@@ -287,7 +287,7 @@ pub struct Seed {
 }
 
 impl Seed {
-    /// Everything of §6, with the two sync invoices pushed onto jobsite 1's arrays.
+    /// The whole legacy checklist seed, with the two sync invoices pushed onto jobsite 1's arrays.
     pub fn legacy() -> Seed {
         let mut jobsite_1 = jobsite(JOBSITE_1, "Jobsite 1", Some("2022-1"), &[]);
         jobsite_1["revenueInvoices"] = oids(&[INVOICE_REVENUE_1]);

@@ -1,4 +1,4 @@
-//! Step-down, transactions, blocking, and the driver defect of spec-mongo-simulator.md §6.
+//! Step-down, transactions, blocking, and the driver defect described in docs/mongosim.md.
 
 use std::time::{Duration, Instant};
 
@@ -167,7 +167,7 @@ async fn skip_mode_and_write_error_labels() {
     c.insert_one(doc! {"_id": 2}).await.unwrap();
 }
 
-/// spec-mongo-simulator.md §6: a retried resume `aggregate` loses `resumeAfter`, so the
+/// The driver defect of docs/mongosim.md: a retried resume `aggregate` loses `resumeAfter`, so the
 /// stream silently restarts at "now" and events are LOST with `retryReads=true`.
 #[tokio::test]
 async fn driver_defect_retried_resume_loses_events() {
