@@ -55,7 +55,10 @@ impl<'a> CheckpointStore<'a> {
         }))
     }
 
-    /// Store the pipeline's checkpoint (insert or replace).
+    /// Store the pipeline's checkpoint (insert or replace), never behind the stored one: a
+    /// stored position with a cluster time is only replaced by one at or after it (a position
+    /// without one, an idle stream's post-batch token, follows the stored one by construction).
+    /// With [`CheckpointStore::hand_off`] the only writer of `cdc.checkpoint`.
     pub async fn save(&self, pipeline: &str, cp: &Checkpoint) -> Result<(), tokio_postgres::Error> {
         let t = cp.cluster_time.map(|c| i64::from(c.t));
         let i = cp.cluster_time.map(|c| i64::from(c.i));
@@ -67,11 +70,47 @@ impl<'a> CheckpointStore<'a> {
                  ON CONFLICT (pipeline) DO UPDATE SET resume_token = EXCLUDED.resume_token, \
                    cluster_time_t = EXCLUDED.cluster_time_t, \
                    cluster_time_i = EXCLUDED.cluster_time_i, \
-                   event_id = EXCLUDED.event_id, updated_at = now()",
+                   event_id = EXCLUDED.event_id, updated_at = now() \
+                 WHERE EXCLUDED.cluster_time_t IS NULL OR cdc.checkpoint.cluster_time_t IS NULL \
+                    OR (cdc.checkpoint.cluster_time_t, cdc.checkpoint.cluster_time_i) \
+                       <= (EXCLUDED.cluster_time_t, EXCLUDED.cluster_time_i)",
                 &[&pipeline, &cp.resume_token, &t, &i, &cp.event_id],
             )
             .await?;
         Ok(())
+    }
+
+    /// A backfill's handoff: store `token` (the change stream's position before the scan, at
+    /// `cluster_time`) as the checkpoint unless the stored one is at or after it. Returns the
+    /// stored position's cluster time when it was kept (a checkpoint without one is replaced).
+    pub async fn hand_off(
+        &self,
+        pipeline: &str,
+        token: &Value,
+        cluster_time: ClusterTime,
+    ) -> Result<Option<ClusterTime>, tokio_postgres::Error> {
+        let t = i64::from(cluster_time.t);
+        let i = i64::from(cluster_time.i);
+        let written = self
+            .client
+            .execute(
+                "INSERT INTO cdc.checkpoint \
+                   (pipeline, resume_token, cluster_time_t, cluster_time_i, event_id, updated_at) \
+                 VALUES ($1, $2, $3, $4, NULL, now()) \
+                 ON CONFLICT (pipeline) DO UPDATE SET resume_token = EXCLUDED.resume_token, \
+                   cluster_time_t = EXCLUDED.cluster_time_t, \
+                   cluster_time_i = EXCLUDED.cluster_time_i, event_id = NULL, updated_at = now() \
+                 WHERE cdc.checkpoint.cluster_time_t IS NULL \
+                    OR cdc.checkpoint.cluster_time_i IS NULL \
+                    OR (cdc.checkpoint.cluster_time_t, cdc.checkpoint.cluster_time_i) < ($3, $4)",
+                &[&pipeline, token, &t, &i],
+            )
+            .await?;
+        if written == 1 {
+            return Ok(None);
+        }
+        let kept = self.load(pipeline).await?.and_then(|c| c.cluster_time);
+        Ok(Some(kept.unwrap_or(ClusterTime { t: 0, i: 0 })))
     }
 }
 

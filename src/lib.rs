@@ -10,6 +10,7 @@ pub mod dumpdir;
 pub mod event;
 pub mod health;
 pub mod http;
+pub mod locks;
 pub mod metrics;
 pub mod migrate;
 pub mod model;

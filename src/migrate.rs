@@ -30,8 +30,8 @@ mod embedded {
 }
 
 /// Key of the session-level advisory lock that serializes `migrate` runs on one database
-/// (the bytes of "bowmark" followed by 0x01).
-pub const MIGRATE_LOCK_KEY: i64 = 0x626f_776d_6172_6b01;
+/// ([`crate::locks`]).
+pub const MIGRATE_LOCK_KEY: i64 = crate::locks::MIGRATE;
 
 /// refinery's history table (its default name), in the connection's default schema.
 pub const HISTORY_TABLE: &str = "refinery_schema_history";

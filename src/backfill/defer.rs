@@ -206,4 +206,4 @@ pub async fn restore(
 const CASCADE_SEPARATOR: &str = "\n;";
 
 /// Serializes rebuilds (see [`restore`]).
-const REBUILD_LOCK_KEY: i64 = 0x626f_776d_6172_6b04;
+const REBUILD_LOCK_KEY: i64 = crate::locks::REBUILD;

@@ -12,7 +12,7 @@ use tokio_postgres::{Client, GenericClient};
 use crate::event::ClusterTime;
 
 /// Class id of the backfill's advisory locks (the second key is `hashtext(pipeline)`).
-const LOCK_CLASS: i32 = 0x00cd_cbf1;
+const LOCK_CLASS: i32 = crate::locks::BACKFILL_CLASS;
 
 /// Where a backfill reads from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -323,34 +323,14 @@ pub async fn hand_off(
     pipeline: &str,
     pos: &StreamPosition,
 ) -> Result<Handoff, tokio_postgres::Error> {
-    let t = i64::from(pos.cluster_time.t);
-    let i = i64::from(pos.cluster_time.i);
-    let written = c
-        .execute(
-            "INSERT INTO cdc.checkpoint \
-               (pipeline, resume_token, cluster_time_t, cluster_time_i, event_id, updated_at) \
-             VALUES ($1, $2, $3, $4, NULL, now()) \
-             ON CONFLICT (pipeline) DO UPDATE SET resume_token = EXCLUDED.resume_token, \
-               cluster_time_t = EXCLUDED.cluster_time_t, \
-               cluster_time_i = EXCLUDED.cluster_time_i, event_id = NULL, updated_at = now() \
-             WHERE cdc.checkpoint.cluster_time_t IS NULL \
-                OR cdc.checkpoint.cluster_time_i IS NULL \
-                OR (cdc.checkpoint.cluster_time_t, cdc.checkpoint.cluster_time_i) < ($3, $4)",
-            &[&pipeline, &pos.resume_token, &t, &i],
-        )
-        .await?;
-    if written == 1 {
-        return Ok(Handoff::Stored(pos.cluster_time));
-    }
-    let row = c
-        .query_one(
-            "SELECT cluster_time_t, cluster_time_i FROM cdc.checkpoint WHERE pipeline = $1",
-            &[&pipeline],
-        )
-        .await?;
-    let (t, i): (Option<i64>, Option<i64>) = (row.get(0), row.get(1));
-    Ok(Handoff::KeptNewer(ClusterTime {
-        t: t.and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
-        i: i.and_then(|v| u32::try_from(v).ok()).unwrap_or(0),
-    }))
+    let store = crate::checkpoint::CheckpointStore::new(c);
+    Ok(
+        match store
+            .hand_off(pipeline, &pos.resume_token, pos.cluster_time)
+            .await?
+        {
+            None => Handoff::Stored(pos.cluster_time),
+            Some(kept) => Handoff::KeptNewer(kept),
+        },
+    )
 }

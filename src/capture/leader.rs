@@ -15,15 +15,9 @@ pub const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// How often the holder checks that its lock session is still alive.
 pub const LEASE_PING: Duration = Duration::from_secs(2);
 
-/// The advisory-lock key of a pipeline's capture: FNV-1a 64 of `bowmark-cdc:capture:<name>`
-/// (stable across builds and platforms, unlike the std hasher).
+/// The advisory-lock key of a pipeline's capture ([`crate::locks::capture`]).
 pub fn lock_key(pipeline: &str) -> i64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in "bowmark-cdc:capture:".bytes().chain(pipeline.bytes()) {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    i64::from_ne_bytes(h.to_ne_bytes())
+    crate::locks::capture(pipeline)
 }
 
 /// The lock session: a dedicated connection (also used for checkpoint writes once the lock is

@@ -106,7 +106,10 @@ fn redact(message: &str, names: &[&str]) -> String {
     out
 }
 
-fn classify_pg(e: &tokio_postgres::Error) -> ErrorClass {
+/// The one classification of PostgreSQL errors: connection loss, serialization failures,
+/// deadlocks, lock timeouts, cancels and classes 08/53/57 are transient; data and constraint
+/// errors (classes 22, 23) are poison; anything else is fatal.
+pub fn classify_pg(e: &tokio_postgres::Error) -> ErrorClass {
     if e.is_closed() {
         return ErrorClass::Transient;
     }

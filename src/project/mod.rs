@@ -27,7 +27,7 @@ use crate::config::Pipeline;
 use crate::event::{ChangeEvent, Entity, Op, Version};
 use crate::metrics as m;
 
-pub use error::{ErrorClass, ProjectError, describe_pg};
+pub use error::{ErrorClass, ProjectError, classify_pg, describe_pg};
 pub use sanitize::Adjustment;
 pub use sql::{PLACEHOLDER_NAME_PREFIX, PROJECT_LOCK_KEY};
 

@@ -74,8 +74,9 @@ pub(crate) static DERIVE_STEPS: LazyLock<Vec<Stmt>> = LazyLock::new(|| {
     .collect()
 });
 
-/// Key of the transaction-scoped advisory lock that serializes projections on one database.
-pub const PROJECT_LOCK_KEY: i64 = 0x626f_776d_6172_6b02;
+/// Key of the transaction-scoped advisory lock that serializes projections on one database
+/// ([`crate::locks`]).
+pub const PROJECT_LOCK_KEY: i64 = crate::locks::PROJECT;
 
 /// The projection lock, taken first in every projection transaction: derivations read across
 /// documents, so two concurrent projections (the streaming projector and a backfill) could

@@ -89,30 +89,17 @@ fn classify_amqp(e: &lapin::Error) -> ErrorClass {
     }
 }
 
-/// BEGIN, SAVEPOINT and COMMIT failures: connection trouble and serialization failures are
-/// transient; anything else means a broken database.
+/// BEGIN, SAVEPOINT and COMMIT failures: the one classification of PostgreSQL errors
+/// ([`crate::project::classify_pg`]), where a data error outside the projection (no document
+/// to pin it to) means a broken database.
 fn classify_pg(e: &tokio_postgres::Error) -> ErrorClass {
-    use tokio_postgres::error::SqlState;
-    let Some(code) = e.code() else {
-        return ErrorClass::Transient;
-    };
-    if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
-        return ErrorClass::Transient;
-    }
-    match &code.code()[..2] {
-        "08" | "53" | "57" => ErrorClass::Transient,
-        _ => ErrorClass::Fatal,
+    match crate::project::classify_pg(e) {
+        ErrorClass::Poison => ErrorClass::Fatal,
+        c => c,
     }
 }
 
-/// An error and its sources on one line (logs and the dead-letter header).
-pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut src = e.source();
-    while let Some(inner) = src {
-        s.push_str(": ");
-        s.push_str(&inner.to_string());
-        src = inner.source();
-    }
-    s
+/// An error and its sources on one line (logs and the dead-letter header): [`crate::cause::chain`].
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    crate::cause::chain(e)
 }

@@ -6,6 +6,7 @@ mod support;
 
 mod backfill;
 mod capture;
+mod checkpoint;
 mod cli;
 mod first_run;
 mod migrate;

@@ -1009,12 +1009,9 @@ async fn legacy_sync_messages_beside_the_daemon_are_acknowledged_not_dead_letter
     assert_eq!(rig.depth(&rig.pipeline.dead_letter_queue).await, 0);
 }
 
-#[tokio::test]
-async fn streaming_a_workload_equals_backfilling_its_final_state() {
-    // Given MongoDB (the simulator) and the daemon with both roles on database A
-    let sim = mongosim::Sim::start().await;
-    let rig = Rig::new().await;
-    let mut daemon = Daemon::spawn(
+/// The daemon with both roles over MongoDB `sim` and the rig's database and vhost, ready.
+async fn daemon_over(sim: &mongosim::Sim, rig: &Rig) -> Daemon {
+    let daemon = Daemon::spawn(
         &["--role", "all"],
         support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri())),
     );
@@ -1022,6 +1019,39 @@ async fn streaming_a_workload_equals_backfilling_its_final_state() {
         (daemon.get("/readyz").await.0 == 200).then_some(())
     })
     .await;
+    daemon
+}
+
+/// Write a marker company last and wait until it is projected (then everything written before
+/// it is), take the daemon's metrics, and stop it with SIGTERM (exit 0). Returns the metrics.
+async fn drain_and_stop(daemon: &mut Daemon, rig: &Rig, db: &mongodb::Database) -> String {
+    db.collection::<bson::Document>("companies")
+        .insert_one(bson::doc! {"_id": bson::oid::ObjectId::new(), "name": "zz-marker"})
+        .await
+        .unwrap();
+    eventually("the marker in the streamed database", WAIT, || async {
+        let n = rig
+            .count("SELECT count(*) FROM dim_company WHERE name = 'zz-marker'")
+            .await;
+        (n == 1).then_some(())
+    })
+    .await;
+    let metrics = daemon.get("/metrics").await.1;
+    daemon.signal("-TERM");
+    assert!(
+        daemon.wait_exit(Duration::from_secs(15)).success(),
+        "{}",
+        daemon.log()
+    );
+    metrics
+}
+
+#[tokio::test]
+async fn streaming_a_workload_equals_backfilling_its_final_state() {
+    // Given MongoDB (the simulator) and the daemon with both roles on database A
+    let sim = mongosim::Sim::start().await;
+    let rig = Rig::new().await;
+    let mut daemon = daemon_over(&sim, &rig).await;
     // When a generated Bow-Mark workload is written, then edited: a rate change, a rename, a
     // deleted work item, a child detached from its report, a deleted invoice
     let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
@@ -1068,24 +1098,7 @@ async fn streaming_a_workload_equals_backfilling_its_final_state() {
         .delete_one(bson::doc! {"_id": invoice.get("_id").unwrap()})
         .await
         .unwrap();
-    // (a marker written last: once it is projected, everything before it is)
-    coll("companies")
-        .insert_one(bson::doc! {"_id": bson::oid::ObjectId::new(), "name": "zz-marker"})
-        .await
-        .unwrap();
-    eventually("the marker in the streamed database", WAIT, || async {
-        let n = rig
-            .count("SELECT count(*) FROM dim_company WHERE name = 'zz-marker'")
-            .await;
-        (n == 1).then_some(())
-    })
-    .await;
-    daemon.signal("-TERM");
-    assert!(
-        daemon.wait_exit(Duration::from_secs(15)).success(),
-        "{}",
-        daemon.log()
-    );
+    drain_and_stop(&mut daemon, &rig, &db).await;
 
     // And the final MongoDB state is backfilled into a fresh database B
     let fresh = support::migrated_db().await;
@@ -1135,36 +1148,12 @@ async fn streaming_a_production_shaped_dump_children_first_equals_backfilling_th
     // And MongoDB (the simulator) with the daemon, both roles, on database A
     let sim = mongosim::Sim::start().await;
     let rig = Rig::new().await;
-    let mut daemon = Daemon::spawn(
-        &["--role", "all"],
-        support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri())),
-    );
-    eventually("/readyz with both roles active", WAIT, || async {
-        (daemon.get("/readyz").await.0 == 200).then_some(())
-    })
-    .await;
+    let mut daemon = daemon_over(&sim, &rig).await;
     // When the app writes it, each report's children before the report
     let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
     let db = mongo.database(&rig.pipeline.mongo_database);
     w.insert_children_first(&db).await.expect("insert workload");
-    db.collection::<bson::Document>("companies")
-        .insert_one(bson::doc! {"_id": bson::oid::ObjectId::new(), "name": "zz-marker"})
-        .await
-        .unwrap();
-    eventually("the marker in the streamed database", WAIT, || async {
-        let n = rig
-            .count("SELECT count(*) FROM dim_company WHERE name = 'zz-marker'")
-            .await;
-        (n == 1).then_some(())
-    })
-    .await;
-    let metrics = daemon.get("/metrics").await.1;
-    daemon.signal("-TERM");
-    assert!(
-        daemon.wait_exit(Duration::from_secs(15)).success(),
-        "{}",
-        daemon.log()
-    );
+    let metrics = drain_and_stop(&mut daemon, &rig, &db).await;
     // And the same dump is backfilled into a fresh database B
     let fresh = support::migrated_db().await;
     let pipeline = support::project_root().join("pipeline/paving.toml");

@@ -345,8 +345,9 @@ pub async fn star_of(client: &tokio_postgres::Client) -> Star {
     let mut retired: Vec<bool> = all.iter().map(|r| r.3).collect();
     loop {
         let mut referenced = std::collections::BTreeSet::new();
-        for (n, (_, _, v, _)) in all.iter().enumerate() {
-            if retired[n] {
+        for (n, (t, _, v, _)) in all.iter().enumerate() {
+            // (a rate row belongs to its dimension row: it keeps nothing live)
+            if retired[n] || t.ends_with("_rate") {
                 continue;
             }
             for (col, val) in v.as_object().expect("row object") {
