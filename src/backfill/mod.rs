@@ -713,10 +713,10 @@ impl<'a> Job<'a> {
             lock_open(self.open).push(Arc::clone(&load));
             let result = self.drain(&load, Guard::NewerOrEqual).await;
             lock_open(self.open).retain(|l| !Arc::ptr_eq(l, &load));
-            match result {
-                Ok(()) => Ok(load.settled().await),
-                e => e,
+            if result.is_ok() {
+                load.settled().await;
             }
+            result
         } else {
             self.drain(&load, Guard::NewerOrEqual).await
         };

@@ -529,7 +529,7 @@ impl Gen {
         let vehicle = vehicles[self.rng.random_range(0..vehicles.len())];
         let hours = self.rng.random_range(1..9);
         let k = self.ids.n as usize;
-        let mut d = doc! {"_id": id, "hours": if k % 2 == 0 { Bson::Int32(hours) } else { Bson::Double(f64::from(hours) + 0.25) },
+        let mut d = doc! {"_id": id, "hours": if k.is_multiple_of(2) { Bson::Int32(hours) } else { Bson::Double(f64::from(hours) + 0.25) },
         "vehicle": vehicle};
         set_text(&mut d, "jobTitle", k, "Hauling");
         self.push("vehicleworks", d);
