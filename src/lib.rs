@@ -10,6 +10,7 @@ pub mod health;
 pub mod http;
 pub mod metrics;
 pub mod migrate;
+pub mod ops;
 pub mod project;
 pub mod projector;
 pub mod publish;

@@ -11,6 +11,7 @@
 //! The SQL lives in `src/project/sql/*.sql`.
 
 mod error;
+mod rules;
 mod sanitize;
 mod sql;
 
@@ -28,6 +29,7 @@ use crate::event::{ChangeEvent, Entity, Op, Version};
 use crate::metrics as m;
 
 pub use error::{ErrorClass, ProjectError, describe_pg};
+pub use rules::{RULES_VERSION, RulesState, check_at_start, record_rules_version, rules_state};
 pub use sanitize::Adjustment;
 pub use sql::{PLACEHOLDER_NAME_PREFIX, PROJECT_LOCK_KEY};
 
@@ -359,15 +361,99 @@ pub async fn reproject_all(
     tx: &Transaction<'_>,
     pipeline: &Pipeline,
 ) -> Result<ApplyStats, ProjectError> {
+    reproject(tx, pipeline, None).await
+}
+
+/// The star tables a reprojection can be limited to ([`reproject`]).
+pub const STAR_TABLES: [&str; 18] = [
+    "dim_company",
+    "dim_crew",
+    "dim_employee",
+    "dim_employee_rate",
+    "dim_vehicle",
+    "dim_vehicle_rate",
+    "dim_jobsite",
+    "dim_material",
+    "dim_jobsite_material",
+    "dim_jobsite_material_rate",
+    "dim_daily_report",
+    "fact_employee_work",
+    "fact_vehicle_work",
+    "fact_material_shipment",
+    "fact_non_costed_material",
+    "fact_trucking",
+    "fact_production",
+    "fact_invoice",
+];
+
+/// The source entities whose documents derive `tables` (star table names): a reprojection of
+/// those entities' documents rebuilds these tables, and every other table derived from the
+/// same documents (e.g. `fact_trucking` with `fact_material_shipment`). `Err` names an unknown
+/// table.
+pub fn entities_of_tables(tables: &[String]) -> Result<Vec<Entity>, String> {
+    let mut out = BTreeSet::new();
+    for t in tables {
+        if !STAR_TABLES.contains(&t.as_str()) {
+            return Err(format!(
+                "unknown star table {t:?} (known: {})",
+                STAR_TABLES.join(", ")
+            ));
+        }
+        for e in sql::source_entities(t) {
+            out.insert(e.parse::<Entity>().map_err(|_| format!("entity {e}"))?);
+        }
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Rebuild the star rows derived from the mirror's documents of `entities` (every entity when
+/// `None`), as [`reproject_all`] does, under the projection lock held exclusive (readers see
+/// the old rows until the caller commits). A document whose rows PostgreSQL rejects is
+/// quarantined and everything else is rebuilt (as the projector does).
+pub async fn reproject(
+    tx: &Transaction<'_>,
+    pipeline: &Pipeline,
+    entities: Option<&[Entity]>,
+) -> Result<ApplyStats, ProjectError> {
     let started = Instant::now();
     let mut stats = ApplyStats::default();
     tx.batch_execute(&format!("{}; {}", sql::LOCK_EXCLUSIVE, sql::SCRATCH))
         .await
         .map_err(ProjectError::pg("scratch"))?;
-    tx.batch_execute(sql::AFFECT_ALL)
+    match entities {
+        None => tx.batch_execute(sql::AFFECT_ALL).await,
+        Some(list) => {
+            let names: Vec<&str> = list.iter().map(|e| e.as_str()).collect();
+            tx.execute(
+                &format!("{} WHERE entity = ANY($1)", sql::AFFECT_ALL),
+                &[&names],
+            )
+            .await
+            .map(|_| ())
+        }
+    }
+    .map_err(ProjectError::pg("affected"))?;
+    let ctx = Ctx::new(pipeline);
+    let pg = ProjectError::pg("reproject savepoint");
+    tx.batch_execute("SAVEPOINT cdc_reproject")
         .await
-        .map_err(ProjectError::pg("affected"))?;
-    derive(tx, &Ctx::new(pipeline), &mut stats, false).await?;
+        .map_err(pg)?;
+    match derive(tx, &ctx, &mut stats, false).await {
+        Ok(()) => tx
+            .batch_execute("RELEASE SAVEPOINT cdc_reproject")
+            .await
+            .map_err(ProjectError::pg("reproject savepoint"))?,
+        Err(e) if e.class() == ErrorClass::Poison => {
+            tx.batch_execute(
+                "ROLLBACK TO SAVEPOINT cdc_reproject; RELEASE SAVEPOINT cdc_reproject",
+            )
+            .await
+            .map_err(ProjectError::pg("reproject savepoint"))?;
+            stats = ApplyStats::default();
+            derive(tx, &ctx, &mut stats, true).await?;
+        }
+        Err(e) => return Err(e),
+    }
     cut_values(tx, &mut stats).await?;
     sync_quarantine(tx, pipeline).await?;
     record(pipeline, &stats, started);
