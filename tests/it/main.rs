@@ -8,6 +8,7 @@ mod backfill;
 mod capture;
 mod cli;
 mod migrate;
+mod ops;
 mod project;
 mod projector;
 mod sim;
