@@ -442,8 +442,7 @@ async fn migrations(client: &Client) -> Result<MigrationsInfo, OpsError> {
     };
     let latest = embedded
         .iter()
-        .filter(|m| applied.contains(&m.version))
-        .next_back()
+        .rfind(|m| applied.contains(&m.version))
         .map(|m| m.to_string());
     let pending = embedded
         .iter()
