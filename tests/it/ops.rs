@@ -538,3 +538,49 @@ async fn dlq_lists_without_consuming_purges_only_with_yes_and_replays_a_fixed_ev
     assert!(stdout(&out).contains("removed 1"), "{}", explain(&out));
     assert_eq!(rig.dlq_depth().await, 0);
 }
+
+#[tokio::test]
+async fn reproject_quarantines_a_document_whose_rows_are_rejected_and_rebuilds_the_rest() {
+    // Given the seed, a vehicle work whose billion hours overflow its column (quarantined by the
+    // projection), and an employee work's rate changed by hand
+    let mut h = Harness::new().await;
+    h.seed().await;
+    h.put(
+        Entity::VehicleWork,
+        VEHICLE_WORK_1,
+        seed::vehicle_work(VEHICLE_WORK_1, seed::SKIDSTEER_1, 1e9),
+    )
+    .await;
+    h.client
+        .batch_execute("UPDATE fact_employee_work SET hourly_rate = 1")
+        .await
+        .unwrap();
+
+    // When everything is reprojected
+    let tx = h.client.transaction().await.unwrap();
+    let stats = bowmark_cdc::project::reproject(&tx, &h.pipeline, None)
+        .await
+        .expect("a rejected document does not fail the reprojection");
+    tx.commit().await.unwrap();
+
+    // Then that document stays quarantined (its row left out) and the rest is rebuilt
+    assert!(
+        stats
+            .quarantined
+            .contains(&("vehicle_work".to_string(), VEHICLE_WORK_1.to_string())),
+        "{stats:?}"
+    );
+    assert_eq!(
+        h.count(
+            "SELECT count(*) FROM cdc.quarantine WHERE entity = 'vehicle_work'",
+            &[]
+        )
+        .await,
+        1
+    );
+    assert_eq!(
+        h.num("fact_employee_work", "hourly_rate", seed::EMPLOYEE_WORK_1)
+            .await,
+        "25.00"
+    );
+}
