@@ -67,10 +67,12 @@ enum Command {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
     },
-    /// One screen on a pipeline: capture leader, checkpoint age, queue and dead-letter depths,
-    /// quarantine, last backfill, deferred indexes, migrations and projection rules. Needs
-    /// PostgreSQL and the broker only. Exit 0 when healthy, 1 when something needs an operator
-    /// (each listed), 2 when a service cannot be reached.
+    /// Show the pipeline's health on one screen; exit 0 healthy, 1 needs an operator, 2 error.
+    ///
+    /// Capture leader, checkpoint age, queue and dead-letter depths, quarantine, last backfill,
+    /// deferred indexes, migrations and projection rules. Needs PostgreSQL and the broker only.
+    /// Exit 0 when healthy, 1 when something needs an operator (each listed), 2 when a service
+    /// cannot be reached.
     Status {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
@@ -81,9 +83,11 @@ enum Command {
         #[arg(long, value_name = "SECS", default_value_t = bowmark_cdc::ops::status::DEFAULT_MAX_CHECKPOINT_AGE_SECS)]
         max_checkpoint_age: u64,
     },
-    /// Rebuild every star row from the `cdc` source mirror alone (no MongoDB needed), in one
-    /// transaction under the projection lock: safe while the daemon runs (its batches wait,
-    /// readers see the old rows until the commit). Records the projection rules version.
+    /// Rebuild every star row from the `cdc` source mirror alone (no MongoDB needed).
+    ///
+    /// One transaction under the projection lock: safe while the daemon runs (its batches
+    /// wait, readers see the old rows until the commit). Prints the rows written by table and
+    /// records the projection rules version.
     Reproject {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
@@ -122,9 +126,10 @@ enum DlqCommand {
         #[command(flatten)]
         args: DlqArgs,
     },
-    /// Publish matching dead letters back to the pipeline's exchange with their original
-    /// routing key and message id; each leaves the dead-letter queue once its publish is
-    /// confirmed.
+    /// Publish matching dead letters back to the pipeline's exchange.
+    ///
+    /// Each keeps its original routing key and message id, and leaves the dead-letter queue
+    /// once its publish is confirmed.
     Replay {
         #[command(flatten)]
         args: DlqArgs,
