@@ -146,7 +146,14 @@ enum DlqCommand {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    bowmark_cdc::telemetry::init_logging();
+    match cli.command {
+        // A passive declare of a queue not declared yet is expected there: lapin would log
+        // the closed channel as an error.
+        Command::Status { .. } | Command::Dlq { .. } => {
+            bowmark_cdc::telemetry::init_logging_with("info,lapin=off")
+        }
+        _ => bowmark_cdc::telemetry::init_logging(),
+    }
     match cli.command {
         Command::Validate { files } => validate(files),
         Command::Migrate {

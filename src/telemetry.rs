@@ -6,7 +6,12 @@ use tracing_subscriber::EnvFilter;
 
 /// Install the global subscriber. `RUST_LOG` overrides the default `info` level.
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_with("info");
+}
+
+/// [`init_logging`] with another default filter (`RUST_LOG` still overrides it).
+pub fn init_logging_with(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
