@@ -217,8 +217,43 @@ async fn act(
     if let Some(pch) = publish {
         let _ = pch.close(200, "bye".into()).await;
     }
-    result.map(|_| report)
+    let report = result.map(|_| report)?;
+    settle(
+        conn,
+        &report.queue,
+        ready.saturating_sub(report.done as u32),
+    )
+    .await;
+    Ok(report)
 }
+
+/// Wait (up to [`SETTLE`]) until the requeued messages count as ready again: a quorum queue
+/// applies returns asynchronously, and an operator (or `status`) looking right after this
+/// command must not see them missing.
+async fn settle(conn: &lapin::Connection, queue: &str, expected: u32) {
+    let deadline = std::time::Instant::now() + SETTLE;
+    while std::time::Instant::now() < deadline {
+        let Ok(ch) = conn.create_channel().await else {
+            return;
+        };
+        let depth = crate::topology::depth(&ch, queue).await;
+        let _ = ch.close(200, "bye".into()).await;
+        match depth {
+            Ok(n) if n < expected => {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            _ => return,
+        }
+    }
+    tracing::warn!(
+        queue,
+        expected,
+        "requeued dead letters not all ready again yet"
+    );
+}
+
+/// How long to wait for requeued dead letters to be ready again.
+const SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Read up to `ready` messages; returns the highest delivery tag still unacked (to requeue).
 async fn scan(
