@@ -14,6 +14,7 @@ pub mod locks;
 pub mod metrics;
 pub mod migrate;
 pub mod model;
+pub mod ops;
 pub mod project;
 pub mod projector;
 pub mod publish;

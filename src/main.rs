@@ -7,6 +7,8 @@ use clap::{Parser, Subcommand};
 
 use bowmark_cdc::config::{Pipeline, Settings};
 use bowmark_cdc::migrate::MigrateReport;
+use bowmark_cdc::ops::OpsError;
+use bowmark_cdc::ops::reproject::{ReprojectOptions, ReprojectSummary, run_reproject};
 use bowmark_cdc::runtime::{self, Role, RunOptions};
 
 #[derive(Parser, Debug)]
@@ -57,32 +59,104 @@ enum Command {
     Migrate {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
+        /// Then rebuild every star row from the mirror (`reproject`), e.g. after a migration
+        /// that changes the projection rules.
+        #[arg(long)]
+        reproject: bool,
     },
     /// Compare MongoDB with PostgreSQL; non-zero exit on drift (not available yet).
     Verify {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
     },
-    /// Show checkpoint, lag, queue depth, DLQ depth and backfill progress (not available yet).
+    /// Show the pipeline's health on one screen; exit 0 healthy, 1 needs an operator, 2 error.
+    ///
+    /// Capture leader, checkpoint age, queue and dead-letter depths, quarantine, last backfill,
+    /// deferred indexes, migrations and projection rules. Needs PostgreSQL and the broker only.
+    /// Exit 0 when healthy, 1 when something needs an operator (each listed), 2 when a service
+    /// cannot be reached.
     Status {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// A checkpoint not written for longer than this needs an operator.
+        #[arg(long, value_name = "SECS", default_value_t = bowmark_cdc::ops::status::DEFAULT_MAX_CHECKPOINT_AGE_SECS)]
+        max_checkpoint_age: u64,
     },
-    /// Rebuild every star row from the `cdc` source mirror alone (not available yet).
+    /// Rebuild every star row from the `cdc` source mirror alone (no MongoDB needed).
+    ///
+    /// One transaction under the projection lock: safe while the daemon runs (its batches
+    /// wait, readers see the old rows until the commit). Prints the rows written by table and
+    /// records the projection rules version.
     Reproject {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
+        /// Only these star tables (comma-separated), with every table derived from the same
+        /// source documents; the rules version is then not recorded.
+        #[arg(long, value_delimiter = ',')]
+        tables: Vec<String>,
+    },
+    /// The dead-letter queue: list, replay to the exchange, or purge dead letters.
+    Dlq {
+        #[command(subcommand)]
+        action: DlqCommand,
     },
     /// Check pipeline files (default: pipeline/*.toml).
     Validate { files: Vec<PathBuf> },
 }
 
+/// Options shared by the `dlq` actions.
+#[derive(clap::Args, Debug)]
+struct DlqArgs {
+    #[arg(long, env = "CDC_PIPELINE")]
+    pipeline: PathBuf,
+    /// Only dead letters with this reason (bad_json, unsupported_version, unknown_entity,
+    /// invalid_event, wrong_pipeline, rejected_by_postgres).
+    #[arg(long)]
+    reason: Option<String>,
+    /// At most this many matching dead letters.
+    #[arg(long)]
+    limit: Option<usize>,
+}
+
+#[derive(Subcommand, Debug)]
+enum DlqCommand {
+    /// Show dead letters (age, reason, routing key, message id, error); consumes nothing.
+    List {
+        #[command(flatten)]
+        args: DlqArgs,
+    },
+    /// Publish matching dead letters back to the pipeline's exchange.
+    ///
+    /// Each keeps its original routing key and message id, and leaves the dead-letter queue
+    /// once its publish is confirmed.
+    Replay {
+        #[command(flatten)]
+        args: DlqArgs,
+    },
+    /// Remove matching dead letters (only with --yes; without it, print how many would go and
+    /// exit 1).
+    Purge {
+        #[command(flatten)]
+        args: DlqArgs,
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // (lapin's own log lines are off unless RUST_LOG names lapin: a passive declare of a queue
+    // not declared yet, expected by `status` and `dlq`, would log as an error)
     bowmark_cdc::telemetry::init_logging();
     match cli.command {
         Command::Validate { files } => validate(files),
-        Command::Migrate { pipeline } => migrate(&pipeline),
+        Command::Migrate {
+            pipeline,
+            reproject,
+        } => migrate(&pipeline, reproject),
         Command::Run {
             pipeline,
             role,
@@ -96,8 +170,13 @@ fn main() -> ExitCode {
             http_listen,
         } => backfill(&pipeline, from_dump, collections, restart, http_listen),
         Command::Verify { pipeline } => not_yet("verify", &pipeline),
-        Command::Status { pipeline } => not_yet("status", &pipeline),
-        Command::Reproject { pipeline } => not_yet("reproject", &pipeline),
+        Command::Status {
+            pipeline,
+            json,
+            max_checkpoint_age,
+        } => status(&pipeline, json, max_checkpoint_age),
+        Command::Reproject { pipeline, tables } => reproject(&pipeline, tables),
+        Command::Dlq { action } => dlq(action),
     }
 }
 
@@ -214,9 +293,122 @@ fn backfill(
     }
 }
 
+/// `reproject`: exit 0 after the commit, 1 on failure, 2 on bad configuration or usage.
+fn reproject(pipeline: &std::path::Path, tables: Vec<String>) -> ExitCode {
+    let (settings, rt) = match prepare(
+        "reproject",
+        pipeline,
+        tokio::runtime::Builder::new_current_thread(),
+    ) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let opts = ReprojectOptions {
+        tables,
+        progress: true,
+    };
+    report_reproject(rt.block_on(run_reproject(&settings, &opts)))
+}
+
+fn report_reproject(result: Result<ReprojectSummary, OpsError>) -> ExitCode {
+    match result {
+        Ok(summary) => {
+            print!("{summary}");
+            ExitCode::SUCCESS
+        }
+        Err(OpsError::Usage(e)) => {
+            eprintln!("reproject: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("reproject failed: {:#}", anyhow::Error::new(e));
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// `status`: exit 0 when healthy, 1 when something needs an operator, 2 on error.
+fn status(pipeline: &std::path::Path, json: bool, max_checkpoint_age: u64) -> ExitCode {
+    let (settings, rt) = match prepare(
+        "status",
+        pipeline,
+        tokio::runtime::Builder::new_current_thread(),
+    ) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match rt.block_on(bowmark_cdc::ops::status::status(
+        &settings,
+        max_checkpoint_age,
+    )) {
+        Ok(s) => {
+            if json {
+                match serde_json::to_string_pretty(&s) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("status: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{s}");
+            }
+            if s.healthy {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("status: {:#}", anyhow::Error::new(e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `dlq`: exit 0 when done, 1 when `purge` needs `--yes` or a replay failed, 2 on error.
+fn dlq(command: DlqCommand) -> ExitCode {
+    use bowmark_cdc::ops::dlq::{DlqAction, DlqFilter, run_dlq};
+    let (args, action) = match command {
+        DlqCommand::List { args } => (args, DlqAction::List),
+        DlqCommand::Replay { args } => (args, DlqAction::Replay),
+        DlqCommand::Purge { args, yes } => (args, DlqAction::Purge { confirmed: yes }),
+    };
+    let (settings, rt) = match prepare(
+        "dlq",
+        &args.pipeline,
+        tokio::runtime::Builder::new_current_thread(),
+    ) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let filter = DlqFilter {
+        reason: args.reason,
+        limit: args.limit,
+    };
+    match rt.block_on(run_dlq(&settings, action, &filter)) {
+        Ok(report) => {
+            print!("{report}");
+            if report.needs_confirmation() {
+                ExitCode::FAILURE
+            } else {
+                ExitCode::SUCCESS
+            }
+        }
+        Err(e @ OpsError::Replay { .. }) => {
+            eprintln!("dlq replay: {:#}", anyhow::Error::new(e));
+            ExitCode::FAILURE
+        }
+        Err(e) => {
+            eprintln!("dlq: {:#}", anyhow::Error::new(e));
+            ExitCode::from(2)
+        }
+    }
+}
+
 /// `migrate`: apply the embedded migrations to the pipeline's PostgreSQL database, adopting a
-/// database the legacy dbmate migrations built.
-fn migrate(pipeline: &std::path::Path) -> ExitCode {
+/// database the legacy dbmate migrations built; then, with `--reproject`, rebuild the star rows.
+fn migrate(pipeline: &std::path::Path, reproject: bool) -> ExitCode {
     let (settings, runtime) = match prepare(
         "migrate",
         pipeline,
@@ -228,7 +420,14 @@ fn migrate(pipeline: &std::path::Path) -> ExitCode {
     match runtime.block_on(bowmark_cdc::migrate::run(&settings.postgres)) {
         Ok(report) => {
             print_migrate_report(&report);
-            ExitCode::SUCCESS
+            if !reproject {
+                return ExitCode::SUCCESS;
+            }
+            let opts = ReprojectOptions {
+                tables: Vec::new(),
+                progress: true,
+            };
+            report_reproject(runtime.block_on(run_reproject(&settings, &opts)))
         }
         Err(e) => {
             let (database, host) = bowmark_cdc::migrate::target(&settings.postgres);

@@ -338,6 +338,7 @@ async fn wait_for_schema(
             );
         }
     }
+    warn_outdated_rules(&client, &settings.pipeline.name).await;
     health.set_connected(Dependency::Postgres, true);
     Ok(())
 }
@@ -462,6 +463,31 @@ async fn probe_mongo(settings: Settings, health: Health) {
             let cause = cause::chain(&e);
             warn!(error = %cause, "MongoDB not reachable yet; the capture keeps retrying");
             health.set_failed(Dependency::Mongo, cause);
+        }
+    }
+}
+
+/// Warn when the star rows were derived by older projection rules than this binary's (or
+/// before the rules were tracked); record the rules when nothing was derived yet.
+async fn warn_outdated_rules(client: &tokio_postgres::Client, pipeline: &str) {
+    use crate::project::{RULES_VERSION, RulesState, check_at_start};
+    match check_at_start(client, pipeline).await {
+        Ok(RulesState::Recorded { version, at }) if version < RULES_VERSION => warn!(
+            recorded = version,
+            current = RULES_VERSION,
+            reprojected_at = %at,
+            "the star rows were derived by older projection rules than this binary's: run \
+             `bowmark-cdc reproject --pipeline …` (safe while the daemon runs)"
+        ),
+        Ok(RulesState::Unknown) => warn!(
+            current = RULES_VERSION,
+            "the star rows were derived before projection rules were tracked \
+             (cdc.projection_rules): run `bowmark-cdc reproject --pipeline …` (safe while the \
+             daemon runs)"
+        ),
+        Ok(_) => {}
+        Err(e) => {
+            warn!(error = %e, "cannot read the projection rules version (cdc.projection_rules)")
         }
     }
 }

@@ -1044,6 +1044,7 @@ impl<'a> Job<'a> {
         let Some(pos) = self.position.clone() else {
             if not_yet.is_empty() {
                 store::finish_run(self.client, &name, false).await?;
+                crate::project::record_rules_version(&*self.client, &name).await?;
             }
             return Ok(CheckpointOutcome::DumpLeftAlone);
         };
@@ -1058,6 +1059,8 @@ impl<'a> Job<'a> {
             },
         };
         store::finish_run(self.client, &name, true).await?;
+        // Every star row is now derived by this binary's rules.
+        crate::project::record_rules_version(&*self.client, &name).await?;
         Ok(outcome)
     }
 }

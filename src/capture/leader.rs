@@ -54,7 +54,9 @@ impl Lease {
 impl Lease {
     /// Open the dedicated lock session (the lock is not taken yet).
     pub async fn connect(pg: &PostgresConn) -> Result<Lease, LeaderError> {
-        let cfg = pg.pg_config().map_err(LeaderError::Config)?;
+        let mut cfg = pg.pg_config().map_err(LeaderError::Config)?;
+        // Named for `bowmark-cdc status` (pg_stat_activity shows who holds the lock).
+        cfg.application_name(format!("bowmark-cdc capture {}", host_name()));
         let (client, connection) = cfg.connect(NoTls).await?;
         let lost = CancellationToken::new();
         let on_end = lost.clone();
@@ -75,6 +77,16 @@ impl Lease {
             .await?;
         Ok(row.get(0))
     }
+}
+
+/// This host's name (the pod name in Kubernetes), or `?`.
+fn host_name() -> String {
+    std::env::var("HOSTNAME")
+        .ok()
+        .or_else(|| std::fs::read_to_string("/etc/hostname").ok())
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "?".into())
 }
 
 /// A failure to reach PostgreSQL for the lock.

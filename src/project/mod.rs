@@ -11,6 +11,7 @@
 //! The SQL lives in `src/project/sql/*.sql`.
 
 mod error;
+mod rules;
 mod sanitize;
 mod sql;
 
@@ -28,6 +29,7 @@ use crate::event::{ChangeEvent, Entity, Op, Version};
 use crate::metrics as m;
 
 pub use error::{ErrorClass, ProjectError, classify_pg, describe_pg};
+pub use rules::{RULES_VERSION, RulesState, check_at_start, record_rules_version, rules_state};
 pub use sanitize::Adjustment;
 pub use sql::{PLACEHOLDER_NAME_PREFIX, PROJECT_LOCK_KEY};
 
@@ -356,15 +358,75 @@ pub async fn reproject_all(
     tx: &Transaction<'_>,
     pipeline: &Pipeline,
 ) -> Result<ApplyStats, ProjectError> {
+    reproject(tx, pipeline, None).await
+}
+
+/// The source entities whose documents derive `tables` (star table names, from the entity
+/// catalog): a reprojection of those entities' documents rebuilds these tables, and every
+/// other table derived from the same documents (e.g. `fact_trucking` with
+/// `fact_material_shipment`). `Err` names an unknown table.
+pub fn entities_of_tables(tables: &[String]) -> Result<Vec<Entity>, String> {
+    let mut out = BTreeSet::new();
+    for t in tables {
+        let Some(e) = crate::model::owner(t) else {
+            return Err(format!(
+                "unknown star table {t:?} (known: {})",
+                crate::model::star_tables().join(", ")
+            ));
+        };
+        out.insert(e);
+    }
+    Ok(out.into_iter().collect())
+}
+
+/// Rebuild the star rows derived from the mirror's documents of `entities` (every entity when
+/// `None`), as [`reproject_all`] does, under the projection lock held exclusive (readers see
+/// the old rows until the caller commits). A document whose rows PostgreSQL rejects is
+/// quarantined and everything else is rebuilt (as the projector does).
+pub async fn reproject(
+    tx: &Transaction<'_>,
+    pipeline: &Pipeline,
+    entities: Option<&[Entity]>,
+) -> Result<ApplyStats, ProjectError> {
     let started = Instant::now();
     let mut stats = ApplyStats::default();
     tx.batch_execute(&format!("{}; {}", sql::LOCK_EXCLUSIVE, sql::SCRATCH))
         .await
         .map_err(ProjectError::pg("scratch"))?;
-    tx.batch_execute(sql::AFFECT_ALL)
+    match entities {
+        None => tx.batch_execute(sql::AFFECT_ALL).await,
+        Some(list) => {
+            let names: Vec<&str> = list.iter().map(|e| e.as_str()).collect();
+            tx.execute(
+                &format!("{} WHERE entity = ANY($1)", sql::AFFECT_ALL),
+                &[&names],
+            )
+            .await
+            .map(|_| ())
+        }
+    }
+    .map_err(ProjectError::pg("affected"))?;
+    let ctx = Ctx::new(pipeline);
+    let pg = ProjectError::pg("reproject savepoint");
+    tx.batch_execute("SAVEPOINT cdc_reproject")
         .await
-        .map_err(ProjectError::pg("affected"))?;
-    derive(tx, &Ctx::new(pipeline), &mut stats, false).await?;
+        .map_err(pg)?;
+    match derive(tx, &ctx, &mut stats, false).await {
+        Ok(()) => tx
+            .batch_execute("RELEASE SAVEPOINT cdc_reproject")
+            .await
+            .map_err(ProjectError::pg("reproject savepoint"))?,
+        Err(e) if e.class() == ErrorClass::Poison => {
+            tx.batch_execute(
+                "ROLLBACK TO SAVEPOINT cdc_reproject; RELEASE SAVEPOINT cdc_reproject",
+            )
+            .await
+            .map_err(ProjectError::pg("reproject savepoint"))?;
+            stats = ApplyStats::default();
+            derive(tx, &ctx, &mut stats, true).await?;
+        }
+        Err(e) => return Err(e),
+    }
     cut_values(tx, &mut stats).await?;
     sync_quarantine(tx, pipeline).await?;
     record(pipeline, &stats, started);

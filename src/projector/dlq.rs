@@ -16,6 +16,8 @@ pub const ERROR_HEADER: &str = "x-cdc-error";
 pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
 /// Header: the exchange the message was published to.
 pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-original-exchange";
+/// Header: when the message was dead-lettered (a timestamp, seconds since the epoch).
+pub const DEAD_LETTERED_AT_HEADER: &str = "x-cdc-dead-lettered-at";
 /// Longest error message carried in a header.
 pub const MAX_ERROR_LEN: usize = 1024;
 
@@ -90,6 +92,11 @@ fn properties(d: &Delivery, dl: &DeadLetter) -> BasicProperties {
         text(d.routing_key.as_str()),
     );
     headers.insert(ORIGINAL_EXCHANGE_HEADER.into(), text(d.exchange.as_str()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    headers.insert(DEAD_LETTERED_AT_HEADER.into(), AMQPValue::Timestamp(now));
     d.properties
         .clone()
         .with_headers(headers)

@@ -112,6 +112,16 @@ async fn a_live_backfill_projects_a_generated_workload_and_hands_off_the_pre_sca
         "{:?}",
         summary.checkpoint
     );
+    // Every star row is derived by this binary's projection rules, and `status` can say so.
+    let rules: i32 = c
+        .query_one(
+            "SELECT version FROM cdc.projection_rules WHERE pipeline = 'paving'",
+            &[],
+        )
+        .await
+        .expect("a complete backfill records the projection rules version")
+        .get(0);
+    assert_eq!(rules, bowmark_cdc::project::RULES_VERSION);
 }
 
 /// Given writes made while a live backfill runs, then the stored capture checkpoint precedes
