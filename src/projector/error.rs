@@ -73,13 +73,14 @@ impl ProjectorError {
     }
 }
 
-/// Broker failures are transient (the connection is rebuilt) except those no retry can fix:
-/// access refused and inequivalent queue arguments (a queue declared by hand with other
-/// settings).
+/// Broker failures are transient (the connection is rebuilt, the cause logged) except those no
+/// retry can fix: inequivalent queue arguments (a queue declared by hand with other settings).
+/// Access refused once running (a rotated password, a permission withdrawn) is retried like
+/// PostgreSQL's login failures; at start the runtime stops on it with the server's message.
 fn classify_amqp(e: &lapin::Error) -> ErrorClass {
     match e.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => match amqp.get_id() {
-            403 | 406 => ErrorClass::Fatal,
+            406 => ErrorClass::Fatal,
             _ => ErrorClass::Transient,
         },
         lapin::ErrorKind::InvalidProtocolVersion(_)
