@@ -113,13 +113,11 @@ fn help_says_which_subcommands_are_not_available_yet() {
     let out = cdc_bin().arg("--help").output().unwrap();
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    for cmd in ["verify"] {
-        let line = help
-            .lines()
-            .find(|l| l.trim_start().starts_with(&format!("{cmd} ")))
-            .unwrap_or_else(|| panic!("{cmd} is listed: {help}"));
-        assert!(line.contains("(not available yet)"), "{line}");
-    }
+    let verify = help
+        .lines()
+        .find(|l| l.trim_start().starts_with("verify "))
+        .unwrap_or_else(|| panic!("verify is listed: {help}"));
+    assert!(verify.contains("(not available yet)"), "{verify}");
     for cmd in [
         "run",
         "backfill",

@@ -5,49 +5,41 @@ use std::process::{Child, Output, Stdio};
 use std::time::Duration;
 
 use bowmark_cdc::checkpoint::{Checkpoint, CheckpointStore};
-use bowmark_cdc::config::Pipeline;
 use bowmark_cdc::event::{CONTENT_TYPE, ChangeEvent, EVENT_TYPE, Entity, Op};
 use bowmark_cdc::projector::dlq;
-use bowmark_cdc::topology;
-use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::BasicPublishOptions;
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Confirmation};
 use serde_json::json;
 
 use crate::project::Harness;
 use crate::project::law::{compare, star_of};
 use crate::project::seed::{self, Seed, VEHICLE_WORK_1, oid};
-use crate::support::{self, TestDb, TestVhost, eventually};
+use crate::support::{self, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 const PIPELINE: &str = "pipeline/paving.toml";
 
-/// A migrated database, a vhost with the topology, a publisher, and the daemon consuming.
+/// The projector tests' rig (a migrated database, a vhost with the topology, a publisher) and
+/// the daemon consuming.
 struct Rig {
-    db: TestDb,
-    vhost: TestVhost,
-    pipeline: Pipeline,
-    pg: tokio_postgres::Client,
-    _amqp: lapin::Connection,
-    ch: Channel,
+    base: crate::projector::Rig,
     daemon: Child,
+}
+
+impl std::ops::Deref for Rig {
+    type Target = crate::projector::Rig;
+    fn deref(&self) -> &Self::Target {
+        &self.base
+    }
 }
 
 impl Rig {
     async fn new() -> Rig {
-        let db = support::migrated_db().await;
-        let pg = db.client().await;
-        let vhost = TestVhost::new();
-        let pipeline = support::pipeline("paving");
-        let amqp = vhost.connect().await;
-        let ch = amqp.create_channel().await.expect("channel");
-        topology::declare(&ch, &pipeline).await.expect("topology");
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .expect("confirms");
+        let base = crate::projector::Rig::new().await;
         let mut daemon = support::cdc_bin()
             .args(["run", "--pipeline", PIPELINE, "--role", "project"])
-            .envs(support::child_env(&db, Some(&vhost), None))
+            .envs(support::child_env(&base.db, Some(&base.vhost), None))
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -59,15 +51,7 @@ impl Rig {
             (support::http_get(addr, "/readyz").await.0 == 200).then_some(())
         })
         .await;
-        Rig {
-            db,
-            vhost,
-            pipeline,
-            pg,
-            _amqp: amqp,
-            ch,
-            daemon,
-        }
+        Rig { base, daemon }
     }
 
     /// Publish to `exchange` with `routing_key` and wait for the confirm.
@@ -105,31 +89,6 @@ impl Rig {
             .with_content_type(CONTENT_TYPE.into())
             .with_type(EVENT_TYPE.into())
             .with_message_id(id.into())
-    }
-
-    /// Publish events to the exchange as the capture does.
-    async fn publish(&self, events: &[ChangeEvent]) {
-        for e in events {
-            self.publish_to(
-                &self.pipeline.exchange,
-                &e.routing_key(),
-                &serde_json::to_vec(e).unwrap(),
-                Rig::event_props(&e.id),
-            )
-            .await;
-        }
-    }
-
-    async fn count(&self, sql: &str) -> i64 {
-        self.pg
-            .query_one(sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-            .get(0)
-    }
-
-    async fn depth(&self, queue: &str) -> u32 {
-        topology::depth(&self.ch, queue).await.expect("depth")
     }
 
     async fn dlq_depth(&self) -> u32 {

@@ -20,18 +20,19 @@ use crate::support::{self, TestDb, TestVhost, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
 
-/// A migrated private database, a private vhost with the pipeline's topology, and a publisher.
-struct Rig {
-    db: TestDb,
-    vhost: TestVhost,
-    pipeline: Pipeline,
-    pg: tokio_postgres::Client,
+/// A migrated private database, a private vhost with the pipeline's topology, and a publisher
+/// (also the base of the operator-command tests' rig).
+pub(crate) struct Rig {
+    pub(crate) db: TestDb,
+    pub(crate) vhost: TestVhost,
+    pub(crate) pipeline: Pipeline,
+    pub(crate) pg: tokio_postgres::Client,
     _amqp: lapin::Connection,
-    ch: Channel,
+    pub(crate) ch: Channel,
 }
 
 impl Rig {
-    async fn new() -> Rig {
+    pub(crate) async fn new() -> Rig {
         let db = support::migrated_db().await;
         let pg = db.client().await;
         let vhost = TestVhost::new();
@@ -53,7 +54,7 @@ impl Rig {
     }
 
     /// Publish bodies to the exchange as capture does, and wait for every confirm.
-    async fn publish_raw(&self, msgs: &[(String, Option<String>, Vec<u8>)]) {
+    pub(crate) async fn publish_raw(&self, msgs: &[(String, Option<String>, Vec<u8>)]) {
         let mut confirms = Vec::new();
         for (rk, id, body) in msgs {
             let mut props = BasicProperties::default()
@@ -87,7 +88,7 @@ impl Rig {
         }
     }
 
-    async fn publish(&self, events: &[ChangeEvent]) {
+    pub(crate) async fn publish(&self, events: &[ChangeEvent]) {
         let msgs: Vec<_> = events
             .iter()
             .map(|e| {
@@ -101,7 +102,7 @@ impl Rig {
         self.publish_raw(&msgs).await;
     }
 
-    async fn count(&self, sql: &str) -> i64 {
+    pub(crate) async fn count(&self, sql: &str) -> i64 {
         self.pg
             .query_one(sql, &[])
             .await
@@ -110,7 +111,7 @@ impl Rig {
     }
 
     /// One text value, or None when there is no row.
-    async fn text(&self, sql: &str, key: &str) -> Option<String> {
+    pub(crate) async fn text(&self, sql: &str, key: &str) -> Option<String> {
         self.pg
             .query_opt(sql, &[&key])
             .await
@@ -118,7 +119,7 @@ impl Rig {
             .map(|r| r.get(0))
     }
 
-    async fn depth(&self, queue: &str) -> u32 {
+    pub(crate) async fn depth(&self, queue: &str) -> u32 {
         topology::depth(&self.ch, queue).await.expect("depth")
     }
 
