@@ -334,20 +334,8 @@ async fn backfill_from_dump_accepts_mongodumps_output_folder() {
     let out = tempfile::tempdir().unwrap();
     let paving = write_dump(out.path(), "paving", 3);
     write_dump(out.path(), "concrete", 1);
-    let mut cmd = cdc_bin();
-    cmd.args([
-        "backfill",
-        "--pipeline",
-        "pipeline/paving.toml",
-        "--from-dump",
-    ])
-    .arg(out.path())
-    .envs(support::child_env(&db, None, None));
     // When it is backfilled
-    let (output, in_time) =
-        tokio::task::spawn_blocking(move || run_with_limit(cmd, Duration::from_secs(120)))
-            .await
-            .unwrap();
+    let (output, in_time) = backfill_from(&db, out.path(), Duration::from_secs(120)).await;
     let stderr = text(&output.stderr);
     // Then the paving folder is read, and the user is told so
     assert!(in_time && output.status.success(), "{stderr}");
@@ -369,6 +357,20 @@ async fn backfill_from_dump_accepts_mongodumps_output_folder() {
     // And a folder holding neither .bson files nor a paving folder is refused, saying what it holds
     let other = tempfile::tempdir().unwrap();
     write_dump(other.path(), "concrete", 1);
+    let (output, _) = backfill_from(&db, other.path(), Duration::from_secs(60)).await;
+    let stderr = text(&output.stderr);
+    assert!(!output.status.success());
+    assert!(stderr.contains("no \"paving\" folder"), "{stderr}");
+    assert!(stderr.contains("concrete"), "{stderr}");
+}
+
+/// `bowmark-cdc backfill --pipeline pipeline/paving.toml --from-dump DIR` into `db`, killed
+/// after `limit`: its output, and whether it ended in time.
+async fn backfill_from(
+    db: &support::TestDb,
+    dir: &std::path::Path,
+    limit: Duration,
+) -> (std::process::Output, bool) {
     let mut cmd = cdc_bin();
     cmd.args([
         "backfill",
@@ -376,16 +378,11 @@ async fn backfill_from_dump_accepts_mongodumps_output_folder() {
         "pipeline/paving.toml",
         "--from-dump",
     ])
-    .arg(other.path())
-    .envs(support::child_env(&db, None, None));
-    let (output, _) =
-        tokio::task::spawn_blocking(move || run_with_limit(cmd, Duration::from_secs(60)))
-            .await
-            .unwrap();
-    let stderr = text(&output.stderr);
-    assert!(!output.status.success());
-    assert!(stderr.contains("no \"paving\" folder"), "{stderr}");
-    assert!(stderr.contains("concrete"), "{stderr}");
+    .arg(dir)
+    .envs(support::child_env(db, None, None));
+    tokio::task::spawn_blocking(move || run_with_limit(cmd, limit))
+        .await
+        .unwrap()
 }
 
 fn mongosim_binary() -> Option<PathBuf> {
