@@ -113,7 +113,10 @@ CREATE TEMP TABLE IF NOT EXISTS cdc_adjusted (
 CREATE TEMP TABLE IF NOT EXISTS cdc_width AS
     SELECT table_name::text AS tbl, column_name::text AS col, character_maximum_length::int AS w
     FROM information_schema.columns
-    WHERE table_schema = current_schema() AND character_maximum_length IS NOT NULL;
+    WHERE character_maximum_length IS NOT NULL
+      -- the table the projection's unqualified names resolve to (the search path's)
+      AND to_regclass(quote_ident(table_name))
+          = to_regclass(quote_ident(table_schema) || '.' || quote_ident(table_name));
 CREATE TEMP TABLE IF NOT EXISTS cdc_quarantined (
     entity text NOT NULL, key text NOT NULL, reason text NOT NULL, PRIMARY KEY (entity, key)
 ) ON COMMIT DELETE ROWS;
