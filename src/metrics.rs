@@ -105,6 +105,71 @@ pub const BACKFILL_DOCUMENTS_TOTAL: &str = "cdc_backfill_documents_total";
 /// `stale`).
 pub const BACKFILL_DOCUMENTS_SKIPPED_TOTAL: &str = "cdc_backfill_documents_skipped_total";
 
+/// The `error_type` values of the capture's error and resume counters.
+pub const CAPTURE_ERROR_TYPES: [&str; 12] = [
+    "mongo",
+    "history_lost",
+    "invalidated",
+    "backfill",
+    "config",
+    "bad_checkpoint",
+    "nack",
+    "returned",
+    "broker",
+    "postgres",
+    "lease_lost",
+    "malformed",
+];
+
+/// The `error_type` values of [`PROJECTOR_RETRIES_TOTAL`].
+pub const PROJECTOR_ERROR_TYPES: [&str; 6] = [
+    "broker",
+    "consumer_ended",
+    "dead_letter_refused",
+    "postgres_pool",
+    "postgres",
+    "projection",
+];
+
+/// Register the counters of a pipeline's roles with every value of their bounded label sets
+/// at 0: a counter created on its first increment has no earlier sample, so `increase()` would
+/// never see its first event (the first dead letter, the first lost history).
+pub fn zero(pipeline: &str, capture: bool, project: bool) {
+    let p = || pipeline.to_string();
+    if capture {
+        for t in CAPTURE_ERROR_TYPES {
+            metrics::counter!(CAPTURE_ERRORS, LABEL_PIPELINE => p(), LABEL_ERROR_TYPE => t)
+                .increment(0);
+            metrics::counter!(CAPTURE_RESUMES, LABEL_PIPELINE => p(), LABEL_ERROR_TYPE => t)
+                .increment(0);
+        }
+    }
+    if project {
+        for r in crate::projector::dlq::Reason::ALL {
+            metrics::counter!(PROJECTOR_DEAD_LETTERED_TOTAL, LABEL_PIPELINE => p(),
+                LABEL_REASON => r.as_str())
+            .increment(0);
+        }
+        for t in PROJECTOR_ERROR_TYPES {
+            metrics::counter!(PROJECTOR_RETRIES_TOTAL, LABEL_PIPELINE => p(),
+                LABEL_ERROR_TYPE => t)
+            .increment(0);
+        }
+        for e in crate::event::Entity::ALL {
+            for o in [OUTCOME_APPLIED, OUTCOME_STALE, OUTCOME_DEAD_LETTERED] {
+                metrics::counter!(PROJECTOR_EVENTS_APPLIED_TOTAL, LABEL_PIPELINE => p(),
+                    LABEL_ENTITY => e.as_str(), LABEL_OUTCOME => o)
+                .increment(0);
+            }
+        }
+        for e in crate::event::Entity::ALL {
+            metrics::gauge!(PROJECT_QUARANTINED_DOCUMENTS, LABEL_PIPELINE => p(),
+                LABEL_ENTITY => e.as_str())
+            .increment(0.0);
+        }
+    }
+}
+
 /// Describe every metric once, so `/metrics` carries HELP lines.
 pub fn describe() {
     describe_capture();

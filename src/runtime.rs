@@ -100,6 +100,11 @@ pub async fn run(settings: Settings, opts: RunOptions) -> Result<(), RuntimeErro
         http_stop.clone(),
     ));
     tokio::spawn(upkeep(metrics, http_stop.clone()));
+    // Every counter of the roles exists from the start with its bounded label sets at 0, so
+    // that `increase()` sees its first event.
+    let project = roles.contains(&Stage::Projector);
+    let capture = roles.contains(&Stage::Capture);
+    m::zero(&settings.pipeline.name, capture, project);
 
     let result = run_stages(&settings, &roles, &health, &shutdown).await;
     http_stop.cancel();

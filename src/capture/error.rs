@@ -89,6 +89,7 @@ impl CaptureError {
     }
 
     /// The bounded `error_type` metric label.
+    /// (Every value is in `metrics::CAPTURE_ERROR_TYPES`, whose counters start at 0.)
     pub fn error_type(&self) -> &'static str {
         match self {
             CaptureError::Mongo(_) | CaptureError::StreamEnded => "mongo",

@@ -60,7 +60,8 @@ impl ProjectorError {
         }
     }
 
-    /// A bounded label for metrics and logs.
+    /// A bounded label for metrics and logs (every value is in
+    /// `metrics::PROJECTOR_ERROR_TYPES`, whose counters start at 0).
     pub fn error_type(&self) -> &'static str {
         match self {
             ProjectorError::Broker { .. } => "broker",

@@ -1247,3 +1247,54 @@ async fn streaming_a_production_shaped_dump_children_first_equals_backfilling_th
         "employee costs of reports whose crew is gone: {gone_crew_cost:?}"
     );
 }
+
+#[tokio::test]
+async fn every_counter_and_the_quarantine_gauge_exist_from_the_start_at_zero() {
+    // Given the daemon just started, before any event
+    let rig = Rig::new().await;
+    let daemon = rig.start();
+    daemon.wait_ready().await;
+    let metrics = daemon.get("/metrics").await.1;
+    // Then the counters alerts use with increase() have a 0 sample for every bounded label
+    // value (so the first dead letter is an increase), and the quarantine gauge one per entity
+    let zero = |name: &str, label: &str| {
+        metrics.lines().any(|l| {
+            l.starts_with(&format!("{name}{{"))
+                && l.contains(label)
+                && l.contains("pipeline=\"paving\"")
+                && l.ends_with(" 0")
+        })
+    };
+    for reason in [
+        "bad_json",
+        "unknown_entity",
+        "rejected_by_postgres",
+        "wrong_pipeline",
+    ] {
+        assert!(
+            zero(
+                "cdc_projector_dead_lettered_total",
+                &format!("reason=\"{reason}\"")
+            ),
+            "no zero sample of dead letters {reason}:\n{metrics}"
+        );
+    }
+    assert!(zero(
+        "cdc_projector_retries_total",
+        "error_type=\"postgres\""
+    ));
+    assert!(zero(
+        "cdc_projector_events_applied_total",
+        "outcome=\"dead_lettered\""
+    ));
+    for entity in ["vehicle_work", "daily_report", "employee"] {
+        assert!(
+            zero(
+                "cdc_project_quarantined_documents",
+                &format!("entity=\"{entity}\"")
+            ),
+            "no quarantine gauge for {entity}:\n{metrics}"
+        );
+    }
+    promtool_check(&metrics);
+}
