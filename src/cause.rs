@@ -7,6 +7,7 @@ use std::error::Error;
 use tokio_postgres::error::{DbError, SqlState};
 
 /// The server's message of a PostgreSQL error: `FATAL: role "x" does not exist (SQLSTATE 28000)`.
+/// Not its DETAIL, which can quote row values ("Failing row contains …"): logs never carry them.
 pub fn db_message(db: &DbError) -> String {
     let mut s = format!(
         "{}: {} (SQLSTATE {})",
@@ -14,10 +15,6 @@ pub fn db_message(db: &DbError) -> String {
         db.message(),
         db.code().code()
     );
-    if let Some(detail) = db.detail() {
-        s.push_str("; detail: ");
-        s.push_str(detail);
-    }
     if let Some(hint) = db.hint() {
         s.push_str("; hint: ");
         s.push_str(hint);

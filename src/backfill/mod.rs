@@ -1163,35 +1163,13 @@ fn apply_isolating<'a, 'b: 'a>(
     guard: Guard,
 ) -> BoxFut<'a, Result<Outcome, ProjectError>> {
     Box::pin(async move {
-        let pg = |error| ProjectError::Postgres {
-            step: "savepoint",
-            error,
-        };
-        let sp = tx.savepoint("backfill_chunk").await.map_err(pg)?;
-        match project::apply(&sp, pipeline, docs, guard).await {
-            Ok(stats) => {
-                sp.commit().await.map_err(pg)?;
-                Ok(Outcome {
-                    stats,
-                    rejected: Vec::new(),
-                })
-            }
+        // (documents whose own rows fail are quarantined; what still fails is bisected)
+        match project::apply_isolated(tx, pipeline, docs, guard).await {
+            Ok(stats) => Ok(Outcome {
+                stats,
+                rejected: Vec::new(),
+            }),
             Err(e) if e.class() == ErrorClass::Poison => {
-                sp.rollback().await.map_err(pg)?;
-                // Quarantine the documents whose own rows fail and project the rest; only what
-                // still fails is bisected.
-                let sp = tx.savepoint("backfill_quarantine").await.map_err(pg)?;
-                match project::apply_quarantining(&sp, pipeline, docs, guard).await {
-                    Ok(stats) => {
-                        sp.commit().await.map_err(pg)?;
-                        return Ok(Outcome {
-                            stats,
-                            rejected: Vec::new(),
-                        });
-                    }
-                    Err(e) if e.class() == ErrorClass::Poison => sp.rollback().await.map_err(pg)?,
-                    Err(e) => return Err(e),
-                }
                 if let [one] = docs {
                     return Ok(Outcome {
                         stats: project::ApplyStats::default(),

@@ -113,7 +113,7 @@ pub struct ApplyStats {
     /// `cdc.source_doc`, column = the document's top-level field).
     pub adjusted: BTreeMap<(String, String, String), u64>,
     /// Documents (entity, `_id`) quarantined by this call: their rows are rejected by
-    /// PostgreSQL and left out ([`apply_quarantining`]).
+    /// PostgreSQL and left out ([`apply_isolated`]).
     pub quarantined: BTreeSet<(String, String)>,
 }
 
@@ -130,8 +130,7 @@ impl ApplyStats {
 /// Project a batch inside the caller's transaction.
 ///
 /// A derived row that PostgreSQL rejects fails the whole call (class
-/// [`ErrorClass::Poison`]); the caller rolls back to a savepoint and calls
-/// [`apply_quarantining`] (or uses [`apply_isolated`], which does both).
+/// [`ErrorClass::Poison`]): [`apply_isolated`] then quarantines the documents whose rows fail.
 pub async fn apply(
     tx: &Transaction<'_>,
     pipeline: &Pipeline,
@@ -141,42 +140,53 @@ pub async fn apply(
     apply_inner(tx, pipeline, docs, mode, false).await
 }
 
-/// [`apply`], with each derivation statement in a savepoint: when one fails on the data, the
-/// source documents whose own rows it rejects are found (by halving the statement's keys),
-/// recorded in `cdc.quarantine` and left out (their earlier rows are archived or removed like
-/// any row no longer derivable), and everything else applies: their daily report, their
-/// siblings, the rest of the batch. Slower than [`apply`]: for a batch [`apply`] rejected.
-pub async fn apply_quarantining(
-    tx: &Transaction<'_>,
-    pipeline: &Pipeline,
-    docs: &[SourceDoc],
-    mode: Guard,
-) -> Result<ApplyStats, ProjectError> {
-    apply_inner(tx, pipeline, docs, mode, true).await
-}
-
-/// [`apply`] in a savepoint; when PostgreSQL rejects a derived row, again with
-/// [`apply_quarantining`].
+/// The one isolation routine of the projector and the backfill: [`apply`] in a savepoint;
+/// when PostgreSQL rejects a derived row, again in another with each derivation statement in
+/// a savepoint of its own: when one fails on the data, the source documents whose own rows it
+/// rejects are found (by halving the statement's keys), recorded in `cdc.quarantine` and left
+/// out (their earlier rows are archived or removed like any row no longer derivable), and
+/// everything else applies: their daily report, their siblings, the rest of the batch. A
+/// Poison error then (a document the mirror itself cannot hold) leaves the transaction as it
+/// was before the call, for the caller to isolate the documents by halving the batch.
 pub async fn apply_isolated(
     tx: &mut Transaction<'_>,
     pipeline: &Pipeline,
     docs: &[SourceDoc],
     mode: Guard,
 ) -> Result<ApplyStats, ProjectError> {
+    match in_savepoint(tx, pipeline, docs, mode, false).await {
+        Err(e) if e.class() == ErrorClass::Poison => {
+            in_savepoint(tx, pipeline, docs, mode, true).await
+        }
+        done => done,
+    }
+}
+
+/// One attempt of [`apply_isolated`]: committed when it succeeds, rolled back when it fails.
+async fn in_savepoint(
+    tx: &mut Transaction<'_>,
+    pipeline: &Pipeline,
+    docs: &[SourceDoc],
+    mode: Guard,
+    quarantine: bool,
+) -> Result<ApplyStats, ProjectError> {
     let sp = tx
         .savepoint("cdc_apply")
         .await
         .map_err(ProjectError::pg("savepoint"))?;
-    match apply(&sp, pipeline, docs, mode).await {
+    match apply_inner(&sp, pipeline, docs, mode, quarantine).await {
         Ok(stats) => {
             sp.commit().await.map_err(ProjectError::pg("savepoint"))?;
             Ok(stats)
         }
-        Err(e) if e.class() == ErrorClass::Poison => {
-            sp.rollback().await.map_err(ProjectError::pg("savepoint"))?;
-            apply_quarantining(tx, pipeline, docs, mode).await
+        Err(e) => {
+            // (a Poison error leaves the transaction usable; after any other the caller
+            // abandons it)
+            if e.class() == ErrorClass::Poison {
+                sp.rollback().await.map_err(ProjectError::pg("savepoint"))?;
+            }
+            Err(e)
         }
-        Err(e) => Err(e),
     }
 }
 

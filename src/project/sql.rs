@@ -15,6 +15,7 @@
 //! - `{{derived TABLE ENTITY}}`: the TABLE rows this apply derived for affected ENTITY keys;
 //! - `{{report_children}}`: the children entities with their report arrays, as `f(child, field)`;
 //! - `{{child_entities}}`: the children entities, for `IN`;
+//! - `{{drop_rates ENTITY}}`: the rate rows of deleted ENTITY documents;
 //! - `{{placeholder TABLE COLUMN}}`: placeholder rows of TABLE for the missing ids in column
 //!   COLUMN of CTE `refs`;
 //! - `{{fit TABLE COLUMN KEY EXPR}}`: the text EXPR cut to TABLE.COLUMN's width (the cut noted
@@ -255,6 +256,7 @@ fn expand(sql: &str) -> String {
             ["derived", table, entity] => derived(table, entity),
             ["fit", table, column, key, expr @ ..] => fit(table, column, key, &expr.join(" ")),
             ["placeholder", table, column] => placeholder(table, column),
+            ["drop_rates", entity] => drop_rates(entity),
             other => panic!("unknown template {other:?} in projection SQL"),
         });
         rest = &tail[end + 2..];
@@ -413,6 +415,18 @@ CROSS JOIN LATERAL (SELECT s0.* FROM cdc.source_doc s0 WHERE s0.entity = t.entit
 CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(s.doc -> 'rates')) AS e(v)
 WHERE cdc.num(e.v -> 'rate') IS NOT NULL AND cdc.ts(e.v -> 'date') IS NOT NULL
 "
+    )
+}
+
+/// The `dim_ENTITY_rate` rows of deleted ENTITY documents (a `RETURNING 1` data-modifying CTE
+/// body): the rates mirror the document's `rates[]`, and it has none any more.
+fn drop_rates(entity: &str) -> String {
+    format!(
+        "DELETE FROM dim_{entity}_rate r
+    USING pg_temp.cdc_affected a, cdc.source_doc s, dim_{entity} t
+    WHERE a.entity = '{entity}' AND s.entity = a.entity AND s.key = a.key AND s.deleted
+      AND t.mongo_id = a.key AND r.{entity}_id = t.id
+    RETURNING 1"
     )
 }
 

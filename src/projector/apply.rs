@@ -1,7 +1,7 @@
 //! One batch, one PostgreSQL transaction. The batch is applied inside a savepoint; when the
 //! projection says Poison (a row PostgreSQL rejects), the savepoint is rolled back and the batch
 //! is applied again with the documents whose own rows fail quarantined
-//! ([`project::apply_quarantining`]): their report, siblings and the rest of the batch commit.
+//! ([`project::apply_isolated`]): their report, siblings and the rest of the batch commit.
 //! Only what still fails (a document the mirror cannot hold) is bisected until the culprit
 //! events stand alone; they are returned as dead letters and every other event commits in the
 //! same transaction.
@@ -80,43 +80,14 @@ where
         if docs.is_empty() {
             return Ok(());
         }
-        let sp = tx
-            .savepoint("cdc_batch")
-            .await
-            .map_err(ProjectorError::pg("savepoint"))?;
-        match project::apply(&sp, pipeline, docs, Guard::Newer).await {
+        // (documents whose own rows fail are quarantined; what still fails is isolated to its
+        // events)
+        match project::apply_isolated(tx, pipeline, docs, Guard::Newer).await {
             Ok(stats) => {
-                sp.commit()
-                    .await
-                    .map_err(ProjectorError::pg("release savepoint"))?;
                 merge(&mut out.stats, stats);
                 Ok(())
             }
             Err(e) if e.class() == ErrorClass::Poison => {
-                sp.rollback()
-                    .await
-                    .map_err(ProjectorError::pg("rollback to savepoint"))?;
-                // A derived row rejected: pin it to the documents whose rows fail (quarantine)
-                // and apply the rest. What still fails is isolated to its events.
-                let sp = tx
-                    .savepoint("cdc_quarantine")
-                    .await
-                    .map_err(ProjectorError::pg("savepoint"))?;
-                match project::apply_quarantining(&sp, pipeline, docs, Guard::Newer).await {
-                    Ok(stats) => {
-                        sp.commit()
-                            .await
-                            .map_err(ProjectorError::pg("release savepoint"))?;
-                        merge(&mut out.stats, stats);
-                        return Ok(());
-                    }
-                    Err(e) if e.class() == ErrorClass::Poison => {
-                        sp.rollback()
-                            .await
-                            .map_err(ProjectorError::pg("rollback to savepoint"))?;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
                 if docs.len() == 1 {
                     out.rejected
                         .push((offset, DeadLetter::new(Reason::Rejected, error_chain(&e))));

@@ -117,17 +117,9 @@ SELECT (SELECT count(*) FROM kept) + (SELECT count(*) FROM dropped)
 WITH e AS (
     {{archive_dim dim_employee employee}}
 ), er AS (
-    DELETE FROM dim_employee_rate r
-    USING pg_temp.cdc_affected a, cdc.source_doc s, dim_employee t
-    WHERE a.entity = 'employee' AND s.entity = a.entity AND s.key = a.key AND s.deleted
-      AND t.mongo_id = a.key AND r.employee_id = t.id
-    RETURNING 1
+    {{drop_rates employee}}
 ), vr AS (
-    DELETE FROM dim_vehicle_rate r
-    USING pg_temp.cdc_affected a, cdc.source_doc s, dim_vehicle t
-    WHERE a.entity = 'vehicle' AND s.entity = a.entity AND s.key = a.key AND s.deleted
-      AND t.mongo_id = a.key AND r.vehicle_id = t.id
-    RETURNING 1
+    {{drop_rates vehicle}}
 ), v AS (
     {{archive_dim dim_vehicle vehicle}}
 ), j AS (
