@@ -242,7 +242,7 @@ async fn apply_inner(
             }
         }
         derive(tx, &ctx, &mut stats, quarantine).await?;
-        cut_values(tx, &mut stats).await?;
+        cut_values(tx, &mut stats, true).await?;
         sync_quarantine(tx, pipeline).await?;
     }
     record(pipeline, &stats, started);
@@ -307,19 +307,22 @@ const UNSTORABLE_MARKERS: [&str; 6] = [
 
 /// Per document of the batch, its storable body when [`sanitize`] had to change it (`None`:
 /// store it as it is). Each change is counted and logged once, never with the value.
+/// A document's JSON text as the mirror stores it, with what was changed, when that differs
+/// from the text (almost never: see [`sanitize`]).
+pub fn storable_form(raw: &str) -> Option<(serde_json::Value, Vec<Adjustment>)> {
+    if !UNSTORABLE_MARKERS.iter().any(|m| raw.contains(m)) {
+        return None;
+    }
+    let mut v: serde_json::Value = serde_json::from_str(raw).ok()?;
+    let changes = sanitize::sanitize(&mut v);
+    (!changes.is_empty()).then_some((v, changes))
+}
+
 fn storable(batch: &[&SourceDoc], stats: &mut ApplyStats) -> Vec<Option<DocJson>> {
     batch
         .iter()
         .map(|d| {
-            let raw = d.doc.as_deref()?.get();
-            if !UNSTORABLE_MARKERS.iter().any(|m| raw.contains(m)) {
-                return None;
-            }
-            let mut v: serde_json::Value = serde_json::from_str(raw).ok()?;
-            let changes = sanitize::sanitize(&mut v);
-            if changes.is_empty() {
-                return None;
-            }
+            let (v, changes) = storable_form(d.doc.as_deref()?.get())?;
             let mut seen = BTreeSet::new();
             for a in &changes {
                 if seen.insert((a.field.as_str(), a.kind)) {
@@ -338,7 +341,11 @@ fn storable(batch: &[&SourceDoc], stats: &mut ApplyStats) -> Vec<Option<DocJson>
 }
 
 /// Count and log the text values this call cut to their column's width (`{{fit}}`).
-async fn cut_values(tx: &Transaction<'_>, stats: &mut ApplyStats) -> Result<(), ProjectError> {
+async fn cut_values(
+    tx: &Transaction<'_>,
+    stats: &mut ApplyStats,
+    log: bool,
+) -> Result<(), ProjectError> {
     let rows = tx
         .query(sql::ADJUSTED, &[])
         .await
@@ -347,8 +354,10 @@ async fn cut_values(tx: &Transaction<'_>, stats: &mut ApplyStats) -> Result<(), 
         let (table, column, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
         let key: Option<String> = r.get(3);
         let original_length: Option<i32> = r.get(4);
-        tracing::warn!(table = %table, column = %column, key = key.as_deref().unwrap_or(""),
-            original_length, adjustment = %kind, "a text value was cut to its column's width");
+        if log {
+            tracing::warn!(table = %table, column = %column, key = key.as_deref().unwrap_or(""),
+                original_length, adjustment = %kind, "a text value was cut to its column's width");
+        }
         *stats.adjusted.entry((table, column, kind)).or_default() += 1;
     }
     Ok(())
@@ -399,8 +408,43 @@ pub async fn reproject(
     entities: Option<&[Entity]>,
 ) -> Result<ApplyStats, ProjectError> {
     let started = Instant::now();
+    let stats = rederive(tx, pipeline, entities, Target::Live).await?;
+    record(pipeline, &stats, started);
+    Ok(stats)
+}
+
+/// Derive every star row of the mirror afresh into the star tables the session's search path
+/// resolves to: `verify` shadows them with empty temporary tables of the same names. Takes no
+/// projection lock and leaves `cdc.quarantine` alone (the documents whose rows PostgreSQL
+/// rejects are only returned in [`ApplyStats::quarantined`]); the caller rolls back.
+pub async fn derive_afresh(
+    tx: &Transaction<'_>,
+    pipeline: &Pipeline,
+) -> Result<ApplyStats, ProjectError> {
+    rederive(tx, pipeline, None, Target::Scratch).await
+}
+
+/// Where a re-derivation writes: the live star tables (exclusive projection lock, quarantine
+/// kept up to date) or the scratch tables of a check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Live,
+    Scratch,
+}
+
+/// Re-derive the rows of the mirror's documents of `entities` (all when `None`).
+async fn rederive(
+    tx: &Transaction<'_>,
+    pipeline: &Pipeline,
+    entities: Option<&[Entity]>,
+    target: Target,
+) -> Result<ApplyStats, ProjectError> {
     let mut stats = ApplyStats::default();
-    tx.batch_execute(&format!("{}; {}", sql::LOCK_EXCLUSIVE, sql::SCRATCH))
+    let lock = match target {
+        Target::Live => sql::LOCK_EXCLUSIVE,
+        Target::Scratch => "SELECT 1",
+    };
+    tx.batch_execute(&format!("{lock}; {}", sql::SCRATCH))
         .await
         .map_err(ProjectError::pg("scratch"))?;
     match entities {
@@ -437,9 +481,10 @@ pub async fn reproject(
         }
         Err(e) => return Err(e),
     }
-    cut_values(tx, &mut stats).await?;
-    sync_quarantine(tx, pipeline).await?;
-    record(pipeline, &stats, started);
+    cut_values(tx, &mut stats, target == Target::Live).await?;
+    if target == Target::Live {
+        sync_quarantine(tx, pipeline).await?;
+    }
     Ok(stats)
 }
 

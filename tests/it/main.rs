@@ -14,3 +14,4 @@ mod ops;
 mod project;
 mod projector;
 mod sim;
+mod verify;
