@@ -80,6 +80,11 @@ enum Command {
         /// mongodump wrote, or its database subfolder).
         #[arg(long, conflicts_with = "no_source")]
         from_dump: Option<PathBuf>,
+        /// Instead: compare the reporting database the legacy Node sync writes (a PostgreSQL
+        /// URL) with this pipeline's, table by table by mongo_id, and explain every difference
+        /// by the README's "Differences from the legacy sync"; exit 1 when one is unexplained.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["from_dump", "no_source"])]
+        legacy_db: Option<String>,
         /// Skip the source: only compare the mirror with the star rows (no MongoDB needed).
         #[arg(long)]
         no_source: bool,
@@ -196,11 +201,19 @@ fn main() -> ExitCode {
         } => backfill(&pipeline, from_dump, collections, restart, http_listen),
         Command::Verify {
             pipeline,
+            legacy_db: Some(url),
+            json,
+            max_keys,
+            ..
+        } => verify_legacy(&pipeline, &url, json, max_keys),
+        Command::Verify {
+            pipeline,
             from_dump,
             no_source,
             json,
             max_keys,
             settle,
+            legacy_db: None,
         } => verify(&pipeline, from_dump, no_source, json, max_keys, settle),
         Command::Status {
             pipeline,
@@ -209,6 +222,45 @@ fn main() -> ExitCode {
         } => status(&pipeline, json, max_checkpoint_age),
         Command::Reproject { pipeline, tables } => reproject(&pipeline, tables),
         Command::Dlq { action } => dlq(action),
+    }
+}
+
+/// `verify --legacy-db`: exit 0 when every difference is explained, 1 when one is not, 2 on
+/// error.
+fn verify_legacy(pipeline: &std::path::Path, url: &str, json: bool, max_keys: usize) -> ExitCode {
+    let (settings, rt) = match prepare(
+        "verify",
+        pipeline,
+        tokio::runtime::Builder::new_current_thread(),
+    ) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match rt.block_on(bowmark_cdc::ops::verify::run_legacy_compare(
+        &settings, url, max_keys,
+    )) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("verify: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{report}");
+            }
+            if report.unexplained == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("verify --legacy-db: {:#}", anyhow::Error::new(e));
+            ExitCode::from(2)
+        }
     }
 }
 

@@ -321,3 +321,141 @@ async fn verify_against_a_dump_names_a_missing_and_an_unexpected_document_and_th
     let _ = daemon.wait();
     assert!(line.ends_with(&format!(" {drift}")), "{line}");
 }
+
+/// `bowmark-cdc verify --legacy-db URL --pipeline pipeline/paving.toml` against `ours`.
+fn verify_legacy(ours: &TestDb, legacy: &TestDb, json: bool) -> Output {
+    let c = legacy.conn();
+    let url = format!(
+        "postgres://{}@{}:{}/{}",
+        c.user, c.host, c.port, legacy.name
+    );
+    let mut cmd = support::cdc_bin();
+    cmd.args([
+        "verify",
+        "--pipeline",
+        "pipeline/paving.toml",
+        "--legacy-db",
+        &url,
+    ])
+    .envs(support::child_env(ours, None, None));
+    if json {
+        cmd.arg("--json");
+    }
+    cmd.output().expect("run bowmark-cdc verify --legacy-db")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_legacy_comparison_explains_each_difference_of_the_legacy_rules_and_names_the_rest() {
+    use crate::project::Harness;
+    use crate::project::seed::{
+        BASE_FOREMAN_1, EMPLOYEE_WORK_1, INVOICE_MATERIAL_1, JOBSITE_2, OFFICE_ADMIN, PRODUCTION_1,
+        SUPPLIER,
+    };
+    // Given the legacy scenario projected by this pipeline
+    let mut ours = Harness::new().await;
+    ours.seed().await;
+    // And a reporting database holding what the legacy sync's rules derive from the same
+    // documents: the same rows, except where the legacy rules differ
+    let mut legacy = Harness::new().await;
+    legacy.seed().await;
+    legacy
+        .client
+        .batch_execute(&format!(
+            "
+            -- its consumer wrote the material invoice as an expense too (difference 3)
+            INSERT INTO fact_invoice (mongo_id, jobsite_id, company_id, invoice_date, direction,
+                                      invoice_type, invoice_number, amount)
+            SELECT '{INVOICE_MATERIAL_1}', j.id, c.id, '2022-02-01', 'expense', 'external',
+                   'INV-SYNC-001', 500
+            FROM dim_jobsite j, dim_company c
+            WHERE j.mongo_id = '{JOBSITE_2}' AND c.mongo_id = '{SUPPLIER}';
+            -- dimensions were created only when a fact referenced them (difference 5)
+            DELETE FROM dim_employee WHERE mongo_id = '{OFFICE_ADMIN}';
+            -- a stale rate row was kept (difference 6)
+            INSERT INTO dim_employee_rate (employee_id, rate, effective_date)
+            SELECT id, 18, '2020-01-01' FROM dim_employee WHERE mongo_id = '{BASE_FOREMAN_1}';
+            -- the rate was frozen when the work was synced (difference 8)
+            UPDATE fact_employee_work SET hourly_rate = 20 WHERE mongo_id = '{EMPLOYEE_WORK_1}';
+            -- and one difference no rule explains
+            UPDATE fact_production SET quantity = 149 WHERE mongo_id = '{PRODUCTION_1}';
+            "
+        ))
+        .await
+        .expect("derive the legacy rows");
+
+    // When the operator compares the two databases
+    let out = tokio::task::block_in_place(|| verify_legacy(&ours.db, &legacy.db, true));
+
+    // Then the unexplained difference is named with its table, key and column, exit 1
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "exit {:?}\n{}\n{}",
+        out.status.code(),
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let report: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(report["unexplained"], 1, "{report:#}");
+    let table = |name: &str| {
+        report["tables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|t| t["table"] == name)
+            .cloned()
+            .unwrap_or_else(|| panic!("{name} compared: {report:#}"))
+    };
+    let production = table("fact_production");
+    assert_eq!(
+        production["rows"],
+        serde_json::json!([{"key": PRODUCTION_1, "side": "differs", "columns": ["quantity"]}])
+    );
+    // And every other difference is explained by its number in the README
+    let explained = |name: &str, why: &str| table(name)["explained"][why].as_u64();
+    assert_eq!(
+        explained(
+            "fact_invoice",
+            "3 material invoices are not fact_invoice rows"
+        ),
+        Some(1)
+    );
+    assert_eq!(explained("dim_employee", "5 dimensions are eager"), Some(1));
+    assert_eq!(
+        explained(
+            "dim_employee_rate",
+            "6 rate tables mirror the current rates"
+        ),
+        Some(1)
+    );
+    assert_eq!(
+        explained(
+            "fact_employee_work",
+            "8 changes propagate (rates, costs, archiving)"
+        ),
+        Some(1)
+    );
+    assert_eq!(table("fact_employee_work")["unexplained"], 0);
+
+    // When the unexplained difference is gone, then the comparison passes, in text too
+    legacy
+        .client
+        .execute(
+            "UPDATE fact_production SET quantity = 150 WHERE mongo_id = $1",
+            &[&PRODUCTION_1],
+        )
+        .await
+        .unwrap();
+    let out = tokio::task::block_in_place(|| verify_legacy(&ours.db, &legacy.db, false));
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        text(&out.stdout),
+        text(&out.stderr)
+    );
+    let printed = text(&out.stdout);
+    assert!(
+        printed.starts_with("legacy database against ours: 4 differences explained, 0 unexplained"),
+        "{printed}"
+    );
+}

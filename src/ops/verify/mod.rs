@@ -11,6 +11,7 @@
 //! It takes no lock the daemon waits for and never writes a star row; each run is recorded in
 //! `cdc.verify_run`, whose latest row the daemon exports as metrics.
 
+pub mod legacy;
 pub mod source;
 pub mod star;
 
@@ -26,6 +27,7 @@ use crate::config::{Pipeline, Settings};
 use crate::metrics as m;
 use crate::project;
 
+pub use legacy::LegacyReport;
 pub use source::{CollectionReport, SourceSpec};
 pub use star::TableReport;
 
@@ -109,6 +111,18 @@ pub async fn run_verify(
     record(&pg, &report).await?;
     tracing::info!(pipeline = %p.name, drift, elapsed_s = report.duration_secs, "verify done");
     Ok(report)
+}
+
+/// The cutover comparison: the legacy sync's reporting database at `legacy_url` against the
+/// pipeline's ([`legacy`]).
+pub async fn run_legacy_compare(
+    settings: &Settings,
+    legacy_url: &str,
+    max_keys: usize,
+) -> Result<LegacyReport, OpsError> {
+    let pg = connect_pg(settings).await?;
+    require_tables(&pg, settings, &["cdc.source_doc"]).await?;
+    legacy::compare_with_legacy(&pg, legacy_url, max_keys).await
 }
 
 /// Derive every star row afresh from the mirror into temporary tables of the star tables'
