@@ -164,9 +164,11 @@ async fn check_star(
     tx.batch_execute(&ddl)
         .await
         .map_err(OpsError::pg("scratch star tables"))?;
+    tracing::info!(pipeline = %pipeline.name, "verify: deriving every star row afresh from the mirror");
     let stats = project::derive_afresh(&tx, pipeline)
         .await
         .map_err(OpsError::Project)?;
+    tracing::info!(pipeline = %pipeline.name, "verify: comparing the fresh rows with the live ones");
     let live_rows = star::read(&tx, &live)
         .await
         .map_err(OpsError::pg("star rows"))?;

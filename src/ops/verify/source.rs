@@ -185,9 +185,13 @@ pub async fn check(
             }
             (SourceSpec::Mongo, None) => unreachable!("connected above"),
         }
+        let mut read = 0u64;
         while let Some(chunk) = rx.recv().await {
-            load(pg, chunk.map_err(OpsError::Source)?).await?;
+            let chunk = chunk.map_err(OpsError::Source)?;
+            read += chunk.read;
+            load(pg, chunk).await?;
         }
+        tracing::info!(collection = %coll, documents = read, "verify: source collection read");
     }
     let deadline = Instant::now() + settle;
     loop {
