@@ -118,7 +118,7 @@ pub(super) async fn upsert_mirror(
         (&or_equal, Type::BOOL),
     ];
     let rows = tx
-        .query_typed(&sql::MIRROR_UPSERT.sql, &params)
+        .query_typed(&plan::MIRROR_UPSERT.sql, &params)
         .await
         .map_err(ProjectError::pg("mirror"))?;
     Ok(rows

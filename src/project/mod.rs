@@ -12,6 +12,7 @@
 
 mod error;
 mod mirror;
+mod plan;
 mod quarantine;
 mod rederive;
 mod rules;
@@ -238,16 +239,17 @@ async fn apply_inner(
         // The entities that may have affected keys so far: a statement none of whose source
         // entities is here would find nothing (a child chunk of a backfill skips them all).
         let mut present: BTreeSet<&str> = stats.changed.iter().map(|(e, _)| e.as_str()).collect();
-        for step in sql::MIRROR_STEPS.iter() {
+        for step in plan::MIRROR_STEPS.iter() {
             if step.sources.iter().any(|e| present.contains(e)) {
                 ctx.run(tx, step, "mirror").await?;
             }
         }
-        for step in sql::AFFECTED_STEPS.iter() {
-            let (from, to) = sql::closure_entities(step.label);
-            if from.iter().any(|e| present.contains(e)) {
+        for step in plan::AFFECTED_STEPS.iter() {
+            if step.sources.iter().any(|e| present.contains(e)) {
                 ctx.run(tx, step, "affected").await?;
-                present.extend(to);
+                if let plan::Kind::Closure { to, .. } = &step.kind {
+                    present.extend(to.iter().copied());
+                }
             }
         }
         derive(tx, &ctx, &mut stats, quarantine).await?;
@@ -310,7 +312,7 @@ impl Ctx {
     async fn run(
         &self,
         tx: &Transaction<'_>,
-        stmt: &sql::Stmt,
+        stmt: &plan::Step,
         step: &'static str,
     ) -> Result<u64, ProjectError> {
         let params: [(&(dyn ToSql + Sync), Type); 2] =
@@ -331,7 +333,7 @@ impl Ctx {
         };
         tracing::debug!(
             step,
-            label = stmt.label,
+            name = stmt.name,
             rows = n,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "projection statement"
@@ -355,29 +357,37 @@ async fn derive(
         .iter()
         .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
         .collect();
-    // Rows written by each table's first statement (its upsert).
+    // Rows written by each table's upsert.
     let mut upserted: BTreeMap<&str, u64> = BTreeMap::new();
-    for stmt in sql::DERIVE_STEPS.iter() {
-        let needed = stmt.sources.as_slice();
+    for step in plan::DERIVE_STEPS.iter() {
+        let needed = step.sources.as_slice();
         if !needed.iter().any(|e| affected.contains_key(*e)) {
             continue;
         }
-        // A table's second statement archives or removes the rows of affected keys its upsert
-        // did not derive (stamp): none are left when the upsert wrote one row per affected
-        // key of its entity.
-        if let (Some(&n), [e]) = (upserted.get(stmt.label), needed)
-            && affected.get(*e) == Some(&n)
+        // A cleanup archives or removes the rows of affected keys its upsert did not derive
+        // (stamp): none are left when the upsert wrote one row per affected key of its entity.
+        if step.kind == plan::Kind::Cleanup
+            && let (Some(table), [e]) = (step.table, needed)
+            && upserted
+                .get(table)
+                .is_some_and(|n| affected.get(*e) == Some(n))
         {
             continue;
         }
         let n = if quarantine {
-            run_quarantining(tx, ctx, stmt, needed, stats).await?
+            run_quarantining(tx, ctx, step, needed, stats).await?
         } else {
-            ctx.run(tx, stmt, stmt.label).await?
+            ctx.run(tx, step, step.name).await?
         };
-        upserted.entry(stmt.label).or_insert(n);
-        if n > 0 && !stmt.label.starts_with("ctx:") && !stmt.label.starts_with("placeholder:") {
-            *stats.rows_written.entry(stmt.label).or_default() += n;
+        if step.kind == plan::Kind::Upsert
+            && let Some(table) = step.table
+        {
+            upserted.insert(table, n);
+        }
+        if n > 0
+            && let Some(label) = step.rows_label()
+        {
+            *stats.rows_written.entry(label).or_default() += n;
         }
     }
     Ok(())

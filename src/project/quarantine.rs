@@ -58,12 +58,12 @@ pub fn set_quarantine_gauge(pipeline: &Pipeline, counts: &BTreeMap<String, i64>)
 pub(super) async fn run_quarantining(
     tx: &Transaction<'_>,
     ctx: &Ctx,
-    stmt: &sql::Stmt,
+    stmt: &plan::Step,
     needed: &[&str],
     stats: &mut ApplyStats,
 ) -> Result<u64, ProjectError> {
     let [entity] = needed else {
-        return ctx.run(tx, stmt, stmt.label).await;
+        return ctx.run(tx, stmt, stmt.name).await;
     };
     let exec = |sql: &'static str| async move {
         tx.batch_execute(sql)
@@ -72,7 +72,7 @@ pub(super) async fn run_quarantining(
     };
     loop {
         exec("SAVEPOINT cdc_stmt").await?;
-        let e = match ctx.run(tx, stmt, stmt.label).await {
+        let e = match ctx.run(tx, stmt, stmt.name).await {
             Ok(n) => {
                 exec("RELEASE SAVEPOINT cdc_stmt").await?;
                 // Quarantined keys of this entity leave the statement's input only.
@@ -129,7 +129,7 @@ pub(super) async fn run_quarantining(
 async fn culprits(
     tx: &Transaction<'_>,
     ctx: &Ctx,
-    stmt: &sql::Stmt,
+    stmt: &plan::Step,
     entity: &str,
     keys: Vec<String>,
 ) -> Result<Vec<String>, ProjectError> {
@@ -165,7 +165,7 @@ async fn culprits(
 async fn fails_with(
     tx: &Transaction<'_>,
     ctx: &Ctx,
-    stmt: &sql::Stmt,
+    stmt: &plan::Step,
     entity: &str,
     keys: &[String],
 ) -> Result<bool, ProjectError> {
@@ -179,7 +179,7 @@ async fn fails_with(
     )
     .await
     .map_err(ProjectError::pg("quarantine probe"))?;
-    let r = ctx.run(tx, stmt, stmt.label).await;
+    let r = ctx.run(tx, stmt, stmt.name).await;
     tx.batch_execute("ROLLBACK TO SAVEPOINT cdc_probe; RELEASE SAVEPOINT cdc_probe")
         .await
         .map_err(ProjectError::pg("quarantine probe"))?;
