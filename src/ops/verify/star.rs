@@ -32,41 +32,73 @@ pub struct Row {
     pub placeholder: bool,
 }
 
+/// One row as read, before its foreign keys are mapped: its JSON text and what the retirement
+/// rule needs (kept small: a large database holds hundreds of thousands of rows).
+struct Raw {
+    table: &'static str,
+    id: Option<String>,
+    archived: bool,
+    /// A dimension row a fresh projection holds whether or not anything references it.
+    eager: bool,
+    /// The surrogate ids its foreign-key columns hold.
+    refs: Vec<String>,
+    text: String,
+}
+
 /// Every star row of `schema` (`pg_temp` for the session's temporary tables) by natural key.
 pub async fn read(
     client: &impl GenericClient,
     schema: &str,
 ) -> Result<Star, tokio_postgres::Error> {
+    use futures_util::TryStreamExt;
     let tables = crate::model::star_tables();
-    // Every row, with its surrogate id and whether it is archived by its own column.
-    let mut all: Vec<(&str, Option<String>, Value, bool)> = Vec::new();
+    let mut all: Vec<Raw> = Vec::new();
     for t in &tables {
         let sql = format!("SELECT to_jsonb(x)::text FROM {schema}.{t} x");
-        for r in client.query(&sql, &[]).await? {
+        let rows = client.query_raw(&sql, std::iter::empty::<i32>()).await?;
+        futures_util::pin_mut!(rows);
+        while let Some(r) = rows.try_next().await? {
             let text: String = r.get(0);
             // PostgreSQL's jsonb text always parses.
             let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
             let archived = v.get("archived_at").is_some_and(|a| !a.is_null())
                 || v.get("archived").is_some_and(|a| a == &Value::Bool(true));
-            let id = v.get("id").and_then(Value::as_str).map(str::to_string);
-            all.push((t, id, v, archived));
+            let refs = v
+                .as_object()
+                .into_iter()
+                .flatten()
+                .filter(|(c, _)| *c != "id" && c.ends_with("_id"))
+                .filter_map(|(_, val)| val.as_str().map(str::to_string))
+                .collect();
+            all.push(Raw {
+                table: t,
+                id: v.get("id").and_then(Value::as_str).map(str::to_string),
+                archived,
+                eager: eager(t, &v),
+                refs,
+                text,
+            });
         }
     }
     let retired = retired(&all);
-    let ids: BTreeMap<String, (String, bool)> = all
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| is_dim(r.0))
-        .filter_map(|(n, r)| {
-            let m = r.2.get("mongo_id")?.as_str()?.to_string();
-            Some((r.1.clone()?, (m, retired[n])))
-        })
-        .collect();
+    // Dimension rows by surrogate id: (mongo_id, retired).
+    let mut ids: BTreeMap<String, (String, bool)> = BTreeMap::new();
     let mut out = Star::new();
     for t in &tables {
         out.entry(t.to_string()).or_default();
     }
-    for (n, (t, _, mut v, _)) in all.into_iter().enumerate() {
+    for (n, r) in all.iter().enumerate() {
+        if is_dim(r.table) {
+            let v: Value = serde_json::from_str(&r.text).unwrap_or(Value::Null);
+            if let (Some(id), Some(m)) = (&r.id, v.get("mongo_id").and_then(Value::as_str)) {
+                ids.insert(id.clone(), (m.to_string(), retired[n]));
+            }
+        }
+    }
+    for (n, r) in all.into_iter().enumerate() {
+        let mut v: Value = serde_json::from_str(&r.text).unwrap_or(Value::Null);
+        drop(r.text);
+        let t = r.table;
         let Some(obj) = v.as_object_mut() else {
             continue;
         };
@@ -75,9 +107,9 @@ pub async fn read(
         let mut parent_retired = false;
         for (col, val) in obj.iter_mut() {
             if col.ends_with("_id")
-                && let Some((m, r)) = val.as_str().and_then(|s| ids.get(s))
+                && let Some((m, ret)) = val.as_str().and_then(|s| ids.get(s))
             {
-                parent_retired |= *r && t.ends_with("_rate");
+                parent_retired |= *ret && t.ends_with("_rate");
                 *val = Value::String(m.clone());
             }
         }
@@ -116,32 +148,25 @@ fn is_dim(t: &str) -> bool {
 
 /// Retired: archived, or (a dimension row) referenced by no live row; to a fixed point (a
 /// retired jobsite material does not keep its material live).
-fn retired(all: &[(&str, Option<String>, Value, bool)]) -> Vec<bool> {
-    let mut retired: Vec<bool> = all.iter().map(|r| r.3).collect();
+fn retired(all: &[Raw]) -> Vec<bool> {
+    let mut retired: Vec<bool> = all.iter().map(|r| r.archived).collect();
     loop {
         let mut referenced = BTreeSet::new();
-        for (n, (t, _, v, _)) in all.iter().enumerate() {
+        for (n, r) in all.iter().enumerate() {
             // (a rate row belongs to its dimension row: it keeps nothing live)
-            if retired[n] || t.ends_with("_rate") {
+            if retired[n] || r.table.ends_with("_rate") {
                 continue;
             }
-            for (col, val) in v.as_object().into_iter().flatten() {
-                if col != "id"
-                    && col.ends_with("_id")
-                    && let Some(s) = val.as_str()
-                {
-                    referenced.insert(s);
-                }
-            }
+            referenced.extend(r.refs.iter().map(String::as_str));
         }
         let mut changed = false;
-        for (n, (t, id, v, _)) in all.iter().enumerate() {
-            let r = retired[n]
-                || (is_dim(t)
-                    && id.as_deref().is_some_and(|i| !referenced.contains(i))
-                    && !eager(t, v));
-            if r != retired[n] {
-                retired[n] = r;
+        for (n, r) in all.iter().enumerate() {
+            let ret = retired[n]
+                || (is_dim(r.table)
+                    && r.id.as_deref().is_some_and(|i| !referenced.contains(i))
+                    && !r.eager);
+            if ret != retired[n] {
+                retired[n] = ret;
                 changed = true;
             }
         }
