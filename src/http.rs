@@ -49,12 +49,7 @@ pub fn metrics_router(metrics: PrometheusHandle) -> Router {
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        metrics.render(),
-                    )
-                }
+                async move { render(&metrics) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
@@ -72,9 +67,15 @@ pub async fn serve(
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    render(&s.metrics)
+}
+
+/// The Prometheus text, with the process metrics sampled now.
+fn render(metrics: &PrometheusHandle) -> impl IntoResponse + use<> {
+    crate::metrics::collect_process();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        metrics.render(),
     )
 }
 
@@ -123,8 +124,14 @@ pub fn readiness(health: &Health, roles: &[Stage]) -> (bool, String) {
         .map(|r| format!("{} {}", stage_name(*r), health.state(*r).as_str()))
         .collect();
     for r in roles {
-        if !matches!(health.state(*r), RoleState::Active | RoleState::Standby) {
-            missing.push(format!("{} {}", stage_name(*r), health.state(*r).as_str()));
+        match health.state(*r) {
+            RoleState::Active | RoleState::Standby => {}
+            RoleState::Failed => missing.push(format!(
+                "{} failed ({})",
+                stage_name(*r),
+                health.failure().unwrap_or_default()
+            )),
+            other => missing.push(format!("{} {}", stage_name(*r), other.as_str())),
         }
     }
     if missing.is_empty() {
@@ -171,6 +178,14 @@ mod tests {
         h.set_connected(Dependency::Mongo, true);
         let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
         assert!(ok && body.contains("capture standby"), "{body}");
+        // A capture stopped for good is named with what to do.
+        h.set_stage_failed(Stage::Capture, "history lost: run bowmark-cdc backfill");
+        let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
+        assert!(!ok, "{body}");
+        assert_eq!(
+            body,
+            "not ready: capture failed (history lost: run bowmark-cdc backfill)\n"
+        );
     }
 
     #[test]

@@ -172,7 +172,7 @@ impl Progress {
         ];
         metrics::gauge!(m::BACKFILL_DOCUMENTS_DONE, &labels).set(t.done as f64);
         if let Some(total) = t.total {
-            metrics::gauge!(m::BACKFILL_DOCUMENTS_TOTAL, &labels).set(total as f64);
+            metrics::gauge!(m::BACKFILL_DOCUMENTS_EXPECTED, &labels).set(total as f64);
         }
     }
 }

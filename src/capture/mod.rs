@@ -236,6 +236,26 @@ impl CaptureStage {
     }
 }
 
+impl CaptureError {
+    /// An error that stops the capture for good, which the daemon reports by staying up
+    /// (unready, [`m::CAPTURE_HISTORY_LOST`] at 1) rather than exiting: history lost under
+    /// `history_lost = "fail"` (a restart would only meet it again).
+    pub fn needs_operator(&self) -> bool {
+        matches!(self, CaptureError::HistoryLost { .. })
+    }
+
+    /// Report [`CaptureError::needs_operator`]'s error on `/readyz` and `/metrics`.
+    pub fn hold(self: Box<Self>, settings: &Settings, health: &Health) -> Box<Self> {
+        let name = &settings.pipeline.name;
+        metrics::gauge!(m::CAPTURE_HISTORY_LOST, m::LABEL_PIPELINE => name.clone()).set(1.0);
+        metrics::gauge!(m::CAPTURE_LEADER, m::LABEL_PIPELINE => name.clone()).set(0.0);
+        health.set_stage_failed(Stage::Capture, self.to_string());
+        tracing::error!(pipeline = %name, "the capture stopped for good; the process stays up, \
+            unready, until it is restarted (after the backfill); the projector goes on");
+        self
+    }
+}
+
 fn new_backoff() -> Backoff {
     Backoff::new(BACKOFF_MIN, BACKOFF_MAX)
 }

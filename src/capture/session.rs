@@ -134,8 +134,12 @@ struct Session<'a> {
     latency: Histogram,
     in_flight: Gauge,
     lag: Gauge,
-    age: Gauge,
-    caught_up_at: Instant,
+    checkpoint_ts: Gauge,
+    /// When the newest confirmed empty batch was read (the stream had nothing newer).
+    idle_at: Option<std::time::SystemTime>,
+    /// What this session last exported as [`m::CAPTURE_CHECKPOINT_TIMESTAMP`]: it only
+    /// moves on progress shown here, so a session that fails at once leaves it to age.
+    covered: f64,
     last_ping: Instant,
 }
 
@@ -158,8 +162,9 @@ impl<'a> Session<'a> {
             latency: metrics::histogram!(m::CAPTURE_CONFIRM_LATENCY, m::LABEL_PIPELINE => name.clone()),
             in_flight: g(m::CAPTURE_CONFIRMS_IN_FLIGHT),
             lag: g(m::CAPTURE_SOURCE_LAG),
-            age: g(m::CAPTURE_CHECKPOINT_AGE),
-            caught_up_at: Instant::now(),
+            checkpoint_ts: g(m::CAPTURE_CHECKPOINT_TIMESTAMP),
+            idle_at: None,
+            covered: 0.0,
             last_ping: Instant::now(),
         }
     }
@@ -201,6 +206,7 @@ impl<'a> Session<'a> {
             self.lag.set(lag);
         } else {
             self.lag.set(0.0);
+            self.idle_at = Some(std::time::SystemTime::now() - done.published_at.elapsed());
         }
         self.tracker.confirmed(done.pos);
         Ok(())
@@ -294,9 +300,11 @@ impl<'a> Session<'a> {
         }
         self.write_checkpoint().await?;
         if in_flight == 0 && !self.tracker.has_open_group() {
-            self.caught_up_at = Instant::now();
+            // Every change read is confirmed and stored, up to the last empty batch.
+            if let Some(at) = self.idle_at {
+                self.advance_covered(unix_seconds(at));
+            }
         }
-        self.age.set(self.caught_up_at.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -310,8 +318,19 @@ impl<'a> Session<'a> {
             .save(name, &cp)
             .await
             .map_err(CaptureError::Checkpoint)?;
+        if let Some(ct) = cp.cluster_time {
+            self.advance_covered(f64::from(ct.t));
+        }
         tracing::debug!(pipeline = %name, last_event = ?cp.event_id, "checkpoint stored");
         Ok(())
+    }
+
+    /// Export the time the stored checkpoint covers the stream up to, never backward.
+    fn advance_covered(&mut self, unix: f64) {
+        if unix > self.covered {
+            self.covered = unix;
+            self.checkpoint_ts.set(unix);
+        }
     }
 
     /// Graceful stop: wait (bounded) for outstanding confirms, close the last event group if
@@ -362,4 +381,10 @@ impl<'a> Session<'a> {
             _ => {}
         }
     }
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

@@ -296,7 +296,7 @@ async fn process_reports_capture_metrics_and_standby_readiness() {
         "cdc_capture_events_published_total",
         "cdc_capture_confirm_latency_seconds_bucket",
         "cdc_capture_source_lag_seconds",
-        "cdc_capture_checkpoint_age_seconds",
+        "cdc_capture_checkpoint_timestamp_seconds",
         "cdc_capture_confirms_in_flight",
         "cdc_capture_leader",
     ] {
