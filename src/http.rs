@@ -2,6 +2,7 @@
 //! process lives) and `/readyz` (503 until the dependencies of the running roles are connected
 //! and every role is active or standing by; the body says which).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -12,6 +13,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::health::{Dependency, Health, Link, RoleState, Stage};
 
@@ -53,6 +55,44 @@ pub fn metrics_router(metrics: PrometheusHandle) -> Router {
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+}
+
+/// Serve `/metrics` and `/healthz` on `addr` until `stop` (the backfill Job's port). A port
+/// that cannot be bound or a recorder that cannot be installed is logged, not fatal: the
+/// backfill's work does not depend on being scraped. Returns the bound address.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    pipeline: &str,
+    stop: CancellationToken,
+) -> Option<SocketAddr> {
+    let handle = match crate::metrics::install_recorder() {
+        Ok(h) => {
+            crate::metrics::zero(pipeline, false, false);
+            h
+        }
+        Err(e) => {
+            warn!(error = %e, "metrics not served");
+            return None;
+        }
+    };
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(%addr, error = %e, "metrics not served: cannot listen");
+            return None;
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(addr = %bound, "http listening on /metrics, /healthz");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, metrics_router(handle))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "http server ended with an error");
+        }
+    });
+    Some(bound)
 }
 
 /// Serve until `stop` is cancelled.

@@ -30,6 +30,10 @@ pub const CAPTURE_CONFIRM_LATENCY: &str = "cdc_capture_confirm_latency_seconds";
 pub const CAPTURE_CONFIRMS_IN_FLIGHT: &str = "cdc_capture_confirms_in_flight";
 /// Gauge {pipeline}: now minus the wall time of the last confirmed event (0 when idle).
 pub const CAPTURE_SOURCE_LAG: &str = "cdc_capture_source_lag_seconds";
+/// Gauge {pipeline}: MongoDB wall time (Unix seconds) of the last confirmed event; 0 until this
+/// process confirmed one. With [`PROJECTOR_LAST_EVENT_TIMESTAMP`]: how far (in event time) the
+/// projector is behind the capture.
+pub const CAPTURE_LAST_EVENT_TIMESTAMP: &str = "cdc_capture_last_event_timestamp_seconds";
 /// Gauge {pipeline}: Unix time up to which the stored checkpoint covers the change stream: now
 /// when every change read is confirmed and stored (caught up, idle or busy), else the cluster
 /// time of the stored checkpoint's last event; 0 until this process stored or confirmed one.
@@ -115,7 +119,7 @@ pub const BACKFILL_DOCUMENTS_EXPECTED: &str = "cdc_backfill_documents_expected";
 
 // --- process ---------------------------------------------------------------------------------
 
-/// Gauge {version}: always 1; the version of the running binary.
+/// Gauge {pipeline, version}: always 1; the version of the running binary.
 pub const BUILD_INFO: &str = "cdc_build_info";
 pub const LABEL_VERSION: &str = "version";
 /// Documents the backfill read but did not project, by `reason` (`no_id`, `rejected`,
@@ -154,13 +158,17 @@ pub const PROJECTOR_ERROR_TYPES: [&str; 6] = [
 /// Register the counters of a pipeline's roles with every value of their bounded label sets
 /// at 0: a counter created on its first increment has no earlier sample, so `increase()` would
 /// never see its first event (the first dead letter, the first lost history).
+/// Also sets [`BUILD_INFO`] (the backfill calls it with neither role).
 pub fn zero(pipeline: &str, capture: bool, project: bool) {
     let p = || pipeline.to_string();
+    metrics::gauge!(BUILD_INFO, LABEL_PIPELINE => p(), LABEL_VERSION => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
     if capture {
         // A standby exports the leader's series too: absent would silence "no leader".
         metrics::gauge!(CAPTURE_LEADER, LABEL_PIPELINE => p()).set(0.0);
         metrics::gauge!(CAPTURE_HISTORY_LOST, LABEL_PIPELINE => p()).set(0.0);
         metrics::gauge!(CAPTURE_CHECKPOINT_TIMESTAMP, LABEL_PIPELINE => p()).set(0.0);
+        metrics::gauge!(CAPTURE_LAST_EVENT_TIMESTAMP, LABEL_PIPELINE => p()).set(0.0);
         metrics::gauge!(CAPTURE_CONFIRMS_IN_FLIGHT, LABEL_PIPELINE => p()).set(0.0);
         metrics::gauge!(CAPTURE_SOURCE_LAG, LABEL_PIPELINE => p()).set(0.0);
         for t in CAPTURE_ERROR_TYPES {
@@ -200,7 +208,7 @@ pub fn zero(pipeline: &str, capture: bool, project: bool) {
 }
 
 /// Install the process-wide Prometheus recorder: real histograms (buckets), every metric
-/// described, the build info set.
+/// described.
 pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)?
@@ -213,16 +221,15 @@ pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
     Ok(handle)
 }
 
-/// Describe every metric once, so `/metrics` carries HELP lines; set [`BUILD_INFO`].
+/// Describe every metric once, so `/metrics` carries HELP lines.
 pub fn describe() {
     describe_capture();
     describe_projector();
     describe_backfill();
     metrics::describe_gauge!(
         BUILD_INFO,
-        "Always 1: the version of the running bowmark-cdc binary (label version)"
+        "Always 1: the pipeline and version (labels) of the running bowmark-cdc binary"
     );
-    metrics::gauge!(BUILD_INFO, LABEL_VERSION => env!("CARGO_PKG_VERSION")).set(1.0);
     process_collector().describe();
 }
 
@@ -269,6 +276,11 @@ fn describe_capture() {
         CAPTURE_SOURCE_LAG,
         Unit::Seconds,
         "Now minus the MongoDB wall time of the last confirmed event (0 when idle)"
+    );
+    describe_gauge!(
+        CAPTURE_LAST_EVENT_TIMESTAMP,
+        Unit::Seconds,
+        "MongoDB wall time (Unix) of the last confirmed event (0: none yet)"
     );
     describe_gauge!(
         CAPTURE_CHECKPOINT_TIMESTAMP,

@@ -185,37 +185,6 @@ async fn run_stages(
     }
 }
 
-/// Serve `/metrics` and `/healthz` on `addr` until `stop` (the backfill Job's port). A port
-/// that cannot be bound or a recorder that cannot be installed is logged, not fatal: the
-/// backfill's work does not depend on being scraped. Returns the bound address.
-pub async fn serve_metrics(addr: SocketAddr, stop: CancellationToken) -> Option<SocketAddr> {
-    let handle = match install_recorder() {
-        Ok(h) => h,
-        Err(e) => {
-            warn!(error = %e, "metrics not served");
-            return None;
-        }
-    };
-    let listener = match TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(%addr, error = %e, "metrics not served: cannot listen");
-            return None;
-        }
-    };
-    let bound = listener.local_addr().unwrap_or(addr);
-    info!(addr = %bound, "http listening on /metrics, /healthz");
-    tokio::spawn(async move {
-        let served = axum::serve(listener, http::metrics_router(handle))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            warn!(error = %e, "http server ended with an error");
-        }
-    });
-    Some(bound)
-}
-
 /// Install the process-wide Prometheus recorder (histogram buckets, metric descriptions).
 pub fn install_recorder() -> Result<PrometheusHandle, RuntimeError> {
     m::install_recorder().map_err(RuntimeError::Recorder)

@@ -134,6 +134,7 @@ struct Session<'a> {
     latency: Histogram,
     in_flight: Gauge,
     lag: Gauge,
+    event_ts: Gauge,
     checkpoint_ts: Gauge,
     /// When the newest confirmed empty batch was read (the stream had nothing newer).
     idle_at: Option<std::time::SystemTime>,
@@ -162,6 +163,7 @@ impl<'a> Session<'a> {
             latency: metrics::histogram!(m::CAPTURE_CONFIRM_LATENCY, m::LABEL_PIPELINE => name.clone()),
             in_flight: g(m::CAPTURE_CONFIRMS_IN_FLIGHT),
             lag: g(m::CAPTURE_SOURCE_LAG),
+            event_ts: g(m::CAPTURE_LAST_EVENT_TIMESTAMP),
             checkpoint_ts: g(m::CAPTURE_CHECKPOINT_TIMESTAMP),
             idle_at: None,
             covered: 0.0,
@@ -204,6 +206,7 @@ impl<'a> Session<'a> {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0);
             self.lag.set(lag);
+            self.event_ts.set(unix_seconds(wall));
         } else {
             self.lag.set(0.0);
             self.idle_at = Some(std::time::SystemTime::now() - done.published_at.elapsed());
