@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL and RabbitMQ run on localhost for bowmark-cdc, then create its vhosts
 # (bowmark, bowmark-concrete) and databases (bowmark_reports_paving, bowmark_reports_concrete).
+# Also installs Prometheus (promtool and the server, never started as a service): the alert and
+# dashboard checks and the monitoring test run them.
 #
 # - running already: nothing to do;
 # - installed but stopped: start them (Debian's pg_ctlcluster, rabbitmq-server -detached);
@@ -110,8 +112,18 @@ ensure_databases() {
   done
 }
 
+ensure_prometheus() {
+  if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then return; fi
+  # The Debian package enables a system service on :9090; the tests start their own servers.
+  apt_install prometheus || die "Prometheus is missing: install it with 'apt-get install prometheus' (Debian/Ubuntu), then run this script again"
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+}
+
+ensure_prometheus
 ensure_postgres
 ensure_rabbitmq
 ensure_vhosts
 ensure_databases
-say "ready: PostgreSQL $PGHOST:$PGPORT (databases ${DATABASES[*]}), RabbitMQ 127.0.0.1:5672 (vhosts ${VHOSTS[*]})"
+say "ready: PostgreSQL $PGHOST:$PGPORT (databases ${DATABASES[*]}), RabbitMQ 127.0.0.1:5672 (vhosts ${VHOSTS[*]}), $(promtool --version 2>&1 | head -n 1)"

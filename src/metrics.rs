@@ -221,6 +221,18 @@ pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
     Ok(handle)
 }
 
+/// `reason` values of [`BACKFILL_DOCUMENTS_SKIPPED_TOTAL`].
+pub const BACKFILL_SKIP_REASONS: [&str; 3] = ["no_id", "stale", "rejected"];
+
+/// Register a backfilled collection's skip counters at 0 (see [`zero`]).
+pub fn zero_backfill(pipeline: &str, collection: &str) {
+    for r in BACKFILL_SKIP_REASONS {
+        metrics::counter!(BACKFILL_DOCUMENTS_SKIPPED_TOTAL, LABEL_PIPELINE => pipeline.to_string(),
+            LABEL_COLLECTION => collection.to_string(), LABEL_REASON => r)
+        .increment(0);
+    }
+}
+
 /// Describe every metric once, so `/metrics` carries HELP lines.
 pub fn describe() {
     describe_capture();
