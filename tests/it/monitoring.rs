@@ -1,0 +1,393 @@
+//! The monitoring as an operator runs it: a local Prometheus (Debian's `prometheus` package,
+//! its own config, port and storage in a temporary folder) loads `k8s/monitoring/rules.yaml`
+//! and scrapes a running daemon and a running backfill; every dashboard panel's and every
+//! alert's expression is then evaluated through its HTTP API.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use bowmark_cdc::project::PROJECT_LOCK_KEY;
+use bson::doc;
+use serde_json::Value;
+
+use crate::backfill::temp_pipeline;
+use crate::backfill::workload::{Shape, Workload};
+use crate::support::mongo::TestMongo;
+use crate::support::{self, StderrTail, TestVhost, eventually};
+
+const WAIT: Duration = Duration::from_secs(60);
+/// Grafana's `$__rate_interval` at a 1 s scrape interval.
+const RATE_INTERVAL: &str = "30s";
+
+/// A Prometheus server of this test: scrapes the targets written to its file-SD files every
+/// second, evaluates the alert rules every second.
+struct LocalPrometheus {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl LocalPrometheus {
+    /// `None` (with the reason printed) when Prometheus is not installed.
+    fn start(jobs: &[&str]) -> Option<LocalPrometheus> {
+        if Command::new("prometheus")
+            .arg("--version")
+            .output()
+            .is_err()
+        {
+            eprintln!(
+                "SKIP monitoring: the prometheus server is not installed (scripts/services.sh \
+                 installs it; apt-get install prometheus)"
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().expect("tempdir");
+        let rules = support::project_root().join("k8s/monitoring/rules.yaml");
+        let mut config = format!(
+            "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n  evaluation_interval: 1s\n\
+             rule_files:\n  - {}\nscrape_configs:\n",
+            rules.display()
+        );
+        for job in jobs {
+            let file = dir.path().join(format!("{job}.json"));
+            std::fs::write(&file, "[]").expect("write targets");
+            config.push_str(&format!(
+                "  - job_name: {job}\n    file_sd_configs:\n      - files: [{}]\n        \
+                 refresh_interval: 1s\n",
+                file.display()
+            ));
+        }
+        let config_file = dir.path().join("prometheus.yml");
+        std::fs::write(&config_file, config).expect("write config");
+        let addr = free_port();
+        let child = Command::new("prometheus")
+            .arg(format!("--config.file={}", config_file.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.path().join("data").display()
+            ))
+            .arg(format!("--web.listen-address={addr}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn prometheus");
+        Some(LocalPrometheus { child, addr, dir })
+    }
+
+    async fn wait_ready(&self) {
+        let addr = self.addr;
+        eventually("prometheus ready", WAIT, || async move {
+            let ok = tokio::net::TcpStream::connect(addr).await.is_ok()
+                && support::http_get(addr, "/-/ready").await.0 == 200;
+            ok.then_some(())
+        })
+        .await;
+    }
+
+    /// Scrape `target` as job `job` (file-based service discovery, picked up within seconds).
+    fn scrape(&self, job: &str, target: SocketAddr) {
+        let file = self.dir.path().join(format!("{job}.json"));
+        let tmp = self.dir.path().join(format!("{job}.json.tmp"));
+        std::fs::write(&tmp, format!("[{{\"targets\": [\"{target}\"]}}]")).expect("targets");
+        std::fs::rename(&tmp, &file).expect("replace targets");
+    }
+
+    /// `GET /api/v1/<path>` → the `data` of a successful answer.
+    async fn api(&self, path: &str) -> Value {
+        let (code, body) = support::http_get(self.addr, &format!("/api/v1/{path}")).await;
+        let v: Value = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("prometheus answered {code} {body}: {e}"));
+        assert_eq!(v["status"], "success", "{path}: {body}");
+        v["data"].clone()
+    }
+
+    /// The instant vector (or scalar) of `expr` at Unix time `at`.
+    async fn query(&self, expr: &str, at: f64) -> Vec<Value> {
+        let q: String = url::form_urlencoded::byte_serialize(expr.as_bytes()).collect();
+        let data = self.api(&format!("query?query={q}&time={at:.3}")).await;
+        match data["resultType"].as_str() {
+            Some("vector") | Some("matrix") => {
+                data["result"].as_array().cloned().unwrap_or_default()
+            }
+            _ => vec![data["result"].clone()],
+        }
+    }
+}
+
+impl Drop for LocalPrometheus {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    l.local_addr().expect("addr")
+}
+
+fn now_unix() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// An alert expression that returns a sample wherever its series exist: every comparison
+/// becomes a `bool` comparison (outside label matchers and strings), so a healthy pipeline
+/// still answers.
+fn returning_data(expr: &str) -> String {
+    let mut out = String::new();
+    let (mut braces, mut quoted) = (0usize, false);
+    let chars: Vec<char> = expr.chars().collect();
+    let mut i = 0;
+    while i < chars.len() {
+        let c = chars[i];
+        out.push(c);
+        match c {
+            '"' => quoted = !quoted,
+            '{' if !quoted => braces += 1,
+            '}' if !quoted => braces = braces.saturating_sub(1),
+            '=' | '!' | '>' | '<' if !quoted && braces == 0 => {
+                let two = chars.get(i + 1) == Some(&'=');
+                if c == '=' && !two || c == '!' && !two {
+                    i += 1;
+                    continue;
+                }
+                if two {
+                    out.push('=');
+                    i += 1;
+                }
+                let rest: String = chars[i + 1..].iter().collect();
+                if !rest.trim_start().starts_with("bool") {
+                    out.push_str(" bool");
+                }
+            }
+            _ => {}
+        }
+        i += 1;
+    }
+    out
+}
+
+/// Every query of the dashboard: (panel title, expression with Grafana's variables replaced).
+fn dashboard_queries() -> Vec<(String, String)> {
+    let path = support::project_root().join("k8s/monitoring/dashboard.json");
+    let dash: Value =
+        serde_json::from_str(&std::fs::read_to_string(&path).expect("dashboard.json"))
+            .expect("dashboard json");
+    let mut out = Vec::new();
+    let mut stack: Vec<Value> = dash["panels"].as_array().cloned().unwrap_or_default();
+    while let Some(p) = stack.pop() {
+        stack.extend(p["panels"].as_array().cloned().unwrap_or_default());
+        for t in p["targets"].as_array().cloned().unwrap_or_default() {
+            let expr = t["expr"].as_str().unwrap_or_default();
+            let expr = expr
+                .replace("$__rate_interval", RATE_INTERVAL)
+                .replace("$__interval", RATE_INTERVAL)
+                .replace("$pipeline", "paving");
+            out.push((p["title"].as_str().unwrap_or_default().to_string(), expr));
+        }
+    }
+    assert!(out.len() > 20, "dashboard queries: {out:?}");
+    out
+}
+
+/// Given a daemon (capture and projector) that streamed changes and a live backfill that made
+/// progress, both scraped by a local Prometheus with the project's alert rules, then every
+/// rule evaluates without error, and every panel's and every alert's expression returns data
+/// (alerts with their comparisons as `bool`, so a healthy pipeline answers too), except the
+/// alerts on kube-state-metrics series, which exist only in a cluster (promtool tests them).
+#[tokio::test]
+async fn a_local_prometheus_scraping_the_daemon_and_a_backfill_answers_every_panel_and_alert() {
+    let Some(prom) = LocalPrometheus::start(&["bowmark-cdc-daemon", "bowmark-cdc-backfill"]) else {
+        return;
+    };
+    // Given a MongoDB holding a workload, and a daemon tailing it
+    let m = TestMongo::start().await;
+    Workload::generate(11, Shape::small(60))
+        .insert(&m.db())
+        .await
+        .expect("insert workload");
+    let db = support::migrated_db().await;
+    let vhost = TestVhost::new();
+    let tp = temp_pipeline("paving", Some(m.db_name()), Some(20));
+    let mut daemon = spawn(
+        &tp.path,
+        &["run", "--role", "all"],
+        &db,
+        Some(&vhost),
+        m.uri(),
+    );
+    let daemon_log = StderrTail::start(&mut daemon.0);
+    let daemon_addr = daemon_log.http_addr();
+    prom.wait_ready().await;
+    prom.scrape("bowmark-cdc-daemon", daemon_addr);
+    eventually("the daemon ready", WAIT, || async {
+        (support::http_get(daemon_addr, "/readyz").await.0 == 200).then_some(())
+    })
+    .await;
+    // When changes stream through capture and projector
+    let works = m.db().collection::<bson::Document>("employeeworks");
+    for i in 0..5u8 {
+        works
+            .insert_one(doc! {"_id": bson::oid::ObjectId::from_bytes([i; 12]), "jobTitle": "x"})
+            .await
+            .expect("insert");
+    }
+    eventually("the projector's applied events scraped", WAIT, || async {
+        let v = prom
+            .query("cdc_projector_last_event_timestamp_seconds > 0", now_unix())
+            .await;
+        let c = prom
+            .query("cdc_capture_last_event_timestamp_seconds > 0", now_unix())
+            .await;
+        (!v.is_empty() && !c.is_empty()).then_some(())
+    })
+    .await;
+    // And a live backfill starts, held at its first chunk, then makes progress while scraped
+    let holder = db.client().await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&PROJECT_LOCK_KEY])
+        .await
+        .expect("hold the projection lock");
+    let mut backfill = spawn(&tp.path, &["backfill"], &db, None, m.uri());
+    let backfill_log = StderrTail::start(&mut backfill.0);
+    prom.scrape("bowmark-cdc-backfill", backfill_log.http_addr());
+    eventually("the held backfill scraped", WAIT, || async {
+        let v = prom
+            .query("cdc_backfill_documents_expected > 0", now_unix())
+            .await;
+        (!v.is_empty()).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&PROJECT_LOCK_KEY])
+        .await
+        .expect("release");
+    // (held again at its next chunk, so that it is still running when queried)
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    holder
+        .execute("SELECT pg_advisory_lock($1)", &[&PROJECT_LOCK_KEY])
+        .await
+        .expect("hold the projection lock again");
+    let at = eventually("backfill progress scraped", WAIT, || async {
+        let at = now_unix();
+        let v = prom
+            .query("deriv(cdc_backfill_documents_done[5m]) > 0", at)
+            .await;
+        (!v.is_empty()).then_some(at)
+    })
+    .await;
+    assert!(
+        backfill.0.try_wait().expect("try_wait").is_none(),
+        "the backfill ended before it was queried:\n{}",
+        backfill_log.text()
+    );
+
+    // Then every rule evaluates without error
+    let rules = eventually("every rule evaluated", WAIT, || async {
+        let groups = prom.api("rules").await["groups"].clone();
+        let rules: Vec<Value> = groups
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|g| g["rules"].as_array().cloned().unwrap_or_default())
+            .collect();
+        rules
+            .iter()
+            .all(|r| r["health"] != "unknown")
+            .then_some(rules)
+    })
+    .await;
+    assert!(rules.len() >= 15, "rules loaded: {}", rules.len());
+    for r in &rules {
+        assert_eq!(r["health"], "ok", "rule {}: {}", r["name"], r["lastError"]);
+    }
+    // And every alert's expression returns data, except on kube-state-metrics series
+    let mut missing = Vec::new();
+    let mut cluster_only = Vec::new();
+    for r in rules.iter().filter(|r| r["type"] == "alerting") {
+        let (name, expr) = (
+            r["name"].as_str().unwrap_or(""),
+            r["query"].as_str().unwrap_or(""),
+        );
+        if expr.contains("kube_") && !expr.contains("cdc_") {
+            cluster_only.push(name);
+            continue;
+        }
+        if prom.query(&returning_data(expr), at).await.is_empty() {
+            missing.push(format!("alert {name}: {}", returning_data(expr)));
+        }
+    }
+    // And every panel's expression returns data
+    for (title, expr) in dashboard_queries() {
+        if prom.query(&expr, at).await.is_empty() {
+            missing.push(format!("panel '{title}': {expr}"));
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "no data for:\n{}\n(daemon log:\n{})",
+        missing.join("\n"),
+        daemon_log.text()
+    );
+    eprintln!(
+        "alerts on kube-state-metrics series only (no cluster here; promtool tests them): {}",
+        cluster_only.join(", ")
+    );
+    assert_eq!(
+        cluster_only.len(),
+        4,
+        "the cluster-only alerts changed: {cluster_only:?}"
+    );
+    holder
+        .execute("SELECT pg_advisory_unlock($1)", &[&PROJECT_LOCK_KEY])
+        .await
+        .expect("release");
+    drop(backfill);
+    drop(daemon);
+}
+
+/// A `bowmark-cdc` child process, killed when dropped.
+struct Spawned(Child);
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(
+    pipeline: &Path,
+    args: &[&str],
+    db: &support::TestDb,
+    vhost: Option<&TestVhost>,
+    mongo_uri: &str,
+) -> Spawned {
+    let child = support::cdc_bin()
+        .args(args)
+        .arg("--pipeline")
+        .arg(pipeline)
+        .envs(support::child_env(db, vhost, Some(mongo_uri)))
+        .env("RUST_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn bowmark-cdc");
+    Spawned(child)
+}
+
+#[test]
+fn comparisons_become_bool_outside_matchers() {
+    assert_eq!(
+        returning_data(r#"max(a{x!="y", z=~"w"}) > 60 and on (p) (b == 1)"#),
+        r#"max(a{x!="y", z=~"w"}) > bool 60 and on (p) (b == bool 1)"#
+    );
+    assert_eq!(returning_data("a >= bool 1"), "a >= bool 1");
+    assert_eq!(returning_data("a != 1"), "a != bool 1");
+}
