@@ -229,7 +229,8 @@ async fn a_local_prometheus_scraping_the_daemon_and_a_backfill_answers_every_pan
         (support::http_get(daemon_addr, "/readyz").await.0 == 200).then_some(())
     })
     .await;
-    // When changes stream through capture and projector
+    // When changes stream through capture and projector (new employee works; every
+    // employee renamed, which rewrites their dimension rows)
     let works = m.db().collection::<bson::Document>("employeeworks");
     for i in 0..5u8 {
         works
@@ -237,14 +238,26 @@ async fn a_local_prometheus_scraping_the_daemon_and_a_backfill_answers_every_pan
             .await
             .expect("insert");
     }
-    eventually("the projector's applied events scraped", WAIT, || async {
-        let v = prom
-            .query("cdc_projector_last_event_timestamp_seconds > 0", now_unix())
+    m.db()
+        .collection::<bson::Document>("employees")
+        .update_many(doc! {}, doc! {"$set": {"name": "Renamed"}})
+        .await
+        .expect("rename employees");
+    eventually("the projector's writes scraped", WAIT, || async {
+        let at = now_unix();
+        let rows = prom
+            .query(
+                r#"cdc_projector_rows_written_total{job="bowmark-cdc-daemon"} > 0"#,
+                at,
+            )
             .await;
-        let c = prom
-            .query("cdc_capture_last_event_timestamp_seconds > 0", now_unix())
+        let applied = prom
+            .query("cdc_projector_last_event_timestamp_seconds > 0", at)
             .await;
-        (!v.is_empty() && !c.is_empty()).then_some(())
+        let captured = prom
+            .query("cdc_capture_last_event_timestamp_seconds > 0", at)
+            .await;
+        (!rows.is_empty() && !applied.is_empty() && !captured.is_empty()).then_some(())
     })
     .await;
     // And a live backfill starts, held at its first chunk, then makes progress while scraped
