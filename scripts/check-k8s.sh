@@ -55,7 +55,7 @@ PY
 
 # 3. Render. The overlays are rendered as they are (no Prometheus Operator needed) and, in a
 #    copy, with components/prometheus-operator added (the PodMonitor per line).
-targets=(overlays/paving overlays/concrete infra backup monitoring monitoring/operator)
+targets=(overlays/paving overlays/concrete overlays/paving-shadow overlays/concrete-shadow infra backup monitoring monitoring/operator)
 rendered=()
 if have kubectl; then
     for t in "${targets[@]}"; do
@@ -67,7 +67,7 @@ if have kubectl; then
             fail "kubectl kustomize k8s/$t: $(cat "$tmp/err")"
         fi
     done
-    for line in paving concrete; do
+    for line in paving concrete paving-shadow concrete-shadow; do
         out="$tmp/overlays-$line.yaml"
         [ -f "$out" ] || continue
         if grep -n 'OVERLAY-SETS' "$out" > "$tmp/err"; then
@@ -163,6 +163,27 @@ if monitors:
         check(by == [f"{line}/{line}-bowmark-cdc"],
               f"{line} {what} pods are scraped once, by their line's PodMonitor",
               f"{line} {what} pods are selected by {by or 'no PodMonitor'} (want exactly {line}-bowmark-cdc)")
+# The shadow overlays (docs/cutover.md): their own pods, database and vhost.
+for line in ["paving", "concrete"]:
+    real = {o["kind"]: o for o in load(f"overlays-{line}") if o["kind"] in ("Deployment", "CronJob")}
+    shadow = {o["kind"]: o for o in load(f"overlays-{line}-shadow") if o["kind"] in ("Deployment", "CronJob")}
+    if not real or not shadow:
+        continue
+    rd, sd = real["Deployment"], shadow["Deployment"]
+    overlap = selects(rd["spec"]["selector"], pod_spec(sd)["metadata"]["labels"]) \
+        or selects(sd["spec"]["selector"], pod_spec(rd)["metadata"]["labels"])
+    check(not overlap, f"{line}-shadow: its Deployment and the real one select disjoint pods",
+          f"{line}-shadow: the shadow and the real Deployment select each other's pods")
+    for obj in shadow.values():
+        t = pod_spec(obj)["spec"]
+        for c in t.get("initContainers", []) + t["containers"]:
+            env = {e["name"]: e for e in c.get("env", [])}
+            want = {"POSTGRES_DB": f"bowmark_reports_{line}_shadow"}
+            if "RABBITMQ_VHOST" in env:
+                want["RABBITMQ_VHOST"] = "bowmark-shadow" if line == "paving" else "bowmark-concrete-shadow"
+            ok = all(env.get(k, {}).get("value") == v and "valueFrom" not in env.get(k, {}) for k, v in want.items())
+            check(ok, f"{line}-shadow {obj['kind']} container {c['name']}: its own database and vhost",
+                  f"{line}-shadow {obj['kind']} container {c['name']}: POSTGRES_DB/RABBITMQ_VHOST not the shadow's ({ {k: env.get(k) for k in want} })")
 for p in passed:
     print(f"PASS  {p}")
 for p in problems:
