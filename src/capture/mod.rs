@@ -48,6 +48,9 @@ pub struct CaptureStage {
     health: Health,
     /// The exchange is declared once, by the first session that connects.
     exchange_declared: AtomicBool,
+    /// `f64` bits of the exported [`m::CAPTURE_CHECKPOINT_TIMESTAMP`]: never moved backward by
+    /// a later session of this process.
+    covered: std::sync::atomic::AtomicU64,
 }
 
 impl CaptureStage {
@@ -56,6 +59,7 @@ impl CaptureStage {
             settings,
             health,
             exchange_declared: AtomicBool::new(false),
+            covered: std::sync::atomic::AtomicU64::new(0),
         }
     }
 

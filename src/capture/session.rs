@@ -34,6 +34,10 @@ struct Done {
     counted: Option<(Counter, std::time::SystemTime)>,
     published_at: Instant,
     confirmed_at: Instant,
+    /// An empty batch the server held for its await time: the stream was read up to now.
+    /// (A reopened stream's first empty positions come at once, from the aggregate, before
+    /// any getMore: a change too large to read, for one, fails only the getMore after them.)
+    waited: bool,
     result: Result<(), PublishError>,
 }
 
@@ -138,9 +142,8 @@ struct Session<'a> {
     checkpoint_ts: Gauge,
     /// When the newest confirmed empty batch was read (the stream had nothing newer).
     idle_at: Option<std::time::SystemTime>,
-    /// What this session last exported as [`m::CAPTURE_CHECKPOINT_TIMESTAMP`]: it only
-    /// moves on progress shown here, so a session that fails at once leaves it to age.
-    covered: f64,
+    /// When the previous stream item arrived.
+    last_read: Instant,
     last_ping: Instant,
 }
 
@@ -166,7 +169,7 @@ impl<'a> Session<'a> {
             event_ts: g(m::CAPTURE_LAST_EVENT_TIMESTAMP),
             checkpoint_ts: g(m::CAPTURE_CHECKPOINT_TIMESTAMP),
             idle_at: None,
-            covered: 0.0,
+            last_read: Instant::now(),
             last_ping: Instant::now(),
         }
     }
@@ -209,7 +212,9 @@ impl<'a> Session<'a> {
             self.event_ts.set(unix_seconds(wall));
         } else {
             self.lag.set(0.0);
-            self.idle_at = Some(std::time::SystemTime::now() - done.published_at.elapsed());
+            if done.waited {
+                self.idle_at = Some(std::time::SystemTime::now() - done.published_at.elapsed());
+            }
         }
         self.tracker.confirmed(done.pos);
         Ok(())
@@ -221,6 +226,7 @@ impl<'a> Session<'a> {
         pending: &mut Pending,
     ) -> Result<(), CaptureError> {
         let p = &self.stage.settings.pipeline;
+        let since_last = std::mem::replace(&mut self.last_read, Instant::now()).elapsed();
         match item {
             None => Err(CaptureError::StreamEnded),
             Some(Item::Event(e)) => {
@@ -230,11 +236,13 @@ impl<'a> Session<'a> {
             Some(Item::Idle(token)) => {
                 tracing::trace!(pipeline = %p.name, in_flight = pending.len(), "idle batch");
                 let now = Instant::now();
+                let waited = since_last * 2 >= Duration::from_millis(p.capture.max_await_ms);
                 pending.push_back(Box::pin(std::future::ready(Done {
                     pos: Position::Idle { token },
                     counted: None,
                     published_at: now,
                     confirmed_at: now,
+                    waited,
                     result: Ok(()),
                 })));
                 Ok(())
@@ -286,6 +294,7 @@ impl<'a> Session<'a> {
                 counted: Some((confirmed, wall)),
                 published_at,
                 confirmed_at: Instant::now(),
+                waited: false,
                 result,
             }
         }));
@@ -328,10 +337,13 @@ impl<'a> Session<'a> {
         Ok(())
     }
 
-    /// Export the time the stored checkpoint covers the stream up to, never backward.
+    /// Export the time the stored checkpoint covers the stream up to, never backward: it
+    /// only moves on progress a session shows, so sessions that fail at once leave it to age.
     fn advance_covered(&mut self, unix: f64) {
-        if unix > self.covered {
-            self.covered = unix;
+        let covered = &self.stage.covered;
+        // Non-negative floats order like their bits.
+        let before = covered.fetch_max(unix.to_bits(), Ordering::Relaxed);
+        if unix > f64::from_bits(before) {
             self.checkpoint_ts.set(unix);
         }
     }

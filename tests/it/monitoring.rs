@@ -152,7 +152,7 @@ fn returning_data(expr: &str) -> String {
             '}' if !quoted => braces = braces.saturating_sub(1),
             '=' | '!' | '>' | '<' if !quoted && braces == 0 => {
                 let two = chars.get(i + 1) == Some(&'=');
-                if c == '=' && !two || c == '!' && !two {
+                if (c == '=' || c == '!') && !two {
                     i += 1;
                     continue;
                 }
@@ -403,4 +403,211 @@ fn comparisons_become_bool_outside_matchers() {
     );
     assert_eq!(returning_data("a >= bool 1"), "a >= bool 1");
     assert_eq!(returning_data("a != 1"), "a != bool 1");
+}
+
+/// The value of the series `name{labels…}` containing `label` on a `/metrics` page.
+fn sample(metrics: &str, name: &str, label: &str) -> Option<f64> {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(&format!("{name}{{")) && l.contains(label))
+        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+async fn checkpoint_stored(db: &support::TestDb) -> bool {
+    let c = db.client().await;
+    c.query_opt(
+        "SELECT 1 FROM cdc.checkpoint WHERE pipeline = 'paving'",
+        &[],
+    )
+    .await
+    .ok()
+    .flatten()
+    .is_some()
+}
+
+fn sigterm(child: &Child) {
+    let ok = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("kill");
+    assert!(ok.success());
+}
+
+async fn exit_status(child: &mut Child) -> std::process::ExitStatus {
+    eventually("the process to exit", WAIT, || {
+        let s = child.try_wait().expect("try_wait");
+        async move { s }
+    })
+    .await
+}
+
+/// Given a capture whose checkpoint fell off the oplog, under `history_lost = "fail"`, then
+/// the process does not exit into a restart loop that no scrape sees: it stays up, unready,
+/// naming the backfill, with `cdc_capture_history_lost` 1 and the error counted; SIGTERM then
+/// ends it with exit 1.
+#[tokio::test]
+async fn history_lost_under_policy_fail_keeps_the_process_up_unready_and_alerting() {
+    let m = TestMongo::start().await;
+    let Some(sim) = m.sim() else {
+        eprintln!("SKIP: losing oplog history needs the simulator");
+        return;
+    };
+    let db = support::migrated_db().await;
+    let vhost = TestVhost::new();
+    let tp = temp_pipeline("paving", Some(m.db_name()), None);
+    let crews = m.db().collection::<bson::Document>("crews");
+    crews.insert_one(doc! {"name": "a"}).await.expect("insert");
+    // A capture that stored its checkpoint and stopped
+    let mut first = spawn(
+        &tp.path,
+        &["run", "--role", "capture"],
+        &db,
+        Some(&vhost),
+        m.uri(),
+    );
+    let _log = StderrTail::start(&mut first.0);
+    eventually("a checkpoint", WAIT, || async {
+        checkpoint_stored(&db).await.then_some(())
+    })
+    .await;
+    sigterm(&first.0);
+    assert!(exit_status(&mut first.0).await.success());
+    // When the oplog loses the history after it
+    crews.insert_one(doc! {"name": "b"}).await.expect("insert");
+    sim.truncate_oplog();
+    let mut second = spawn(
+        &tp.path,
+        &["run", "--role", "capture"],
+        &db,
+        Some(&vhost),
+        m.uri(),
+    );
+    let log = StderrTail::start(&mut second.0);
+    let addr = log.http_addr();
+    // Then /readyz says what failed and what to do, and /metrics shows it
+    let body = eventually("the capture failed", WAIT, || async move {
+        let (code, body) = support::http_get(addr, "/readyz").await;
+        (code == 503 && body.contains("capture failed")).then_some(body)
+    })
+    .await;
+    assert!(
+        body.contains("history lost") && body.contains("bowmark-cdc backfill --pipeline"),
+        "{body}"
+    );
+    let (_, metrics) = support::http_get(addr, "/metrics").await;
+    let p = "pipeline=\"paving\"";
+    assert_eq!(
+        sample(&metrics, "cdc_capture_history_lost", p),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(
+            &metrics,
+            "cdc_capture_errors_total",
+            "error_type=\"history_lost\""
+        ),
+        Some(1.0),
+        "{metrics}"
+    );
+    assert_eq!(
+        sample(&metrics, "cdc_capture_leader", p),
+        Some(0.0),
+        "{metrics}"
+    );
+    // And it is still up a while later; SIGTERM ends it with exit 1
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        second.0.try_wait().expect("try_wait").is_none(),
+        "{}",
+        log.text()
+    );
+    assert_eq!(support::http_get(addr, "/readyz").await.0, 503);
+    sigterm(&second.0);
+    assert_eq!(
+        exit_status(&mut second.0).await.code(),
+        Some(1),
+        "{}",
+        log.text()
+    );
+}
+
+/// Given a capture tailing and caught up, when MongoDB refuses every getMore of the stream with
+/// an authentication error (expired credentials) while it still opens streams, then the capture reconnects in a loop, each
+/// error counted as `mongo_auth`, and its checkpoint timestamp stops moving, so the checkpoint
+/// age grows (it no longer restarts at zero with every reconnect).
+#[tokio::test]
+async fn a_capture_looping_on_a_refused_login_counts_it_and_its_checkpoint_ages() {
+    let m = TestMongo::start().await;
+    if m.sim().is_none() {
+        eprintln!("SKIP: failing commands on purpose needs the simulator");
+        return;
+    }
+    let db = support::migrated_db().await;
+    let vhost = TestVhost::new();
+    let tp = temp_pipeline("paving", Some(m.db_name()), None);
+    m.db()
+        .collection::<bson::Document>("crews")
+        .insert_one(doc! {"name": "a"})
+        .await
+        .expect("insert");
+    let mut capture = spawn(
+        &tp.path,
+        &["run", "--role", "capture"],
+        &db,
+        Some(&vhost),
+        m.uri(),
+    );
+    let log = StderrTail::start(&mut capture.0);
+    let addr = log.http_addr();
+    let ts = |metrics: &str| {
+        sample(
+            metrics,
+            "cdc_capture_checkpoint_timestamp_seconds",
+            "pipeline=\"paving\"",
+        )
+    };
+    // Caught up: the timestamp follows the clock
+    eventually("the checkpoint timestamp near now", WAIT, || async move {
+        let (_, metrics) = support::http_get(addr, "/metrics").await;
+        ts(&metrics).filter(|t| now_unix() - t < 5.0).map(|_| ())
+    })
+    .await;
+    // When every getMore is refused (each reopened stream fails at its first getMore)
+    m.fail_command(
+        bson::bson!("alwaysOn"),
+        doc! {
+            "failCommands": ["getMore"],
+            "errorCode": 18,
+            "appName": "bowmark-cdc-capture-paving",
+        },
+    )
+    .await;
+    let errors = |metrics: &str| {
+        sample(
+            metrics,
+            "cdc_capture_errors_total",
+            "error_type=\"mongo_auth\"",
+        )
+        .unwrap_or(0.0)
+    };
+    let (frozen, first_errors) = eventually("two refused logins", WAIT, || async move {
+        let (_, metrics) = support::http_get(addr, "/metrics").await;
+        (errors(&metrics) >= 2.0).then(|| (ts(&metrics), errors(&metrics)))
+    })
+    .await;
+    // Then the errors keep coming while the timestamp stays where it was
+    let (later, more_errors) = eventually("more refused logins", WAIT, || async move {
+        let (_, metrics) = support::http_get(addr, "/metrics").await;
+        (errors(&metrics) > first_errors + 1.0).then(|| (ts(&metrics), errors(&metrics)))
+    })
+    .await;
+    m.fail_command_off().await;
+    assert!(more_errors > first_errors);
+    assert_eq!(
+        later, frozen,
+        "the checkpoint timestamp moved without progress"
+    );
+    let age = now_unix() - later.expect("a checkpoint timestamp");
+    assert!(age > 1.0, "checkpoint age {age} s after the reconnect loop");
 }
