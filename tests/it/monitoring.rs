@@ -268,7 +268,8 @@ async fn a_local_prometheus_scraping_the_daemon_and_a_backfill_answers_every_pan
         .expect("hold the projection lock");
     let mut backfill = spawn(&tp.path, &["backfill"], &db, None, m.uri());
     let backfill_log = StderrTail::start(&mut backfill.0);
-    prom.scrape("bowmark-cdc-backfill", backfill_log.http_addr());
+    let backfill_addr = backfill_log.http_addr();
+    prom.scrape("bowmark-cdc-backfill", backfill_addr);
     eventually("the held backfill scraped", WAIT, || async {
         let v = prom
             .query("cdc_backfill_documents_expected > 0", now_unix())
@@ -300,6 +301,10 @@ async fn a_local_prometheus_scraping_the_daemon_and_a_backfill_answers_every_pan
         "the backfill ended before it was queried:\n{}",
         backfill_log.text()
     );
+    // And both expositions pass `promtool check metrics` (names, HELP, no gauge named _total)
+    for addr in [daemon_addr, backfill_addr] {
+        promtool_check_metrics(&support::http_get(addr, "/metrics").await.1);
+    }
 
     // Then every rule evaluates without error
     let rules = eventually("every rule evaluated", WAIT, || async {
@@ -363,6 +368,31 @@ async fn a_local_prometheus_scraping_the_daemon_and_a_backfill_answers_every_pan
         .expect("release");
     drop(backfill);
     drop(daemon);
+}
+
+/// `promtool check metrics` on a `/metrics` page (promtool comes with Prometheus).
+fn promtool_check_metrics(metrics: &str) {
+    use std::io::Write;
+    let mut child = Command::new("promtool")
+        .args(["check", "metrics"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("promtool (installed with prometheus)");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(metrics.as_bytes())
+        .expect("write metrics");
+    let out = child.wait_with_output().expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check metrics: {}{}\n{metrics}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// A `bowmark-cdc` child process, killed when dropped.
@@ -610,4 +640,56 @@ async fn a_capture_looping_on_a_refused_login_counts_it_and_its_checkpoint_ages(
     );
     let age = now_unix() - later.expect("a checkpoint timestamp");
     assert!(age > 1.0, "checkpoint age {age} s after the reconnect loop");
+}
+
+/// Given two capture processes of one pipeline, then the standby exports the leader's series
+/// at 0 (not absent), the leader at 1: "no capture leader" is a sum that can be 0.
+#[tokio::test]
+async fn a_standby_exports_the_leader_series_at_zero() {
+    let m = TestMongo::start().await;
+    let db = support::migrated_db().await;
+    let vhost = TestVhost::new();
+    let tp = temp_pipeline("paving", Some(m.db_name()), None);
+    m.db()
+        .collection::<bson::Document>("crews")
+        .insert_one(doc! {"name": "a"})
+        .await
+        .expect("insert");
+    let mut first = spawn(
+        &tp.path,
+        &["run", "--role", "capture"],
+        &db,
+        Some(&vhost),
+        m.uri(),
+    );
+    let first_log = StderrTail::start(&mut first.0);
+    let first_addr = first_log.http_addr();
+    eventually("a checkpoint", WAIT, || async {
+        checkpoint_stored(&db).await.then_some(())
+    })
+    .await;
+    let mut second = spawn(
+        &tp.path,
+        &["run", "--role", "capture"],
+        &db,
+        Some(&vhost),
+        m.uri(),
+    );
+    let second_log = StderrTail::start(&mut second.0);
+    let second_addr = second_log.http_addr();
+    let body = eventually("the second replica standing by", WAIT, || async move {
+        let (code, body) = support::http_get(second_addr, "/readyz").await;
+        (code == 200 && body.contains("capture standby")).then_some(body)
+    })
+    .await;
+    let leader = |metrics: &str| sample(metrics, "cdc_capture_leader", "pipeline=\"paving\"");
+    let (_, standby) = support::http_get(second_addr, "/metrics").await;
+    let (_, active) = support::http_get(first_addr, "/metrics").await;
+    assert_eq!(leader(&standby), Some(0.0), "{body}\n{standby}");
+    assert_eq!(leader(&active), Some(1.0), "{active}");
+    assert_eq!(
+        sample(&standby, "cdc_capture_history_lost", "pipeline=\"paving\""),
+        Some(0.0),
+        "{standby}"
+    );
 }
