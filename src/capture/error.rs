@@ -7,7 +7,8 @@ use crate::publish::PublishError;
 
 /// How the capture reacts to an error (the project-wide classification): `Transient` reopens
 /// the stream from the checkpoint after a backoff; `Poison` (a change the capture cannot read)
-/// and `Fatal` stop the capture, which exits non-zero. A change is never skipped silently.
+/// and `Fatal` stop the capture (the daemon then exits non-zero, except for history lost under
+/// `history_lost = "fail"`, where it stays up, unready). A change is never skipped silently.
 pub use crate::project::ErrorClass;
 
 /// Everything that can end a capture session.
