@@ -64,10 +64,40 @@ enum Command {
         #[arg(long)]
         reproject: bool,
     },
-    /// Compare MongoDB with PostgreSQL; non-zero exit on drift (not available yet).
+    /// Check that the reporting database is right: exit 0 clean, 1 on drift, 2 on error.
+    ///
+    /// Source against mirror: every document of MongoDB (or of a mongodump folder) is in the
+    /// `cdc` mirror with the same content, and no live mirror document is missing from the
+    /// source (against a live source, documents written after the scan began are left out).
+    /// Mirror against star: every star row derived afresh from the mirror, in one snapshot and
+    /// into temporary tables, equals the live row (surrogate ids and synced_at ignored;
+    /// archived rows of deleted documents allowed). Never blocks the daemon, never writes a
+    /// star row; each run is recorded in cdc.verify_run (exported by the daemon as metrics).
     Verify {
         #[arg(long, env = "CDC_PIPELINE")]
         pipeline: PathBuf,
+        /// Compare the mirror with a mongodump folder instead of MongoDB (the folder
+        /// mongodump wrote, or its database subfolder).
+        #[arg(long, conflicts_with = "no_source")]
+        from_dump: Option<PathBuf>,
+        /// Instead: compare the reporting database the legacy Node sync writes (a PostgreSQL
+        /// URL) with this pipeline's, table by table by mongo_id, and explain every difference
+        /// by the README's "Differences from the legacy sync"; exit 1 when one is unexplained.
+        #[arg(long, value_name = "URL", conflicts_with_all = ["from_dump", "no_source"])]
+        legacy_db: Option<String>,
+        /// Skip the source: only compare the mirror with the star rows (no MongoDB needed).
+        #[arg(long)]
+        no_source: bool,
+        /// Print JSON instead of text.
+        #[arg(long)]
+        json: bool,
+        /// List at most this many drifted keys per collection and table.
+        #[arg(long, value_name = "N", default_value_t = bowmark_cdc::ops::verify::DEFAULT_MAX_KEYS)]
+        max_keys: usize,
+        /// Against a live source: re-check drifted documents for this long while events in
+        /// flight reach the mirror.
+        #[arg(long, value_name = "SECS", default_value_t = bowmark_cdc::ops::verify::DEFAULT_SETTLE.as_secs())]
+        settle: u64,
     },
     /// Show the pipeline's health on one screen; exit 0 healthy, 1 needs an operator, 2 error.
     ///
@@ -169,7 +199,22 @@ fn main() -> ExitCode {
             restart,
             http_listen,
         } => backfill(&pipeline, from_dump, collections, restart, http_listen),
-        Command::Verify { pipeline } => not_yet("verify", &pipeline),
+        Command::Verify {
+            pipeline,
+            legacy_db: Some(url),
+            json,
+            max_keys,
+            ..
+        } => verify_legacy(&pipeline, &url, json, max_keys),
+        Command::Verify {
+            pipeline,
+            from_dump,
+            no_source,
+            json,
+            max_keys,
+            settle,
+            legacy_db: None,
+        } => verify(&pipeline, from_dump, no_source, json, max_keys, settle),
         Command::Status {
             pipeline,
             json,
@@ -180,9 +225,112 @@ fn main() -> ExitCode {
     }
 }
 
-fn not_yet(command: &str, _pipeline: &std::path::Path) -> ExitCode {
-    eprintln!("bowmark-cdc {command}: not available yet");
-    ExitCode::from(2)
+/// `verify --legacy-db`: exit 0 when every difference is explained, 1 when one is not, 2 on
+/// error.
+fn verify_legacy(pipeline: &std::path::Path, url: &str, json: bool, max_keys: usize) -> ExitCode {
+    let (settings, rt) = match prepare(
+        "verify",
+        pipeline,
+        tokio::runtime::Builder::new_current_thread(),
+    ) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    match rt.block_on(bowmark_cdc::ops::verify::run_legacy_compare(
+        &settings, url, max_keys,
+    )) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("verify: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{report}");
+            }
+            if report.unexplained == 0 {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("verify --legacy-db: {:#}", anyhow::Error::new(e));
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `verify`: exit 0 clean, 1 on drift, 2 on error.
+fn verify(
+    pipeline: &std::path::Path,
+    from_dump: Option<PathBuf>,
+    no_source: bool,
+    json: bool,
+    max_keys: usize,
+    settle: u64,
+) -> ExitCode {
+    use bowmark_cdc::ops::verify::{SourceSpec, VerifyOptions, run_verify};
+    let (settings, rt) = match prepare(
+        "verify",
+        pipeline,
+        tokio::runtime::Builder::new_multi_thread(),
+    ) {
+        Ok(p) => p,
+        Err(code) => return code,
+    };
+    let source = match (no_source, from_dump) {
+        (true, _) => None,
+        (false, None) => Some(SourceSpec::Mongo),
+        (false, Some(given)) => {
+            let database = &settings.pipeline.mongo_database;
+            match bowmark_cdc::dumpdir::resolve(&given, database) {
+                Ok(d) => {
+                    eprintln!(
+                        "verify: reading the mongodump folder {}",
+                        d.describe(database)
+                    );
+                    Some(SourceSpec::Dump(d.dir))
+                }
+                Err(e) => {
+                    eprintln!("verify: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let opts = VerifyOptions {
+        source,
+        max_keys,
+        settle: std::time::Duration::from_secs(settle),
+    };
+    match rt.block_on(run_verify(&settings, &opts)) {
+        Ok(report) => {
+            if json {
+                match serde_json::to_string_pretty(&report) {
+                    Ok(text) => println!("{text}"),
+                    Err(e) => {
+                        eprintln!("verify: {e}");
+                        return ExitCode::from(2);
+                    }
+                }
+            } else {
+                print!("{report}");
+            }
+            if report.clean() {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            }
+        }
+        Err(e) => {
+            eprintln!("verify: {:#}", anyhow::Error::new(e));
+            ExitCode::from(2)
+        }
+    }
 }
 
 /// The settings of `pipeline` and an async runtime for a command (`who` prefixes the

@@ -88,6 +88,13 @@ pub const PROJECT_VALUES_ADJUSTED_TOTAL: &str = "cdc_project_values_adjusted_tot
 /// the star schema and listed in `cdc.quarantine` until a newer version applies.
 pub const PROJECT_QUARANTINED_DOCUMENTS: &str = "cdc_project_quarantined_documents";
 
+// --- verify ----------------------------------------------------------------------------------
+
+/// Gauge {pipeline}: documents and star rows that drifted in the last `verify` run.
+pub const VERIFY_DRIFT_ROWS: &str = "cdc_verify_drift_rows";
+/// Gauge {pipeline}: when the last `verify` run finished (the daemon's start when none has).
+pub const VERIFY_LAST_RUN_TIMESTAMP: &str = "cdc_verify_last_run_timestamp_seconds";
+
 /// `outcome` values of [`PROJECTOR_EVENTS_APPLIED_TOTAL`].
 pub const OUTCOME_APPLIED: &str = "applied";
 pub const OUTCOME_STALE: &str = "stale";
@@ -238,6 +245,7 @@ pub fn describe() {
     describe_capture();
     describe_projector();
     describe_backfill();
+    describe_verify();
     metrics::describe_gauge!(
         BUILD_INFO,
         "Always 1: the pipeline and version (labels) of the running bowmark-cdc binary"
@@ -405,5 +413,19 @@ fn describe_backfill() {
         BACKFILL_DOCUMENTS_SKIPPED_TOTAL,
         Unit::Count,
         "Documents the backfill read but did not project, by reason"
+    );
+}
+
+fn describe_verify() {
+    use metrics::{Unit, describe_gauge};
+    describe_gauge!(
+        VERIFY_DRIFT_ROWS,
+        Unit::Count,
+        "Documents and star rows that drifted in the last verify run"
+    );
+    describe_gauge!(
+        VERIFY_LAST_RUN_TIMESTAMP,
+        Unit::Seconds,
+        "Unix time the last verify run finished (the daemon's start when none has)"
     );
 }

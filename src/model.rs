@@ -4,8 +4,8 @@
 //! daily-report children, the backfill's order, parallelism and bulk-load tables, and the list
 //! of star tables are all derived from [`CATALOG`]; a test checks that the projection SQL and
 //! the catalog agree. Adding an entity: its [`Entity`] variant, its row here, its statements in
-//! `src/project/sql/` (labelled with the tables listed here), and its collection in the pipeline
-//! files (docs/architecture.md, "Adding an entity").
+//! `src/project/sql/` (`-- @step upsert TABLE` and `cleanup TABLE` for the tables listed here),
+//! and its collection in the pipeline files (docs/architecture.md, "Adding an entity").
 
 use crate::event::Entity;
 
@@ -13,8 +13,8 @@ use crate::event::Entity;
 #[derive(Debug)]
 pub struct Model {
     pub entity: Entity,
-    /// Star tables its documents' rows live in, each written by statements labelled with the
-    /// table's name (the first of a table is its upsert, a second one its cleanup).
+    /// Star tables its documents' rows live in, each written by its `upsert` step (and a
+    /// `cleanup` step, where rows can stop being derivable).
     pub tables: &'static [&'static str],
     /// The daily-report array that lists it: a report child, derived in the report's context.
     pub report_array: Option<&'static str>,

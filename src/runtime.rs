@@ -136,6 +136,11 @@ async fn run_stages(
         _ = shutdown.cancelled() => return Ok(()),
     };
     ready?;
+    tokio::spawn(export_verify(
+        pool.clone(),
+        settings.pipeline.name.clone(),
+        shutdown.clone(),
+    ));
     let mut tasks = JoinSet::new();
     for role in roles {
         let token = shutdown.clone();
@@ -196,6 +201,27 @@ async fn upkeep(handle: PrometheusHandle, stop: CancellationToken) {
         tokio::select! {
             _ = stop.cancelled() => return,
             _ = every.tick() => handle.run_upkeep(),
+        }
+    }
+}
+
+/// Export the last `verify` run of the pipeline (`cdc.verify_run`) every minute.
+async fn export_verify(pool: Pool, pipeline: String, stop: CancellationToken) {
+    let since = chrono::Utc::now();
+    let mut every = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        let result = match pool.get().await {
+            Ok(c) => crate::ops::verify::export_last_run(&**c, &pipeline, since)
+                .await
+                .map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        if let Err(e) = result {
+            tracing::debug!(error = %e, "cannot read the last verify run (cdc.verify_run)");
         }
     }
 }

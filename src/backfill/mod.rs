@@ -19,8 +19,8 @@
 //!   leaves `cdc.checkpoint` alone and says so.
 
 mod defer;
-mod dump;
-mod mongo;
+pub(crate) mod dump;
+pub(crate) mod mongo;
 mod progress;
 mod store;
 mod summary;

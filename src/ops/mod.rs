@@ -1,11 +1,12 @@
 //! Operator commands beside the daemon: `reproject` (rebuild the star rows from the mirror),
-//! `status` (one screen on a pipeline's health) and `dlq` (list, replay or purge dead letters).
-//! Each needs PostgreSQL and/or the broker only, never MongoDB, and works with the daemon
-//! running or not.
+//! `status` (one screen on a pipeline's health), `verify` (source against mirror, mirror
+//! against star) and `dlq` (list, replay or purge dead letters). Each works with the daemon
+//! running or not; only `verify` against a live source reads MongoDB.
 
 pub mod dlq;
 pub mod reproject;
 pub mod status;
+pub mod verify;
 
 use tokio_postgres::Client;
 
@@ -49,6 +50,8 @@ pub enum OpsError {
         #[source]
         source: lapin::Error,
     },
+    #[error("reading the source")]
+    Source(#[source] crate::backfill::BackfillError),
     #[error("{0}")]
     Usage(String),
     #[error("dead letter {message_id}: {detail}")]

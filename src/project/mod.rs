@@ -11,6 +11,10 @@
 //! The SQL lives in `src/project/sql/*.sql`.
 
 mod error;
+mod mirror;
+mod plan;
+mod quarantine;
+mod rederive;
 mod rules;
 mod sanitize;
 mod sql;
@@ -29,8 +33,14 @@ use crate::event::{ChangeEvent, Entity, Op, Version};
 use crate::metrics as m;
 
 pub use error::{ErrorClass, ProjectError, classify_pg, describe_pg};
+pub use mirror::storable_form;
+pub use quarantine::{quarantined, set_quarantine_gauge};
+pub use rederive::{derive_afresh, entities_of_tables, reproject, reproject_all};
 pub use rules::{RULES_VERSION, RulesState, check_at_start, record_rules_version, rules_state};
 pub use sanitize::Adjustment;
+
+use mirror::{dedupe, storable, upsert_mirror};
+use quarantine::{run_quarantining, sync_quarantine};
 pub use sql::{PLACEHOLDER_NAME_PREFIX, PROJECT_LOCK_KEY};
 
 /// One source document state: the mirror's unit. Built from a [`ChangeEvent`] or from a
@@ -229,116 +239,33 @@ async fn apply_inner(
         // The entities that may have affected keys so far: a statement none of whose source
         // entities is here would find nothing (a child chunk of a backfill skips them all).
         let mut present: BTreeSet<&str> = stats.changed.iter().map(|(e, _)| e.as_str()).collect();
-        for step in sql::MIRROR_STEPS.iter() {
+        for step in plan::MIRROR_STEPS.iter() {
             if step.sources.iter().any(|e| present.contains(e)) {
                 ctx.run(tx, step, "mirror").await?;
             }
         }
-        for step in sql::AFFECTED_STEPS.iter() {
-            let (from, to) = sql::closure_entities(step.label);
-            if from.iter().any(|e| present.contains(e)) {
+        for step in plan::AFFECTED_STEPS.iter() {
+            if step.sources.iter().any(|e| present.contains(e)) {
                 ctx.run(tx, step, "affected").await?;
-                present.extend(to);
+                if let plan::Kind::Closure { to, .. } = &step.kind {
+                    present.extend(to.iter().copied());
+                }
             }
         }
         derive(tx, &ctx, &mut stats, quarantine).await?;
-        cut_values(tx, &mut stats).await?;
+        cut_values(tx, &mut stats, true).await?;
         sync_quarantine(tx, pipeline).await?;
     }
     record(pipeline, &stats, started);
     Ok(stats)
 }
 
-/// Bring `cdc.quarantine` up to date after a derivation (and its gauge, when it changed).
-async fn sync_quarantine(tx: &Transaction<'_>, pipeline: &Pipeline) -> Result<(), ProjectError> {
-    let changed: i64 = tx
-        .query_one(sql::QUARANTINE_SYNC, &[])
-        .await
-        .map_err(ProjectError::pg("cdc.quarantine"))?
-        .get(0);
-    // The gauge is set when the quarantine changed, and on a pipeline's first apply in this
-    // process (every entity then has its series, 0 where nothing is quarantined).
-    static SEEDED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
-    let first = SEEDED
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(pipeline.name.clone());
-    if changed > 0 || first {
-        let counts = quarantined(tx)
-            .await
-            .map_err(ProjectError::pg("cdc.quarantine"))?;
-        set_quarantine_gauge(pipeline, &counts);
-    }
-    Ok(())
-}
-
-/// Documents in `cdc.quarantine`, by entity.
-pub async fn quarantined(
-    client: &impl tokio_postgres::GenericClient,
-) -> Result<BTreeMap<String, i64>, tokio_postgres::Error> {
-    Ok(client
-        .query(sql::QUARANTINE_COUNTS, &[])
-        .await?
-        .iter()
-        .map(|r| (r.get(0), r.get(1)))
-        .collect())
-}
-
-/// `cdc_project_quarantined_documents` for every entity (0 where none is quarantined).
-pub fn set_quarantine_gauge(pipeline: &Pipeline, counts: &BTreeMap<String, i64>) {
-    for e in Entity::ALL {
-        let n = counts.get(e.as_str()).copied().unwrap_or(0);
-        metrics::gauge!(m::PROJECT_QUARANTINED_DOCUMENTS,
-            m::LABEL_PIPELINE => pipeline.name.clone(), m::LABEL_ENTITY => e.as_str())
-        .set(n as f64);
-    }
-}
-
-/// Literal markers of what [`sanitize`] changes, looked for in a document's JSON text before
-/// parsing it (almost no document has one).
-const UNSTORABLE_MARKERS: [&str; 6] = [
-    "\\u0000",
-    "\"$numberDouble\"",
-    "\"$numberDecimal\":\"NaN",
-    "\"$numberDecimal\":\"Inf",
-    "\"$numberDecimal\":\"-",
-    "\"$date\":{",
-];
-
-/// Per document of the batch, its storable body when [`sanitize`] had to change it (`None`:
-/// store it as it is). Each change is counted and logged once, never with the value.
-fn storable(batch: &[&SourceDoc], stats: &mut ApplyStats) -> Vec<Option<DocJson>> {
-    batch
-        .iter()
-        .map(|d| {
-            let raw = d.doc.as_deref()?.get();
-            if !UNSTORABLE_MARKERS.iter().any(|m| raw.contains(m)) {
-                return None;
-            }
-            let mut v: serde_json::Value = serde_json::from_str(raw).ok()?;
-            let changes = sanitize::sanitize(&mut v);
-            if changes.is_empty() {
-                return None;
-            }
-            let mut seen = BTreeSet::new();
-            for a in &changes {
-                if seen.insert((a.field.as_str(), a.kind)) {
-                    *stats
-                        .adjusted
-                        .entry(("cdc.source_doc".into(), a.field.clone(), a.kind.into()))
-                        .or_default() += 1;
-                    tracing::warn!(entity = d.entity.as_str(), key = %d.key, field = %a.field,
-                        adjustment = a.kind, original_length = a.original_length,
-                        "a value the mirror cannot store was adjusted");
-                }
-            }
-            Some(doc_json(&v))
-        })
-        .collect()
-}
-
 /// Count and log the text values this call cut to their column's width (`{{fit}}`).
-async fn cut_values(tx: &Transaction<'_>, stats: &mut ApplyStats) -> Result<(), ProjectError> {
+async fn cut_values(
+    tx: &Transaction<'_>,
+    stats: &mut ApplyStats,
+    log: bool,
+) -> Result<(), ProjectError> {
     let rows = tx
         .query(sql::ADJUSTED, &[])
         .await
@@ -347,8 +274,10 @@ async fn cut_values(tx: &Transaction<'_>, stats: &mut ApplyStats) -> Result<(), 
         let (table, column, kind): (String, String, String) = (r.get(0), r.get(1), r.get(2));
         let key: Option<String> = r.get(3);
         let original_length: Option<i32> = r.get(4);
-        tracing::warn!(table = %table, column = %column, key = key.as_deref().unwrap_or(""),
-            original_length, adjustment = %kind, "a text value was cut to its column's width");
+        if log {
+            tracing::warn!(table = %table, column = %column, key = key.as_deref().unwrap_or(""),
+                original_length, adjustment = %kind, "a text value was cut to its column's width");
+        }
         *stats.adjusted.entry((table, column, kind)).or_default() += 1;
     }
     Ok(())
@@ -359,170 +288,6 @@ pub async fn mirror_holds_children(
     client: &impl tokio_postgres::GenericClient,
 ) -> Result<bool, tokio_postgres::Error> {
     Ok(client.query_one(sql::ANY_CHILD.as_str(), &[]).await?.get(0))
-}
-
-/// Rebuild every star row derivable from the mirror alone (after a schema or rule change).
-/// Rows whose documents are no longer derivable are archived or deleted as in [`apply`];
-/// rows of documents the mirror never saw are left alone.
-pub async fn reproject_all(
-    tx: &Transaction<'_>,
-    pipeline: &Pipeline,
-) -> Result<ApplyStats, ProjectError> {
-    reproject(tx, pipeline, None).await
-}
-
-/// The source entities whose documents derive `tables` (star table names, from the entity
-/// catalog): a reprojection of those entities' documents rebuilds these tables, and every
-/// other table derived from the same documents (e.g. `fact_trucking` with
-/// `fact_material_shipment`). `Err` names an unknown table.
-pub fn entities_of_tables(tables: &[String]) -> Result<Vec<Entity>, String> {
-    let mut out = BTreeSet::new();
-    for t in tables {
-        let Some(e) = crate::model::owner(t) else {
-            return Err(format!(
-                "unknown star table {t:?} (known: {})",
-                crate::model::star_tables().join(", ")
-            ));
-        };
-        out.insert(e);
-    }
-    Ok(out.into_iter().collect())
-}
-
-/// Rebuild the star rows derived from the mirror's documents of `entities` (every entity when
-/// `None`), as [`reproject_all`] does, under the projection lock held exclusive (readers see
-/// the old rows until the caller commits). A document whose rows PostgreSQL rejects is
-/// quarantined and everything else is rebuilt (as the projector does).
-pub async fn reproject(
-    tx: &Transaction<'_>,
-    pipeline: &Pipeline,
-    entities: Option<&[Entity]>,
-) -> Result<ApplyStats, ProjectError> {
-    let started = Instant::now();
-    let mut stats = ApplyStats::default();
-    tx.batch_execute(&format!("{}; {}", sql::LOCK_EXCLUSIVE, sql::SCRATCH))
-        .await
-        .map_err(ProjectError::pg("scratch"))?;
-    match entities {
-        None => tx.batch_execute(sql::AFFECT_ALL).await,
-        Some(list) => {
-            let names: Vec<&str> = list.iter().map(|e| e.as_str()).collect();
-            tx.execute(
-                &format!("{} WHERE entity = ANY($1)", sql::AFFECT_ALL),
-                &[&names],
-            )
-            .await
-            .map(|_| ())
-        }
-    }
-    .map_err(ProjectError::pg("affected"))?;
-    let ctx = Ctx::new(pipeline);
-    let pg = ProjectError::pg("reproject savepoint");
-    tx.batch_execute("SAVEPOINT cdc_reproject")
-        .await
-        .map_err(pg)?;
-    match derive(tx, &ctx, &mut stats, false).await {
-        Ok(()) => tx
-            .batch_execute("RELEASE SAVEPOINT cdc_reproject")
-            .await
-            .map_err(ProjectError::pg("reproject savepoint"))?,
-        Err(e) if e.class() == ErrorClass::Poison => {
-            tx.batch_execute(
-                "ROLLBACK TO SAVEPOINT cdc_reproject; RELEASE SAVEPOINT cdc_reproject",
-            )
-            .await
-            .map_err(ProjectError::pg("reproject savepoint"))?;
-            stats = ApplyStats::default();
-            derive(tx, &ctx, &mut stats, true).await?;
-        }
-        Err(e) => return Err(e),
-    }
-    cut_values(tx, &mut stats).await?;
-    sync_quarantine(tx, pipeline).await?;
-    record(pipeline, &stats, started);
-    Ok(stats)
-}
-
-/// Keep the highest version per (entity, key); drop updates that carry no document.
-/// Returns the kept documents and how many were dropped.
-fn dedupe(docs: &[SourceDoc]) -> Result<(Vec<&SourceDoc>, u64), ProjectError> {
-    let mut latest: BTreeMap<(Entity, &str), &SourceDoc> = BTreeMap::new();
-    let mut dropped = 0u64;
-    for d in docs {
-        if d.key.is_empty() {
-            return Err(ProjectError::InvalidDoc {
-                entity: d.entity.as_str(),
-                key: String::new(),
-                reason: "empty _id",
-            });
-        }
-        if !d.deleted && d.doc.is_none() {
-            dropped += 1;
-            continue;
-        }
-        match latest.entry((d.entity, d.key.as_str())) {
-            btree_map::Entry::Vacant(v) => {
-                v.insert(d);
-            }
-            btree_map::Entry::Occupied(mut o) => {
-                dropped += 1;
-                if d.version > o.get().version {
-                    o.insert(d);
-                }
-            }
-        }
-    }
-    Ok((latest.into_values().collect(), dropped))
-}
-
-/// One UNNEST upsert of the whole batch; returns how many documents changed the mirror.
-async fn upsert_mirror(
-    tx: &Transaction<'_>,
-    batch: &[&SourceDoc],
-    storable: &[Option<DocJson>],
-    mode: Guard,
-) -> Result<BTreeSet<(Entity, String)>, ProjectError> {
-    let entity: Vec<&str> = batch.iter().map(|d| d.entity.as_str()).collect();
-    let key: Vec<&str> = batch.iter().map(|d| d.key.as_str()).collect();
-    let ct_t: Vec<i64> = batch
-        .iter()
-        .map(|d| i64::from(d.version.cluster_time.t))
-        .collect();
-    let ct_i: Vec<i64> = batch
-        .iter()
-        .map(|d| i64::from(d.version.cluster_time.i))
-        .collect();
-    let ordinal: Vec<i64> = batch.iter().map(|d| i64::from(d.version.ordinal)).collect();
-    let wall: Vec<DateTime<Utc>> = batch.iter().map(|d| d.wall_time).collect();
-    let doc: Vec<Option<Json<&RawValue>>> = batch
-        .iter()
-        .zip(storable)
-        .map(|(d, fixed)| fixed.as_deref().or(d.doc.as_deref()).map(Json))
-        .collect();
-    let deleted: Vec<bool> = batch.iter().map(|d| d.deleted).collect();
-    let or_equal = mode != Guard::Newer;
-    let params: [(&(dyn ToSql + Sync), Type); 9] = [
-        (&entity, Type::TEXT_ARRAY),
-        (&key, Type::TEXT_ARRAY),
-        (&ct_t, Type::INT8_ARRAY),
-        (&ct_i, Type::INT8_ARRAY),
-        (&ordinal, Type::INT8_ARRAY),
-        (&wall, Type::TIMESTAMPTZ_ARRAY),
-        (&doc, Type::JSONB_ARRAY),
-        (&deleted, Type::BOOL_ARRAY),
-        (&or_equal, Type::BOOL),
-    ];
-    let rows = tx
-        .query_typed(&sql::MIRROR_UPSERT.sql, &params)
-        .await
-        .map_err(ProjectError::pg("mirror"))?;
-    Ok(rows
-        .iter()
-        .filter_map(|r| {
-            let entity: Entity = r.get::<_, &str>(0).parse().ok()?;
-            Some((entity, r.get::<_, String>(1)))
-        })
-        .collect())
 }
 
 /// Parameters shared by every derivation statement: the report time zone and this call's
@@ -547,7 +312,7 @@ impl Ctx {
     async fn run(
         &self,
         tx: &Transaction<'_>,
-        stmt: &sql::Stmt,
+        stmt: &plan::Step,
         step: &'static str,
     ) -> Result<u64, ProjectError> {
         let params: [(&(dyn ToSql + Sync), Type); 2] =
@@ -568,7 +333,7 @@ impl Ctx {
         };
         tracing::debug!(
             step,
-            label = stmt.label,
+            name = stmt.name,
             rows = n,
             elapsed_ms = started.elapsed().as_secs_f64() * 1e3,
             "projection statement"
@@ -592,170 +357,40 @@ async fn derive(
         .iter()
         .map(|r| (r.get(0), u64::try_from(r.get::<_, i64>(1)).unwrap_or(0)))
         .collect();
-    // Rows written by each table's first statement (its upsert).
+    // Rows written by each table's upsert.
     let mut upserted: BTreeMap<&str, u64> = BTreeMap::new();
-    for stmt in sql::DERIVE_STEPS.iter() {
-        let needed = stmt.sources.as_slice();
+    for step in plan::DERIVE_STEPS.iter() {
+        let needed = step.sources.as_slice();
         if !needed.iter().any(|e| affected.contains_key(*e)) {
             continue;
         }
-        // A table's second statement archives or removes the rows of affected keys its upsert
-        // did not derive (stamp): none are left when the upsert wrote one row per affected
-        // key of its entity.
-        if let (Some(&n), [e]) = (upserted.get(stmt.label), needed)
-            && affected.get(*e) == Some(&n)
+        // A cleanup archives or removes the rows of affected keys its upsert did not derive
+        // (stamp): none are left when the upsert wrote one row per affected key of its entity.
+        if step.kind == plan::Kind::Cleanup
+            && let (Some(table), [e]) = (step.table, needed)
+            && upserted
+                .get(table)
+                .is_some_and(|n| affected.get(*e) == Some(n))
         {
             continue;
         }
         let n = if quarantine {
-            run_quarantining(tx, ctx, stmt, needed, stats).await?
+            run_quarantining(tx, ctx, step, needed, stats).await?
         } else {
-            ctx.run(tx, stmt, stmt.label).await?
+            ctx.run(tx, step, step.name).await?
         };
-        upserted.entry(stmt.label).or_insert(n);
-        if n > 0 && !stmt.label.starts_with("ctx:") && !stmt.label.starts_with("placeholder:") {
-            *stats.rows_written.entry(stmt.label).or_default() += n;
+        if step.kind == plan::Kind::Upsert
+            && let Some(table) = step.table
+        {
+            upserted.insert(table, n);
+        }
+        if n > 0
+            && let Some(label) = step.rows_label()
+        {
+            *stats.rows_written.entry(label).or_default() += n;
         }
     }
     Ok(())
-}
-
-/// Run `stmt` in a savepoint. When it fails on the data, find the documents of its entity
-/// whose rows it rejects, quarantine them, and run it again without them (their keys stay
-/// affected, so the table's next statement archives or removes their earlier rows).
-async fn run_quarantining(
-    tx: &Transaction<'_>,
-    ctx: &Ctx,
-    stmt: &sql::Stmt,
-    needed: &[&str],
-    stats: &mut ApplyStats,
-) -> Result<u64, ProjectError> {
-    let [entity] = needed else {
-        return ctx.run(tx, stmt, stmt.label).await;
-    };
-    let exec = |sql: &'static str| async move {
-        tx.batch_execute(sql)
-            .await
-            .map_err(ProjectError::pg("quarantine savepoint"))
-    };
-    loop {
-        exec("SAVEPOINT cdc_stmt").await?;
-        let e = match ctx.run(tx, stmt, stmt.label).await {
-            Ok(n) => {
-                exec("RELEASE SAVEPOINT cdc_stmt").await?;
-                // Quarantined keys of this entity leave the statement's input only.
-                tx.execute(
-                    "INSERT INTO pg_temp.cdc_affected (entity, key)
-                     SELECT entity, key FROM pg_temp.cdc_quarantined WHERE entity = $1
-                     ON CONFLICT DO NOTHING",
-                    &[entity],
-                )
-                .await
-                .map_err(ProjectError::pg("quarantine"))?;
-                return Ok(n);
-            }
-            Err(e) if e.class() == ErrorClass::Poison => e,
-            Err(e) => return Err(e),
-        };
-        exec("ROLLBACK TO SAVEPOINT cdc_stmt; RELEASE SAVEPOINT cdc_stmt").await?;
-        let keys: Vec<String> = tx
-            .query(
-                "SELECT key FROM pg_temp.cdc_affected WHERE entity = $1 ORDER BY key",
-                &[entity],
-            )
-            .await
-            .map_err(ProjectError::pg("quarantine"))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let culprits = culprits(tx, ctx, stmt, entity, keys).await?;
-        if culprits.is_empty() {
-            return Err(e);
-        }
-        let reason = e.to_string();
-        for key in &culprits {
-            tracing::warn!(entity, key = %key, reason = %reason,
-                "document quarantined: its rows are rejected by PostgreSQL and left out");
-            stats.quarantined.insert((entity.to_string(), key.clone()));
-        }
-        tx.execute(
-            "WITH q AS (
-                 INSERT INTO pg_temp.cdc_quarantined (entity, key, reason)
-                 SELECT $1, k, $3 FROM unnest($2::text[]) AS k ON CONFLICT DO NOTHING)
-             , c AS (DELETE FROM pg_temp.cdc_ctx WHERE entity = $1 AND key = ANY($2))
-             DELETE FROM pg_temp.cdc_affected WHERE entity = $1 AND key = ANY($2)",
-            &[entity, &culprits, &reason],
-        )
-        .await
-        .map_err(ProjectError::pg("quarantine"))?;
-    }
-}
-
-/// The keys (of `entity`, among `keys`, with which `stmt` fails) whose own rows `stmt` rejects:
-/// halves are tried in savepoints, each with only its keys as input, down to single keys. Keys
-/// that fail only together are all returned.
-async fn culprits(
-    tx: &Transaction<'_>,
-    ctx: &Ctx,
-    stmt: &sql::Stmt,
-    entity: &str,
-    keys: Vec<String>,
-) -> Result<Vec<String>, ProjectError> {
-    let mut out = Vec::new();
-    let mut failing = vec![keys];
-    while let Some(set) = failing.pop() {
-        if set.len() <= 1 {
-            out.extend(set);
-            continue;
-        }
-        let (a, b) = set.split_at(set.len() / 2);
-        let (fa, fb) = (
-            fails_with(tx, ctx, stmt, entity, a).await?,
-            fails_with(tx, ctx, stmt, entity, b).await?,
-        );
-        match (fa, fb) {
-            (false, false) => out.extend(set),
-            _ => {
-                if fa {
-                    failing.push(a.to_vec());
-                }
-                if fb {
-                    failing.push(b.to_vec());
-                }
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// Whether `stmt` fails on the data with only `keys` of `entity` as its input (everything is
-/// rolled back).
-async fn fails_with(
-    tx: &Transaction<'_>,
-    ctx: &Ctx,
-    stmt: &sql::Stmt,
-    entity: &str,
-    keys: &[String],
-) -> Result<bool, ProjectError> {
-    let pg = ProjectError::pg("quarantine probe");
-    tx.batch_execute("SAVEPOINT cdc_probe").await.map_err(pg)?;
-    let keys = keys.to_vec();
-    tx.execute(
-        "WITH c AS (DELETE FROM pg_temp.cdc_ctx WHERE entity = $1 AND NOT key = ANY($2))
-         DELETE FROM pg_temp.cdc_affected WHERE entity = $1 AND NOT key = ANY($2)",
-        &[&entity, &keys],
-    )
-    .await
-    .map_err(ProjectError::pg("quarantine probe"))?;
-    let r = ctx.run(tx, stmt, stmt.label).await;
-    tx.batch_execute("ROLLBACK TO SAVEPOINT cdc_probe; RELEASE SAVEPOINT cdc_probe")
-        .await
-        .map_err(ProjectError::pg("quarantine probe"))?;
-    match r {
-        Ok(_) => Ok(false),
-        Err(e) if e.class() == ErrorClass::Poison => Ok(true),
-        Err(e) => Err(e),
-    }
 }
 
 fn record(pipeline: &Pipeline, stats: &ApplyStats, started: Instant) {

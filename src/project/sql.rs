@@ -1,8 +1,6 @@
-//! The projection's SQL, kept in `sql/*.sql` and split into statements at first use.
+//! The projection's SQL around the plan (`super::plan`): locks, scratch tables, the quarantine
+//! and adjustment queries, and the templates of the plan's statements.
 //!
-//! A file holds statements each introduced by a line `-- @stmt LABEL`, where LABEL is the table
-//! the statement writes (`ctx:ENTITY` for the child context, `SOURCES -> TARGETS` for the
-//! affected-set closure steps: the entities whose affected keys it reads and adds).
 //! Templates shared by several statements expand in place:
 //! - `{{ctx ENTITY}}`: the daily-report child context query (`sql/ctx.sql` stores it in
 //!   `pg_temp.cdc_ctx` once per apply for every fact statement);
@@ -23,57 +21,7 @@
 
 use std::sync::LazyLock;
 
-use crate::event::Entity;
 use crate::model;
-
-/// One statement of the projection.
-#[derive(Debug)]
-pub(crate) struct Stmt {
-    pub label: &'static str,
-    pub sql: String,
-    /// The entities whose affected keys it reads ([`source_entities`] of its label).
-    pub sources: Vec<&'static str>,
-}
-
-const MIRROR: &str = include_str!("sql/mirror.sql");
-const AFFECTED: &str = include_str!("sql/affected.sql");
-const DIMS: &str = include_str!("sql/dims.sql");
-const REPORTS: &str = include_str!("sql/reports.sql");
-const CTX: &str = include_str!("sql/ctx.sql");
-const FACTS_WORK: &str = include_str!("sql/facts_work.sql");
-const FACTS_SHIPMENT: &str = include_str!("sql/facts_shipment.sql");
-const FACTS_INVOICE: &str = include_str!("sql/facts_invoice.sql");
-
-/// The mirror upsert (the first statement of sql/mirror.sql).
-pub(crate) static MIRROR_UPSERT: LazyLock<Stmt> = LazyLock::new(|| {
-    split(MIRROR)
-        .into_iter()
-        .next()
-        .expect("sql/mirror.sql starts with the upsert")
-});
-
-/// What the mirror keeps beside the documents (the report-child links), after the upsert.
-pub(crate) static MIRROR_STEPS: LazyLock<Vec<Stmt>> =
-    LazyLock::new(|| split(MIRROR).into_iter().skip(1).collect());
-
-/// The affected-set closure, in order.
-pub(crate) static AFFECTED_STEPS: LazyLock<Vec<Stmt>> = LazyLock::new(|| split(AFFECTED));
-
-/// The derivation, in dependency order: dimensions, reports and jobsite materials, the child
-/// context, facts.
-pub(crate) static DERIVE_STEPS: LazyLock<Vec<Stmt>> = LazyLock::new(|| {
-    [
-        DIMS,
-        REPORTS,
-        CTX,
-        FACTS_WORK,
-        FACTS_SHIPMENT,
-        FACTS_INVOICE,
-    ]
-    .into_iter()
-    .flat_map(split)
-    .collect()
-});
 
 /// Key of the transaction-scoped advisory lock that serializes projections on one database
 /// ([`crate::locks`]).
@@ -164,78 +112,11 @@ pub(crate) const ADJUSTED: &str = "SELECT tbl, col, adjustment, doc_key, max(ori
 pub(crate) const AFFECTED_ENTITIES: &str =
     "SELECT entity, count(*) FROM pg_temp.cdc_affected GROUP BY entity";
 
-/// The affected entities a statement (by its label) reads its keys from, from the entity
-/// catalog (`crate::model`): a table's owner; `ctx:ENTITY`, `placeholder:ENTITY[:…]` that
-/// entity; `dim_*` the entities whose deleted documents are archived; `cdc.report_child` the
-/// daily reports. A label the catalog does not know reads every entity (always runs).
-pub(crate) fn source_entities(label: &str) -> Vec<&'static str> {
-    let named = |name: &str| {
-        name.parse::<Entity>()
-            .map(|e| vec![e.as_str()])
-            .unwrap_or_else(|_| all_entities())
-    };
-    if let Some(rest) = label
-        .strip_prefix("ctx:")
-        .or_else(|| label.strip_prefix("placeholder:"))
-    {
-        return named(rest.split(':').next().unwrap_or(rest));
-    }
-    match label {
-        "cdc.report_child" => vec![Entity::DailyReport.as_str()],
-        "dim_*" => model::CATALOG
-            .iter()
-            .filter(|m| m.archives_on_delete)
-            .map(|m| m.entity.as_str())
-            .collect(),
-        table => match model::owner(table) {
-            Some(e) => vec![e.as_str()],
-            None => all_entities(),
-        },
-    }
-}
-
-fn all_entities() -> Vec<&'static str> {
-    model::CATALOG
-        .iter()
-        .filter(|m| !m.tables.is_empty())
-        .map(|m| m.entity.as_str())
-        .collect()
-}
-
-/// A closure step's entities, from its label `SOURCES -> TARGETS` (sql/affected.sql): the
-/// step finds nothing unless the batch has affected keys of a source entity, and adds keys of
-/// target entities only.
-pub(crate) fn closure_entities(label: &str) -> (Vec<&str>, Vec<&str>) {
-    let (from, to) = label
-        .split_once(" -> ")
-        .unwrap_or_else(|| panic!("closure step label {label:?} is not `SOURCES -> TARGETS`"));
-    (from.split(',').collect(), to.split(',').collect())
-}
-
 /// Every mirror key is affected: the input of `reproject_all`.
 pub(crate) const AFFECT_ALL: &str =
     "INSERT INTO pg_temp.cdc_affected (entity, key) SELECT entity, key FROM cdc.source_doc";
 
-fn split(file: &'static str) -> Vec<Stmt> {
-    let mut out = Vec::new();
-    let mut rest = file;
-    while let Some(at) = rest.find("-- @stmt ") {
-        let body = &rest[at + "-- @stmt ".len()..];
-        let eol = body.find('\n').unwrap_or(body.len());
-        let label = body[..eol].trim();
-        let body = &body[eol..];
-        let end = body.find("-- @stmt ").unwrap_or(body.len());
-        out.push(Stmt {
-            label,
-            sql: expand(&body[..end]),
-            sources: source_entities(label),
-        });
-        rest = &body[end..];
-    }
-    out
-}
-
-fn expand(sql: &str) -> String {
+pub(super) fn expand(sql: &str) -> String {
     let mut out = String::with_capacity(sql.len());
     let mut rest = sql;
     while let Some(at) = rest.find("{{") {
@@ -493,87 +374,9 @@ fn child_ctx(entity: &str) -> String {
 mod tests {
     use super::*;
 
-    /// The projection SQL and the entity catalog agree: every star table of the catalog is
-    /// written by statements labelled with it, each such statement writes that table, every
-    /// report child has its context statement, and no derivation label is unknown to it.
     #[test]
-    fn the_sql_and_the_entity_catalog_agree() {
-        for t in model::star_tables() {
-            let stmts: Vec<&Stmt> = DERIVE_STEPS.iter().filter(|s| s.label == t).collect();
-            assert!(!stmts.is_empty(), "no statement derives {t}");
-            for s in stmts {
-                let writes = [
-                    format!("INSERT INTO {t} "),
-                    format!("UPDATE {t} "),
-                    format!("DELETE FROM {t} "),
-                ];
-                assert!(
-                    writes.iter().any(|w| s.sql.contains(w.as_str())),
-                    "statement {t} does not write {t}"
-                );
-            }
-        }
-        for (child, _) in model::report_children() {
-            assert!(
-                DERIVE_STEPS
-                    .iter()
-                    .any(|s| s.label == format!("ctx:{child}")),
-                "no context statement for {child}"
-            );
-        }
-        for s in DERIVE_STEPS.iter() {
-            assert_ne!(
-                s.sources,
-                all_entities(),
-                "{} is not a catalog table, ctx:, placeholder: or dim_*",
-                s.label
-            );
-        }
-    }
-
-    #[test]
-    fn every_file_splits_into_labelled_expanded_statements() {
-        assert!(MIRROR_UPSERT.sql.contains("INSERT INTO cdc.source_doc"));
-        assert_eq!(AFFECTED_STEPS.len(), 8);
-        assert_eq!(MIRROR_STEPS.len(), 2);
-        for s in MIRROR_STEPS.iter() {
-            assert_eq!(source_entities(s.label), ["daily_report"]);
-        }
-        for s in AFFECTED_STEPS.iter() {
-            let (from, to) = closure_entities(s.label);
-            for e in from.iter().chain(&to) {
-                assert!(
-                    e.parse::<crate::event::Entity>().is_ok(),
-                    "{e:?} in {:?} is not an entity",
-                    s.label
-                );
-                assert!(
-                    s.sql.contains(&format!("'{e}'")),
-                    "{e} unused in {:?}",
-                    s.label
-                );
-            }
-        }
-        assert!(DERIVE_STEPS.len() >= 20);
+    fn the_lock_statements_take_the_projection_lock() {
         assert!(LOCK_EXCLUSIVE.contains(&format!("pg_advisory_xact_lock({PROJECT_LOCK_KEY})")));
         assert!(LOCK_SHARED.contains(&format!("_lock_shared({PROJECT_LOCK_KEY})")));
-        for s in DERIVE_STEPS.iter().filter(|s| s.label != "dim_*") {
-            assert_eq!(
-                source_entities(s.label).len(),
-                1,
-                "{} has no source entity",
-                s.label
-            );
-        }
-        for s in MIRROR_STEPS
-            .iter()
-            .chain(&*AFFECTED_STEPS)
-            .chain(&*DERIVE_STEPS)
-        {
-            assert!(!s.label.is_empty());
-            assert_eq!(s.sources, source_entities(s.label));
-            assert!(!s.sql.contains("{{"), "unexpanded template in {}", s.label);
-            assert!(!s.sql.contains("@stmt"));
-        }
     }
 }

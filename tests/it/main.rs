@@ -15,3 +15,4 @@ mod ops;
 mod project;
 mod projector;
 mod sim;
+mod verify;

@@ -1137,7 +1137,7 @@ async fn streaming_a_workload_equals_backfilling_its_final_state() {
     );
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn streaming_a_production_shaped_dump_children_first_equals_backfilling_the_dump() {
     use crate::backfill::workload::{Shape, Workload};
     // Given a production-shaped dataset (long, padded and empty text, missing fields, reports
@@ -1216,6 +1216,37 @@ async fn streaming_a_production_shaped_dump_children_first_equals_backfilling_th
             .any(|l| l.trim_start().starts_with("rejected ") || l.contains("skipped:")),
         "{summary}"
     );
+    // And `verify` finds the streamed database clean against MongoDB, and the backfilled one
+    // clean against the dump
+    let verify = |env: Vec<(String, String)>, source: &[&str]| {
+        let out = support::cdc_bin()
+            .args([
+                "verify",
+                "--pipeline",
+                "pipeline/paving.toml",
+                "--settle",
+                "5",
+            ])
+            .args(source)
+            .envs(env)
+            .output()
+            .expect("run bowmark-cdc verify");
+        assert!(
+            out.status.success(),
+            "verify {source:?}: {}\n{}",
+            crate::backfill::text(&out.stdout),
+            crate::backfill::text(&out.stderr)
+        );
+    };
+    let (streamed_env, fresh_env) = (
+        support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri())),
+        support::child_env(&fresh, None, None),
+    );
+    let dump = dir.path().to_str().unwrap().to_string();
+    tokio::task::block_in_place(|| {
+        verify(streamed_env, &[]);
+        verify(fresh_env, &["--from-dump", &dump]);
+    });
     // And the backfill's summary and the daemon's metrics show the values adjusted, by table
     // and column
     for line in [

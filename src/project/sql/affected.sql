@@ -10,7 +10,7 @@
 -- (here and in every derivation file): a lookup per key, whatever the mirror's statistics say
 -- (a plain join let the planner scan a whole collection, or every report of a jobsite).
 
--- @stmt jobsite,crew -> daily_report
+-- @step closure jobsite,crew -> daily_report
 -- A jobsite or crew -> its daily reports (a waiting report appears; crew_type; trucking rates).
 INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT 'daily_report', r.key
@@ -24,7 +24,7 @@ JOIN cdc.source_doc r ON r.entity = 'daily_report' AND cdc.oid(r.doc -> 'crew') 
 WHERE c.entity = 'crew'
 ON CONFLICT DO NOTHING
 
--- @stmt daily_report -> employee_work,vehicle_work,material_shipment,production
+-- @step closure daily_report -> employee_work,vehicle_work,material_shipment,production
 -- A daily report -> its children in the mirror, listed now or before this change (a child
 -- the mirror has not seen has nothing to derive: a backfill loads reports before children).
 WITH docs AS (
@@ -57,7 +57,7 @@ WHERE EXISTS (SELECT 1 FROM cdc.source_doc s WHERE s.entity = l.child AND s.key 
               WHERE s.entity IN {{child_entities}})
 ON CONFLICT DO NOTHING
 
--- @stmt employee,vehicle -> employee_work,vehicle_work
+-- @step closure employee,vehicle -> employee_work,vehicle_work
 -- An employee or vehicle -> its work items (re-costing; waiting items appear).
 INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT 'employee_work', w.key
@@ -71,7 +71,7 @@ JOIN cdc.source_doc w ON w.entity = 'vehicle_work' AND cdc.oid(w.doc -> 'vehicle
 WHERE c.entity = 'vehicle'
 ON CONFLICT DO NOTHING
 
--- @stmt jobsite,material,company,invoice -> jobsite_material
+-- @step closure jobsite,material,company,invoice -> jobsite_material
 -- Jobsite materials: claimed by a changed jobsite (now or before), referencing a changed
 -- material or supplier, or listing a changed invoice.
 WITH jdocs AS (
@@ -101,7 +101,7 @@ JOIN cdc.source_doc jm ON jm.entity = 'jobsite_material'
 WHERE c.entity = 'invoice'
 ON CONFLICT DO NOTHING
 
--- @stmt jobsite,jobsite_material,company -> invoice
+-- @step closure jobsite,jobsite_material,company -> invoice
 -- Invoices listed by a changed jobsite or jobsite material, now or before (direction and
 -- the material-linked exclusion depend on those arrays); invoices of a changed company.
 WITH docs AS (
@@ -126,7 +126,7 @@ JOIN cdc.source_doc i ON i.entity = 'invoice' AND cdc.oid(i.doc -> 'company') = 
 WHERE c.entity = 'company'
 ON CONFLICT DO NOTHING
 
--- @stmt jobsite_material -> material_shipment
+-- @step closure jobsite_material -> material_shipment
 -- An affected jobsite material -> the shipments using it (rates, cost type, appearance).
 INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT 'material_shipment', s.key
@@ -136,7 +136,7 @@ JOIN cdc.source_doc s ON s.entity = 'material_shipment'
 WHERE a.entity = 'jobsite_material'
 ON CONFLICT DO NOTHING
 
--- @stmt material_shipment -> jobsite_material
+-- @step closure material_shipment -> jobsite_material
 -- An affected shipment -> its jobsite material, now and before, when no jobsite claims the
 -- material: only then does its jobsite come from the reports of its shipments (README, "Differences from the legacy sync" 4).
 -- (A claim that comes or goes is a jobsite change, handled above.)
@@ -159,7 +159,7 @@ WHERE d.jm IS NOT NULL
                       WHERE jm.entity = 'jobsite_material' AND jm.key = d.jm AND NOT jm.deleted))
 ON CONFLICT DO NOTHING
 
--- @stmt material_shipment,daily_report -> material_shipment
+-- @step closure material_shipment,daily_report -> material_shipment
 -- Invoice-month rates are live: every shipment of an invoice-priced material in a month an
 -- affected shipment belongs (or belonged) to is re-costed.
 WITH ms AS (

@@ -3,14 +3,14 @@
 -- lists it) when that report is derivable, the report's dim row, jobsite, work date and crew
 -- type ("Unknown" fallback, README difference 7). Runs after the reports are derived.
 
--- @stmt ctx:employee_work
+-- @step context employee_work
 INSERT INTO pg_temp.cdc_ctx {{ctx employee_work}}
 
--- @stmt ctx:vehicle_work
+-- @step context vehicle_work
 INSERT INTO pg_temp.cdc_ctx {{ctx vehicle_work}}
 
--- @stmt ctx:production
+-- @step context production
 INSERT INTO pg_temp.cdc_ctx {{ctx production}}
 
--- @stmt ctx:material_shipment
+-- @step context material_shipment
 INSERT INTO pg_temp.cdc_ctx {{ctx material_shipment}}

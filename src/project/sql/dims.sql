@@ -4,7 +4,7 @@
 -- references it (dim_crew has no archive column). Rate tables mirror rates[]
 -- exactly (README difference 6). $1 = report time zone, $2 = this apply's synced_at stamp.
 
--- @stmt dim_employee
+-- @step upsert dim_employee
 INSERT INTO dim_employee AS t (mongo_id, name, job_title, archived_at, synced_at)
 SELECT s.key, {{fit dim_employee name s.key COALESCE(s.doc ->> 'name', '')}},
        {{fit dim_employee job_title s.key NULLIF(s.doc ->> 'jobTitle', '')}},
@@ -16,10 +16,10 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, job_title = EXCLUDED.job_title,
     archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
 
--- @stmt dim_employee_rate
+-- @step upsert dim_employee_rate
 {{rates employee}}
 
--- @stmt dim_vehicle
+-- @step upsert dim_vehicle
 INSERT INTO dim_vehicle AS t
     (mongo_id, name, vehicle_code, vehicle_type, is_rental, source_company, archived_at, synced_at)
 SELECT s.key, {{fit dim_vehicle name s.key COALESCE(s.doc ->> 'name', '')}},
@@ -37,10 +37,10 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     source_company = EXCLUDED.source_company, archived_at = EXCLUDED.archived_at,
     synced_at = EXCLUDED.synced_at
 
--- @stmt dim_vehicle_rate
+-- @step upsert dim_vehicle_rate
 {{rates vehicle}}
 
--- @stmt dim_jobsite
+-- @step upsert dim_jobsite
 INSERT INTO dim_jobsite AS t (mongo_id, name, jobcode, active, archived_at, synced_at)
 SELECT s.key, {{fit dim_jobsite name s.key COALESCE(s.doc ->> 'name', '')}},
        {{fit dim_jobsite jobcode s.key NULLIF(s.doc ->> 'jobcode', '')}},
@@ -54,7 +54,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, jobcode = EXCLUDED.jobcode, active = EXCLUDED.active,
     archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
 
--- @stmt dim_company
+-- @step upsert dim_company
 INSERT INTO dim_company AS t (mongo_id, name, archived_at, synced_at)
 SELECT s.key, {{fit dim_company name s.key COALESCE(s.doc ->> 'name', '')}}, cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
@@ -63,7 +63,7 @@ WHERE a.entity = 'company' AND NOT s.deleted AND s.doc IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
 
--- @stmt dim_material
+-- @step upsert dim_material
 INSERT INTO dim_material AS t (mongo_id, name, archived_at, synced_at)
 SELECT s.key, {{fit dim_material name s.key COALESCE(s.doc ->> 'name', '')}}, cdc.ts(s.doc -> 'archivedAt'), $2
 FROM pg_temp.cdc_affected a
@@ -72,7 +72,7 @@ WHERE a.entity = 'material' AND NOT s.deleted AND s.doc IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
 
--- @stmt dim_crew
+-- @step upsert dim_crew
 INSERT INTO dim_crew AS t (mongo_id, name, type, synced_at)
 SELECT s.key, {{fit dim_crew name s.key COALESCE(s.doc ->> 'name', '')}},
        {{fit dim_crew type s.key COALESCE(NULLIF(s.doc ->> 'type', ''), 'Unknown')}}, $2
@@ -82,7 +82,7 @@ WHERE a.entity = 'crew' AND NOT s.deleted AND s.doc IS NOT NULL
 ON CONFLICT (mongo_id) DO UPDATE SET
     name = EXCLUDED.name, type = EXCLUDED.type, synced_at = EXCLUDED.synced_at
 
--- @stmt dim_crew
+-- @step cleanup dim_crew
 -- A deleted crew (dim_crew has no archive column) keeps its row while any report or fact
 -- references it, as the placeholder a fresh projection holds for a missing crew (its facts'
 -- crew_type becomes "Unknown"); otherwise the row goes. No ON DELETE CASCADE ever fires
@@ -110,7 +110,7 @@ WITH gone AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM kept) + (SELECT count(*) FROM dropped)
 
--- @stmt dim_*
+-- @step archive_deleted
 -- Deleted dimension documents: soft archive at the deleting event's wall time (the row and
 -- the facts referencing it stay; the facts keep their hours, their rates become 0 as for any
 -- missing rate), and an employee's or vehicle's rates go with its rates[].

@@ -3,7 +3,7 @@
 -- invoice-month rate and is not written here (README, "Differences from the legacy sync" 3). Hard delete, as legacy.
 -- $1 = report time zone, $2 = this apply's synced_at stamp.
 
--- @stmt placeholder:invoice
+-- @step placeholder invoice
 -- An invoice's company has a row even when its document is gone (placeholder).
 WITH refs AS MATERIALIZED (
     SELECT cdc.oid(s.doc -> 'company') AS k
@@ -16,7 +16,7 @@ WITH refs AS MATERIALIZED (
 )
 SELECT count(*) FROM p
 
--- @stmt fact_invoice
+-- @step upsert fact_invoice
 -- (MATERIALIZED: the owner lookups run once per invoice, not once per use below.)
 WITH i0 AS MATERIALIZED (
     SELECT s.key, s.doc,
@@ -61,7 +61,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     amount = EXCLUDED.amount, description = EXCLUDED.description,
     synced_at = EXCLUDED.synced_at
 
--- @stmt fact_invoice
+-- @step cleanup fact_invoice
 DELETE FROM fact_invoice t
 USING pg_temp.cdc_affected a
 WHERE a.entity = 'invoice' AND t.mongo_id = a.key AND t.synced_at IS DISTINCT FROM $2

@@ -3,7 +3,7 @@
 -- is deleted or detached has its other rows archived (README difference 7: deleting a shipment also
 -- archives its non-costed row). $1 = report time zone, $2 = this apply's synced_at stamp.
 
--- @stmt fact_material_shipment
+-- @step upsert fact_material_shipment
 -- Rate: a scenario id first; else costType invoice -> the live invoice-month rate (sum of the
 -- material's invoices dated in the work month / quantity of its live costed shipments listed
 -- in any report dated in that month); else the delivered-rate entry, else the standard rates.
@@ -112,10 +112,10 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at,
     vehicle_type = EXCLUDED.vehicle_type, rate_scenario_id = EXCLUDED.rate_scenario_id
 
--- @stmt fact_material_shipment
+-- @step cleanup fact_material_shipment
 {{archive fact_material_shipment material_shipment materialShipment}}
 
--- @stmt fact_non_costed_material
+-- @step upsert fact_non_costed_material
 WITH x AS (SELECT * FROM pg_temp.cdc_ctx WHERE entity = 'material_shipment')
 INSERT INTO fact_non_costed_material AS t
     (mongo_id, daily_report_id, jobsite_id, crew_id, crew_type, work_date, material_name,
@@ -135,10 +135,10 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     supplier_name = EXCLUDED.supplier_name, quantity = EXCLUDED.quantity,
     unit = EXCLUDED.unit, archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
 
--- @stmt fact_non_costed_material
+-- @step cleanup fact_non_costed_material
 {{archive fact_non_costed_material material_shipment materialShipment}}
 
--- @stmt fact_trucking
+-- @step upsert fact_trucking
 -- Only for a shipment whose costed row was written just now. The rate: the entry of the
 -- report's jobsite truckingRates[] with that _id; its newest rate dated at or before the
 -- report's instant, else its oldest (legacy). Quantity (any case) -> quantity x rate,
@@ -216,5 +216,5 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     trucking_rate_id = EXCLUDED.trucking_rate_id, archived_at = EXCLUDED.archived_at,
     synced_at = EXCLUDED.synced_at
 
--- @stmt fact_trucking
+-- @step cleanup fact_trucking
 {{archive fact_trucking material_shipment materialShipment}}

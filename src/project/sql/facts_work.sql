@@ -5,7 +5,7 @@
 -- of the event that deleted or detached them (production: hard-deleted, as legacy).
 -- $1 = report time zone, $2 = this apply's synced_at stamp.
 
--- @stmt placeholder:employee_work
+-- @step placeholder employee_work
 -- The employee a work item names has a row even when its document is gone (placeholder).
 WITH refs AS MATERIALIZED (
     SELECT cdc.oid(c.doc -> 'employee') AS k FROM pg_temp.cdc_ctx c WHERE c.entity = 'employee_work'
@@ -14,7 +14,7 @@ WITH refs AS MATERIALIZED (
 )
 SELECT count(*) FROM p
 
--- @stmt fact_employee_work
+-- @step upsert fact_employee_work
 WITH x AS MATERIALIZED (
     -- Each date parsed once (OFFSET 0 keeps the planner from repeating the calls).
     SELECT c.*, cdc.oid(c.doc -> 'employee') AS dim_key, t.st, t.et
@@ -41,10 +41,10 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     job_title = EXCLUDED.job_title, hourly_rate = EXCLUDED.hourly_rate,
     archived_at = EXCLUDED.archived_at, synced_at = EXCLUDED.synced_at
 
--- @stmt fact_employee_work
+-- @step cleanup fact_employee_work
 {{archive fact_employee_work employee_work employeeWork}}
 
--- @stmt placeholder:vehicle_work
+-- @step placeholder vehicle_work
 WITH refs AS MATERIALIZED (
     SELECT cdc.oid(c.doc -> 'vehicle') AS k FROM pg_temp.cdc_ctx c WHERE c.entity = 'vehicle_work'
 ), p AS (
@@ -52,7 +52,7 @@ WITH refs AS MATERIALIZED (
 )
 SELECT count(*) FROM p
 
--- @stmt fact_vehicle_work
+-- @step upsert fact_vehicle_work
 WITH x AS MATERIALIZED (
     SELECT c.*, cdc.oid(c.doc -> 'vehicle') AS dim_key
     FROM pg_temp.cdc_ctx c WHERE c.entity = 'vehicle_work'
@@ -75,10 +75,10 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     hourly_rate = EXCLUDED.hourly_rate, archived_at = EXCLUDED.archived_at,
     synced_at = EXCLUDED.synced_at
 
--- @stmt fact_vehicle_work
+-- @step cleanup fact_vehicle_work
 {{archive fact_vehicle_work vehicle_work vehicleWork}}
 
--- @stmt fact_production
+-- @step upsert fact_production
 WITH x AS MATERIALIZED (
     SELECT c.*, t.st, t.et
     FROM pg_temp.cdc_ctx c
@@ -104,7 +104,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     end_time = EXCLUDED.end_time, description = EXCLUDED.description,
     synced_at = EXCLUDED.synced_at
 
--- @stmt fact_production
+-- @step cleanup fact_production
 DELETE FROM fact_production t
 USING pg_temp.cdc_affected a
 WHERE a.entity = 'production' AND t.mongo_id = a.key AND t.synced_at IS DISTINCT FROM $2

@@ -1,4 +1,4 @@
--- @stmt cdc.source_doc
+-- @step mirror cdc.source_doc
 -- Version-guarded bulk upsert of one batch (deduped per key by the caller). Every document
 -- that actually changed goes to pg_temp.cdc_changed with its previous and new state (the
 -- new one saves later statements a mirror lookup), and to pg_temp.cdc_affected.
@@ -41,7 +41,7 @@ INSERT INTO pg_temp.cdc_affected (entity, key)
 SELECT entity, key FROM changed
 RETURNING entity, key
 
--- @stmt cdc.report_child
+-- @step mirror cdc.report_child
 -- The changed reports' links to their children (cdc.report_child): those of the previous
 -- documents are dropped here (by primary key), the new documents' added by the next statement.
 DELETE FROM cdc.report_child l
@@ -54,7 +54,7 @@ USING (
 ) o
 WHERE l.entity = o.child AND l.child_key = o.child_key AND l.report_key = o.report_key
 
--- @stmt cdc.report_child
+-- @step mirror cdc.report_child
 INSERT INTO cdc.report_child (entity, child_key, report_key)
 SELECT DISTINCT f.child, cdc.oid(e.v), c.key
 FROM pg_temp.cdc_changed c

@@ -1,7 +1,7 @@
 -- Daily reports (degenerate dimension) and jobsite materials with their rates.
 -- $1 = report time zone, $2 = this apply's synced_at stamp.
 
--- @stmt placeholder:daily_report
+-- @step placeholder daily_report
 -- A report's jobsite or crew that has no row (its document is gone or never existed) gets a
 -- placeholder row keyed by the missing id, filled in place when the document appears: no
 -- report, hour or cost is dropped for a missing reference (docs/projection.md).
@@ -18,7 +18,7 @@ WITH refs AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM j) + (SELECT count(*) FROM c)
 
--- @stmt dim_daily_report
+-- @step upsert dim_daily_report
 -- Derivable: the report is live, dated, and names its jobsite and crew (whose rows exist, as
 -- the documents or as placeholders).
 INSERT INTO dim_daily_report AS t
@@ -38,14 +38,14 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     payroll_complete = EXCLUDED.payroll_complete, archived = EXCLUDED.archived,
     synced_at = EXCLUDED.synced_at
 
--- @stmt dim_daily_report
+-- @step cleanup dim_daily_report
 -- No longer derivable (deleted, undated): archived, as the legacy delete.
 UPDATE dim_daily_report t SET archived = true, synced_at = now()
 FROM pg_temp.cdc_affected a
 WHERE a.entity = 'daily_report' AND t.mongo_id = a.key
   AND t.synced_at IS DISTINCT FROM $2 AND NOT t.archived
 
--- @stmt placeholder:jobsite_material
+-- @step placeholder jobsite_material
 -- A jobsite material's material or supplier that has no row: a placeholder keyed by the missing
 -- id (the nil id when the jobsite material itself is gone or names none).
 WITH refs AS MATERIALIZED (
@@ -63,7 +63,7 @@ WITH refs AS MATERIALIZED (
 )
 SELECT (SELECT count(*) FROM m) + (SELECT count(*) FROM c)
 
--- @stmt dim_jobsite_material
+-- @step upsert dim_jobsite_material
 -- jobsite_id: the jobsite whose materials[] holds it, else the jobsite of a report one of
 -- its shipments is listed in (README, "Differences from the legacy sync" 4); the lowest key wins so the choice is deterministic.
 -- A jobsite material whose document is gone but that a jobsite or a shipment still names is
@@ -110,7 +110,7 @@ ON CONFLICT (mongo_id) DO UPDATE SET
     cost_type = EXCLUDED.cost_type, delivered = EXCLUDED.delivered,
     synced_at = EXCLUDED.synced_at
 
--- @stmt dim_jobsite_material
+-- @step cleanup dim_jobsite_material
 -- No longer derivable (no jobsite claims it and no report lists its shipments): the row goes
 -- (the table has no archive column) unless a fact row still references it, which keeps it:
 -- no ON DELETE CASCADE ever fires because of a source change.
@@ -119,7 +119,7 @@ USING pg_temp.cdc_affected a
 WHERE a.entity = 'jobsite_material' AND t.mongo_id = a.key AND t.synced_at IS DISTINCT FROM $2
   AND NOT EXISTS (SELECT 1 FROM fact_material_shipment f WHERE f.jobsite_material_id = t.id)
 
--- @stmt placeholder:jobsite_material:unused
+-- @step placeholder jobsite_material unused
 -- The nil-id material and supplier placeholders (a jobsite material whose document is gone or
 -- names none) go once no jobsite material uses them: a backfill derives the jobsites' claimed
 -- materials before their documents load. Nothing references them, so nothing cascades.
@@ -137,7 +137,7 @@ WITH m AS (
 )
 SELECT (SELECT count(*) FROM m) + (SELECT count(*) FROM c)
 
--- @stmt dim_jobsite_material_rate
+-- @step upsert dim_jobsite_material_rate
 -- mongo_id discriminates: NULL = rates[], else the deliveredRates[] or scenarios[] entry _id.
 WITH t AS MATERIALIZED (
     {{derived dim_jobsite_material jobsite_material}}

@@ -14,7 +14,6 @@ use serde_json::{Value, json};
 
 use super::Harness;
 use super::seed::{date, delete, oid, oids, upsert};
-use bowmark_cdc::project::PLACEHOLDER_NAME_PREFIX;
 
 use crate::support::star_tables;
 
@@ -303,174 +302,38 @@ fn history(writes: &[Write]) -> Vec<SourceDoc> {
     out
 }
 
-/// Star rows by table: natural key -> row.
-pub type Star = BTreeMap<String, BTreeMap<String, Row>>;
+use bowmark_cdc::ops::verify::star;
+pub use bowmark_cdc::ops::verify::star::Star;
 
-/// One star row as the law compares it.
-#[derive(Debug, Clone)]
-pub struct Row {
-    /// Canonical content (foreign keys as the referenced `mongo_id`).
-    pub content: String,
-    /// Archived, or a dimension row that no live row references any more (a deleted crew's or
-    /// jobsite material's row kept for the archived facts, a placeholder nothing names now),
-    /// or a rate of such a row: the streamed database may hold these beside a fresh one.
-    pub retired: bool,
-    /// A placeholder row for a missing document (its name says so).
-    pub placeholder: bool,
-}
-
-/// Every star row of a database by natural key (foreign keys mapped to the referenced
-/// `mongo_id`, surrogate ids and `synced_at` dropped), with whether the row is retired.
+/// Every star row of a database by natural key (the rule `verify` applies: foreign keys mapped
+/// to the referenced `mongo_id`, surrogate ids and `synced_at` dropped), with whether the row
+/// is retired.
 pub async fn star_of(client: &tokio_postgres::Client) -> Star {
-    let rows = |sql: String| async move {
-        client
-            .query(&sql, &[])
-            .await
-            .unwrap_or_else(|e| panic!("{sql}: {e:?}"))
-    };
-    // Every row, with its surrogate id and whether it is archived by its own column.
-    let mut all: Vec<(&str, Option<String>, Value, bool)> = Vec::new();
-    for t in star_tables() {
-        for r in rows(format!("SELECT to_jsonb(x)::text FROM {t} x")).await {
-            let v: Value = serde_json::from_str(&r.get::<_, String>(0)).expect("row json");
-            let archived = v.get("archived_at").is_some_and(|a| !a.is_null())
-                || v.get("archived").is_some_and(|a| a == &json!(true));
-            let id = v.get("id").and_then(Value::as_str).map(str::to_string);
-            all.push((t, id, v, archived));
-        }
-    }
-    let is_dim = |t: &str| t.starts_with("dim_") && !t.ends_with("_rate");
-    // Retired: archived, or (a dimension row) referenced by no live row; to a fixed point (a
-    // retired jobsite material does not keep its material live).
-    let mut retired: Vec<bool> = all.iter().map(|r| r.3).collect();
-    loop {
-        let mut referenced = std::collections::BTreeSet::new();
-        for (n, (t, _, v, _)) in all.iter().enumerate() {
-            // (a rate row belongs to its dimension row: it keeps nothing live)
-            if retired[n] || t.ends_with("_rate") {
-                continue;
-            }
-            for (col, val) in v.as_object().expect("row object") {
-                if col != "id"
-                    && col.ends_with("_id")
-                    && let Some(s) = val.as_str()
-                {
-                    referenced.insert(s.to_string());
-                }
-            }
-        }
-        let mut changed = false;
-        for (n, (t, id, _, _)) in all.iter().enumerate() {
-            let r = retired[n]
-                || (is_dim(t)
-                    && id.as_ref().is_some_and(|i| !referenced.contains(i))
-                    && !eager(t, &all[n].2));
-            if r != retired[n] {
-                retired[n] = r;
-                changed = true;
-            }
-        }
-        if !changed {
-            break;
-        }
-    }
-    let ids: BTreeMap<String, (String, bool)> = all
-        .iter()
-        .enumerate()
-        .filter(|(_, r)| is_dim(r.0))
-        .filter_map(|(n, r)| {
-            let m = r.2.get("mongo_id")?.as_str()?.to_string();
-            Some((r.1.clone()?, (m, retired[n])))
-        })
-        .collect();
-    let mut out = Star::new();
-    for t in star_tables() {
-        out.entry(t.to_string()).or_default();
-    }
-    for (n, (t, _, v, _)) in all.into_iter().enumerate() {
-        let mut v = v;
-        let obj = v.as_object_mut().expect("row object");
-        obj.remove("id");
-        obj.remove("synced_at");
-        let mut parent_retired = false;
-        for (col, val) in obj.iter_mut() {
-            if col.ends_with("_id")
-                && let Some((m, r)) = val.as_str().and_then(|s| ids.get(s))
-            {
-                parent_retired |= *r && t.ends_with("_rate");
-                *val = Value::String(m.clone());
-            }
-        }
-        let placeholder = obj
-            .get("name")
-            .and_then(Value::as_str)
-            .is_some_and(|n| n.starts_with(PLACEHOLDER_NAME_PREFIX));
-        let content = v.to_string();
-        let table = out.get_mut(t).expect("table");
-        // Rate rows have no unique natural key: the content (and its repeat count) is it.
-        let key = match v.get("mongo_id").and_then(Value::as_str) {
-            Some(k) if !t.ends_with("_rate") => k.to_string(),
-            _ => {
-                let prefix = format!("{content}#");
-                let n = table.keys().filter(|k| k.starts_with(&prefix)).count();
-                format!("{prefix}{n}")
-            }
-        };
-        table.insert(
-            key,
-            Row {
-                content,
-                retired: retired[n] || parent_retired,
-                placeholder,
-            },
-        );
-    }
-    out
+    star::read(client, "public").await.expect("star rows")
 }
 
-/// A dimension row that a fresh projection holds whether or not anything references it (the
-/// dimensions are eager): every row except placeholders and jobsite materials (whose row needs
-/// a jobsite). Only those may be left unreferenced in the streamed database.
-fn eager(table: &str, v: &Value) -> bool {
-    table != "dim_jobsite_material"
-        && !v
-            .get("name")
-            .and_then(Value::as_str)
-            .is_some_and(|n| n.starts_with(PLACEHOLDER_NAME_PREFIX))
-}
-
-/// The law: every fresh row is in the streamed database with the same content, and the streamed
-/// database holds no other live row. Allowed: retired rows only in the streamed database
-/// (archived rows of deleted or detached documents; rows kept or left unreferenced), and the
-/// archived row of a deleted document where a fresh projection holds its placeholder.
+/// The law, as `verify` checks it: every fresh row is in the streamed database with the same
+/// content, and the streamed database holds no other live row. Allowed: retired rows only in
+/// the streamed database (archived rows of deleted or detached documents; rows kept or left
+/// unreferenced), and the archived row of a deleted document where a fresh projection holds
+/// its placeholder. `Err` describes the first drifted row.
 pub fn compare(streamed: &Star, fresh: &Star) -> Result<(), String> {
-    for (t, rows) in fresh {
-        let s = &streamed[t];
-        for (k, f) in rows {
-            match s.get(k) {
-                Some(r) if r.content == f.content => {}
-                Some(r) if f.placeholder && r.retired => {}
-                Some(r) => {
-                    return Err(format!(
-                        "{t} {k}: streamed {} != fresh {}",
-                        r.content, f.content
-                    ));
-                }
-                None => {
-                    return Err(format!(
-                        "{t} {k}: missing in the streamed db: {}",
-                        f.content
-                    ));
-                }
-            }
-        }
-        for (k, r) in s {
-            if !rows.contains_key(k) && !r.retired {
-                return Err(format!(
-                    "{t} {k}: live row only in the streamed db: {}",
-                    r.content
-                ));
-            }
+    for t in star::compare(streamed, fresh, 1) {
+        if let Some(r) = t.rows.first() {
+            let content = |s: &Star| {
+                s.get(&t.table)
+                    .and_then(|rows| rows.get(&r.key))
+                    .map_or("-".to_string(), |row| row.content.clone())
+            };
+            return Err(format!(
+                "{} {}: {:?} (columns {:?}); streamed {} fresh {}",
+                t.table,
+                r.key,
+                r.drift,
+                r.columns,
+                content(streamed),
+                content(fresh)
+            ));
         }
     }
     Ok(())
