@@ -471,49 +471,73 @@ async fn exit_status(child: &mut Child) -> std::process::ExitStatus {
     .await
 }
 
+/// A MongoDB holding one crew, a migrated database, a vhost and the paving pipeline file
+/// pointed at them: what a `run --role capture` process needs.
+struct CaptureRig {
+    m: TestMongo,
+    db: support::TestDb,
+    vhost: TestVhost,
+    tp: crate::backfill::TempPipeline,
+}
+
+impl CaptureRig {
+    async fn new() -> CaptureRig {
+        let m = TestMongo::start().await;
+        let db = support::migrated_db().await;
+        let vhost = TestVhost::new();
+        let tp = temp_pipeline("paving", Some(m.db_name()), None);
+        m.db()
+            .collection::<bson::Document>("crews")
+            .insert_one(doc! {"name": "a"})
+            .await
+            .expect("insert");
+        CaptureRig { m, db, vhost, tp }
+    }
+
+    /// A capture process, its log and its HTTP address.
+    fn start(&self) -> (Spawned, StderrTail, SocketAddr) {
+        let args = ["run", "--role", "capture"];
+        let mut p = spawn(
+            &self.tp.path,
+            &args,
+            &self.db,
+            Some(&self.vhost),
+            self.m.uri(),
+        );
+        let log = StderrTail::start(&mut p.0);
+        let addr = log.http_addr();
+        (p, log, addr)
+    }
+
+    async fn wait_checkpoint(&self) {
+        eventually("a checkpoint", WAIT, || async {
+            checkpoint_stored(&self.db).await.then_some(())
+        })
+        .await;
+    }
+}
+
 /// Given a capture whose checkpoint fell off the oplog, under `history_lost = "fail"`, then
 /// the process does not exit into a restart loop that no scrape sees: it stays up, unready,
 /// naming the backfill, with `cdc_capture_history_lost` 1 and the error counted; SIGTERM then
 /// ends it with exit 1.
 #[tokio::test]
 async fn history_lost_under_policy_fail_keeps_the_process_up_unready_and_alerting() {
-    let m = TestMongo::start().await;
-    let Some(sim) = m.sim() else {
+    let rig = CaptureRig::new().await;
+    let Some(sim) = rig.m.sim() else {
         eprintln!("SKIP: losing oplog history needs the simulator");
         return;
     };
-    let db = support::migrated_db().await;
-    let vhost = TestVhost::new();
-    let tp = temp_pipeline("paving", Some(m.db_name()), None);
-    let crews = m.db().collection::<bson::Document>("crews");
-    crews.insert_one(doc! {"name": "a"}).await.expect("insert");
     // A capture that stored its checkpoint and stopped
-    let mut first = spawn(
-        &tp.path,
-        &["run", "--role", "capture"],
-        &db,
-        Some(&vhost),
-        m.uri(),
-    );
-    let _log = StderrTail::start(&mut first.0);
-    eventually("a checkpoint", WAIT, || async {
-        checkpoint_stored(&db).await.then_some(())
-    })
-    .await;
+    let (mut first, _log, _) = rig.start();
+    rig.wait_checkpoint().await;
     sigterm(&first.0);
     assert!(exit_status(&mut first.0).await.success());
     // When the oplog loses the history after it
+    let crews = rig.m.db().collection::<bson::Document>("crews");
     crews.insert_one(doc! {"name": "b"}).await.expect("insert");
     sim.truncate_oplog();
-    let mut second = spawn(
-        &tp.path,
-        &["run", "--role", "capture"],
-        &db,
-        Some(&vhost),
-        m.uri(),
-    );
-    let log = StderrTail::start(&mut second.0);
-    let addr = log.http_addr();
+    let (mut second, log, addr) = rig.start();
     // Then /readyz says what failed and what to do, and /metrics shows it
     let body = eventually("the capture failed", WAIT, || async move {
         let (code, body) = support::http_get(addr, "/readyz").await;
@@ -568,28 +592,13 @@ async fn history_lost_under_policy_fail_keeps_the_process_up_unready_and_alertin
 /// age grows (it no longer restarts at zero with every reconnect).
 #[tokio::test]
 async fn a_capture_looping_on_a_refused_login_counts_it_and_its_checkpoint_ages() {
-    let m = TestMongo::start().await;
-    if m.sim().is_none() {
+    let rig = CaptureRig::new().await;
+    if rig.m.sim().is_none() {
         eprintln!("SKIP: failing commands on purpose needs the simulator");
         return;
     }
-    let db = support::migrated_db().await;
-    let vhost = TestVhost::new();
-    let tp = temp_pipeline("paving", Some(m.db_name()), None);
-    m.db()
-        .collection::<bson::Document>("crews")
-        .insert_one(doc! {"name": "a"})
-        .await
-        .expect("insert");
-    let mut capture = spawn(
-        &tp.path,
-        &["run", "--role", "capture"],
-        &db,
-        Some(&vhost),
-        m.uri(),
-    );
-    let log = StderrTail::start(&mut capture.0);
-    let addr = log.http_addr();
+    let m = &rig.m;
+    let (_capture, _log, addr) = rig.start();
     let ts = |metrics: &str| {
         sample(
             metrics,
@@ -646,37 +655,10 @@ async fn a_capture_looping_on_a_refused_login_counts_it_and_its_checkpoint_ages(
 /// at 0 (not absent), the leader at 1: "no capture leader" is a sum that can be 0.
 #[tokio::test]
 async fn a_standby_exports_the_leader_series_at_zero() {
-    let m = TestMongo::start().await;
-    let db = support::migrated_db().await;
-    let vhost = TestVhost::new();
-    let tp = temp_pipeline("paving", Some(m.db_name()), None);
-    m.db()
-        .collection::<bson::Document>("crews")
-        .insert_one(doc! {"name": "a"})
-        .await
-        .expect("insert");
-    let mut first = spawn(
-        &tp.path,
-        &["run", "--role", "capture"],
-        &db,
-        Some(&vhost),
-        m.uri(),
-    );
-    let first_log = StderrTail::start(&mut first.0);
-    let first_addr = first_log.http_addr();
-    eventually("a checkpoint", WAIT, || async {
-        checkpoint_stored(&db).await.then_some(())
-    })
-    .await;
-    let mut second = spawn(
-        &tp.path,
-        &["run", "--role", "capture"],
-        &db,
-        Some(&vhost),
-        m.uri(),
-    );
-    let second_log = StderrTail::start(&mut second.0);
-    let second_addr = second_log.http_addr();
+    let rig = CaptureRig::new().await;
+    let (_first, _first_log, first_addr) = rig.start();
+    rig.wait_checkpoint().await;
+    let (_second, _second_log, second_addr) = rig.start();
     let body = eventually("the second replica standing by", WAIT, || async move {
         let (code, body) = support::http_get(second_addr, "/readyz").await;
         (code == 200 && body.contains("capture standby")).then_some(body)
