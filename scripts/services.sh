@@ -130,4 +130,5 @@ ensure_postgres
 ensure_rabbitmq
 ensure_vhosts
 ensure_databases
-say "ready: PostgreSQL $PGHOST:$PGPORT (databases ${DATABASES[*]}), RabbitMQ 127.0.0.1:5672 (vhosts ${VHOSTS[*]}), $(promtool --version 2>&1 | head -n 1)"
+prom=$(promtool --version 2>/dev/null | head -n 1 || true)
+say "ready: PostgreSQL $PGHOST:$PGPORT (databases ${DATABASES[*]}), RabbitMQ 127.0.0.1:5672 (vhosts ${VHOSTS[*]}), ${prom:-no Prometheus}"
