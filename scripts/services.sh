@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Make sure PostgreSQL and RabbitMQ run on localhost for bowmark-cdc, then create its vhosts
 # (bowmark, bowmark-concrete) and databases (bowmark_reports_paving, bowmark_reports_concrete).
+# Also installs Prometheus (promtool and the server, never started as a service): the alert and
+# dashboard checks and the monitoring test run them.
 #
 # - running already: nothing to do;
 # - installed but stopped: start them (Debian's pg_ctlcluster, rabbitmq-server -detached);
@@ -110,8 +112,23 @@ ensure_databases() {
   done
 }
 
+ensure_prometheus() {
+  if command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; then return; fi
+  # The Debian package enables a system service on :9090; the tests start their own servers.
+  if ! apt_install prometheus; then
+    # Not fatal: the PromQL checks and the monitoring test then skip, saying why.
+    say "WARNING: Prometheus is missing and could not be installed ('apt-get install prometheus' on Debian/Ubuntu): alert and dashboard checks will be skipped"
+    return
+  fi
+  if command -v systemctl >/dev/null 2>&1 && systemctl is-active --quiet prometheus 2>/dev/null; then
+    as_root systemctl disable --now prometheus >/dev/null 2>&1 || true
+  fi
+}
+
+ensure_prometheus
 ensure_postgres
 ensure_rabbitmq
 ensure_vhosts
 ensure_databases
-say "ready: PostgreSQL $PGHOST:$PGPORT (databases ${DATABASES[*]}), RabbitMQ 127.0.0.1:5672 (vhosts ${VHOSTS[*]})"
+prom=$(promtool --version 2>/dev/null | head -n 1 || true)
+say "ready: PostgreSQL $PGHOST:$PGPORT (databases ${DATABASES[*]}), RabbitMQ 127.0.0.1:5672 (vhosts ${VHOSTS[*]}), ${prom:-no Prometheus}"

@@ -15,6 +15,9 @@ pub enum RoleState {
     Standby = 2,
     /// Stopping after SIGTERM or a fatal error.
     Stopping = 3,
+    /// Stopped by an error that only an operator can fix; the process stays up (unready) so
+    /// that the failure is scraped and alerted on rather than lost in a restart loop.
+    Failed = 4,
 }
 
 impl RoleState {
@@ -23,6 +26,7 @@ impl RoleState {
             1 => RoleState::Active,
             2 => RoleState::Standby,
             3 => RoleState::Stopping,
+            4 => RoleState::Failed,
             _ => RoleState::Starting,
         }
     }
@@ -33,6 +37,7 @@ impl RoleState {
             RoleState::Active => "active",
             RoleState::Standby => "standby",
             RoleState::Stopping => "stopping",
+            RoleState::Failed => "failed",
         }
     }
 }
@@ -63,6 +68,8 @@ struct Inner {
     postgres: DepSlot,
     capture: AtomicU8,
     projector: AtomicU8,
+    /// Why a role is [`RoleState::Failed`] (what the operator must do).
+    failure: Mutex<Option<String>>,
 }
 
 /// Cheap to clone; every clone sees the same state.
@@ -147,6 +154,21 @@ impl Health {
 
     pub fn set_state(&self, stage: Stage, state: RoleState) {
         self.slot(stage).store(state as u8, Ordering::Relaxed);
+    }
+
+    /// `stage` stopped for good: `/readyz` shows `cause` until the process restarts.
+    pub fn set_stage_failed(&self, stage: Stage, cause: impl Into<String>) {
+        *self.0.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause.into());
+        self.set_state(stage, RoleState::Failed);
+    }
+
+    /// The cause given to [`Health::set_stage_failed`].
+    pub fn failure(&self) -> Option<String> {
+        self.0
+            .failure
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
     }
 
     pub fn state(&self, stage: Stage) -> RoleState {

@@ -2,6 +2,7 @@
 //! process lives) and `/readyz` (503 until the dependencies of the running roles are connected
 //! and every role is active or standing by; the body says which).
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::Router;
@@ -12,6 +13,7 @@ use axum::routing::get;
 use metrics_exporter_prometheus::PrometheusHandle;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
 
 use crate::health::{Dependency, Health, Link, RoleState, Stage};
 
@@ -49,15 +51,48 @@ pub fn metrics_router(metrics: PrometheusHandle) -> Router {
             "/metrics",
             get(move || {
                 let metrics = metrics.clone();
-                async move {
-                    (
-                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                        metrics.render(),
-                    )
-                }
+                async move { render(&metrics) }
             }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+}
+
+/// Serve `/metrics` and `/healthz` on `addr` until `stop` (the backfill Job's port). A port
+/// that cannot be bound or a recorder that cannot be installed is logged, not fatal: the
+/// backfill's work does not depend on being scraped. Returns the bound address.
+pub async fn serve_metrics(
+    addr: SocketAddr,
+    pipeline: &str,
+    stop: CancellationToken,
+) -> Option<SocketAddr> {
+    let handle = match crate::metrics::install_recorder() {
+        Ok(h) => {
+            crate::metrics::zero(pipeline, false, false);
+            h
+        }
+        Err(e) => {
+            warn!(error = %e, "metrics not served");
+            return None;
+        }
+    };
+    let listener = match TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            warn!(%addr, error = %e, "metrics not served: cannot listen");
+            return None;
+        }
+    };
+    let bound = listener.local_addr().unwrap_or(addr);
+    info!(addr = %bound, "http listening on /metrics, /healthz");
+    tokio::spawn(async move {
+        let served = axum::serve(listener, metrics_router(handle))
+            .with_graceful_shutdown(async move { stop.cancelled().await })
+            .await;
+        if let Err(e) = served {
+            warn!(error = %e, "http server ended with an error");
+        }
+    });
+    Some(bound)
 }
 
 /// Serve until `stop` is cancelled.
@@ -72,9 +107,15 @@ pub async fn serve(
 }
 
 async fn metrics(State(s): State<HttpState>) -> impl IntoResponse {
+    render(&s.metrics)
+}
+
+/// The Prometheus text, with the process metrics sampled now.
+fn render(metrics: &PrometheusHandle) -> impl IntoResponse + use<> {
+    crate::metrics::collect_process();
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        s.metrics.render(),
+        metrics.render(),
     )
 }
 
@@ -123,8 +164,14 @@ pub fn readiness(health: &Health, roles: &[Stage]) -> (bool, String) {
         .map(|r| format!("{} {}", stage_name(*r), health.state(*r).as_str()))
         .collect();
     for r in roles {
-        if !matches!(health.state(*r), RoleState::Active | RoleState::Standby) {
-            missing.push(format!("{} {}", stage_name(*r), health.state(*r).as_str()));
+        match health.state(*r) {
+            RoleState::Active | RoleState::Standby => {}
+            RoleState::Failed => missing.push(format!(
+                "{} failed ({})",
+                stage_name(*r),
+                health.failure().unwrap_or_default()
+            )),
+            other => missing.push(format!("{} {}", stage_name(*r), other.as_str())),
         }
     }
     if missing.is_empty() {
@@ -171,6 +218,14 @@ mod tests {
         h.set_connected(Dependency::Mongo, true);
         let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
         assert!(ok && body.contains("capture standby"), "{body}");
+        // A capture stopped for good is named with what to do.
+        h.set_stage_failed(Stage::Capture, "history lost: run bowmark-cdc backfill");
+        let (ok, body) = readiness(&h, &[Stage::Capture, Stage::Projector]);
+        assert!(!ok, "{body}");
+        assert_eq!(
+            body,
+            "not ready: capture failed (history lost: run bowmark-cdc backfill)\n"
+        );
     }
 
     #[test]

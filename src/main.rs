@@ -424,7 +424,7 @@ fn backfill(
         // SIGTERM/SIGINT: the chunks in flight finish, then the run stops (resumable).
         tokio::spawn(runtime::on_signal(shutdown));
         let addr = http_listen.unwrap_or(settings.pipeline.http_listen);
-        runtime::serve_metrics(addr, http_stop.clone()).await;
+        bowmark_cdc::http::serve_metrics(addr, &settings.pipeline.name, http_stop.clone()).await;
         let result = run_backfill(&settings, opts).await;
         http_stop.cancel();
         result

@@ -1,6 +1,8 @@
 //! Metric names and their descriptions, in one place (documented in `docs/METRICS.md`).
 //! Names follow `cdc_<stage>_<noun>_<unit>`; labels come from bounded sets only.
 
+use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+
 /// Label names (bounded sets only: never ids).
 pub const LABEL_PIPELINE: &str = "pipeline";
 pub const LABEL_STAGE: &str = "stage";
@@ -28,14 +30,24 @@ pub const CAPTURE_CONFIRM_LATENCY: &str = "cdc_capture_confirm_latency_seconds";
 pub const CAPTURE_CONFIRMS_IN_FLIGHT: &str = "cdc_capture_confirms_in_flight";
 /// Gauge {pipeline}: now minus the wall time of the last confirmed event (0 when idle).
 pub const CAPTURE_SOURCE_LAG: &str = "cdc_capture_source_lag_seconds";
-/// Gauge {pipeline}: seconds since the stored checkpoint was last at the stream's position.
-pub const CAPTURE_CHECKPOINT_AGE: &str = "cdc_capture_checkpoint_age_seconds";
+/// Gauge {pipeline}: MongoDB wall time (Unix seconds) of the last confirmed event; 0 until this
+/// process confirmed one. With [`PROJECTOR_LAST_EVENT_TIMESTAMP`]: how far (in event time) the
+/// projector is behind the capture.
+pub const CAPTURE_LAST_EVENT_TIMESTAMP: &str = "cdc_capture_last_event_timestamp_seconds";
+/// Gauge {pipeline}: Unix time up to which the stored checkpoint covers the change stream: now
+/// when every change read is confirmed and stored (caught up, idle or busy), else the cluster
+/// time of the stored checkpoint's last event; 0 until this process stored or confirmed one.
+/// A timestamp, so that its age (`time() - …`) grows while the capture is stuck or frozen.
+pub const CAPTURE_CHECKPOINT_TIMESTAMP: &str = "cdc_capture_checkpoint_timestamp_seconds";
 /// Counter {pipeline, error_type}: change streams reopened from the checkpoint after an error.
 pub const CAPTURE_RESUMES: &str = "cdc_capture_resumes_total";
 /// Counter {pipeline, error_type}: capture errors (transient and fatal).
 pub const CAPTURE_ERRORS: &str = "cdc_capture_errors_total";
 /// Gauge {pipeline}: 1 while this replica holds the capture lock and tails, 0 on standby.
 pub const CAPTURE_LEADER: &str = "cdc_capture_leader";
+/// Gauge {pipeline}: 1 while the capture is stopped because the change stream's history after
+/// the checkpoint is gone (`history_lost = "fail"`); the process stays up, unready.
+pub const CAPTURE_HISTORY_LOST: &str = "cdc_capture_history_lost";
 
 // --- projector -------------------------------------------------------------------------------
 
@@ -56,8 +68,10 @@ pub const PROJECTOR_DEAD_LETTERED_TOTAL: &str = "cdc_projector_dead_lettered_tot
 pub const PROJECTOR_BATCH_EVENTS: &str = "cdc_projector_batch_events";
 /// Time from taking a batch to acking it (decode, transaction, dead letters, ack).
 pub const PROJECTOR_BATCH_DURATION_SECONDS: &str = "cdc_projector_batch_duration_seconds";
-/// Now minus the wall time of the newest event of the last committed batch.
-pub const PROJECTOR_LAG_SECONDS: &str = "cdc_projector_lag_seconds";
+/// MongoDB wall time (Unix seconds) of the newest event of the last committed batch; 0 until
+/// this process committed one. A timestamp, so that `time() - …` keeps growing when the
+/// projector is stuck.
+pub const PROJECTOR_LAST_EVENT_TIMESTAMP: &str = "cdc_projector_last_event_timestamp_seconds";
 /// Messages ready in the projector queue (sampled every few seconds).
 pub const PROJECTOR_QUEUE_MESSAGES: &str = "cdc_projector_queue_messages";
 /// Messages in the dead-letter queue (sampled every few seconds).
@@ -106,15 +120,25 @@ pub const BATCH_EVENTS_BUCKETS: [f64; 10] =
 /// Documents of a collection the backfill has completed (committed), including earlier runs
 /// of a resumed backfill (labels `pipeline`, `collection`).
 pub const BACKFILL_DOCUMENTS_DONE: &str = "cdc_backfill_documents_done";
-/// Documents of a collection to backfill: the dump's count, or the server's estimate.
-pub const BACKFILL_DOCUMENTS_TOTAL: &str = "cdc_backfill_documents_total";
+/// Documents of a collection to backfill: the dump's count, or the server's estimate (a gauge,
+/// so no `_total` suffix).
+pub const BACKFILL_DOCUMENTS_EXPECTED: &str = "cdc_backfill_documents_expected";
+
+// --- process ---------------------------------------------------------------------------------
+
+/// Gauge {pipeline, version}: always 1; the version of the running binary.
+pub const BUILD_INFO: &str = "cdc_build_info";
+pub const LABEL_VERSION: &str = "version";
 /// Documents the backfill read but did not project, by `reason` (`no_id`, `rejected`,
 /// `stale`).
 pub const BACKFILL_DOCUMENTS_SKIPPED_TOTAL: &str = "cdc_backfill_documents_skipped_total";
 
 /// The `error_type` values of the capture's error and resume counters.
-pub const CAPTURE_ERROR_TYPES: [&str; 12] = [
+pub const CAPTURE_ERROR_TYPES: [&str; 15] = [
     "mongo",
+    "mongo_auth",
+    "resume_rejected",
+    "event_too_large",
     "history_lost",
     "invalidated",
     "backfill",
@@ -141,9 +165,19 @@ pub const PROJECTOR_ERROR_TYPES: [&str; 6] = [
 /// Register the counters of a pipeline's roles with every value of their bounded label sets
 /// at 0: a counter created on its first increment has no earlier sample, so `increase()` would
 /// never see its first event (the first dead letter, the first lost history).
+/// Also sets [`BUILD_INFO`] (the backfill calls it with neither role).
 pub fn zero(pipeline: &str, capture: bool, project: bool) {
     let p = || pipeline.to_string();
+    metrics::gauge!(BUILD_INFO, LABEL_PIPELINE => p(), LABEL_VERSION => env!("CARGO_PKG_VERSION"))
+        .set(1.0);
     if capture {
+        // A standby exports the leader's series too: absent would silence "no leader".
+        metrics::gauge!(CAPTURE_LEADER, LABEL_PIPELINE => p()).set(0.0);
+        metrics::gauge!(CAPTURE_HISTORY_LOST, LABEL_PIPELINE => p()).set(0.0);
+        metrics::gauge!(CAPTURE_CHECKPOINT_TIMESTAMP, LABEL_PIPELINE => p()).set(0.0);
+        metrics::gauge!(CAPTURE_LAST_EVENT_TIMESTAMP, LABEL_PIPELINE => p()).set(0.0);
+        metrics::gauge!(CAPTURE_CONFIRMS_IN_FLIGHT, LABEL_PIPELINE => p()).set(0.0);
+        metrics::gauge!(CAPTURE_SOURCE_LAG, LABEL_PIPELINE => p()).set(0.0);
         for t in CAPTURE_ERROR_TYPES {
             metrics::counter!(CAPTURE_ERRORS, LABEL_PIPELINE => p(), LABEL_ERROR_TYPE => t)
                 .increment(0);
@@ -152,6 +186,9 @@ pub fn zero(pipeline: &str, capture: bool, project: bool) {
         }
     }
     if project {
+        metrics::gauge!(PROJECTOR_LAST_EVENT_TIMESTAMP, LABEL_PIPELINE => p()).set(0.0);
+        metrics::gauge!(PROJECTOR_QUEUE_MESSAGES, LABEL_PIPELINE => p()).set(0.0);
+        metrics::gauge!(PROJECTOR_DEAD_LETTER_QUEUE_MESSAGES, LABEL_PIPELINE => p()).set(0.0);
         for r in crate::projector::dlq::Reason::ALL {
             metrics::counter!(PROJECTOR_DEAD_LETTERED_TOTAL, LABEL_PIPELINE => p(),
                 LABEL_REASON => r.as_str())
@@ -177,12 +214,55 @@ pub fn zero(pipeline: &str, capture: bool, project: bool) {
     }
 }
 
+/// Install the process-wide Prometheus recorder: real histograms (buckets), every metric
+/// described.
+pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)?
+        .set_buckets_for_metric(
+            Matcher::Full(PROJECTOR_BATCH_EVENTS.into()),
+            &BATCH_EVENTS_BUCKETS,
+        )?
+        .install_recorder()?;
+    describe();
+    Ok(handle)
+}
+
+/// `reason` values of [`BACKFILL_DOCUMENTS_SKIPPED_TOTAL`].
+pub const BACKFILL_SKIP_REASONS: [&str; 3] = ["no_id", "stale", "rejected"];
+
+/// Register a backfilled collection's skip counters at 0 (see [`zero`]).
+pub fn zero_backfill(pipeline: &str, collection: &str) {
+    for r in BACKFILL_SKIP_REASONS {
+        metrics::counter!(BACKFILL_DOCUMENTS_SKIPPED_TOTAL, LABEL_PIPELINE => pipeline.to_string(),
+            LABEL_COLLECTION => collection.to_string(), LABEL_REASON => r)
+        .increment(0);
+    }
+}
+
 /// Describe every metric once, so `/metrics` carries HELP lines.
 pub fn describe() {
     describe_capture();
     describe_projector();
     describe_backfill();
     describe_verify();
+    metrics::describe_gauge!(
+        BUILD_INFO,
+        "Always 1: the pipeline and version (labels) of the running bowmark-cdc binary"
+    );
+    process_collector().describe();
+}
+
+/// Process CPU, memory, file descriptors, threads and start time (`process_*`, as the Go
+/// client names them), sampled by [`collect_process`] before each scrape.
+fn process_collector() -> &'static metrics_process::Collector {
+    static COLLECTOR: std::sync::OnceLock<metrics_process::Collector> = std::sync::OnceLock::new();
+    COLLECTOR.get_or_init(metrics_process::Collector::default)
+}
+
+/// Sample the process metrics (called by `/metrics` before rendering).
+pub fn collect_process() {
+    process_collector().collect();
 }
 
 fn describe_capture() {
@@ -218,9 +298,14 @@ fn describe_capture() {
         "Now minus the MongoDB wall time of the last confirmed event (0 when idle)"
     );
     describe_gauge!(
-        CAPTURE_CHECKPOINT_AGE,
+        CAPTURE_LAST_EVENT_TIMESTAMP,
         Unit::Seconds,
-        "Seconds since the stored checkpoint last matched the change stream's position"
+        "MongoDB wall time (Unix) of the last confirmed event (0: none yet)"
+    );
+    describe_gauge!(
+        CAPTURE_CHECKPOINT_TIMESTAMP,
+        Unit::Seconds,
+        "Unix time up to which the stored checkpoint covers the change stream (0: none yet)"
     );
     describe_counter!(
         CAPTURE_RESUMES,
@@ -231,6 +316,10 @@ fn describe_capture() {
     describe_gauge!(
         CAPTURE_LEADER,
         "1 while this replica holds the capture lock and tails the stream, 0 on standby"
+    );
+    describe_gauge!(
+        CAPTURE_HISTORY_LOST,
+        "1 while the capture is stopped because the history after its checkpoint is gone"
     );
 }
 
@@ -277,9 +366,9 @@ fn describe_projector() {
         "Time from taking a batch to acking it, commit included"
     );
     describe_gauge!(
-        PROJECTOR_LAG_SECONDS,
+        PROJECTOR_LAST_EVENT_TIMESTAMP,
         Unit::Seconds,
-        "Now minus the wall time of the newest event of the last committed batch"
+        "MongoDB wall time (Unix) of the newest event of the last committed batch (0: none yet)"
     );
     describe_gauge!(
         PROJECTOR_QUEUE_MESSAGES,
@@ -316,7 +405,7 @@ fn describe_backfill() {
         "Documents of a collection the backfill has committed"
     );
     describe_gauge!(
-        BACKFILL_DOCUMENTS_TOTAL,
+        BACKFILL_DOCUMENTS_EXPECTED,
         Unit::Count,
         "Documents of a collection to backfill (dump count or server estimate)"
     );

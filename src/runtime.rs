@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
+use metrics_exporter_prometheus::{BuildError, PrometheusHandle};
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
@@ -165,11 +165,20 @@ async fn run_stages(
     }
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
-        let outcome = joined.map_err(RuntimeError::Panicked).and_then(|r| r);
-        if let Err(e) = outcome {
-            shutdown.cancel();
-            first_error.get_or_insert(e);
+        match joined.map_err(RuntimeError::Panicked).and_then(|r| r) {
+            // Stays up, unready, until SIGTERM: scraped and alerted on, not a restart loop.
+            Err(RuntimeError::Capture(e)) if e.needs_operator() && first_error.is_none() => {
+                first_error = Some(RuntimeError::Capture(e.hold(settings, health)));
+            }
+            Err(e) => {
+                shutdown.cancel();
+                first_error.get_or_insert(e);
+            }
+            Ok(()) => {}
         }
+    }
+    if first_error.is_some() {
+        shutdown.cancelled().await;
     }
     pool.close();
     match first_error {
@@ -181,51 +190,9 @@ async fn run_stages(
     }
 }
 
-/// Serve `/metrics` and `/healthz` on `addr` until `stop` (the backfill Job's port). A port
-/// that cannot be bound or a recorder that cannot be installed is logged, not fatal: the
-/// backfill's work does not depend on being scraped. Returns the bound address.
-pub async fn serve_metrics(addr: SocketAddr, stop: CancellationToken) -> Option<SocketAddr> {
-    let handle = match install_recorder() {
-        Ok(h) => h,
-        Err(e) => {
-            warn!(error = %e, "metrics not served");
-            return None;
-        }
-    };
-    let listener = match TcpListener::bind(addr).await {
-        Ok(l) => l,
-        Err(e) => {
-            warn!(%addr, error = %e, "metrics not served: cannot listen");
-            return None;
-        }
-    };
-    let bound = listener.local_addr().unwrap_or(addr);
-    info!(addr = %bound, "http listening on /metrics, /healthz");
-    tokio::spawn(async move {
-        let served = axum::serve(listener, http::metrics_router(handle))
-            .with_graceful_shutdown(async move { stop.cancelled().await })
-            .await;
-        if let Err(e) = served {
-            warn!(error = %e, "http server ended with an error");
-        }
-    });
-    Some(bound)
-}
-
 /// Install the process-wide Prometheus recorder (histogram buckets, metric descriptions).
 pub fn install_recorder() -> Result<PrometheusHandle, RuntimeError> {
-    let handle = PrometheusBuilder::new()
-        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &m::SECONDS_BUCKETS)
-        .and_then(|b| {
-            b.set_buckets_for_metric(
-                Matcher::Full(m::PROJECTOR_BATCH_EVENTS.into()),
-                &m::BATCH_EVENTS_BUCKETS,
-            )
-        })
-        .and_then(|b| b.install_recorder())
-        .map_err(RuntimeError::Recorder)?;
-    m::describe();
-    Ok(handle)
+    m::install_recorder().map_err(RuntimeError::Recorder)
 }
 
 async fn upkeep(handle: PrometheusHandle, stop: CancellationToken) {

@@ -1,6 +1,6 @@
 //! Backfill progress, shown three ways with the same figures (documents done and total, rate,
 //! ETA): a progress bar per collection on a terminal (indicatif), otherwise one structured log
-//! line every few seconds, and always the `cdc_backfill_documents_{done,total}` gauges.
+//! line every few seconds, and always the `cdc_backfill_documents_{done,expected}` gauges.
 
 use std::collections::BTreeMap;
 use std::io::IsTerminal;
@@ -108,6 +108,7 @@ impl Progress {
         }
         self.tracks.insert(collection.to_string(), track);
         self.gauges(collection);
+        m::zero_backfill(&self.pipeline, collection);
     }
 
     /// Documents done so far (cumulative, including earlier runs).
@@ -172,7 +173,7 @@ impl Progress {
         ];
         metrics::gauge!(m::BACKFILL_DOCUMENTS_DONE, &labels).set(t.done as f64);
         if let Some(total) = t.total {
-            metrics::gauge!(m::BACKFILL_DOCUMENTS_TOTAL, &labels).set(total as f64);
+            metrics::gauge!(m::BACKFILL_DOCUMENTS_EXPECTED, &labels).set(total as f64);
         }
     }
 }

@@ -7,7 +7,8 @@ use crate::publish::PublishError;
 
 /// How the capture reacts to an error (the project-wide classification): `Transient` reopens
 /// the stream from the checkpoint after a backoff; `Poison` (a change the capture cannot read)
-/// and `Fatal` stop the capture, which exits non-zero. A change is never skipped silently.
+/// and `Fatal` stop the capture (the daemon then exits non-zero, except for history lost under
+/// `history_lost = "fail"`, where it stays up, unready). A change is never skipped silently.
 pub use crate::project::ErrorClass;
 
 /// Everything that can end a capture session.
@@ -92,7 +93,8 @@ impl CaptureError {
     /// (Every value is in `metrics::CAPTURE_ERROR_TYPES`, whose counters start at 0.)
     pub fn error_type(&self) -> &'static str {
         match self {
-            CaptureError::Mongo(_) | CaptureError::StreamEnded => "mongo",
+            CaptureError::Mongo(e) => mongo_error_type(e),
+            CaptureError::StreamEnded => "mongo",
             CaptureError::HistoryLost { .. } => "history_lost",
             CaptureError::Invalidated { .. } => "invalidated",
             CaptureError::Resnapshot { .. } => "backfill",
@@ -115,6 +117,31 @@ pub fn mongo_code(err: &mongodb::error::Error) -> Option<i32> {
         _ => None,
     }
 }
+
+/// The class of a MongoDB error, for the metric label: the ones a capture can loop on without
+/// healing (a login refused, a resume token the server rejects, an event over 16 MiB) apart
+/// from the rest (network, elections, timeouts).
+fn mongo_error_type(err: &mongodb::error::Error) -> &'static str {
+    if matches!(
+        err.kind.as_ref(),
+        mongodb::error::ErrorKind::Authentication { .. }
+    ) {
+        return "mongo_auth";
+    }
+    match mongo_code(err) {
+        Some(AUTHENTICATION_FAILED | UNAUTHORIZED) => "mongo_auth",
+        Some(CHANGE_STREAM_FATAL) => "resume_rejected",
+        Some(BSON_OBJECT_TOO_LARGE) => "event_too_large",
+        _ => "mongo",
+    }
+}
+
+const UNAUTHORIZED: i32 = 13;
+const AUTHENTICATION_FAILED: i32 = 18;
+/// ChangeStreamFatalError: the resume token is not (or no longer) acceptable.
+const CHANGE_STREAM_FATAL: i32 = 280;
+/// BSONObjectTooLarge: a change event over the 16 MiB document limit.
+const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 
 /// ChangeStreamHistoryLost.
 pub const HISTORY_LOST: i32 = 286;

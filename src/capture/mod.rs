@@ -48,6 +48,9 @@ pub struct CaptureStage {
     health: Health,
     /// The exchange is declared once, by the first session that connects.
     exchange_declared: AtomicBool,
+    /// `f64` bits of the exported [`m::CAPTURE_CHECKPOINT_TIMESTAMP`]: never moved backward by
+    /// a later session of this process.
+    covered: std::sync::atomic::AtomicU64,
 }
 
 impl CaptureStage {
@@ -56,6 +59,7 @@ impl CaptureStage {
             settings,
             health,
             exchange_declared: AtomicBool::new(false),
+            covered: std::sync::atomic::AtomicU64::new(0),
         }
     }
 
@@ -233,6 +237,26 @@ impl CaptureStage {
             error_type = err.error_type(), "capture stopped");
         self.health.set_state(Stage::Capture, RoleState::Stopping);
         err
+    }
+}
+
+impl CaptureError {
+    /// An error that stops the capture for good, which the daemon reports by staying up
+    /// (unready, [`m::CAPTURE_HISTORY_LOST`] at 1) rather than exiting: history lost under
+    /// `history_lost = "fail"` (a restart would only meet it again).
+    pub fn needs_operator(&self) -> bool {
+        matches!(self, CaptureError::HistoryLost { .. })
+    }
+
+    /// Report [`CaptureError::needs_operator`]'s error on `/readyz` and `/metrics`.
+    pub fn hold(self: Box<Self>, settings: &Settings, health: &Health) -> Box<Self> {
+        let name = &settings.pipeline.name;
+        metrics::gauge!(m::CAPTURE_HISTORY_LOST, m::LABEL_PIPELINE => name.clone()).set(1.0);
+        metrics::gauge!(m::CAPTURE_LEADER, m::LABEL_PIPELINE => name.clone()).set(0.0);
+        health.set_stage_failed(Stage::Capture, self.to_string());
+        tracing::error!(pipeline = %name, "the capture stopped for good; the process stays up, \
+            unready, until it is restarted (after the backfill); the projector goes on");
+        self
     }
 }
 

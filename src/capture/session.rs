@@ -34,6 +34,10 @@ struct Done {
     counted: Option<(Counter, std::time::SystemTime)>,
     published_at: Instant,
     confirmed_at: Instant,
+    /// An empty batch the server held for its await time: the stream was read up to now.
+    /// (A reopened stream's first empty positions come at once, from the aggregate, before
+    /// any getMore: a change too large to read, for one, fails only the getMore after them.)
+    waited: bool,
     result: Result<(), PublishError>,
 }
 
@@ -134,8 +138,12 @@ struct Session<'a> {
     latency: Histogram,
     in_flight: Gauge,
     lag: Gauge,
-    age: Gauge,
-    caught_up_at: Instant,
+    event_ts: Gauge,
+    checkpoint_ts: Gauge,
+    /// When the newest confirmed empty batch was read (the stream had nothing newer).
+    idle_at: Option<std::time::SystemTime>,
+    /// When the previous stream item arrived.
+    last_read: Instant,
     last_ping: Instant,
 }
 
@@ -158,8 +166,10 @@ impl<'a> Session<'a> {
             latency: metrics::histogram!(m::CAPTURE_CONFIRM_LATENCY, m::LABEL_PIPELINE => name.clone()),
             in_flight: g(m::CAPTURE_CONFIRMS_IN_FLIGHT),
             lag: g(m::CAPTURE_SOURCE_LAG),
-            age: g(m::CAPTURE_CHECKPOINT_AGE),
-            caught_up_at: Instant::now(),
+            event_ts: g(m::CAPTURE_LAST_EVENT_TIMESTAMP),
+            checkpoint_ts: g(m::CAPTURE_CHECKPOINT_TIMESTAMP),
+            idle_at: None,
+            last_read: Instant::now(),
             last_ping: Instant::now(),
         }
     }
@@ -199,8 +209,12 @@ impl<'a> Session<'a> {
                 .map(|d| d.as_secs_f64())
                 .unwrap_or(0.0);
             self.lag.set(lag);
+            self.event_ts.set(unix_seconds(wall));
         } else {
             self.lag.set(0.0);
+            if done.waited {
+                self.idle_at = Some(std::time::SystemTime::now() - done.published_at.elapsed());
+            }
         }
         self.tracker.confirmed(done.pos);
         Ok(())
@@ -212,6 +226,7 @@ impl<'a> Session<'a> {
         pending: &mut Pending,
     ) -> Result<(), CaptureError> {
         let p = &self.stage.settings.pipeline;
+        let since_last = std::mem::replace(&mut self.last_read, Instant::now()).elapsed();
         match item {
             None => Err(CaptureError::StreamEnded),
             Some(Item::Event(e)) => {
@@ -221,11 +236,13 @@ impl<'a> Session<'a> {
             Some(Item::Idle(token)) => {
                 tracing::trace!(pipeline = %p.name, in_flight = pending.len(), "idle batch");
                 let now = Instant::now();
+                let waited = since_last * 2 >= Duration::from_millis(p.capture.max_await_ms);
                 pending.push_back(Box::pin(std::future::ready(Done {
                     pos: Position::Idle { token },
                     counted: None,
                     published_at: now,
                     confirmed_at: now,
+                    waited,
                     result: Ok(()),
                 })));
                 Ok(())
@@ -277,6 +294,7 @@ impl<'a> Session<'a> {
                 counted: Some((confirmed, wall)),
                 published_at,
                 confirmed_at: Instant::now(),
+                waited: false,
                 result,
             }
         }));
@@ -294,9 +312,11 @@ impl<'a> Session<'a> {
         }
         self.write_checkpoint().await?;
         if in_flight == 0 && !self.tracker.has_open_group() {
-            self.caught_up_at = Instant::now();
+            // Every change read is confirmed and stored, up to the last empty batch.
+            if let Some(at) = self.idle_at {
+                self.advance_covered(unix_seconds(at));
+            }
         }
-        self.age.set(self.caught_up_at.elapsed().as_secs_f64());
         Ok(())
     }
 
@@ -310,8 +330,22 @@ impl<'a> Session<'a> {
             .save(name, &cp)
             .await
             .map_err(CaptureError::Checkpoint)?;
+        if let Some(ct) = cp.cluster_time {
+            self.advance_covered(f64::from(ct.t));
+        }
         tracing::debug!(pipeline = %name, last_event = ?cp.event_id, "checkpoint stored");
         Ok(())
+    }
+
+    /// Export the time the stored checkpoint covers the stream up to, never backward: it
+    /// only moves on progress a session shows, so sessions that fail at once leave it to age.
+    fn advance_covered(&mut self, unix: f64) {
+        let covered = &self.stage.covered;
+        // Non-negative floats order like their bits.
+        let before = covered.fetch_max(unix.to_bits(), Ordering::Relaxed);
+        if unix > f64::from_bits(before) {
+            self.checkpoint_ts.set(unix);
+        }
     }
 
     /// Graceful stop: wait (bounded) for outstanding confirms, close the last event group if
@@ -362,4 +396,10 @@ impl<'a> Session<'a> {
             _ => {}
         }
     }
+}
+
+fn unix_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
 }

@@ -121,8 +121,8 @@ impl Flush {
         metrics::histogram!(m::PROJECTOR_BATCH_DURATION_SECONDS, m::LABEL_PIPELINE => p())
             .record(started.elapsed().as_secs_f64());
         if let Some(wall) = self.newest_wall {
-            let lag = (Utc::now() - wall).num_milliseconds().max(0) as f64 / 1000.0;
-            metrics::gauge!(m::PROJECTOR_LAG_SECONDS, m::LABEL_PIPELINE => p()).set(lag);
+            metrics::gauge!(m::PROJECTOR_LAST_EVENT_TIMESTAMP, m::LABEL_PIPELINE => p())
+                .set(wall.timestamp_millis() as f64 / 1000.0);
         }
         debug!(
             events,

@@ -10,6 +10,7 @@ mod checkpoint;
 mod cli;
 mod first_run;
 mod migrate;
+mod monitoring;
 mod ops;
 mod project;
 mod projector;

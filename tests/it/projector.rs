@@ -339,7 +339,7 @@ async fn seed_scenario_through_the_broker_reaches_the_reports_and_a_rate_edit_re
         "cdc_projector_batch_duration_seconds_bucket{",
         "cdc_projector_apply_duration_seconds_bucket{",
         "cdc_projector_rows_written_total{",
-        "cdc_projector_lag_seconds{",
+        "cdc_projector_last_event_timestamp_seconds{",
         "cdc_projector_queue_messages{",
         "cdc_projector_dead_letter_queue_messages{",
         "# TYPE cdc_projector_batch_duration_seconds histogram",

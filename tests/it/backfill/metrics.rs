@@ -45,7 +45,7 @@ async fn a_running_backfill_serves_its_progress_on_metrics() {
         || async move {
             let (code, body) = support::http_get(addr, "/metrics").await;
             (code == 200
-                && body.contains("cdc_backfill_documents_total{")
+                && body.contains("cdc_backfill_documents_expected{")
                 && body.contains("collection=\"companies\""))
             .then_some(body)
         },

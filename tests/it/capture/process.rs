@@ -200,7 +200,7 @@ async fn process_killed_with_sigkill_and_restarted_delivers_every_write() {
 }
 
 #[tokio::test]
-async fn process_exits_non_zero_on_history_loss_naming_the_backfill() {
+async fn process_on_history_loss_names_the_backfill_and_exits_non_zero_when_stopped() {
     // Given a checkpoint whose history the oplog has lost
     let fx = Fixture::new("paving").await;
     let file = pipeline_file(&fx);
@@ -219,19 +219,20 @@ async fn process_exits_non_zero_on_history_loss_naming_the_backfill() {
     };
     sim.truncate_oplog();
     // When the capture starts
-    let proc = Proc::start_with(&fx, &file, std::process::Stdio::piped());
-    let out = proc.wait(WAIT).await;
-    // Then it exits non-zero and tells the operator how to recover
-    assert!(!out.status.success());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        stderr.contains(&format!(
-            "bowmark-cdc backfill --pipeline {}",
-            file.path().display()
-        )),
-        "{stderr}"
-    );
+    let mut proc = Proc::start_with(&fx, &file, std::process::Stdio::piped());
+    let log = support::StderrTail::start(&mut proc.child);
+    // Then it tells the operator how to recover and stays up, unready (alerting), until
+    // SIGTERM, which it answers with a non-zero exit
+    let want = format!("bowmark-cdc backfill --pipeline {}", file.path().display());
+    let stderr = eventually("the recovery command logged", WAIT, || {
+        let text = log.text();
+        let found = text.contains(&want);
+        async move { found.then_some(text) }
+    })
+    .await;
     assert!(stderr.contains("286"), "{stderr}");
+    proc.signal("-TERM");
+    assert!(!proc.wait(WAIT).await.status.success());
 }
 
 #[tokio::test]
@@ -296,7 +297,7 @@ async fn process_reports_capture_metrics_and_standby_readiness() {
         "cdc_capture_events_published_total",
         "cdc_capture_confirm_latency_seconds_bucket",
         "cdc_capture_source_lag_seconds",
-        "cdc_capture_checkpoint_age_seconds",
+        "cdc_capture_checkpoint_timestamp_seconds",
         "cdc_capture_confirms_in_flight",
         "cdc_capture_leader",
     ] {
