@@ -5,7 +5,7 @@
 
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::PostgresConn;
@@ -57,7 +57,7 @@ impl Lease {
         let mut cfg = pg.pg_config().map_err(LeaderError::Config)?;
         // Named for `bowmark-cdc status` (pg_stat_activity shows who holds the lock).
         cfg.application_name(format!("bowmark-cdc capture {}", host_name()));
-        let (client, connection) = cfg.connect(NoTls).await?;
+        let (client, connection) = crate::pg::connect(&cfg, &pg.tls).await?;
         let lost = CancellationToken::new();
         let on_end = lost.clone();
         tokio::spawn(async move {

@@ -71,6 +71,7 @@ pub fn pg_conn(database: &str) -> PostgresConn {
         password: Secret::new(env_or("TEST_POSTGRES_PASSWORD", "")),
         database: database.to_string(),
         url: None,
+        tls: Default::default(),
     }
 }
 
@@ -184,6 +185,8 @@ impl TestVhost {
             password: Secret::new("guest"),
             vhost: self.name.clone(),
             url: None,
+            tls: false,
+            ca: None,
         }
     }
 
