@@ -14,4 +14,5 @@ mod ops;
 mod project;
 mod projector;
 mod sim;
+mod tls;
 mod verify;
