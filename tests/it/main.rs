@@ -15,4 +15,5 @@ mod project;
 mod projector;
 mod sim;
 mod tls;
+mod topology;
 mod verify;

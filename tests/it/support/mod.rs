@@ -190,6 +190,12 @@ impl TestVhost {
         }
     }
 
+    /// Set a policy on this vhost only (`rabbitmqctl set_policy -p <vhost>`).
+    pub fn set_policy(&self, policy: &bowmark_cdc::topology::Policy) {
+        let args = policy.rabbitmqctl_args(&self.name);
+        rabbitmqctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    }
+
     pub async fn connect(&self) -> lapin::Connection {
         lapin::Connection::connect(
             self.conn().uri().expose(),
