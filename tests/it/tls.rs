@@ -5,6 +5,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use bowmark_cdc::config::Settings;
 
@@ -348,4 +349,230 @@ async fn amqps_from_the_parts_builds_an_amqps_url_on_5671() {
     );
     let err = settings(&db, &[("RABBITMQ_CA_FILE", "/nonexistent/ca.pem")]).unwrap_err();
     assert!(err.contains("RABBITMQ_CA_FILE"), "{err}");
+}
+
+// --- AMQPS: a private RabbitMQ node with a TLS listener -------------------------------------
+
+/// A RabbitMQ node of this test's own (own node name, ports, config and data under a temp
+/// folder) listening only on AMQPS with a certificate for "localhost" signed by a test CA.
+struct TlsBroker {
+    child: std::process::Child,
+    dir: tempfile::TempDir,
+    port: u16,
+}
+
+impl TlsBroker {
+    /// `None` (with the reason printed) when `rabbitmq-server` or `openssl` is missing.
+    async fn start() -> Option<TlsBroker> {
+        let server = std::path::Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
+        if !server.exists() {
+            eprintln!(
+                "SKIP: {} is absent, so AMQPS cannot be tested",
+                server.display()
+            );
+            return None;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let openssl = |args: &[&str]| {
+            std::process::Command::new("openssl")
+                .current_dir(d)
+                .args(args)
+                .output()
+                .map(|o| o.status.success())
+                .unwrap_or(false)
+        };
+        std::fs::write(
+            d.join("ext.cnf"),
+            "subjectAltName=DNS:localhost\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        let made = openssl(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=bowmark-cdc test broker CA",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+        ]) && openssl(&[
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            "/CN=localhost",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+        ]) && openssl(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+            "-out",
+            "server.pem",
+        ]);
+        if !made {
+            eprintln!("SKIP: openssl could not make the test broker's certificates");
+            return None;
+        }
+        let free_port = || {
+            std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port()
+        };
+        let (port, dist) = (free_port(), free_port());
+        let p = |f: &str| d.join(f).display().to_string();
+        std::fs::write(
+            d.join("rabbitmq.conf"),
+            format!(
+                "listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{port}\n\
+                 ssl_options.cacertfile = {}\nssl_options.certfile = {}\n\
+                 ssl_options.keyfile = {}\nssl_options.verify = verify_none\n\
+                 ssl_options.fail_if_no_peer_cert = false\n",
+                p("ca.pem"),
+                p("server.pem"),
+                p("server.key")
+            ),
+        )
+        .unwrap();
+        std::fs::write(d.join("enabled_plugins"), "[].\n").unwrap();
+        std::fs::write(d.join("rabbitmq-env.conf"), "").unwrap();
+        let child = std::process::Command::new(server)
+            .current_dir(d)
+            .env("HOME", d)
+            .env("RABBITMQ_CONF_ENV_FILE", p("rabbitmq-env.conf"))
+            .env(
+                "RABBITMQ_NODENAME",
+                format!("cdc-tls-{}@localhost", std::process::id()),
+            )
+            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_DIST_PORT", dist.to_string())
+            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
+            .env("RABBITMQ_CONFIG_FILE", p("rabbitmq.conf"))
+            .env("RABBITMQ_MNESIA_BASE", p("mnesia"))
+            .env("RABBITMQ_LOG_BASE", p("log"))
+            .env("RABBITMQ_ENABLED_PLUGINS_FILE", p("enabled_plugins"))
+            .env("RABBITMQ_PID_FILE", p("pid"))
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("start rabbitmq-server");
+        let broker = TlsBroker { child, dir, port };
+        // Up when a TLS client completes a handshake (about 10 s on 2 cores).
+        support::eventually(
+            "the private AMQPS node to listen",
+            Duration::from_secs(90),
+            || async {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+        Some(broker)
+    }
+
+    fn ca(&self) -> String {
+        self.dir.path().join("ca.pem").display().to_string()
+    }
+
+    fn settings(&self, db: &TestDb, extra: &[(&str, &str)]) -> Result<Settings, String> {
+        let port = self.port.to_string();
+        let mut env = vec![
+            ("RABBITMQ_HOST", "localhost"),
+            ("RABBITMQ_PORT", port.as_str()),
+            ("RABBITMQ_VHOST", "/"),
+        ];
+        env.extend_from_slice(extra);
+        settings(db, &env)
+    }
+}
+
+impl Drop for TlsBroker {
+    fn drop(&mut self) {
+        // SIGTERM: the node stops cleanly (and leaves epmd); SIGKILL if it does not.
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        for _ in 0..100 {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn amqps_with_a_private_ca_through_the_parts_or_the_url() {
+    // Given a broker that speaks only AMQPS, with a certificate from a private CA
+    let Some(broker) = TlsBroker::start().await else {
+        return;
+    };
+    let db = TestDb::new().await;
+    let ca = broker.ca();
+    // When the capture's publisher connects through the parts (RABBITMQ_TLS, RABBITMQ_CA_FILE)
+    let s = broker
+        .settings(&db, &[("RABBITMQ_TLS", "true"), ("RABBITMQ_CA_FILE", &ca)])
+        .unwrap();
+    let connected = eventually_connect(&s).await;
+    // Then it connects (confirm mode) and declares the topology
+    let publisher = connected.expect("AMQPS through the parts");
+    publisher.close().await;
+    // And an amqps:// RABBITMQ_URL with the CA file works too
+    let url = format!("amqps://guest:guest@localhost:{}/%2f", broker.port);
+    let s = broker
+        .settings(&db, &[("RABBITMQ_URL", &url), ("RABBITMQ_CA_FILE", &ca)])
+        .unwrap();
+    let conn = bowmark_cdc::tls::connect_amqp(&s.rabbitmq, lapin::ConnectionProperties::default())
+        .await
+        .expect("AMQPS through the URL");
+    conn.close(200, "bye".into()).await.unwrap();
+    // And without the CA the broker's certificate is refused
+    let s = broker.settings(&db, &[("RABBITMQ_TLS", "true")]).unwrap();
+    let err = bowmark_cdc::tls::connect_amqp(&s.rabbitmq, lapin::ConnectionProperties::default())
+        .await
+        .err()
+        .map(|e| bowmark_cdc::cause::chain(&e))
+        .expect("an unknown CA is refused");
+    assert!(err.contains("UnknownIssuer"), "{err}");
+}
+
+/// The publisher over AMQPS, retried while the fresh node finishes starting.
+async fn eventually_connect(
+    s: &Settings,
+) -> Result<bowmark_cdc::publish::Publisher, bowmark_cdc::publish::PublishError> {
+    let start = std::time::Instant::now();
+    loop {
+        let name = "bowmark-cdc tls test";
+        match bowmark_cdc::publish::Publisher::connect(&s.rabbitmq, &s.pipeline, name, true).await {
+            Ok(p) => return Ok(p),
+            Err(e) if start.elapsed() > Duration::from_secs(30) => return Err(e),
+            Err(_) => tokio::time::sleep(Duration::from_millis(500)).await,
+        }
+    }
 }
