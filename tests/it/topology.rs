@@ -4,11 +4,13 @@
 
 use std::time::Duration;
 
+use bowmark_cdc::config::Settings;
+use bowmark_cdc::ops::dlq::{DlqAction, DlqFilter, run_dlq};
 use bowmark_cdc::topology::{self, PROJECTOR_DELIVERY_LIMIT};
 use futures_util::StreamExt;
 use lapin::BasicProperties;
-use lapin::options::{BasicConsumeOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::options::{BasicConsumeOptions, BasicNackOptions, BasicPublishOptions};
+use lapin::types::FieldTable;
 
 use crate::support::{self, TestVhost, eventually};
 
@@ -81,34 +83,52 @@ async fn a_message_redelivered_past_the_limit_ends_in_the_dead_letter_queue() {
         delivered >= PROJECTOR_DELIVERY_LIMIT,
         "delivered {delivered} times, limit {PROJECTOR_DELIVERY_LIMIT}"
     );
-    // And it arrives whole, with the broker's reason
-    let dead = ch
-        .basic_get(
-            pipeline.dead_letter_queue.as_str().into(),
-            BasicGetOptions { no_ack: true },
+    // And `dlq list` shows it with the broker's reason and its original routing key
+    let mut env = std::collections::BTreeMap::new();
+    env.insert("RABBITMQ_VHOST".to_string(), vhost.name.clone());
+    let settings = Settings::resolve(pipeline.clone(), &env).unwrap();
+    let only = DlqFilter {
+        reason: Some("delivery_limit".into()),
+        limit: None,
+    };
+    let listed = run_dlq(&settings, DlqAction::List, &only).await.unwrap();
+    assert_eq!(listed.matched.len(), 1, "{listed:?}");
+    assert_eq!(
+        listed.matched[0].routing_key.as_deref(),
+        Some("paving.vehicle.insert")
+    );
+    assert_eq!(listed.matched[0].message_id.as_deref(), Some("m-1"));
+    // And `dlq replay` puts it back on the projector's queue, whole
+    let replayed = run_dlq(&settings, DlqAction::Replay, &only).await.unwrap();
+    assert_eq!(replayed.done, 1, "{replayed:?}");
+    // (a quorum queue with a single active consumer serves no basic.get)
+    let mut again = ch
+        .basic_consume(
+            pipeline.queue.as_str().into(),
+            "after-replay".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..BasicConsumeOptions::default()
+            },
+            FieldTable::default(),
         )
         .await
+        .unwrap();
+    let back = tokio::time::timeout(Duration::from_secs(10), again.next())
+        .await
+        .expect("the replayed event in the projector queue")
         .unwrap()
-        .expect("the dead letter");
-    assert_eq!(dead.delivery.data, b"{\"poison\":true}");
+        .unwrap();
+    assert_eq!(back.data, b"{\"poison\":true}");
     assert_eq!(
-        dead.delivery
-            .properties
-            .message_id()
-            .as_ref()
-            .map(|m| m.as_str()),
+        back.properties.message_id().as_ref().map(|m| m.as_str()),
         Some("m-1")
     );
-    let headers = dead
-        .delivery
-        .properties
-        .headers()
-        .clone()
-        .unwrap_or_default();
     assert_eq!(
-        headers.inner().get("x-first-death-reason"),
-        Some(&AMQPValue::LongString("delivery_limit".into())),
-        "{headers:?}"
+        topology::depth(&ch, &pipeline.dead_letter_queue)
+            .await
+            .unwrap(),
+        0
     );
     conn.close(200, "bye".into()).await.unwrap();
 }
