@@ -634,10 +634,10 @@ impl Settings {
                 .get("POSTGRES_DB")
                 .unwrap_or_else(|| pipeline.postgres_database.clone()),
             url: env.get("POSTGRES_URL").map(Secret::new),
-            tls: crate::tls::pg_from_env(env)?,
+            tls: crate::pg::tls_from_env(env)?,
         };
         postgres.pg_config()?;
-        let (amqps, ca) = crate::tls::amqp_from_env(env)?;
+        let (amqps, ca) = crate::amqp::tls_from_env(env)?;
         let rabbitmq = RabbitConn {
             host: env
                 .get("RABBITMQ_HOST")

@@ -1,6 +1,7 @@
 //! bowmark-cdc: change-data-capture from Bow-Mark's MongoDB databases into RabbitMQ and the
 //! PostgreSQL reporting star schemas. See `docs/architecture.md` and `README.md`.
 
+pub mod amqp;
 pub mod backfill;
 pub mod capture;
 pub mod cause;

@@ -13,6 +13,7 @@ use tokio_postgres::tls::{MakeTlsConnect, TlsConnect};
 use tokio_postgres::{Client, Config, Connection, Socket};
 use tokio_postgres_rustls::MakeRustlsConnect;
 
+use crate::config::{ConfigError, Environment};
 use crate::tls::{PgTls, SslMode};
 
 /// The connection half of a session opened by [`connect`] (spawn it).
@@ -150,6 +151,39 @@ impl TlsConnect<Socket> for Handshake {
     }
 }
 
+/// The PostgreSQL TLS settings from the environment: `sslmode` and `sslrootcert` in
+/// `POSTGRES_URL`, or `POSTGRES_SSLMODE` and `POSTGRES_SSLROOTCERT` (both given and different
+/// is an error naming both); `prefer` by default, as libpq.
+pub fn tls_from_env(env: &dyn Environment) -> Result<PgTls, ConfigError> {
+    let from_url = env
+        .get("POSTGRES_URL")
+        .map(|u| crate::pg::split_url(&u))
+        .unwrap_or_default();
+    let pick = |url_value: Option<String>, var: &str| -> Result<Option<(String, String)>, _> {
+        let key = var.trim_start_matches("POSTGRES_").to_ascii_lowercase();
+        match (url_value, env.get(var)) {
+            (Some(u), Some(e)) if u != e => Err(ConfigError::Env {
+                name: var.to_string(),
+                message: format!("{var}={e:?} disagrees with POSTGRES_URL's {key}={u:?}"),
+            }),
+            (Some(u), _) => Ok(Some((format!("POSTGRES_URL ({key})"), u))),
+            (None, Some(e)) => Ok(Some((var.to_string(), e))),
+            (None, None) => Ok(None),
+        }
+    };
+    let mode = match pick(from_url.sslmode, "POSTGRES_SSLMODE")? {
+        None => SslMode::Prefer,
+        Some((setting, v)) => v.parse().map_err(|message| ConfigError::Env {
+            name: setting,
+            message,
+        })?,
+    };
+    match pick(from_url.sslrootcert, "POSTGRES_SSLROOTCERT")? {
+        None => PgTls::new(mode, None, "POSTGRES_SSLROOTCERT"),
+        Some((setting, path)) => PgTls::new(mode, Some(path), &setting),
+    }
+}
+
 /// `POSTGRES_URL` split into the part tokio-postgres parses and the TLS parameters it does not
 /// know (`sslmode` beyond disable/prefer/require, `sslrootcert`). Both the URL form
 /// (`postgresql://…?sslmode=verify-full&sslrootcert=/ca.pem`) and the key/value form
@@ -235,5 +269,45 @@ mod tests {
         assert_eq!(u.rest, "host=db dbname=r");
         assert_eq!(u.sslmode.as_deref(), Some("verify-ca"));
         assert_eq!(u.sslrootcert.as_deref(), Some("/ca.pem"));
+    }
+
+    fn env(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn sslmode_comes_from_the_url_or_the_variables_and_they_must_agree() {
+        assert_eq!(tls_from_env(&env(&[])).unwrap().mode, SslMode::Prefer);
+        let t = tls_from_env(&env(&[("POSTGRES_SSLMODE", "require")])).unwrap();
+        assert_eq!(t.mode, SslMode::Require);
+        let t = tls_from_env(&env(&[("POSTGRES_URL", "postgres://h/d?sslmode=disable")])).unwrap();
+        assert_eq!(t.mode, SslMode::Disable);
+        let err = tls_from_env(&env(&[
+            ("POSTGRES_URL", "postgres://h/d?sslmode=disable"),
+            ("POSTGRES_SSLMODE", "require"),
+        ]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("POSTGRES_SSLMODE") && err.contains("disable"),
+            "{err}"
+        );
+        let err = tls_from_env(&env(&[("POSTGRES_URL", "postgres://h/d?sslmode=verify")]))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("POSTGRES_URL (sslmode)"), "{err}");
+        let err = tls_from_env(&env(&[(
+            "POSTGRES_URL",
+            "postgres://h/d?sslmode=verify-full&sslrootcert=/nonexistent.pem",
+        )]))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("POSTGRES_URL (sslrootcert)") && err.contains("/nonexistent.pem"),
+            "{err}"
+        );
     }
 }

@@ -428,7 +428,7 @@ async fn check_broker(settings: &Settings, health: &Health) -> Result<(), Runtim
     let props = lapin::ConnectionProperties::default().with_connection_name(
         format!("bowmark-cdc start-up check {}", settings.pipeline.name).into(),
     );
-    let connect = crate::tls::connect_amqp(&settings.rabbitmq, props);
+    let connect = crate::amqp::connect(&settings.rabbitmq, props);
     match tokio::time::timeout(START_CHECK_TIMEOUT, connect).await {
         Ok(Ok(conn)) => {
             health.set_reachable(Dependency::Broker);

@@ -28,7 +28,7 @@ use rustls::{
 };
 use tokio_postgres_rustls::MakeRustlsConnect;
 
-use crate::config::{ConfigError, Environment, RabbitConn};
+use crate::config::ConfigError;
 
 /// The value of `sslrootcert` that selects the public web roots instead of a file (as libpq).
 pub const SYSTEM_ROOTS: &str = "system";
@@ -188,105 +188,6 @@ impl PgTls {
         };
         format!("sslmode={}, checked against {against}", self.mode.as_str())
     }
-}
-
-/// The PostgreSQL TLS settings from the environment: `sslmode` and `sslrootcert` in
-/// `POSTGRES_URL`, or `POSTGRES_SSLMODE` and `POSTGRES_SSLROOTCERT` (both given and different
-/// is an error naming both); `prefer` by default, as libpq.
-pub fn pg_from_env(env: &dyn Environment) -> Result<PgTls, ConfigError> {
-    let from_url = env
-        .get("POSTGRES_URL")
-        .map(|u| crate::pg::split_url(&u))
-        .unwrap_or_default();
-    let pick = |url_value: Option<String>, var: &str| -> Result<Option<(String, String)>, _> {
-        let key = var.trim_start_matches("POSTGRES_").to_ascii_lowercase();
-        match (url_value, env.get(var)) {
-            (Some(u), Some(e)) if u != e => Err(ConfigError::Env {
-                name: var.to_string(),
-                message: format!("{var}={e:?} disagrees with POSTGRES_URL's {key}={u:?}"),
-            }),
-            (Some(u), _) => Ok(Some((format!("POSTGRES_URL ({key})"), u))),
-            (None, Some(e)) => Ok(Some((var.to_string(), e))),
-            (None, None) => Ok(None),
-        }
-    };
-    let mode = match pick(from_url.sslmode, "POSTGRES_SSLMODE")? {
-        None => SslMode::Prefer,
-        Some((setting, v)) => v.parse().map_err(|message| ConfigError::Env {
-            name: setting,
-            message,
-        })?,
-    };
-    match pick(from_url.sslrootcert, "POSTGRES_SSLROOTCERT")? {
-        None => PgTls::new(mode, None, "POSTGRES_SSLROOTCERT"),
-        Some((setting, path)) => PgTls::new(mode, Some(path), &setting),
-    }
-}
-
-/// Whether RabbitMQ is reached over AMQPS (`RABBITMQ_TLS`, or an `amqps://` `RABBITMQ_URL`;
-/// they must agree) and the CA file (`RABBITMQ_CA_FILE`, only with AMQPS).
-pub fn amqp_from_env(env: &dyn Environment) -> Result<(bool, Option<CaFile>), ConfigError> {
-    let err = |name: &str, message: String| ConfigError::Env {
-        name: name.to_string(),
-        message,
-    };
-    let flag = match env.get("RABBITMQ_TLS").as_deref() {
-        None => None,
-        Some("true" | "1" | "yes" | "on") => Some(true),
-        Some("false" | "0" | "no" | "off") => Some(false),
-        Some(other) => {
-            return Err(err(
-                "RABBITMQ_TLS",
-                format!("{other:?} is not true or false"),
-            ));
-        }
-    };
-    let url_tls = env.get("RABBITMQ_URL").map(|u| u.starts_with("amqps://"));
-    let tls = match (flag, url_tls) {
-        (Some(f), Some(u)) if f != u => {
-            return Err(err(
-                "RABBITMQ_TLS",
-                format!(
-                    "RABBITMQ_TLS={f} disagrees with RABBITMQ_URL's scheme ({})",
-                    if u { "amqps://" } else { "amqp://" }
-                ),
-            ));
-        }
-        (_, Some(u)) => u,
-        (Some(f), None) => f,
-        (None, None) => false,
-    };
-    let ca = match env.get("RABBITMQ_CA_FILE") {
-        None => None,
-        Some(_) if !tls => {
-            return Err(err(
-                "RABBITMQ_CA_FILE",
-                "is set but the broker connection is not TLS: set RABBITMQ_TLS=true or use an \
-                 amqps:// RABBITMQ_URL"
-                    .into(),
-            ));
-        }
-        Some(path) => Some(read_ca_file("RABBITMQ_CA_FILE", Path::new(&path))?),
-    };
-    Ok((tls, ca))
-}
-
-/// Open an AMQP connection to `conn`: AMQPS when configured, trusting the CA file besides the
-/// public web roots. Every broker connection of the pipeline goes through here.
-pub async fn connect_amqp(
-    conn: &RabbitConn,
-    props: lapin::ConnectionProperties,
-) -> lapin::Result<lapin::Connection> {
-    let uri = conn.uri();
-    let Some(ca) = &conn.ca else {
-        return lapin::Connection::connect(uri.expose(), props).await;
-    };
-    let tls = lapin::tcp::OwnedTLSConfig {
-        identity: None,
-        cert_chain: Some(ca.pem.clone()),
-    };
-    let runtime = lapin::runtime::default_runtime()?;
-    lapin::Connection::connect_with_config(uri.expose(), props, tls, runtime).await
 }
 
 /// A PEM file of CA certificates, read and checked.
@@ -485,78 +386,6 @@ mod tests {
             err.contains("RABBITMQ_CA_FILE") && err.contains("no PEM certificate"),
             "{err}"
         );
-    }
-
-    fn env(pairs: &[(&str, &str)]) -> std::collections::BTreeMap<String, String> {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    #[test]
-    fn sslmode_comes_from_the_url_or_the_variables_and_they_must_agree() {
-        assert_eq!(pg_from_env(&env(&[])).unwrap().mode, SslMode::Prefer);
-        let t = pg_from_env(&env(&[("POSTGRES_SSLMODE", "require")])).unwrap();
-        assert_eq!(t.mode, SslMode::Require);
-        let t = pg_from_env(&env(&[("POSTGRES_URL", "postgres://h/d?sslmode=disable")])).unwrap();
-        assert_eq!(t.mode, SslMode::Disable);
-        let err = pg_from_env(&env(&[
-            ("POSTGRES_URL", "postgres://h/d?sslmode=disable"),
-            ("POSTGRES_SSLMODE", "require"),
-        ]))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("POSTGRES_SSLMODE") && err.contains("disable"),
-            "{err}"
-        );
-        let err = pg_from_env(&env(&[("POSTGRES_URL", "postgres://h/d?sslmode=verify")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("POSTGRES_URL (sslmode)"), "{err}");
-        let err = pg_from_env(&env(&[(
-            "POSTGRES_URL",
-            "postgres://h/d?sslmode=verify-full&sslrootcert=/nonexistent.pem",
-        )]))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("POSTGRES_URL (sslrootcert)") && err.contains("/nonexistent.pem"),
-            "{err}"
-        );
-    }
-
-    #[test]
-    fn amqps_comes_from_the_flag_or_the_url_scheme() {
-        assert!(!amqp_from_env(&env(&[])).unwrap().0);
-        assert!(amqp_from_env(&env(&[("RABBITMQ_TLS", "true")])).unwrap().0);
-        assert!(
-            amqp_from_env(&env(&[("RABBITMQ_URL", "amqps://h/v")]))
-                .unwrap()
-                .0
-        );
-        let err = amqp_from_env(&env(&[
-            ("RABBITMQ_TLS", "true"),
-            ("RABBITMQ_URL", "amqp://h/v"),
-        ]))
-        .unwrap_err()
-        .to_string();
-        assert!(
-            err.contains("RABBITMQ_TLS") && err.contains("amqp://"),
-            "{err}"
-        );
-        let err = amqp_from_env(&env(&[("RABBITMQ_CA_FILE", "/ca.pem")]))
-            .unwrap_err()
-            .to_string();
-        assert!(
-            err.contains("RABBITMQ_CA_FILE") && err.contains("RABBITMQ_TLS=true"),
-            "{err}"
-        );
-        let err = amqp_from_env(&env(&[("RABBITMQ_TLS", "maybe")]))
-            .unwrap_err()
-            .to_string();
-        assert!(err.contains("RABBITMQ_TLS"), "{err}");
     }
 
     #[test]

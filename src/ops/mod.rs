@@ -117,7 +117,7 @@ pub async fn require_tables(
 pub async fn connect_broker(settings: &Settings, who: &str) -> Result<lapin::Connection, OpsError> {
     let props = lapin::ConnectionProperties::default()
         .with_connection_name(format!("bowmark-cdc {who} {}", settings.pipeline.name).into());
-    crate::tls::connect_amqp(&settings.rabbitmq, props)
+    crate::amqp::connect(&settings.rabbitmq, props)
         .await
         .map_err(|source| OpsError::BrokerConnect {
             vhost: settings.rabbitmq.vhost.clone(),

@@ -118,7 +118,7 @@ impl ProjectorStage {
     ) -> Result<(), ProjectorError> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("bowmark-cdc projector {}", self.pipeline.name).into());
-        let connect = crate::tls::connect_amqp(&self.amqp, props);
+        let connect = crate::amqp::connect(&self.amqp, props);
         let conn = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             c = connect => c.map_err(ProjectorError::broker("connect"))?,

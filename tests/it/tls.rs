@@ -548,13 +548,13 @@ async fn amqps_with_a_private_ca_through_the_parts_or_the_url() {
     let s = broker
         .settings(&db, &[("RABBITMQ_URL", &url), ("RABBITMQ_CA_FILE", &ca)])
         .unwrap();
-    let conn = bowmark_cdc::tls::connect_amqp(&s.rabbitmq, lapin::ConnectionProperties::default())
+    let conn = bowmark_cdc::amqp::connect(&s.rabbitmq, lapin::ConnectionProperties::default())
         .await
         .expect("AMQPS through the URL");
     conn.close(200, "bye".into()).await.unwrap();
     // And without the CA the broker's certificate is refused
     let s = broker.settings(&db, &[("RABBITMQ_TLS", "true")]).unwrap();
-    let err = bowmark_cdc::tls::connect_amqp(&s.rabbitmq, lapin::ConnectionProperties::default())
+    let err = bowmark_cdc::amqp::connect(&s.rabbitmq, lapin::ConnectionProperties::default())
         .await
         .err()
         .map(|e| bowmark_cdc::cause::chain(&e))
