@@ -184,6 +184,23 @@ pub fn tls_from_env(env: &dyn Environment) -> Result<PgTls, ConfigError> {
     }
 }
 
+/// A PostgreSQL URL given elsewhere than the environment (`verify --legacy-db`): its config and
+/// TLS settings (its own `sslmode` and `sslrootcert`, `prefer` by default). Errors name
+/// `setting`.
+pub fn config_from_url(url: &str, setting: &str) -> Result<(Config, PgTls), String> {
+    let parts = split_url(url);
+    let cfg: Config = parts
+        .rest
+        .parse()
+        .map_err(|e| format!("{setting}: not a PostgreSQL URL ({e})"))?;
+    let mode = match parts.sslmode {
+        None => SslMode::Prefer,
+        Some(m) => m.parse().map_err(|e| format!("{setting}: {e}"))?,
+    };
+    let tls = PgTls::new(mode, parts.sslrootcert, setting).map_err(|e| e.to_string())?;
+    Ok((cfg, tls))
+}
+
 /// `POSTGRES_URL` split into the part tokio-postgres parses and the TLS parameters it does not
 /// know (`sslmode` beyond disable/prefer/require, `sslrootcert`). Both the URL form
 /// (`postgresql://…?sslmode=verify-full&sslrootcert=/ca.pem`) and the key/value form
