@@ -30,6 +30,7 @@ fn pg(db: &str) -> PostgresConn {
         password: Secret::new(""),
         database: db.into(),
         url: None,
+        tls: Default::default(),
     }
 }
 

@@ -511,19 +511,23 @@ pub struct PostgresConn {
     pub database: String,
     /// `POSTGRES_URL`, when given, overrides the parts.
     pub url: Option<Secret>,
+    /// `sslmode` and its CA (`POSTGRES_SSLMODE`, `POSTGRES_SSLROOTCERT` or the URL's).
+    pub tls: crate::tls::PgTls,
 }
 
 impl PostgresConn {
     /// A tokio-postgres config for this connection.
     pub fn pg_config(&self) -> Result<tokio_postgres::Config, ConfigError> {
         if let Some(url) = &self.url {
-            return url
-                .expose()
+            let mut c: tokio_postgres::Config = crate::pg::split_url(url.expose())
+                .rest
                 .parse()
                 .map_err(|e: tokio_postgres::Error| ConfigError::Env {
                     name: "POSTGRES_URL".into(),
                     message: format!("not a PostgreSQL URL: {e}"),
-                });
+                })?;
+            c.ssl_mode(self.tls.mode.wire());
+            return Ok(c);
         }
         let mut c = tokio_postgres::Config::new();
         c.host(&self.host)
@@ -534,6 +538,7 @@ impl PostgresConn {
             c.password(self.password.expose());
         }
         c.application_name("bowmark-cdc");
+        c.ssl_mode(self.tls.mode.wire());
         Ok(c)
     }
 
@@ -556,6 +561,10 @@ pub struct RabbitConn {
     pub vhost: String,
     /// `RABBITMQ_URL`, when given, overrides the parts.
     pub url: Option<Secret>,
+    /// AMQPS (`RABBITMQ_TLS=true` or an `amqps://` URL).
+    pub tls: bool,
+    /// `RABBITMQ_CA_FILE`: the broker's CA, beside the public web roots.
+    pub ca: Option<crate::tls::CaFile>,
 }
 
 impl RabbitConn {
@@ -568,7 +577,8 @@ impl RabbitConn {
             percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
         };
         Secret::new(format!(
-            "amqp://{}:{}@{}:{}/{}",
+            "{}://{}:{}@{}:{}/{}",
+            if self.tls { "amqps" } else { "amqp" },
             enc(&self.user),
             enc(self.password.expose()),
             self.host,
@@ -624,13 +634,15 @@ impl Settings {
                 .get("POSTGRES_DB")
                 .unwrap_or_else(|| pipeline.postgres_database.clone()),
             url: env.get("POSTGRES_URL").map(Secret::new),
+            tls: crate::pg::tls_from_env(env)?,
         };
         postgres.pg_config()?;
+        let (amqps, ca) = crate::amqp::tls_from_env(env)?;
         let rabbitmq = RabbitConn {
             host: env
                 .get("RABBITMQ_HOST")
                 .unwrap_or_else(|| "127.0.0.1".into()),
-            port: env_port(env, "RABBITMQ_PORT", 5672)?,
+            port: env_port(env, "RABBITMQ_PORT", if amqps { 5671 } else { 5672 })?,
             user: env.get("RABBITMQ_USER").unwrap_or_else(|| "guest".into()),
             password: Secret::new(
                 env.get("RABBITMQ_PASSWORD")
@@ -640,6 +652,8 @@ impl Settings {
                 .get("RABBITMQ_VHOST")
                 .unwrap_or_else(|| pipeline.vhost.clone()),
             url: env.get("RABBITMQ_URL").map(Secret::new),
+            tls: amqps,
+            ca,
         };
         if let Some(url) = &rabbitmq.url
             && !url.expose().starts_with("amqp://")

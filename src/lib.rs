@@ -1,6 +1,7 @@
 //! bowmark-cdc: change-data-capture from Bow-Mark's MongoDB databases into RabbitMQ and the
 //! PostgreSQL reporting star schemas. See `docs/architecture.md` and `README.md`.
 
+pub mod amqp;
 pub mod backfill;
 pub mod capture;
 pub mod cause;
@@ -15,10 +16,12 @@ pub mod metrics;
 pub mod migrate;
 pub mod model;
 pub mod ops;
+pub mod pg;
 pub mod project;
 pub mod projector;
 pub mod publish;
 pub mod retry;
 pub mod runtime;
 pub mod telemetry;
+pub mod tls;
 pub mod topology;

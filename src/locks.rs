@@ -9,7 +9,9 @@
 //! 2. [`BACKFILL_CLASS`] with `hashtext(pipeline)` (session, try-lock): one backfill per
 //!    pipeline and database.
 //! 3. [`capture`] (session, try-lock): the one capture that tails a pipeline (leader election);
-//!    held on the lease connection, which takes no other lock.
+//!    held on the lease connection, which takes no other lock. It is a lease: that session
+//!    ends after `LEASE_TTL` without a query (`idle_session_timeout`), releasing the lock, and
+//!    the holder stops before then ([`crate::capture::leader`]).
 //! 4. [`PROJECT`] (transaction; shared by backfill chunks, exclusive by the streaming projector
 //!    and `reproject`; session-level exclusive by a backfill loading reports side by side):
 //!    serializes projections on one database.

@@ -21,7 +21,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::config::{ConfigError, PostgresConn};
 
@@ -192,7 +192,7 @@ async fn connect(conn: &PostgresConn) -> Result<Client, MigrateError> {
         cfg.connect_timeout(CONNECT_TIMEOUT);
     }
     let (database, host) = target(conn);
-    let connecting = cfg.connect(NoTls);
+    let connecting = crate::pg::connect(&cfg, &conn.tls);
     let (client, connection) = tokio::time::timeout(CONNECT_TIMEOUT * 2, connecting)
         .await
         .map_err(|_| MigrateError::ConnectTimeout(CONNECT_TIMEOUT * 2, database.clone()))?

@@ -59,7 +59,7 @@ impl Publisher {
     ) -> Result<Self, PublishError> {
         let props = ConnectionProperties::default()
             .with_connection_name(LongString::from(name.to_string()));
-        let connection = Connection::connect(conn.uri().expose(), props).await?;
+        let connection = crate::amqp::connect(conn, props).await?;
         let channel = connection.create_channel().await?;
         channel
             .confirm_select(ConfirmSelectOptions::default())

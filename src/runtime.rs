@@ -250,9 +250,9 @@ pub fn make_pool(settings: &Settings) -> Result<Pool, RuntimeError> {
     // The projection's scratch tables are `CREATE TEMP TABLE IF NOT EXISTS`: without this every
     // batch would log two NOTICEs.
     pg.options("-c client_min_messages=warning");
-    let manager = Manager::from_config(
+    let manager = Manager::from_connect(
         pg,
-        tokio_postgres::NoTls,
+        crate::pg::PoolConnect(settings.postgres.tls.clone()),
         ManagerConfig {
             recycling_method: RecyclingMethod::Verified,
         },
@@ -395,8 +395,7 @@ async fn check_broker(settings: &Settings, health: &Health) -> Result<(), Runtim
     let props = lapin::ConnectionProperties::default().with_connection_name(
         format!("bowmark-cdc start-up check {}", settings.pipeline.name).into(),
     );
-    let uri = settings.rabbitmq.uri();
-    let connect = lapin::Connection::connect(uri.expose(), props);
+    let connect = crate::amqp::connect(&settings.rabbitmq, props);
     match tokio::time::timeout(START_CHECK_TIMEOUT, connect).await {
         Ok(Ok(conn)) => {
             health.set_reachable(Dependency::Broker);

@@ -547,13 +547,12 @@ async fn connect_pg(settings: &Settings) -> Result<Client, BackfillError> {
         .postgres
         .pg_config()
         .map_err(BackfillError::Config)?;
-    let (client, conn) =
-        cfg.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|source| BackfillError::Connect {
-                database: settings.postgres.database.clone(),
-                source,
-            })?;
+    let (client, conn) = crate::pg::connect(&cfg, &settings.postgres.tls)
+        .await
+        .map_err(|source| BackfillError::Connect {
+            database: settings.postgres.database.clone(),
+            source,
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::error!(error = %e, "PostgreSQL connection closed");

@@ -261,6 +261,7 @@ impl<'a> Session<'a> {
     }
 
     async fn publish(&mut self, e: ChangeEvent, pending: &mut Pending) -> Result<(), CaptureError> {
+        self.lease.valid()?;
         let name = &self.stage.settings.pipeline.name;
         let c = self
             .counters
@@ -322,6 +323,7 @@ impl<'a> Session<'a> {
 
     /// Store the safe checkpoint if it moved.
     async fn write_checkpoint(&mut self) -> Result<(), CaptureError> {
+        self.lease.valid()?;
         let Some(cp) = self.tracker.take_changed() else {
             return Ok(());
         };

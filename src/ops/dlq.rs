@@ -98,11 +98,30 @@ fn info(d: &lapin::message::Delivery) -> DeadLetterInfo {
     .and_then(|t| DateTime::from_timestamp(t, 0));
     DeadLetterInfo {
         message_id: d.properties.message_id().as_ref().map(|m| m.to_string()),
-        reason: header_text(&h, REASON_HEADER),
-        routing_key: header_text(&h, ORIGINAL_ROUTING_KEY_HEADER),
+        // The broker's own dead letters (past the delivery limit) carry its headers instead.
+        reason: header_text(&h, REASON_HEADER).or_else(|| header_text(&h, "x-first-death-reason")),
+        routing_key: header_text(&h, ORIGINAL_ROUTING_KEY_HEADER).or_else(|| first_death_key(&h)),
         error: header_text(&h, ERROR_HEADER),
         since,
         bytes: d.data.len(),
+    }
+}
+
+/// The routing key a message had when the broker first dead-lettered it (the oldest `x-death`
+/// entry).
+fn first_death_key(h: &FieldTable) -> Option<String> {
+    let AMQPValue::FieldArray(deaths) = h.inner().get("x-death")? else {
+        return None;
+    };
+    let AMQPValue::FieldTable(first) = deaths.as_slice().last()? else {
+        return None;
+    };
+    let AMQPValue::FieldArray(keys) = first.inner().get("routing-keys")? else {
+        return None;
+    };
+    match keys.as_slice().first()? {
+        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        _ => None,
     }
 }
 

@@ -73,13 +73,12 @@ impl OpsError {
 pub async fn connect_pg(settings: &Settings) -> Result<Client, OpsError> {
     let cfg = settings.postgres.pg_config()?;
     let database = settings.postgres.database.clone();
-    let (client, conn) =
-        cfg.connect(tokio_postgres::NoTls)
-            .await
-            .map_err(|source| OpsError::Connect {
-                database: database.clone(),
-                source,
-            })?;
+    let (client, conn) = crate::pg::connect(&cfg, &settings.postgres.tls)
+        .await
+        .map_err(|source| OpsError::Connect {
+            database: database.clone(),
+            source,
+        })?;
     tokio::spawn(async move {
         if let Err(e) = conn.await {
             tracing::debug!(error = %e, "PostgreSQL connection closed");
@@ -118,7 +117,7 @@ pub async fn require_tables(
 pub async fn connect_broker(settings: &Settings, who: &str) -> Result<lapin::Connection, OpsError> {
     let props = lapin::ConnectionProperties::default()
         .with_connection_name(format!("bowmark-cdc {who} {}", settings.pipeline.name).into());
-    lapin::Connection::connect(settings.rabbitmq.uri().expose(), props)
+    crate::amqp::connect(&settings.rabbitmq, props)
         .await
         .map_err(|source| OpsError::BrokerConnect {
             vhost: settings.rabbitmq.vhost.clone(),

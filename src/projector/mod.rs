@@ -29,7 +29,7 @@ use tokio::time::{Instant, Interval, MissedTickBehavior};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, error, info, warn};
 
-use crate::config::{Pipeline, Secret, Settings};
+use crate::config::{Pipeline, RabbitConn, Settings};
 use crate::health::{Dependency, Health, RoleState, Stage};
 use crate::metrics as m;
 use crate::project::{ErrorClass, SourceDoc};
@@ -55,7 +55,7 @@ pub fn retry_policy() -> Backoff {
 /// The projector: built from its dependencies, run until shutdown or a fatal error.
 pub struct ProjectorStage {
     pipeline: Pipeline,
-    amqp_uri: Secret,
+    amqp: RabbitConn,
     pool: Pool,
     health: Health,
 }
@@ -64,7 +64,7 @@ impl ProjectorStage {
     pub fn new(settings: &Settings, pool: Pool, health: Health) -> ProjectorStage {
         ProjectorStage {
             pipeline: settings.pipeline.clone(),
-            amqp_uri: settings.rabbitmq.uri(),
+            amqp: settings.rabbitmq.clone(),
             pool,
             health,
         }
@@ -118,7 +118,7 @@ impl ProjectorStage {
     ) -> Result<(), ProjectorError> {
         let props = ConnectionProperties::default()
             .with_connection_name(format!("bowmark-cdc projector {}", self.pipeline.name).into());
-        let connect = Connection::connect(self.amqp_uri.expose(), props);
+        let connect = crate::amqp::connect(&self.amqp, props);
         let conn = tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             c = connect => c.map_err(ProjectorError::broker("connect"))?,

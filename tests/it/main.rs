@@ -15,4 +15,6 @@ mod ops;
 mod project;
 mod projector;
 mod sim;
+mod tls;
+mod topology;
 mod verify;

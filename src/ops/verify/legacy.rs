@@ -5,7 +5,6 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
-use std::str::FromStr;
 
 use serde::Serialize;
 use serde_json::{Map, Value};
@@ -138,12 +137,11 @@ pub async fn compare_with_legacy(
     legacy_url: &str,
     max_keys: usize,
 ) -> Result<LegacyReport, OpsError> {
-    let cfg = tokio_postgres::Config::from_str(legacy_url).map_err(|source| {
-        OpsError::Usage(format!("--legacy-db: not a PostgreSQL URL ({source})"))
-    })?;
+    let (cfg, tls) =
+        crate::pg::config_from_url(legacy_url, "--legacy-db").map_err(OpsError::Usage)?;
     let database = cfg.get_dbname().unwrap_or("(default)").to_string();
     let (legacy, conn) =
-        cfg.connect(tokio_postgres::NoTls)
+        crate::pg::connect(&cfg, &tls)
             .await
             .map_err(|source| OpsError::Connect {
                 database: format!("{database} (--legacy-db)"),

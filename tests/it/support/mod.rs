@@ -71,6 +71,7 @@ pub fn pg_conn(database: &str) -> PostgresConn {
         password: Secret::new(env_or("TEST_POSTGRES_PASSWORD", "")),
         database: database.to_string(),
         url: None,
+        tls: Default::default(),
     }
 }
 
@@ -184,7 +185,15 @@ impl TestVhost {
             password: Secret::new("guest"),
             vhost: self.name.clone(),
             url: None,
+            tls: false,
+            ca: None,
         }
+    }
+
+    /// Set a policy on this vhost only (`rabbitmqctl set_policy -p <vhost>`).
+    pub fn set_policy(&self, policy: &bowmark_cdc::topology::Policy) {
+        let args = policy.rabbitmqctl_args(&self.name);
+        rabbitmqctl(&args.iter().map(String::as_str).collect::<Vec<_>>());
     }
 
     pub async fn connect(&self) -> lapin::Connection {
