@@ -133,6 +133,12 @@ for line in ["paving", "concrete"]:
             problems.append(f"overlays/{line} renders a PodMonitor: it needs the Prometheus Operator, keep it in components/prometheus-operator")
         if kind in ("Deployment", "CronJob"):
             t = pod_spec(obj)
+            if t["metadata"]["labels"].get("app.kubernetes.io/component") == "verify":
+                # (a short Job with no metrics of its own: the daemon exports its result)
+                check(t["spec"].get("nodeSelector", {}).get("doks.digitalocean.com/node-pool") == "default-pool",
+                      f"{line} {kind}/{name}: node pool default-pool",
+                      f"{line} {kind}/{name}: nodeSelector doks.digitalocean.com/node-pool: default-pool missing")
+                continue
             pods.append((line, f"{kind}/{name}", t["metadata"]["labels"], t))
             ann = t["metadata"].get("annotations", {})
             ports = [p["containerPort"] for c in t["spec"]["containers"] for p in c.get("ports", [])]
