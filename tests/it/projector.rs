@@ -1329,3 +1329,80 @@ async fn every_counter_and_the_quarantine_gauge_exist_from_the_start_at_zero() {
     }
     promtool_check(&metrics);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn verify_against_a_busy_source_beside_the_running_daemon_is_clean() {
+    use crate::backfill::workload::{Shape, Workload};
+    use std::sync::atomic::{AtomicBool, Ordering};
+    // Given the daemon streaming a workload from MongoDB (the simulator)
+    let sim = mongosim::Sim::start().await;
+    let rig = Rig::new().await;
+    let mut daemon = daemon_over(&sim, &rig).await;
+    let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
+    let db = mongo.database(&rig.pipeline.mongo_database);
+    let w = Workload::generate(41, Shape::small(12));
+    w.insert(&db).await.expect("insert workload");
+    // When the application keeps writing (new companies, renamed employees) while verify runs
+    let busy = Arc::new(AtomicBool::new(true));
+    let writer = tokio::spawn({
+        let (db, busy) = (db.clone(), busy.clone());
+        let employees: Vec<bson::Bson> = w.collections["employees"]
+            .iter()
+            .filter_map(|d| d.get("_id").cloned())
+            .collect();
+        async move {
+            let mut n = 0u32;
+            while busy.load(Ordering::Relaxed) {
+                n += 1;
+                let companies = db.collection::<bson::Document>("companies");
+                companies
+                    .insert_one(bson::doc! {"_id": bson::oid::ObjectId::new(), "name": format!("busy {n}")})
+                    .await
+                    .unwrap();
+                let id = employees[n as usize % employees.len()].clone();
+                db.collection::<bson::Document>("employees")
+                    .update_one(bson::doc! {"_id": id}, bson::doc! {"$set": {"name": format!("renamed {n}")}})
+                    .await
+                    .unwrap();
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            n
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let env = support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri()));
+    let out = tokio::task::spawn_blocking(move || {
+        support::cdc_bin()
+            .args(["verify", "--pipeline", "pipeline/paving.toml", "--json", "--settle", "30"])
+            .envs(env)
+            .output()
+            .expect("run bowmark-cdc verify")
+    })
+    .await
+    .unwrap();
+    busy.store(false, Ordering::Relaxed);
+    let writes = writer.await.unwrap();
+
+    // Then it is clean: what was written after its scan began is left out, counted as late
+    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "no JSON report ({e}): {}\n{}",
+            crate::backfill::text(&out.stdout),
+            crate::backfill::text(&out.stderr)
+        )
+    });
+    assert_eq!(out.status.code(), Some(0), "{report:#}");
+    let late: u64 = report["collections"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["left_out"].as_u64().unwrap_or(0))
+        .sum();
+    assert!(writes > 0 && late > 0, "writes {writes}, late {late}: {report:#}");
+    // And the daemon kept projecting meanwhile
+    drain_and_stop(&mut daemon, &rig, &db).await;
+    let busy_rows = rig
+        .count("SELECT count(*) FROM dim_company WHERE name LIKE 'busy %'")
+        .await;
+    assert_eq!(busy_rows, i64::from(writes));
+}
