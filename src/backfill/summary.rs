@@ -33,6 +33,13 @@ impl fmt::Display for CollectionStatus {
     }
 }
 
+/// A document PostgreSQL rejected: its `_id` and the reason (no values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub key: String,
+    pub reason: String,
+}
+
 /// One collection's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollectionSummary {
@@ -48,8 +55,8 @@ pub struct CollectionSummary {
     pub total: Option<u64>,
     /// Documents read in this run but not projected, by reason.
     pub skipped: BTreeMap<&'static str, u64>,
-    /// A few rejected documents: `_id` and PostgreSQL's reason.
-    pub rejected: Vec<(String, String)>,
+    /// A few rejected documents.
+    pub rejected: Vec<Rejected>,
     /// Mirror documents absent from a full live scan, tombstoned (deleted in MongoDB).
     pub vanished: u64,
     /// Star rows written in this run, by table.
@@ -230,8 +237,8 @@ impl fmt::Display for BackfillSummary {
             if skipped > 0 {
                 writeln!(f, "{:<18}   skipped: {}", "", join_counts(&c.skipped))?;
             }
-            for (key, why) in &c.rejected {
-                writeln!(f, "{:<18}   rejected {key}: {why}", "")?;
+            for r in &c.rejected {
+                writeln!(f, "{:<18}   rejected {}: {}", "", r.key, r.reason)?;
             }
             if c.vanished > 0 {
                 writeln!(

@@ -1012,6 +1012,15 @@ async fn legacy_sync_messages_beside_the_daemon_are_acknowledged_not_dead_letter
 
 /// The daemon with both roles over MongoDB `sim` and the rig's database and vhost, ready.
 async fn daemon_over(sim: &mongosim::Sim, rig: &Rig) -> Daemon {
+    // The capture refuses a database that holds none of the watched collections; the app's
+    // database always has them.
+    mongodb::Client::with_uri_str(sim.uri())
+        .await
+        .unwrap()
+        .database(&rig.pipeline.mongo_database)
+        .create_collection("companies")
+        .await
+        .unwrap();
     let daemon = Daemon::spawn(
         &["--role", "all"],
         support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri())),
