@@ -50,7 +50,7 @@ use crate::event::{Entity, Version};
 pub use defer::{pending as pending_deferred, rebuild_all as rebuild_deferred};
 pub use dump::DumpError;
 pub use error::BackfillError;
-pub use guard::{NoneWatched, watched_in_database};
+pub use guard::{CollectionEstimate, DeleteEstimate, NoneWatched, watched_in_database};
 pub use progress::ProgressMode;
 pub use run::run_backfill;
 pub use store::{SourceKind, StreamPosition};

@@ -69,7 +69,6 @@ pub(super) struct Shared<'a> {
 }
 
 impl<'a> Shared<'a> {
-    #[allow(clippy::too_many_arguments)]
     pub fn new(
         settings: &'a Settings,
         source: &'a Source,

@@ -40,6 +40,17 @@ fn with_database(uri: &str, database: &str) -> String {
     }
 }
 
+/// A MongoDB database that holds one collection, none the pipeline watches ("sessions").
+async fn unwatched_database() -> TestMongo {
+    let m = TestMongo::start().await;
+    m.db()
+        .collection::<Document>("sessions")
+        .insert_one(doc! {"user": "x"})
+        .await
+        .unwrap();
+    m
+}
+
 /// Given a `MONGO_URI` that names a database, when the pipeline file's `mongo.database`
 /// agrees, then the backfill reads it; when it names another one, then the binary refuses to
 /// start (configuration error, exit 2) naming both values.
@@ -75,12 +86,7 @@ async fn the_database_in_mongo_uri_is_used_and_must_agree_with_the_pipeline_file
 /// collections and what the database holds, and writes nothing.
 #[tokio::test]
 async fn a_live_backfill_of_a_database_without_the_watched_collections_stops_and_writes_nothing() {
-    let m = TestMongo::start().await;
-    m.db()
-        .collection::<Document>("sessions")
-        .insert_one(doc! {"user": "x"})
-        .await
-        .unwrap();
+    let m = unwatched_database().await;
     let db = support::migrated_db().await;
     let tp = temp_pipeline("paving", Some(m.db_name()), None);
     let out = backfill(&db, &tp.path, m.uri(), &[]).await;
@@ -184,12 +190,7 @@ async fn a_backfill_that_would_mark_the_mirror_deleted_stops_unless_deletes_are_
 /// collections instead of tailing nothing.
 #[tokio::test]
 async fn the_capture_refuses_to_start_on_a_database_without_the_watched_collections() {
-    let m = TestMongo::start().await;
-    m.db()
-        .collection::<Document>("sessions")
-        .insert_one(doc! {"user": "x"})
-        .await
-        .unwrap();
+    let m = unwatched_database().await;
     let db = support::migrated_db().await;
     let vhost = TestVhost::new();
     let tp = temp_pipeline("paving", Some(m.db_name()), None);
