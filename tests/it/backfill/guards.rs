@@ -224,3 +224,58 @@ async fn the_capture_refuses_to_start_on_a_database_without_the_watched_collecti
     let c = db.client().await;
     assert_eq!(count(&c, "SELECT count(*) FROM cdc.checkpoint").await, 0);
 }
+
+/// Given a mirror loaded from MongoDB, when every document has been replaced by one with a
+/// new `_id` (as many documents as before, so the counts look right) and the pipeline is
+/// backfilled again, then the run stops before marking more than a tenth of the mirror
+/// deleted and says why; the same run continued with `--allow-deletes` completes.
+#[tokio::test]
+async fn a_backfill_whose_source_ids_all_changed_stops_before_its_tombstones_exceed_a_tenth() {
+    let m = TestMongo::start().await;
+    let w = Workload::generate(13, Shape::small(4));
+    w.insert(&m.db()).await.expect("insert workload");
+    let db = support::migrated_db().await;
+    let tp = temp_pipeline("paving", Some(m.db_name()), None);
+    assert_success(&backfill(&db, &tp.path, m.uri(), &[]).await);
+    let c = db.client().await;
+    let live = "SELECT count(*) FROM cdc.source_doc WHERE NOT deleted";
+    let mirrored = count(&c, live).await;
+    for (coll, docs) in &w.collections {
+        let coll = m.db().collection::<Document>(coll);
+        coll.delete_many(doc! {}).await.unwrap();
+        let renewed: Vec<Document> = docs
+            .iter()
+            .map(|d| {
+                let mut d = d.clone();
+                d.insert("_id", bson::oid::ObjectId::new());
+                d
+            })
+            .collect();
+        coll.insert_many(renewed).await.unwrap();
+    }
+
+    let out = backfill(&db, &tp.path, m.uri(), &[]).await;
+    let stderr = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refusing to mark"), "{stderr}");
+    assert!(
+        stderr.contains("the collection stays unfinished"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("--allow-deletes"), "{stderr}");
+    let deleted = count(&c, "SELECT count(*) FROM cdc.source_doc WHERE deleted").await;
+    assert!(
+        deleted * 10 <= mirrored,
+        "{deleted} of {mirrored} mirror documents marked deleted"
+    );
+
+    let out = backfill(&db, &tp.path, m.uri(), &["--allow-deletes"]).await;
+    assert_success(&out);
+    assert_eq!(
+        count(&c, "SELECT count(*) FROM cdc.source_doc WHERE deleted").await,
+        mirrored,
+        "every replaced document is marked deleted: {}",
+        text(&out.stdout)
+    );
+    assert_eq!(count(&c, live).await, mirrored, "and every new one loaded");
+}
