@@ -19,7 +19,7 @@ use crate::retry::Backoff;
 
 use super::schedule::Worker;
 use super::store::{self, ResumeAt};
-use super::summary::{self, CollectionSummary, Rejected};
+use super::summary::{self, CollectionSummary, Rejected, SkipReason};
 use super::{BackfillError, DocStamp};
 
 /// Attempts for a chunk that fails transiently (serialization failure, deadlock).
@@ -189,24 +189,25 @@ impl Worker<'_> {
         outcome.add_to(chunk, &mut tally.checkpoint);
         let s = &mut tally.summary;
         s.read += chunk.read;
-        let mut skip = |reason: &'static str, n: u64| {
+        let mut skip = |reason: SkipReason, n: u64| {
             if n > 0 {
                 *s.skipped.entry(reason).or_default() += n;
                 metrics::counter!(m::BACKFILL_DOCUMENTS_SKIPPED_TOTAL,
                     m::LABEL_PIPELINE => self.run.pipeline.name.clone(),
-                    m::LABEL_COLLECTION => coll.to_string(), m::LABEL_REASON => reason)
+                    m::LABEL_COLLECTION => coll.to_string(), m::LABEL_REASON => reason.as_str())
                 .increment(n);
             }
         };
-        skip("no_id", chunk.no_id);
-        skip("stale", outcome.stats.stale);
-        skip("rejected", outcome.rejected.len() as u64);
+        skip(SkipReason::NoId, chunk.no_id);
+        skip(SkipReason::Stale, outcome.stats.stale);
+        skip(SkipReason::Rejected, outcome.rejected.len() as u64);
         for (entity, key) in &outcome.stats.quarantined {
             tracing::warn!(entity = %entity, key = %key,
                 "document quarantined: its rows are rejected by PostgreSQL (see cdc.quarantine)");
         }
         if !outcome.stats.quarantined.is_empty() {
-            *s.skipped.entry("quarantined").or_default() += outcome.stats.quarantined.len() as u64;
+            *s.skipped.entry(SkipReason::Quarantined).or_default() +=
+                outcome.stats.quarantined.len() as u64;
         }
         for ((t, c, a), n) in &outcome.stats.adjusted {
             *s.adjusted.entry(format!("{t}.{c} ({a})")).or_default() += n;

@@ -54,7 +54,9 @@ pub use guard::{CollectionEstimate, DeleteEstimate, NoneWatched, watched_in_data
 pub use progress::ProgressMode;
 pub use run::run_backfill;
 pub use store::{SourceKind, StreamPosition};
-pub use summary::{BackfillSummary, CheckpointOutcome, CollectionStatus, CollectionSummary};
+pub use summary::{
+    BackfillSummary, CheckpointOutcome, CollectionStatus, CollectionSummary, Rejected, SkipReason,
+};
 
 /// What to backfill and how.
 #[derive(Debug, Clone, Default)]

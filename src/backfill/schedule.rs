@@ -49,9 +49,14 @@ impl Task {
     }
 }
 
-/// Collections loaded one after the other on one connection; `place` keeps each one's place
-/// in backfill order for the summary.
-struct Chain(Vec<(usize, Task)>);
+/// Something with its place in backfill order (the summary lists collections in that order).
+struct Placed<T> {
+    place: usize,
+    item: T,
+}
+
+/// Collections loaded one after the other on one connection.
+struct Chain(Vec<Placed<Task>>);
 
 /// What every connection of a run shares.
 pub(super) struct Shared<'a> {
@@ -191,10 +196,11 @@ pub(super) async fn load_all(
     let mut chains: VecDeque<Chain> = VecDeque::new();
     let mut chained = Vec::new();
     for (place, task) in queue.into_iter().enumerate() {
-        if model::model(task.entity).chained {
-            chained.push((place, task));
+        let placed = Placed { place, item: task };
+        if model::model(placed.item.entity).chained {
+            chained.push(placed);
         } else {
-            chains.push_back(Chain(vec![(place, task)]));
+            chains.push_back(Chain(vec![placed]));
         }
     }
     if !chained.is_empty() {
@@ -209,13 +215,13 @@ pub(super) async fn load_all(
         .collect();
     let mut runs = vec![first.drain_chains(&chains).boxed()];
     runs.extend(others.iter_mut().map(|w| w.drain_chains(&chains).boxed()));
-    let mut loaded: Vec<(usize, CollectionSummary)> = futures_util::future::try_join_all(runs)
+    let mut loaded: Vec<Placed<CollectionSummary>> = futures_util::future::try_join_all(runs)
         .await?
         .into_iter()
         .flatten()
         .collect();
-    loaded.sort_by_key(|(place, _)| *place);
-    done.extend(loaded.into_iter().map(|(_, s)| s));
+    loaded.sort_by_key(|p| p.place);
+    done.extend(loaded.into_iter().map(|p| p.item));
     Ok(done)
 }
 
@@ -225,7 +231,7 @@ impl Worker<'_> {
     async fn drain_chains(
         &mut self,
         chains: &Mutex<VecDeque<Chain>>,
-    ) -> Result<Vec<(usize, CollectionSummary)>, BackfillError> {
+    ) -> Result<Vec<Placed<CollectionSummary>>, BackfillError> {
         let mut out = Vec::new();
         loop {
             let next = chains
@@ -235,8 +241,9 @@ impl Worker<'_> {
             let Some(Chain(tasks)) = next else {
                 break;
             };
-            for (place, task) in tasks {
-                out.push((place, self.collection(task, &mut []).await?));
+            for Placed { place, item } in tasks {
+                let item = self.collection(item, &mut []).await?;
+                out.push(Placed { place, item });
             }
         }
         // No collection left to start: take chunks of those still being read, until none is left.
