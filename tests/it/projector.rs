@@ -825,15 +825,8 @@ async fn role_all_carries_mongodb_writes_to_the_reports_end_to_end() {
     // to MongoDB's collections
     let sim = mongosim::Sim::start().await;
     let rig = Rig::new().await;
-    let mut daemon = Daemon::spawn(
-        &["--role", "all"],
-        support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri())),
-    );
-    let ready = eventually("/readyz with both roles active", WAIT, || async {
-        let (code, body) = daemon.get("/readyz").await;
-        (code == 200).then_some(body)
-    })
-    .await;
+    let mut daemon = daemon_over(&sim, &rig).await;
+    let ready = daemon.get("/readyz").await.1;
     assert_eq!(ready.trim(), "ready: capture active, projector active");
     let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
     let db = mongo.database(&rig.pipeline.mongo_database);
