@@ -20,11 +20,11 @@
 //!   are not missed. A dump source leaves `cdc.checkpoint` alone and says so.
 //! - **Guards**: a run whose database holds none of the watched collections, or that would
 //!   mark more than a tenth of the mirror deleted, stops before writing and says why
-//!   ([`guard`]; `--allow-deletes` lifts the second).
+//!   (`guard`; `--allow-deletes` lifts the second).
 //!
-//! Parts: [`run`] (options, locks, resume, handoff), [`schedule`] (connections pulling chunks
-//! from per-collection queues), [`collection`] (one collection's lifecycle), [`chunk`] (reading
-//! and committing one chunk), the sources ([`mongo`], [`dump`]) and the bookkeeping ([`store`]).
+//! Parts: `run` (options, locks, resume, handoff), `schedule` (connections pulling chunks
+//! from per-collection queues), `collection` (one collection's lifecycle), `chunk` (reading
+//! and committing one chunk), the sources (`mongo`, `dump`) and the bookkeeping (`store`).
 
 mod chunk;
 mod collection;
@@ -68,7 +68,7 @@ pub struct BackfillOptions {
     /// Forget earlier progress and start over.
     pub restart: bool,
     /// Mark mirror documents deleted even when more than a tenth of the mirror would go
-    /// (`--allow-deletes`; see [`guard`]).
+    /// (`--allow-deletes`; see `guard`).
     pub allow_deletes: bool,
     pub progress: ProgressMode,
     /// Cancelled on SIGTERM: the run stops after the chunk in flight commits.
