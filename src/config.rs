@@ -334,6 +334,35 @@ impl Pipeline {
             .map(|(c, _)| c.as_str())
     }
 
+    /// The MongoDB database: the one `MONGO_URI` names (`mongodb://host/<database>?…`, as the
+    /// production Secrets hold it) when it names one, which `mongo.database` must then agree
+    /// with; else the file's.
+    fn with_uri_database(mut self, uri: &Secret) -> Result<Pipeline, ConfigError> {
+        // The driver's own parser; its messages are left out, as they may quote the password.
+        let parsed = mongodb::options::ConnectionString::parse(uri.expose()).map_err(|_| {
+            ConfigError::Env {
+                name: "MONGO_URI".into(),
+                message: "not a valid MongoDB connection string".into(),
+            }
+        })?;
+        let Some(database) = parsed.default_database.filter(|d| !d.is_empty()) else {
+            return Ok(self);
+        };
+        if database != self.mongo_database {
+            return Err(ConfigError::field(
+                &self.file,
+                "mongo.database",
+                format!(
+                    "{:?} disagrees with the database {database:?} that MONGO_URI names; the \
+                     two must agree: set mongo.database = {database:?}, or fix MONGO_URI",
+                    self.mongo_database
+                ),
+            ));
+        }
+        self.mongo_database = database;
+        Ok(self)
+    }
+
     /// Batch linger as a duration.
     pub fn linger(&self) -> Duration {
         Duration::from_millis(self.projector.batch_linger_ms)
@@ -676,6 +705,7 @@ impl Settings {
                 message: "must start with mongodb:// or mongodb+srv://".into(),
             });
         }
+        let pipeline = pipeline.with_uri_database(&mongo_uri)?;
         Ok(Settings {
             pipeline,
             mongo_uri,
@@ -795,5 +825,40 @@ database = "bowmark_reports_paving"
             "{dbg}"
         );
         assert!(s.rabbitmq.uri().expose().ends_with("/other"));
+    }
+
+    fn with_mongo_uri(uri: &str) -> Result<Settings, ConfigError> {
+        let env: BTreeMap<String, String> = [("MONGO_URI".to_string(), uri.to_string())].into();
+        Settings::resolve(parse(GOOD).unwrap(), &env)
+    }
+
+    #[test]
+    fn the_database_mongo_uri_names_must_agree_with_the_file() {
+        let uri = "mongodb://user:hunter2@db.example:27017/paving?authSource=admin&replicaSet=rs0";
+        assert_eq!(
+            with_mongo_uri(uri).unwrap().pipeline.mongo_database,
+            "paving"
+        );
+        let s = with_mongo_uri("mongodb://db.example:27017/?replicaSet=rs0").unwrap();
+        assert_eq!(
+            s.pipeline.mongo_database, "paving",
+            "no database in the URI: the file's"
+        );
+        let err = with_mongo_uri(&uri.replace("/paving?", "/bowmark?"))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("mongo.database"), "{err}");
+        assert!(
+            err.contains("\"paving\"") && err.contains("\"bowmark\""),
+            "{err}"
+        );
+        assert!(!err.contains("hunter2"), "{err}");
+        let err = with_mongo_uri("mongodb://user:hunter2@db.example:notaport/paving")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("MONGO_URI") && !err.contains("hunter2"),
+            "{err}"
+        );
     }
 }

@@ -50,6 +50,10 @@ enum Command {
         /// Start over instead of continuing from the last completed chunk.
         #[arg(long)]
         restart: bool,
+        /// Mark mirror documents deleted even when that is more than a tenth of the mirror
+        /// (without it such a run stops before writing: an empty or wrong source).
+        #[arg(long)]
+        allow_deletes: bool,
         /// Listen address of /metrics and /healthz while the backfill runs (default: the
         /// pipeline's `http.listen`); port 0 picks a free port, logged at start.
         #[arg(long, env = "CDC_HTTP_LISTEN")]
@@ -197,8 +201,16 @@ fn main() -> ExitCode {
             from_dump,
             collections,
             restart,
+            allow_deletes,
             http_listen,
-        } => backfill(&pipeline, from_dump, collections, restart, http_listen),
+        } => backfill(
+            &pipeline,
+            from_dump,
+            collections,
+            restart,
+            allow_deletes,
+            http_listen,
+        ),
         Command::Verify {
             pipeline,
             legacy_db: Some(url),
@@ -380,6 +392,7 @@ fn backfill(
     from_dump: Option<PathBuf>,
     collections: Vec<String>,
     restart: bool,
+    allow_deletes: bool,
     http_listen: Option<std::net::SocketAddr>,
 ) -> ExitCode {
     use bowmark_cdc::backfill::{BackfillOptions, run_backfill};
@@ -417,6 +430,7 @@ fn backfill(
         from_dump,
         collections,
         restart,
+        allow_deletes,
         shutdown: shutdown.clone(),
         ..BackfillOptions::default()
     };

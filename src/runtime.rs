@@ -13,13 +13,17 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::capture::{CaptureError, CaptureStage};
+use crate::capture::CaptureError;
 use crate::cause;
 use crate::config::{ConfigError, Settings};
 use crate::health::{Dependency, Health, Stage};
 use crate::http::{self, HttpState};
 use crate::metrics as m;
 use crate::projector::{self, ProjectorError, ProjectorStage};
+
+mod capture;
+
+pub use capture::capture_stage;
 
 /// Which stages this process runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -69,6 +73,9 @@ pub enum RuntimeError {
         database: String,
         table: &'static str,
     },
+    /// The MongoDB database holds none of the watched collections (the capture would idle).
+    #[error(transparent)]
+    NoneWatched(crate::backfill::NoneWatched),
     #[error("projector failed")]
     Projector(#[source] ProjectorError),
     #[error("capture failed")]
@@ -131,6 +138,7 @@ async fn run_stages(
             tokio::try_join!(
                 wait_for_schema(&pool, settings, health),
                 check_broker(settings, health),
+                capture::check_watched(settings, roles),
             )
         } => r,
         _ = shutdown.cancelled() => return Ok(()),
@@ -146,7 +154,7 @@ async fn run_stages(
         let token = shutdown.clone();
         match role {
             Stage::Capture => {
-                let capture = CaptureStage::new(settings.clone(), health.clone());
+                let capture = capture_stage(settings, health.clone());
                 tasks.spawn(async move {
                     capture
                         .run(token)
@@ -317,24 +325,16 @@ async fn wait_for_schema(
     }
     // A killed bulk backfill leaves star tables without some indexes and foreign keys: correct
     // but slow to query. Say so; the next backfill or `migrate` rebuilds them.
-    if let Ok(row) = client
-        .query_one(
-            "SELECT count(*), COALESCE(string_agg(DISTINCT table_name, ','), '') \
-             FROM cdc.deferred_ddl",
-            &[],
-        )
-        .await
+    if let Ok(pending) = crate::backfill::pending_deferred(&client).await
+        && pending.definitions > 0
     {
-        let (pending, tables): (i64, String) = (row.get(0), row.get(1));
-        if pending > 0 {
-            warn!(
-                pending,
-                tables,
-                "indexes and foreign keys dropped by an unfinished bulk \
-                backfill are not rebuilt yet (cdc.deferred_ddl); a running backfill rebuilds \
-                them when done, else run the backfill again or `bowmark-cdc migrate`"
-            );
-        }
+        warn!(
+            pending = pending.definitions,
+            tables = pending.tables.join(","),
+            "indexes and foreign keys dropped by an unfinished bulk \
+            backfill are not rebuilt yet (cdc.deferred_ddl); a running backfill rebuilds \
+            them when done, else run the backfill again or `bowmark-cdc migrate`"
+        );
     }
     warn_outdated_rules(&client, &settings.pipeline.name).await;
     health.set_connected(Dependency::Postgres, true);

@@ -221,6 +221,7 @@ fn match_op(vals: &[&Bson], op: &str, arg: &Bson, all: &Document) -> Result<bool
     })
 }
 
+/// `$type`: every BSON type by alias or number, and `"number"` for the numeric ones.
 fn type_matches(v: &Bson, name: &Bson) -> bool {
     let t = match v {
         Bson::Double(_) => ("double", 1),
@@ -228,15 +229,22 @@ fn type_matches(v: &Bson, name: &Bson) -> bool {
         Bson::Document(_) => ("object", 3),
         Bson::Array(_) => ("array", 4),
         Bson::Binary(_) => ("binData", 5),
+        Bson::Undefined => ("undefined", 6),
         Bson::ObjectId(_) => ("objectId", 7),
         Bson::Boolean(_) => ("bool", 8),
         Bson::DateTime(_) => ("date", 9),
         Bson::Null => ("null", 10),
+        Bson::RegularExpression(_) => ("regex", 11),
+        Bson::DbPointer(_) => ("dbPointer", 12),
+        Bson::JavaScriptCode(_) => ("javascript", 13),
+        Bson::Symbol(_) => ("symbol", 14),
+        Bson::JavaScriptCodeWithScope(_) => ("javascriptWithScope", 15),
         Bson::Int32(_) => ("int", 16),
         Bson::Timestamp(_) => ("timestamp", 17),
         Bson::Int64(_) => ("long", 18),
         Bson::Decimal128(_) => ("decimal", 19),
-        _ => ("other", -1),
+        Bson::MinKey => ("minKey", -1),
+        Bson::MaxKey => ("maxKey", 127),
     };
     match name {
         Bson::String(s) => s == t.0 || (s == "number" && type_class(v) == 10),
@@ -260,5 +268,28 @@ mod tests {
         assert!(matches(&d, &doc! {"missing": null}).unwrap());
         assert!(matches(&d, &doc! {"$or": [{"x": 1}, {"a.b": 3.0}]}).unwrap());
         assert!(!matches(&d, &doc! {"a.b": {"$exists": false}}).unwrap());
+    }
+
+    #[test]
+    fn comparisons_bracket_by_type_and_type_names_reach_past_them() {
+        let oid = ObjectId::new();
+        // `$gt` on a number matches numbers only, whatever their BSON type.
+        assert!(matches(&doc! {"_id": 7_i64}, &doc! {"_id": {"$gt": 2.5}}).unwrap());
+        assert!(!matches(&doc! {"_id": "7"}, &doc! {"_id": {"$gt": 2}}).unwrap());
+        assert!(!matches(&doc! {"_id": oid}, &doc! {"_id": {"$gt": "z"}}).unwrap());
+        // The later type classes, by name, as a scan in `_id` order asks for them.
+        let later = doc! {"$or": [{"_id": {"$gt": "b"}}, {"_id": {"$type": ["objectId", "bool", "maxKey"]}}]};
+        assert!(matches(&doc! {"_id": "c"}, &later).unwrap());
+        assert!(matches(&doc! {"_id": oid}, &later).unwrap());
+        assert!(matches(&doc! {"_id": Bson::MaxKey}, &later).unwrap());
+        assert!(!matches(&doc! {"_id": "a"}, &later).unwrap());
+        assert!(!matches(&doc! {"_id": 9}, &later).unwrap());
+        assert!(
+            matches(
+                &doc! {"_id": Bson::Symbol("s".into())},
+                &doc! {"_id": {"$type": "symbol"}}
+            )
+            .unwrap()
+        );
     }
 }

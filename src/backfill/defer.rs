@@ -202,6 +202,35 @@ pub async fn restore(
     Ok(rebuilt)
 }
 
+/// Rebuild every deferred index and foreign key (what an interrupted bulk load left dropped):
+/// `migrate` and every backfill call this. Returns how many were rebuilt.
+pub async fn rebuild_all(client: &mut Client) -> Result<usize, tokio_postgres::Error> {
+    restore(client, None).await
+}
+
+/// What an unfinished bulk load left dropped (`cdc.deferred_ddl`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Pending {
+    /// Index and constraint definitions waiting to be rebuilt.
+    pub definitions: i64,
+    pub tables: Vec<String>,
+}
+
+/// The deferred definitions not rebuilt yet (the daemon warns about them at start).
+pub async fn pending(client: &Client) -> Result<Pending, tokio_postgres::Error> {
+    let row = client
+        .query_one(
+            "SELECT count(*), COALESCE(array_agg(DISTINCT table_name ORDER BY table_name), '{}') \
+             FROM cdc.deferred_ddl",
+            &[],
+        )
+        .await?;
+    Ok(Pending {
+        definitions: row.get(0),
+        tables: row.get(1),
+    })
+}
+
 /// Between the cascade's DELETE and the ALTER TABLE of a recorded foreign key.
 const CASCADE_SEPARATOR: &str = "\n;";
 

@@ -13,8 +13,9 @@ use std::path::{Path, PathBuf};
 use bson::Document;
 use tokio::sync::mpsc;
 
+use super::chunk::Chunk;
 use super::store::ResumeAt;
-use super::{BackfillError, Chunk, DocStamp};
+use super::{BackfillError, DocStamp};
 use crate::event::Entity;
 
 /// The smallest BSON document: length, terminating NUL.

@@ -1,10 +1,16 @@
-//! The live MongoDB source: the change-stream position taken before scanning, and a scan of
-//! one collection in `_id` ranges.
+//! The live MongoDB source: the change-stream position taken before scanning, a scan of one
+//! collection in `_id` ranges, and the look-ups the guards and the tombstones need.
 //!
-//! Each chunk is its own short query, `find {_id: {$gt: last}}` sorted by `_id` with a limit,
-//! drained completely before the chunk is projected, so no cursor sits idle while PostgreSQL
-//! works (the server kills cursors idle for 10 minutes) and every chunk restarts from its
-//! checkpoint alone. No skip/limit paging.
+//! Each chunk is its own short query, sorted by `_id` with a limit, for the `_id`s after the
+//! last one read, drained completely before the chunk is projected, so no cursor sits idle
+//! while PostgreSQL works (the server kills cursors idle for 10 minutes) and every chunk
+//! restarts from its checkpoint alone. No skip/limit paging.
+//!
+//! "After the last one" follows the server's full `_id` order across BSON types (numbers <
+//! strings < objects < binary < ObjectIds < booleans < dates < …): `$gt` only matches values
+//! of its operand's type class (type bracketing), so each page asks for `{_id: {$gt: last}}`
+//! or an `_id` of any later type class ([`after`]). A collection whose `_id`s mix ObjectIds,
+//! strings and numbers is read completely, in the order of its `_id` index.
 
 use std::time::Duration;
 
@@ -14,12 +20,17 @@ use mongodb::options::ClientOptions;
 use mongodb::{Client, Collection};
 use tokio::sync::mpsc;
 
-use super::store::{ResumeAt, StreamPosition};
-use super::{BackfillError, Chunk, DocStamp};
+use std::collections::HashSet;
+
+use super::chunk::{Chunk, key_of};
+use super::store::{ResumeAt, StreamPosition, Unseen};
+use super::{BackfillError, DocStamp};
 use crate::event::{ClusterTime, Entity};
 
 /// Documents per server batch inside one chunk's query.
 const MAX_BATCH: u32 = 1000;
+/// `_id`s per look-up of documents the scan did not see.
+const LOOKUP_BATCH: usize = 1000;
 /// Time allowed to connect and answer the first command.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -114,13 +125,10 @@ pub async fn scan(
 
 async fn read_page(
     coll: &Collection<Document>,
-    after: Option<&Bson>,
+    last: Option<&Bson>,
     limit: usize,
 ) -> Result<Vec<Document>, BackfillError> {
-    let filter = match after {
-        Some(id) => doc! {"_id": {"$gt": id.clone()}},
-        None => doc! {},
-    };
+    let filter = last.map(after).unwrap_or_default();
     let limit_i64 = i64::try_from(limit).unwrap_or(i64::MAX);
     let batch = u32::try_from(limit).unwrap_or(MAX_BATCH).min(MAX_BATCH);
     let cursor = coll
@@ -131,4 +139,168 @@ async fn read_page(
         .await
         .map_err(BackfillError::Mongo)?;
     cursor.try_collect().await.map_err(BackfillError::Mongo)
+}
+
+/// MongoDB's canonical type classes in sort order, each with the `$type` aliases it holds
+/// (the server's `canonicalizeBSONType`).
+const TYPE_CLASSES: [&[&str]; 16] = [
+    &["minKey"],
+    &["null", "undefined"],
+    &["double", "int", "long", "decimal"],
+    &["string", "symbol"],
+    &["object"],
+    &["array"],
+    &["binData"],
+    &["objectId"],
+    &["bool"],
+    &["date"],
+    &["timestamp"],
+    &["regex"],
+    &["dbPointer"],
+    &["javascript"],
+    &["javascriptWithScope"],
+    &["maxKey"],
+];
+
+/// The place of a value's type class in [`TYPE_CLASSES`].
+fn type_class(v: &Bson) -> usize {
+    match v {
+        Bson::MinKey => 0,
+        Bson::Null | Bson::Undefined => 1,
+        Bson::Double(_) | Bson::Int32(_) | Bson::Int64(_) | Bson::Decimal128(_) => 2,
+        Bson::String(_) | Bson::Symbol(_) => 3,
+        Bson::Document(_) => 4,
+        Bson::Array(_) => 5,
+        Bson::Binary(_) => 6,
+        Bson::ObjectId(_) => 7,
+        Bson::Boolean(_) => 8,
+        Bson::DateTime(_) => 9,
+        Bson::Timestamp(_) => 10,
+        Bson::RegularExpression(_) => 11,
+        Bson::DbPointer(_) => 12,
+        Bson::JavaScriptCode(_) => 13,
+        Bson::JavaScriptCodeWithScope(_) => 14,
+        Bson::MaxKey => 15,
+    }
+}
+
+/// The filter for the `_id`s after `last` in the server's order: greater within its type
+/// class, or of any later class.
+fn after(last: &Bson) -> Document {
+    let later: Vec<&str> = TYPE_CLASSES[type_class(last) + 1..]
+        .iter()
+        .flat_map(|aliases| aliases.iter().copied())
+        .collect();
+    let greater = doc! {"_id": {"$gt": last.clone()}};
+    if later.is_empty() {
+        return greater;
+    }
+    doc! {"$or": [greater, {"_id": {"$type": later}}]}
+}
+
+/// The names of the collections in `database` (sorted).
+pub async fn collection_names(
+    client: &Client,
+    database: &str,
+) -> Result<Vec<String>, BackfillError> {
+    let mut names = client
+        .database(database)
+        .list_collection_names()
+        .await
+        .map_err(BackfillError::Mongo)?;
+    names.sort();
+    Ok(names)
+}
+
+/// The keys of `unseen` whose documents `coll` does not hold: looked up by the `_id` the
+/// mirror recorded (or, without one, by every `_id` the key can stand for).
+pub async fn absent(
+    coll: &Collection<Document>,
+    unseen: Vec<Unseen>,
+) -> Result<Vec<String>, BackfillError> {
+    let mut gone = Vec::new();
+    for part in unseen.chunks(LOOKUP_BATCH) {
+        let ids: Vec<Bson> = part.iter().flat_map(candidate_ids).collect();
+        let found: Vec<Document> = coll
+            .find(doc! {"_id": {"$in": ids}})
+            .projection(doc! {"_id": 1})
+            .await
+            .map_err(BackfillError::Mongo)?
+            .try_collect()
+            .await
+            .map_err(BackfillError::Mongo)?;
+        let present: HashSet<String> = found
+            .iter()
+            .filter_map(|d| d.get("_id"))
+            .map(key_of)
+            .collect();
+        gone.extend(
+            part.iter()
+                .filter(|u| !present.contains(&u.key))
+                .map(|u| u.key.clone()),
+        );
+    }
+    Ok(gone)
+}
+
+/// The `_id`s an unseen mirror document may have in MongoDB.
+fn candidate_ids(u: &Unseen) -> Vec<Bson> {
+    if let Some(id) = u.id.clone().and_then(|v| Bson::try_from(v).ok()) {
+        return vec![id];
+    }
+    let mut ids = vec![Bson::String(u.key.clone())];
+    if let Ok(oid) = bson::oid::ObjectId::parse_str(&u.key) {
+        ids.push(Bson::ObjectId(oid));
+    }
+    if let Some(v) = serde_json::from_str::<serde_json::Value>(&u.key)
+        .ok()
+        .and_then(|v| Bson::try_from(v).ok())
+    {
+        ids.push(v);
+    }
+    ids
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn after_an_object_id_come_greater_ones_and_every_later_type() {
+        let oid = bson::oid::ObjectId::new();
+        let f = after(&Bson::ObjectId(oid));
+        let or = f.get_array("$or").unwrap();
+        assert_eq!(or[0].as_document().unwrap(), &doc! {"_id": {"$gt": oid}});
+        let later = or[1].as_document().unwrap().get_document("_id").unwrap();
+        let later = later.get_array("$type").unwrap();
+        assert!(later.contains(&Bson::from("date")) && later.contains(&Bson::from("maxKey")));
+        assert!(!later.contains(&Bson::from("string")) && !later.contains(&Bson::from("objectId")));
+    }
+
+    #[test]
+    fn after_a_number_come_strings_and_object_ids_but_after_max_key_nothing() {
+        let f = after(&Bson::Int64(7));
+        let or = f.get_array("$or").unwrap();
+        let later = or[1].as_document().unwrap().get_document("_id").unwrap();
+        let later = later.get_array("$type").unwrap();
+        assert!(later.contains(&Bson::from("string")) && later.contains(&Bson::from("objectId")));
+        assert!(!later.contains(&Bson::from("int")));
+        assert_eq!(after(&Bson::MaxKey), doc! {"_id": {"$gt": Bson::MaxKey}});
+    }
+
+    #[test]
+    fn an_unseen_document_is_looked_up_by_its_recorded_id_or_every_reading_of_its_key() {
+        let oid = bson::oid::ObjectId::new();
+        let recorded = Unseen {
+            key: "5".into(),
+            id: Some(serde_json::json!(5)),
+        };
+        assert_eq!(candidate_ids(&recorded), vec![Bson::Int32(5)]);
+        let bare = Unseen {
+            key: oid.to_hex(),
+            id: None,
+        };
+        let ids = candidate_ids(&bare);
+        assert!(ids.contains(&Bson::ObjectId(oid)) && ids.contains(&Bson::String(oid.to_hex())));
+    }
 }

@@ -28,6 +28,50 @@ impl SourceKind {
             SourceKind::Dump => "dump",
         }
     }
+
+    /// The stored name (`cdc.backfill_run.source`, checked by the table).
+    fn parse(s: &str) -> SourceKind {
+        if s == "dump" {
+            SourceKind::Dump
+        } else {
+            SourceKind::Mongo
+        }
+    }
+}
+
+/// Where one collection stands in the current run (`cdc.backfill_progress.status`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum CollectionState {
+    /// Started, not finished (also a collection not started yet).
+    #[default]
+    Running,
+    /// Every document read and committed, vanished ones tombstoned.
+    Complete,
+    /// The dump has no data for it.
+    Missing,
+}
+
+impl CollectionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CollectionState::Running => "running",
+            CollectionState::Complete => "complete",
+            CollectionState::Missing => "missing",
+        }
+    }
+
+    fn parse(s: &str) -> CollectionState {
+        match s {
+            "complete" => CollectionState::Complete,
+            "missing" => CollectionState::Missing,
+            _ => CollectionState::Running,
+        }
+    }
+
+    /// Nothing left to do for the collection in this run.
+    pub fn settled(self) -> bool {
+        self != CollectionState::Running
+    }
 }
 
 /// A change-stream position: the opaque resume token and the cluster time read with it.
@@ -40,7 +84,7 @@ pub struct StreamPosition {
 /// The current backfill of a pipeline.
 #[derive(Debug, Clone)]
 pub struct Run {
-    pub source: String,
+    pub source: SourceKind,
     pub source_name: String,
     pub position: Option<StreamPosition>,
     pub started_at: DateTime<Utc>,
@@ -51,7 +95,7 @@ pub struct Run {
 /// One collection's checkpoint.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Progress {
-    pub status: String,
+    pub state: CollectionState,
     pub last_id: Option<Value>,
     pub byte_offset: u64,
     pub docs_done: u64,
@@ -123,7 +167,7 @@ pub async fn load_run(c: &Client, pipeline: &str) -> Result<Option<Run>, tokio_p
             _ => None,
         };
         Run {
-            source: r.get(0),
+            source: SourceKind::parse(r.get(0)),
             source_name: r.get(1),
             position,
             started_at: r.get(5),
@@ -208,7 +252,7 @@ pub async fn load_progress(
             (
                 r.get(0),
                 Progress {
-                    status: r.get(1),
+                    state: CollectionState::parse(r.get(1)),
                     last_id: r.get(2),
                     byte_offset: to_u64(r.get(3)),
                     docs_done: to_u64(r.get(4)),
@@ -226,10 +270,11 @@ pub async fn begin_collection(
     c: &Client,
     pipeline: &str,
     collection: &str,
-    status: &str,
+    state: CollectionState,
     total: Option<u64>,
 ) -> Result<(), tokio_postgres::Error> {
     let total = total.map(to_i64);
+    let status = state.as_str();
     c.execute(
         "INSERT INTO cdc.backfill_progress (pipeline, collection, status, docs_total) \
          VALUES ($1, $2, $3, $4) \
@@ -290,21 +335,53 @@ pub async fn complete_collection(
     Ok(())
 }
 
-/// Keys of an entity's live mirror documents older than `before`: documents the mirror holds
-/// that a full scan at `before` did not see, i.e. deleted in MongoDB before the scan.
-pub async fn vanished_keys(
+/// A live mirror document a scan did not see.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Unseen {
+    pub key: String,
+    /// Its `_id` as the mirror holds it (relaxed extended JSON), when the document has one.
+    pub id: Option<Value>,
+}
+
+/// An entity's live mirror documents older than `before`: documents the mirror holds that a
+/// full scan at `before` did not see (deleted in MongoDB before the scan, or not loaded).
+pub async fn unseen(
     c: &Client,
     entity: &str,
     before: ClusterTime,
-) -> Result<Vec<String>, tokio_postgres::Error> {
+) -> Result<Vec<Unseen>, tokio_postgres::Error> {
     let rows = c
         .query(
-            "SELECT key FROM cdc.source_doc WHERE entity = $1 AND NOT deleted \
+            "SELECT key, doc -> '_id' FROM cdc.source_doc WHERE entity = $1 AND NOT deleted \
                AND (ct_t, ct_i, ordinal) < ($2, $3, 0) ORDER BY key",
             &[&entity, &i64::from(before.t), &i64::from(before.i)],
         )
         .await?;
-    Ok(rows.into_iter().map(|r| r.get(0)).collect())
+    Ok(rows
+        .into_iter()
+        .map(|r| Unseen {
+            key: r.get(0),
+            id: r.get(1),
+        })
+        .collect())
+}
+
+/// Live mirror documents per entity of `entities`.
+pub async fn mirror_counts(
+    c: &Client,
+    entities: &[&str],
+) -> Result<BTreeMap<String, u64>, tokio_postgres::Error> {
+    let rows = c
+        .query(
+            "SELECT entity, count(*) FROM cdc.source_doc \
+             WHERE entity = ANY ($1) AND NOT deleted GROUP BY entity",
+            &[&entities],
+        )
+        .await?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (r.get(0), to_u64(r.get(1))))
+        .collect())
 }
 
 /// What the handoff did to the capture checkpoint.

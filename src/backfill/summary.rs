@@ -33,6 +33,44 @@ impl fmt::Display for CollectionStatus {
     }
 }
 
+/// Why a document read was not projected (also the `reason` label of
+/// `cdc_backfill_documents_skipped_total`). In the summary's order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SkipReason {
+    /// The document has no `_id`.
+    NoId,
+    /// Its rows are rejected by PostgreSQL: recorded in `cdc.quarantine`.
+    Quarantined,
+    /// PostgreSQL rejects the document itself.
+    Rejected,
+    /// The mirror holds a newer version (a streamed change won).
+    Stale,
+}
+
+impl SkipReason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SkipReason::NoId => "no_id",
+            SkipReason::Quarantined => "quarantined",
+            SkipReason::Rejected => "rejected",
+            SkipReason::Stale => "stale",
+        }
+    }
+}
+
+impl fmt::Display for SkipReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A document PostgreSQL rejected: its `_id` and the reason (no values).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejected {
+    pub key: String,
+    pub reason: String,
+}
+
 /// One collection's figures.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CollectionSummary {
@@ -47,9 +85,9 @@ pub struct CollectionSummary {
     pub done: u64,
     pub total: Option<u64>,
     /// Documents read in this run but not projected, by reason.
-    pub skipped: BTreeMap<&'static str, u64>,
-    /// A few rejected documents: `_id` and PostgreSQL's reason.
-    pub rejected: Vec<(String, String)>,
+    pub skipped: BTreeMap<SkipReason, u64>,
+    /// A few rejected documents.
+    pub rejected: Vec<Rejected>,
     /// Mirror documents absent from a full live scan, tombstoned (deleted in MongoDB).
     pub vanished: u64,
     /// Star rows written in this run, by table.
@@ -230,8 +268,8 @@ impl fmt::Display for BackfillSummary {
             if skipped > 0 {
                 writeln!(f, "{:<18}   skipped: {}", "", join_counts(&c.skipped))?;
             }
-            for (key, why) in &c.rejected {
-                writeln!(f, "{:<18}   rejected {key}: {why}", "")?;
+            for r in &c.rejected {
+                writeln!(f, "{:<18}   rejected {}: {}", "", r.key, r.reason)?;
             }
             if c.vanished > 0 {
                 writeln!(

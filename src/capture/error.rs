@@ -47,7 +47,7 @@ pub enum CaptureError {
         pipeline: String,
         file: String,
         #[source]
-        source: Box<crate::backfill::BackfillError>,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("stored checkpoint of pipeline {pipeline} is not a resume token: {message}")]
     BadCheckpoint { pipeline: String, message: String },

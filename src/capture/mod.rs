@@ -17,11 +17,12 @@ pub mod normalize;
 mod session;
 mod stream;
 
+use std::sync::Arc;
 use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
-use crate::backfill::{BackfillOptions, ProgressMode};
 use crate::retry::Backoff;
+use futures_util::future::BoxFuture;
 use mongodb::Client;
 use mongodb::options::ClientOptions;
 use tokio_util::sync::CancellationToken;
@@ -42,6 +43,17 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that ran this long resets the backoff.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 
+/// What recovers from lost change-stream history under `history_lost = "backfill"`: a
+/// re-snapshot of the watched collections that stores a fresh checkpoint, stopping early when
+/// the token is cancelled. The runtime supplies it ([`crate::runtime::capture_stage`]).
+pub type Resnapshot = Arc<
+    dyn Fn(
+            CancellationToken,
+        ) -> BoxFuture<'static, Result<(), Box<dyn std::error::Error + Send + Sync>>>
+        + Send
+        + Sync,
+>;
+
 /// The capture role of one pipeline.
 pub struct CaptureStage {
     settings: Settings,
@@ -51,6 +63,9 @@ pub struct CaptureStage {
     /// `f64` bits of the exported [`m::CAPTURE_CHECKPOINT_TIMESTAMP`]: never moved backward by
     /// a later session of this process.
     covered: std::sync::atomic::AtomicU64,
+    /// Run on lost history under `history_lost = "backfill"`; without it, lost history stops
+    /// the capture.
+    resnapshot: Option<Resnapshot>,
 }
 
 impl CaptureStage {
@@ -60,7 +75,14 @@ impl CaptureStage {
             health,
             exchange_declared: AtomicBool::new(false),
             covered: std::sync::atomic::AtomicU64::new(0),
+            resnapshot: None,
         }
+    }
+
+    /// Recover from lost history with `resnapshot` when the pipeline's policy is `backfill`.
+    pub fn on_history_lost(mut self, resnapshot: Resnapshot) -> CaptureStage {
+        self.resnapshot = Some(resnapshot);
+        self
     }
 
     /// Tail until `shutdown` is cancelled (then drain confirms, write the checkpoint and return
@@ -91,7 +113,8 @@ impl CaptureStage {
                         return Ok(());
                     }
                     Err(err @ CaptureError::HistoryLost { .. })
-                        if pipeline.history_lost == HistoryLostPolicy::Backfill =>
+                        if pipeline.history_lost == HistoryLostPolicy::Backfill
+                            && self.resnapshot.is_some() =>
                     {
                         self.report(&err);
                         match self.resnapshot(&shutdown).await {
@@ -123,29 +146,21 @@ impl CaptureStage {
         Ok(())
     }
 
-    /// History lost under policy `backfill`: re-snapshot every watched collection through the
-    /// backfill, which stores its pre-scan position as the checkpoint; tailing then resumes
-    /// from there, so nothing between the lost history and now is missed.
+    /// History lost under policy `backfill`: the re-snapshot stores its pre-scan position as
+    /// the checkpoint; tailing then resumes from there, so nothing between the lost history
+    /// and now is missed. The capture keeps its lease meanwhile.
     async fn resnapshot(&self, shutdown: &CancellationToken) -> Result<(), CaptureError> {
         let p = &self.settings.pipeline;
-        tracing::warn!(pipeline = %p.name, "change stream history lost: re-snapshotting with the backfill (history_lost = \"backfill\"), then streaming from its position");
-        let opts = BackfillOptions {
-            restart: true,
-            progress: ProgressMode::Log,
-            shutdown: shutdown.clone(),
-            ..BackfillOptions::default()
+        let Some(resnapshot) = &self.resnapshot else {
+            return Ok(());
         };
-        match crate::backfill::run_backfill(&self.settings, opts).await {
-            Ok(_) => {
-                tracing::info!(pipeline = %p.name, "re-snapshot complete: resuming the change stream");
-                Ok(())
-            }
-            Err(source) => Err(CaptureError::Resnapshot {
+        resnapshot(shutdown.clone())
+            .await
+            .map_err(|source| CaptureError::Resnapshot {
                 pipeline: p.name.clone(),
                 file: p.file.display().to_string(),
-                source: Box::new(source),
-            }),
-        }
+                source,
+            })
     }
 
     /// The tailing client: `retryReads=false` so a failed resume reaches us (see module docs).

@@ -825,15 +825,8 @@ async fn role_all_carries_mongodb_writes_to_the_reports_end_to_end() {
     // to MongoDB's collections
     let sim = mongosim::Sim::start().await;
     let rig = Rig::new().await;
-    let mut daemon = Daemon::spawn(
-        &["--role", "all"],
-        support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri())),
-    );
-    let ready = eventually("/readyz with both roles active", WAIT, || async {
-        let (code, body) = daemon.get("/readyz").await;
-        (code == 200).then_some(body)
-    })
-    .await;
+    let mut daemon = daemon_over(&sim, &rig).await;
+    let ready = daemon.get("/readyz").await.1;
     assert_eq!(ready.trim(), "ready: capture active, projector active");
     let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
     let db = mongo.database(&rig.pipeline.mongo_database);
@@ -1012,6 +1005,15 @@ async fn legacy_sync_messages_beside_the_daemon_are_acknowledged_not_dead_letter
 
 /// The daemon with both roles over MongoDB `sim` and the rig's database and vhost, ready.
 async fn daemon_over(sim: &mongosim::Sim, rig: &Rig) -> Daemon {
+    // The capture refuses a database that holds none of the watched collections; the app's
+    // database always has them.
+    mongodb::Client::with_uri_str(sim.uri())
+        .await
+        .unwrap()
+        .database(&rig.pipeline.mongo_database)
+        .create_collection("companies")
+        .await
+        .unwrap();
     let daemon = Daemon::spawn(
         &["--role", "all"],
         support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri())),
@@ -1356,12 +1358,17 @@ async fn verify_against_a_busy_source_beside_the_running_daemon_is_clean() {
                 n += 1;
                 let companies = db.collection::<bson::Document>("companies");
                 companies
-                    .insert_one(bson::doc! {"_id": bson::oid::ObjectId::new(), "name": format!("busy {n}")})
+                    .insert_one(
+                        bson::doc! {"_id": bson::oid::ObjectId::new(), "name": format!("busy {n}")},
+                    )
                     .await
                     .unwrap();
                 let id = employees[n as usize % employees.len()].clone();
                 db.collection::<bson::Document>("employees")
-                    .update_one(bson::doc! {"_id": id}, bson::doc! {"$set": {"name": format!("renamed {n}")}})
+                    .update_one(
+                        bson::doc! {"_id": id},
+                        bson::doc! {"$set": {"name": format!("renamed {n}")}},
+                    )
                     .await
                     .unwrap();
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -1373,7 +1380,14 @@ async fn verify_against_a_busy_source_beside_the_running_daemon_is_clean() {
     let env = support::child_env(&rig.db, Some(&rig.vhost), Some(&sim.uri()));
     let out = tokio::task::spawn_blocking(move || {
         support::cdc_bin()
-            .args(["verify", "--pipeline", "pipeline/paving.toml", "--json", "--settle", "30"])
+            .args([
+                "verify",
+                "--pipeline",
+                "pipeline/paving.toml",
+                "--json",
+                "--settle",
+                "30",
+            ])
             .envs(env)
             .output()
             .expect("run bowmark-cdc verify")
@@ -1398,7 +1412,10 @@ async fn verify_against_a_busy_source_beside_the_running_daemon_is_clean() {
         .iter()
         .map(|c| c["left_out"].as_u64().unwrap_or(0))
         .sum();
-    assert!(writes > 0 && late > 0, "writes {writes}, late {late}: {report:#}");
+    assert!(
+        writes > 0 && late > 0,
+        "writes {writes}, late {late}: {report:#}"
+    );
     // And the daemon kept projecting meanwhile
     drain_and_stop(&mut daemon, &rig, &db).await;
     let busy_rows = rig

@@ -16,9 +16,10 @@ use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_postgres::Client;
 
-use crate::backfill::{self, BackfillError, Chunk, DocStamp, dump, mongo};
+use crate::backfill::chunk::Chunk;
+use crate::backfill::{self, BackfillError, DocStamp, Selected, dump, mongo};
 use crate::config::Settings;
-use crate::event::{ClusterTime, Entity, Version};
+use crate::event::{ClusterTime, Version};
 use crate::ops::OpsError;
 
 /// Where the source documents come from.
@@ -156,7 +157,11 @@ pub async fn check(
         }
         SourceSpec::Dump(_) => None,
     };
-    for (coll, entity) in &collections {
+    for Selected {
+        collection: coll,
+        entity,
+    } in &collections
+    {
         let (tx, mut rx) = mpsc::channel(4);
         let stamp = DocStamp {
             version: Version::ZERO,
@@ -236,13 +241,17 @@ async fn load(pg: &Client, chunk: Chunk) -> Result<(), OpsError> {
 
 async fn compare(
     pg: &Client,
-    collections: &[(String, Entity)],
+    collections: &[Selected],
     start: ClusterTime,
     max_keys: usize,
 ) -> Result<Vec<CollectionReport>, OpsError> {
     let (t, i) = (i64::from(start.t), i64::from(start.i));
     let mut out = Vec::new();
-    for (coll, entity) in collections {
+    for Selected {
+        collection: coll,
+        entity,
+    } in collections
+    {
         let e = entity.as_str();
         let c = pg
             .query_one(COUNTS, &[&e, &t, &i])

@@ -240,3 +240,94 @@ async fn a_live_backfill_marks_mirror_documents_deleted_that_mongo_no_longer_has
         w.linked_invoices() as i64 - 1
     );
 }
+
+/// Crews whose `_id`s mix the BSON types a server orders by type class: numbers (int32,
+/// int64, double) first, then strings, then ObjectIds.
+async fn mixed_id_crews(m: &TestMongo) -> Vec<String> {
+    let ids: Vec<Bson> = vec![
+        Bson::Int32(3),
+        Bson::Int64(1),
+        Bson::Double(2.5),
+        Bson::String("b".into()),
+        Bson::String("a".into()),
+        Bson::String("c".into()),
+        Bson::ObjectId(bson::oid::ObjectId::new()),
+        Bson::ObjectId(bson::oid::ObjectId::new()),
+        Bson::ObjectId(bson::oid::ObjectId::new()),
+    ];
+    let docs: Vec<Document> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| doc! {"_id": id.clone(), "name": format!("Crew {i}"), "type": "Base"})
+        .collect();
+    m.db()
+        .collection::<Document>("crews")
+        .insert_many(docs)
+        .await
+        .expect("insert crews");
+    let mut names: Vec<String> = (0..ids.len()).map(|i| format!("Crew {i}")).collect();
+    names.sort();
+    names
+}
+
+/// The crews in the reporting table, by name.
+async fn crew_names(c: &tokio_postgres::Client) -> Vec<String> {
+    c.query("SELECT name FROM dim_crew ORDER BY name", &[])
+        .await
+        .expect("dim_crew")
+        .iter()
+        .map(|r| r.get(0))
+        .collect()
+}
+
+/// Given a collection whose `_id`s are numbers, strings and ObjectIds, when it is backfilled
+/// from the live source in chunks smaller than each type's share, then every document reaches
+/// the reporting table (a scan paged with `$gt` alone stops after the numbers).
+#[tokio::test]
+async fn a_live_backfill_loads_every_document_of_a_collection_with_mixed_id_types() {
+    let m = TestMongo::start().await;
+    let want = mixed_id_crews(&m).await;
+    let db = support::migrated_db().await;
+    let (s, _tp) = settings(&m, &db, 2);
+    let summary = run_backfill(&s, opts()).await.expect("backfill");
+    let crews = summary
+        .collections
+        .iter()
+        .find(|c| c.collection == "crews")
+        .unwrap();
+    assert_eq!((crews.read, crews.done), (9, 9), "{summary}");
+    assert_eq!(crew_names(&db.client().await).await, want);
+}
+
+/// Given a mirror holding every document of a collection with mixed `_id` types, when the
+/// collection is backfilled again in small chunks, then it reads every document again and
+/// marks none of them deleted: the reporting table keeps every crew.
+#[tokio::test]
+async fn a_live_backfill_of_mixed_id_types_marks_none_deleted_that_mongo_still_has() {
+    let m = TestMongo::start().await;
+    let want = mixed_id_crews(&m).await;
+    let db = support::migrated_db().await;
+    // One chunk holds the whole collection: the first load does not depend on paging.
+    let (whole, _tp) = settings(&m, &db, 100);
+    run_backfill(&whole, opts()).await.expect("first backfill");
+    let c = db.client().await;
+    assert_eq!(crew_names(&c).await, want);
+    let (paged, _tp2) = settings(&m, &db, 2);
+    let summary = run_backfill(&paged, opts()).await.expect("second backfill");
+    let crews = summary
+        .collections
+        .iter()
+        .find(|c| c.collection == "crews")
+        .unwrap();
+    assert_eq!(crews.vanished, 0, "{summary}");
+    assert_eq!(crews.read, 9, "{summary}");
+    assert_eq!(
+        count(
+            &c,
+            "SELECT count(*) FROM cdc.source_doc WHERE entity = 'crew' AND deleted"
+        )
+        .await,
+        0
+    );
+    assert_eq!(crew_names(&c).await, want, "every crew is still reported");
+}

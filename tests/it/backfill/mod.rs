@@ -5,6 +5,7 @@
 pub mod workload;
 
 mod dump;
+mod guards;
 mod live;
 mod metrics;
 mod resume;

@@ -255,7 +255,8 @@ impl Fixture {
 
     fn spawn(&self, health: Health) -> Running {
         let shutdown = CancellationToken::new();
-        let stage = CaptureStage::new(self.settings.clone(), health.clone());
+        // As the daemon builds it: with the re-snapshot of `history_lost = "backfill"`.
+        let stage = bowmark_cdc::runtime::capture_stage(&self.settings, health.clone());
         let handle = tokio::spawn(stage.run(shutdown.clone()));
         Running {
             shutdown,

@@ -9,8 +9,14 @@ struct Proc {
     child: std::process::Child,
 }
 
-/// The paving pipeline file, pointed at this test's MongoDB database.
-fn pipeline_file(fx: &Fixture) -> tempfile::NamedTempFile {
+/// The paving pipeline file, pointed at this test's MongoDB database, which holds a watched
+/// collection (the capture refuses a database that holds none).
+async fn pipeline_file(fx: &Fixture) -> tempfile::NamedTempFile {
+    fx.mongo
+        .database(fx.m.db_name())
+        .create_collection("companies")
+        .await
+        .expect("create a watched collection");
     let text = std::fs::read_to_string(support::project_root().join("pipeline/paving.toml"))
         .expect("pipeline/paving.toml");
     let text = text.replacen(
@@ -144,7 +150,7 @@ impl Drop for Proc {
 async fn process_killed_with_sigkill_and_restarted_delivers_every_write() {
     // Given the real binary capturing a running write load
     let fx = Fixture::new("paving").await;
-    let file = pipeline_file(&fx);
+    let file = pipeline_file(&fx).await;
     let mut tap = Tap::new(&fx.vhost, &["#"]).await;
     let mut proc = Proc::start(&fx, &file);
     fx.wait_checkpoint().await;
@@ -203,7 +209,7 @@ async fn process_killed_with_sigkill_and_restarted_delivers_every_write() {
 async fn process_on_history_loss_names_the_backfill_and_exits_non_zero_when_stopped() {
     // Given a checkpoint whose history the oplog has lost
     let fx = Fixture::new("paving").await;
-    let file = pipeline_file(&fx);
+    let file = pipeline_file(&fx).await;
     let _tap = Tap::new(&fx.vhost, &["#"]).await;
     let proc = Proc::start(&fx, &file);
     fx.wait_checkpoint().await;
@@ -239,7 +245,7 @@ async fn process_on_history_loss_names_the_backfill_and_exits_non_zero_when_stop
 async fn process_pair_one_publishes_and_sigkill_hands_over_without_loss() {
     // Given two capture processes of one pipeline
     let fx = Fixture::new("paving").await;
-    let file = pipeline_file(&fx);
+    let file = pipeline_file(&fx).await;
     let mut tap = Tap::new(&fx.vhost, &["#"]).await;
     let first = Proc::start(&fx, &file);
     fx.wait_checkpoint().await;
@@ -267,7 +273,7 @@ async fn process_pair_one_publishes_and_sigkill_hands_over_without_loss() {
 async fn process_reports_capture_metrics_and_standby_readiness() {
     // Given an active capture process and a second one standing by
     let fx = Fixture::new("paving").await;
-    let file = pipeline_file(&fx);
+    let file = pipeline_file(&fx).await;
     let mut tap = Tap::new(&fx.vhost, &["#"]).await;
     let active = Observed::start(&fx, &file).await;
     fx.wait_checkpoint().await;
