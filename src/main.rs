@@ -5,10 +5,13 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
+mod commands;
+
+use bowmark_cdc::ops::reproject::{ReprojectOptions, run_reproject};
+use commands::{dlq, report_reproject, reproject, status, verify, verify_legacy};
+
 use bowmark_cdc::config::{Pipeline, Settings};
 use bowmark_cdc::migrate::MigrateReport;
-use bowmark_cdc::ops::OpsError;
-use bowmark_cdc::ops::reproject::{ReprojectOptions, ReprojectSummary, run_reproject};
 use bowmark_cdc::runtime::{self, Role, RunOptions};
 
 #[derive(Parser, Debug)]
@@ -237,112 +240,16 @@ fn main() -> ExitCode {
     }
 }
 
-/// `verify --legacy-db`: exit 0 when every difference is explained, 1 when one is not, 2 on
-/// error.
-fn verify_legacy(pipeline: &std::path::Path, url: &str, json: bool, max_keys: usize) -> ExitCode {
-    let (settings, rt) = match prepare(
-        "verify",
-        pipeline,
-        tokio::runtime::Builder::new_current_thread(),
-    ) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    match rt.block_on(bowmark_cdc::ops::verify::run_legacy_compare(
-        &settings, url, max_keys,
-    )) {
-        Ok(report) => {
-            if json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => {
-                        eprintln!("verify: {e}");
-                        return ExitCode::from(2);
-                    }
-                }
-            } else {
-                print!("{report}");
-            }
-            if report.unexplained == 0 {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("verify --legacy-db: {:#}", anyhow::Error::new(e));
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// `verify`: exit 0 clean, 1 on drift, 2 on error.
-fn verify(
-    pipeline: &std::path::Path,
-    from_dump: Option<PathBuf>,
-    no_source: bool,
-    json: bool,
-    max_keys: usize,
-    settle: u64,
-) -> ExitCode {
-    use bowmark_cdc::ops::verify::{SourceSpec, VerifyOptions, run_verify};
-    let (settings, rt) = match prepare(
-        "verify",
-        pipeline,
-        tokio::runtime::Builder::new_multi_thread(),
-    ) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let source = match (no_source, from_dump) {
-        (true, _) => None,
-        (false, None) => Some(SourceSpec::Mongo),
-        (false, Some(given)) => {
-            let database = &settings.pipeline.mongo_database;
-            match bowmark_cdc::dumpdir::resolve(&given, database) {
-                Ok(d) => {
-                    eprintln!(
-                        "verify: reading the mongodump folder {}",
-                        d.describe(database)
-                    );
-                    Some(SourceSpec::Dump(d.dir))
-                }
-                Err(e) => {
-                    eprintln!("verify: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
-    };
-    let opts = VerifyOptions {
-        source,
-        max_keys,
-        settle: std::time::Duration::from_secs(settle),
-    };
-    match rt.block_on(run_verify(&settings, &opts)) {
-        Ok(report) => {
-            if json {
-                match serde_json::to_string_pretty(&report) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => {
-                        eprintln!("verify: {e}");
-                        return ExitCode::from(2);
-                    }
-                }
-            } else {
-                print!("{report}");
-            }
-            if report.clean() {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("verify: {:#}", anyhow::Error::new(e));
-            ExitCode::from(2)
-        }
-    }
+/// The database folder of a mongodump output given on the command line: mongodump writes
+/// OUT/<database>/*.bson, so OUT or OUT/<database> is accepted, and `who` says which is read.
+fn dump_folder(who: &str, given: &std::path::Path, settings: &Settings) -> Result<PathBuf, String> {
+    let database = &settings.pipeline.mongo_database;
+    let d = bowmark_cdc::dumpdir::resolve(given, database)?;
+    eprintln!(
+        "{who}: reading the mongodump folder {}",
+        d.describe(database)
+    );
+    Ok(d.dir)
 }
 
 /// The settings of `pipeline` and an async runtime for a command (`who` prefixes the
@@ -404,24 +311,14 @@ fn backfill(
         Ok(p) => p,
         Err(code) => return code,
     };
-    // mongodump writes OUT/<database>/*.bson: accept OUT or OUT/<database>, and say which.
-    let from_dump = match from_dump {
-        None => None,
-        Some(given) => {
-            let database = &settings.pipeline.mongo_database;
-            match bowmark_cdc::dumpdir::resolve(&given, database) {
-                Ok(d) => {
-                    eprintln!(
-                        "backfill: reading the mongodump folder {}",
-                        d.describe(database)
-                    );
-                    Some(d.dir)
-                }
-                Err(e) => {
-                    eprintln!("backfill failed: {e}");
-                    return ExitCode::FAILURE;
-                }
-            }
+    let from_dump = match from_dump
+        .map(|given| dump_folder("backfill", &given, &settings))
+        .transpose()
+    {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("backfill failed: {e}");
+            return ExitCode::FAILURE;
         }
     };
     let shutdown = tokio_util::sync::CancellationToken::new();
@@ -451,119 +348,6 @@ fn backfill(
         Err(e) => {
             eprintln!("backfill failed: {:#}", anyhow::Error::new(e));
             ExitCode::FAILURE
-        }
-    }
-}
-
-/// `reproject`: exit 0 after the commit, 1 on failure, 2 on bad configuration or usage.
-fn reproject(pipeline: &std::path::Path, tables: Vec<String>) -> ExitCode {
-    let (settings, rt) = match prepare(
-        "reproject",
-        pipeline,
-        tokio::runtime::Builder::new_current_thread(),
-    ) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let opts = ReprojectOptions {
-        tables,
-        progress: true,
-    };
-    report_reproject(rt.block_on(run_reproject(&settings, &opts)))
-}
-
-fn report_reproject(result: Result<ReprojectSummary, OpsError>) -> ExitCode {
-    match result {
-        Ok(summary) => {
-            print!("{summary}");
-            ExitCode::SUCCESS
-        }
-        Err(OpsError::Usage(e)) => {
-            eprintln!("reproject: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("reproject failed: {:#}", anyhow::Error::new(e));
-            ExitCode::FAILURE
-        }
-    }
-}
-
-/// `status`: exit 0 when healthy, 1 when something needs an operator, 2 on error.
-fn status(pipeline: &std::path::Path, json: bool, max_checkpoint_age: u64) -> ExitCode {
-    let (settings, rt) = match prepare(
-        "status",
-        pipeline,
-        tokio::runtime::Builder::new_current_thread(),
-    ) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    match rt.block_on(bowmark_cdc::ops::status::status(
-        &settings,
-        max_checkpoint_age,
-    )) {
-        Ok(s) => {
-            if json {
-                match serde_json::to_string_pretty(&s) {
-                    Ok(text) => println!("{text}"),
-                    Err(e) => {
-                        eprintln!("status: {e}");
-                        return ExitCode::from(2);
-                    }
-                }
-            } else {
-                print!("{s}");
-            }
-            if s.healthy {
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::FAILURE
-            }
-        }
-        Err(e) => {
-            eprintln!("status: {:#}", anyhow::Error::new(e));
-            ExitCode::from(2)
-        }
-    }
-}
-
-/// `dlq`: exit 0 when done, 1 when `purge` needs `--yes` or a replay failed, 2 on error.
-fn dlq(command: DlqCommand) -> ExitCode {
-    use bowmark_cdc::ops::dlq::{DlqAction, DlqFilter, run_dlq};
-    let (args, action) = match command {
-        DlqCommand::List { args } => (args, DlqAction::List),
-        DlqCommand::Replay { args } => (args, DlqAction::Replay),
-        DlqCommand::Purge { args, yes } => (args, DlqAction::Purge { confirmed: yes }),
-    };
-    let (settings, rt) = match prepare(
-        "dlq",
-        &args.pipeline,
-        tokio::runtime::Builder::new_current_thread(),
-    ) {
-        Ok(p) => p,
-        Err(code) => return code,
-    };
-    let filter = DlqFilter {
-        reason: args.reason,
-        limit: args.limit,
-    };
-    match rt.block_on(run_dlq(&settings, action, &filter)) {
-        Ok(report) => {
-            print!("{report}");
-            if report.needs_confirmation() {
-                ExitCode::FAILURE
-            } else {
-                ExitCode::SUCCESS
-            }
-        }
-        Err(e @ OpsError::Replay { .. }) => {
-            eprintln!("dlq replay: {:#}", anyhow::Error::new(e));
-            ExitCode::FAILURE
-        }
-        Err(e) => {
-            eprintln!("dlq: {:#}", anyhow::Error::new(e));
-            ExitCode::from(2)
         }
     }
 }

@@ -157,7 +157,7 @@ impl TlsConnect<Socket> for Handshake {
 pub fn tls_from_env(env: &dyn Environment) -> Result<PgTls, ConfigError> {
     let from_url = env
         .get("POSTGRES_URL")
-        .map(|u| crate::pg::split_url(&u))
+        .map(|u| split_url(&u))
         .unwrap_or_default();
     let pick = |url_value: Option<String>, var: &str| -> Result<Option<(String, String)>, _> {
         let key = var.trim_start_matches("POSTGRES_").to_ascii_lowercase();

@@ -366,11 +366,7 @@ async fn backfill_from_dump_accepts_mongodumps_output_folder() {
 
 /// `bowmark-cdc backfill --pipeline pipeline/paving.toml --from-dump DIR` into `db`, killed
 /// after `limit`: its output, and whether it ended in time.
-async fn backfill_from(
-    db: &support::TestDb,
-    dir: &std::path::Path,
-    limit: Duration,
-) -> (std::process::Output, bool) {
+async fn backfill_from(db: &support::TestDb, dir: &Path, limit: Duration) -> (Output, bool) {
     let mut cmd = cdc_bin();
     cmd.args([
         "backfill",

@@ -15,7 +15,7 @@ use lapin::options::{BasicGetOptions, BasicPublishOptions, ConfirmSelectOptions}
 use lapin::{BasicProperties, Channel, Confirmation};
 use serde_json::{Value, json};
 
-use crate::project::seed::{self, *};
+use crate::project::seed::*;
 use crate::support::{self, TestDb, TestVhost, eventually};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -232,7 +232,7 @@ fn employees(n: u32, t0: u32) -> Vec<ChangeEvent> {
                       "date": date("2023-01-01T00:00:00Z"), "rate": 32 }
                 ]),
             );
-            seed::event(
+            event(
                 "paving",
                 Entity::Employee,
                 &key,
@@ -309,7 +309,7 @@ async fn seed_scenario_through_the_broker_reaches_the_reports_and_a_rate_edit_re
         .unwrap()
         .push(json!({ "_id": oid("6216645500000000000000d5"),
                       "date": date("2022-02-01T00:00:00Z"), "rate": 31 }));
-    let update = seed::event(
+    let update = event(
         "paving",
         Entity::Employee,
         BASE_FOREMAN_1,
@@ -417,7 +417,7 @@ async fn dead_letters(rig: &Rig) -> Vec<(String, String, String, Option<String>)
 }
 
 fn company(key: &str, name: &str, t: u32) -> ChangeEvent {
-    seed::event(
+    event(
         "paving",
         Entity::Company,
         key,
@@ -642,7 +642,7 @@ async fn duplicates_and_redeliveries_change_nothing() {
                                     "date": date("2020-01-01T00:00:00Z"), "rate": 99 }]);
     let mut again = events.clone();
     again.extend(events.iter().cloned());
-    again.push(seed::event(
+    again.push(event(
         "paving",
         Entity::Employee,
         BASE_FOREMAN_1,
@@ -831,7 +831,7 @@ async fn role_all_carries_mongodb_writes_to_the_reports_end_to_end() {
     let mongo = mongodb::Client::with_uri_str(sim.uri()).await.unwrap();
     let db = mongo.database(&rig.pipeline.mongo_database);
     for (entity, _, doc) in &Seed::legacy().docs {
-        db.collection::<bson::Document>(seed::collection(*entity))
+        db.collection::<bson::Document>(collection(*entity))
             .insert_one(bson_doc(doc))
             .await
             .expect("insert");

@@ -183,7 +183,7 @@ async fn history_lost_under_policy_backfill_resnapshots_and_keeps_streaming() {
     // Then the capture re-snapshots: the write made during the lost history reaches the
     // reporting tables through the backfill, and the checkpoint moves past the lost stretch
     let pg = fx.db.client().await;
-    crate::support::eventually("the lost write in dim_crew", WAIT, || async {
+    eventually("the lost write in dim_crew", WAIT, || async {
         let n: i64 = pg
             .query_one("SELECT count(*) FROM dim_crew WHERE name = 'Lost'", &[])
             .await
@@ -192,7 +192,7 @@ async fn history_lost_under_policy_backfill_resnapshots_and_keeps_streaming() {
         (n == 1).then_some(())
     })
     .await;
-    crate::support::eventually("a new checkpoint", WAIT, || async {
+    eventually("a new checkpoint", WAIT, || async {
         let now = fx.checkpoint().await;
         (now.is_some() && now != before).then_some(())
     })

@@ -134,23 +134,6 @@ impl Drop for Replica {
     }
 }
 
-/// The paving pipeline file, pointed at this test's MongoDB database.
-fn pipeline_file(fx: &Fixture) -> tempfile::NamedTempFile {
-    let text = std::fs::read_to_string(support::project_root().join("pipeline/paving.toml"))
-        .expect("pipeline/paving.toml");
-    let text = text.replacen(
-        "database = \"paving\"",
-        &format!("database = \"{}\"", fx.m.db_name()),
-        1,
-    );
-    let mut f = tempfile::Builder::new()
-        .suffix(".toml")
-        .tempfile()
-        .expect("temp pipeline file");
-    std::io::Write::write_all(&mut f, text.as_bytes()).expect("write pipeline file");
-    f
-}
-
 /// The events a capture process has published (`cdc_capture_events_published_total`, summed).
 async fn published(addr: std::net::SocketAddr) -> f64 {
     let (_, body) = support::http_get(addr, "/metrics").await;
@@ -207,7 +190,7 @@ async fn a_frozen_leader_loses_the_lock_in_time_and_stands_down_without_writing(
     record_checkpoint_writes(&fx.db).await;
     let admin = fx.db.client().await;
     let mut tap = Tap::new(&fx.vhost, &["#"]).await;
-    let file = pipeline_file(&fx);
+    let file = process::pipeline_file(&fx).await;
     let a = Replica::spawn(&fx, &file, "replica-a");
     let a_http = a.log.http_addr();
     eventually("replica A to hold the lock", WAIT, || async {

@@ -11,7 +11,7 @@ struct Proc {
 
 /// The paving pipeline file, pointed at this test's MongoDB database, which holds a watched
 /// collection (the capture refuses a database that holds none).
-async fn pipeline_file(fx: &Fixture) -> tempfile::NamedTempFile {
+pub(super) async fn pipeline_file(fx: &Fixture) -> tempfile::NamedTempFile {
     fx.mongo
         .database(fx.m.db_name())
         .create_collection("companies")
@@ -135,7 +135,7 @@ impl Observed {
 
     /// `GET path` → (status code, body).
     async fn get(&self, path: &str) -> (u16, String) {
-        crate::support::http_get(self.addr, path).await
+        support::http_get(self.addr, path).await
     }
 }
 
