@@ -1,0 +1,217 @@
+//! The harness's private services: a vhost, a PostgreSQL database migrated by the release
+//! binary, the daemon as a child process, and what /proc says about it.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use tokio_postgres::Client;
+
+/// A private vhost and database, removed on drop.
+pub struct Private {
+    pub vhost: String,
+    pub db: String,
+}
+
+fn rabbitmqctl(args: &[&str]) {
+    let ok = Command::new("rabbitmqctl")
+        .args(args)
+        .stdout(Stdio::null())
+        .status()
+        .expect("rabbitmqctl");
+    assert!(ok.success(), "rabbitmqctl {args:?}");
+}
+
+fn psql(db: &str, sql: &str) {
+    let ok = Command::new("psql")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "postgres",
+            "-q",
+            "-d",
+            db,
+            "-c",
+            sql,
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("psql");
+    assert!(ok.success(), "psql {sql}");
+}
+
+impl Private {
+    /// Create the vhost and the database, then migrate it with the daemon's binary.
+    pub fn create() -> Private {
+        let id = std::process::id();
+        let p = Private {
+            vhost: format!("cdc-e2e-{id}"),
+            db: format!("cdc_e2e_{id}"),
+        };
+        rabbitmqctl(&["add_vhost", &p.vhost]);
+        rabbitmqctl(&["set_permissions", "-p", &p.vhost, "guest", ".*", ".*", ".*"]);
+        psql("postgres", &format!("CREATE DATABASE \"{}\"", p.db));
+        let ok = daemon_cmd(&p, "")
+            .args(["migrate", "--pipeline", "pipeline/paving.toml"])
+            .stdout(Stdio::null())
+            .status()
+            .expect("bowmark-cdc migrate");
+        assert!(ok.success(), "bowmark-cdc migrate");
+        p
+    }
+
+    pub fn amqp_uri(&self) -> String {
+        format!("amqp://guest:guest@127.0.0.1:5672/{}", self.vhost)
+    }
+
+    pub async fn pg(&self) -> Client {
+        let (c, conn) = tokio_postgres::connect(
+            &format!("host=127.0.0.1 user=postgres dbname={}", self.db),
+            tokio_postgres::NoTls,
+        )
+        .await
+        .expect("connect to PostgreSQL");
+        tokio::spawn(conn);
+        c
+    }
+}
+
+impl Drop for Private {
+    fn drop(&mut self) {
+        rabbitmqctl(&["delete_vhost", &self.vhost]);
+        psql(
+            "postgres",
+            &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db),
+        );
+    }
+}
+
+fn daemon_cmd(p: &Private, mongo_uri: &str) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_bowmark-cdc"));
+    c.current_dir(env!("CARGO_MANIFEST_DIR"))
+        .env("POSTGRES_HOST", "127.0.0.1")
+        .env("POSTGRES_USER", "postgres")
+        .env("POSTGRES_DB", &p.db)
+        .env("RABBITMQ_VHOST", &p.vhost)
+        .env("MONGO_URI", mongo_uri)
+        .env("CDC_HTTP_LISTEN", "127.0.0.1:0")
+        .env("RUST_LOG", "warn");
+    c
+}
+
+/// The daemon's log (warnings: the values cut to their column), appended to under target/.
+pub fn log_file() -> Stdio {
+    let path = format!("{}/e2e-daemon.log", target_dir());
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_or(Stdio::inherit(), Stdio::from)
+}
+
+/// `target/`, or `CARGO_TARGET_DIR`.
+pub fn target_dir() -> String {
+    std::env::var("CARGO_TARGET_DIR")
+        .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")))
+}
+
+/// `bowmark-cdc run --role all` as a separate process, stopped with SIGTERM on drop.
+pub struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    pub fn start(p: &Private, mongo_uri: &str) -> Daemon {
+        let child = daemon_cmd(p, mongo_uri)
+            .args(["run", "--role", "all", "--pipeline", "pipeline/paving.toml"])
+            .stdout(Stdio::null())
+            .stderr(log_file())
+            .spawn()
+            .expect("spawn bowmark-cdc run");
+        Daemon { child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// SIGTERM and wait for the exit.
+    pub fn stop(mut self) {
+        self.terminate();
+    }
+
+    fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.terminate();
+        }
+    }
+}
+
+/// CPU and memory of a process from /proc.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ProcSample {
+    /// utime + stime, µs.
+    pub cpu_us: f64,
+    pub rss_kib: u64,
+    pub hwm_kib: u64,
+}
+
+pub fn clk_tck() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+pub fn sample(pid: u32, tck: f64) -> ProcSample {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let f: Vec<&str> = stat
+        .rsplit(')')
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    // after the command: state(0) … utime(11) stime(12)
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let kib = |key: &str| {
+        status
+            .lines()
+            .find(|l| l.starts_with(key))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    };
+    ProcSample {
+        cpu_us: (ticks(11) + ticks(12)) as f64 * 1e6 / tck,
+        rss_kib: kib("VmRSS:"),
+        hwm_kib: kib("VmHWM:"),
+    }
+}
+
+/// Wait until `check` holds, polling every `every`, for at most `limit`.
+pub async fn wait_for<F, Fut>(limit: Duration, every: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let end = tokio::time::Instant::now() + limit;
+    while tokio::time::Instant::now() < end {
+        if check().await {
+            return true;
+        }
+        tokio::time::sleep(every).await;
+    }
+    false
+}
