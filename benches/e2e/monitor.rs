@@ -1,6 +1,7 @@
 //! The read side: queue depth (a passive `queue.declare`'s message count), the daemon's CPU and
 //! memory from /proc, rows in PostgreSQL; one catch-up and one paced phase, and the report.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -62,7 +63,31 @@ impl Series {
     }
 }
 
+/// Means over a phase from the daemon's own histograms: where the time of an event goes.
+async fn scrape(pid: u32) -> BTreeMap<String, f64> {
+    match services::http_port(pid) {
+        Some(port) => services::scrape(port).await,
+        None => BTreeMap::new(),
+    }
+}
+
+fn stages(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Value {
+    let d = |k: &str| after.get(k).copied().unwrap_or(0.0) - before.get(k).copied().unwrap_or(0.0);
+    let mean = |h: &str, scale: f64| {
+        let n = d(&format!("{h}_count"));
+        (n > 0.0).then(|| (d(&format!("{h}_sum")) / n * scale * 100.0).round() / 100.0)
+    };
+    json!({
+        "capture_confirm_ms_mean": mean("cdc_capture_confirm_latency_seconds", 1000.0),
+        "projector_batches": d("cdc_projector_batch_events_count"),
+        "projector_batch_events_mean": mean("cdc_projector_batch_events", 1.0),
+        "projector_batch_ms_mean": mean("cdc_projector_batch_duration_seconds", 1000.0),
+        "projector_apply_ms_mean": mean("cdc_projector_apply_duration_seconds", 1000.0),
+    })
+}
+
 pub struct CatchUp {
+    pub stages: Value,
     pub events: usize,
     pub secs: f64,
     pub cpu_us: f64,
@@ -83,12 +108,14 @@ impl CatchUp {
             "cpu_us_per_event": (self.cpu_us / self.events as f64 * 10.0).round() / 10.0,
             "max_queue_depth": self.series.max_depth(),
             "steady_rss_mib": self.series.median_rss(self.secs / 2.0, f64::MAX),
+            "daemon_stages": self.stages,
             "queue_depth_per_s": self.series.per_second(),
         })
     }
 }
 
 pub struct Phase {
+    pub stages: Value,
     pub rate: f64,
     pub paced: Paced,
     pub latencies: Vec<Duration>,
@@ -143,6 +170,7 @@ impl Phase {
             "cpu_us_per_event": (self.cpu_us / self.paced.written as f64 * 10.0).round() / 10.0,
             "steady_rss_mib": self.series.median_rss(hold / 2.0, hold),
             "max_queue_depth": self.series.max_depth(),
+            "daemon_stages": self.stages,
             "queue_depth_per_s": self.series.per_second(),
         })
     }
@@ -190,7 +218,11 @@ impl<'s> Monitor<'s> {
         let t0 = Instant::now();
         let start = services::sample(pid, self.tck);
         let mut series = Series::default();
+        let mut before = BTreeMap::new();
         loop {
+            if before.is_empty() {
+                before = scrape(pid).await;
+            }
             let s = self.sample(pid, t0, &mut series).await;
             let n: i64 = pg
                 .query_one("SELECT count(*) FROM dim_daily_report", &[])
@@ -199,6 +231,7 @@ impl<'s> Monitor<'s> {
                 .get(0);
             if n >= reports {
                 return CatchUp {
+                    stages: stages(&before, &scrape(pid).await),
                     events,
                     secs: t0.elapsed().as_secs_f64(),
                     cpu_us: s.cpu_us - start.cpu_us,
@@ -230,6 +263,7 @@ impl<'s> Monitor<'s> {
     {
         let t0 = Instant::now();
         let start = services::sample(pid, self.tck);
+        let before = scrape(pid).await;
         let mut series = Series::default();
         let mut writer = std::pin::pin!(write());
         let mut next_sample = Instant::now();
@@ -258,6 +292,7 @@ impl<'s> Monitor<'s> {
         let cpu_us = services::sample(pid, self.tck).cpu_us - start.cpu_us;
         let (latencies, missing) = tracker.take().await;
         Phase {
+            stages: stages(&before, &scrape(pid).await),
             rate,
             paced,
             latencies,
@@ -312,6 +347,25 @@ pub fn print_table(report: &Value, c: &CatchUp, phases: &[Phase], broker: f64, h
             j["steady_rss_mib"].as_f64().unwrap_or(0.0),
             p.series.max_depth(),
         );
+    }
+    println!();
+    println!(
+        "| phase | capture confirm ms | projector batches | events/batch | batch ms | apply ms |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let row = |name: String, st: &Value| {
+        println!(
+            "| {name} | {} | {} | {} | {} | {} |",
+            st["capture_confirm_ms_mean"],
+            st["projector_batches"],
+            st["projector_batch_events_mean"],
+            st["projector_batch_ms_mean"],
+            st["projector_apply_ms_mean"]
+        )
+    };
+    row("catch-up".into(), &c.stages);
+    for p in phases {
+        row(format!("{:.0} events/s", p.rate), &p.stages);
     }
     println!(
         "daemon peak RSS (VmHWM): {:.0} MiB",

@@ -95,7 +95,10 @@ fn daemon_cmd(p: &Private, mongo_uri: &str) -> Command {
         .env("RABBITMQ_VHOST", &p.vhost)
         .env("MONGO_URI", mongo_uri)
         .env("CDC_HTTP_LISTEN", "127.0.0.1:0")
-        .env("RUST_LOG", "warn");
+        .env(
+            "RUST_LOG",
+            std::env::var("CDC_E2E_DAEMON_LOG").unwrap_or_else(|_| "warn".into()),
+        );
     c
 }
 
@@ -214,4 +217,53 @@ where
         tokio::time::sleep(every).await;
     }
     false
+}
+
+/// The daemon's HTTP port (it listens on `127.0.0.1:0`): its listening socket in /proc.
+pub fn http_port(pid: u32) -> Option<u16> {
+    let inodes: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .ok()?
+        .filter_map(|e| std::fs::read_link(e.ok()?.path()).ok())
+        .filter_map(|l| {
+            let l = l.to_string_lossy().into_owned();
+            Some(l.strip_prefix("socket:[")?.strip_suffix(']')?.to_string())
+        })
+        .collect();
+    let tcp = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    tcp.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        // local_address(1) st(3) inode(9); 0A = LISTEN
+        (f.get(3) == Some(&"0A") && f.get(9).is_some_and(|i| inodes.iter().any(|x| x == i)))
+            .then(|| u16::from_str_radix(f[1].rsplit(':').next()?, 16).ok())
+            .flatten()
+    })
+}
+
+/// Sums over labels of the daemon's `/metrics` series whose names end in `_sum`, `_count` or
+/// `_total` (histograms and counters).
+pub async fn scrape(port: u16) -> std::collections::BTreeMap<String, f64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+        return out;
+    };
+    let req = "GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n";
+    let mut body = String::new();
+    if s.write_all(req.as_bytes()).await.is_err() || s.read_to_string(&mut body).await.is_err() {
+        return out;
+    }
+    for line in body.lines().filter(|l| !l.starts_with('#')) {
+        let Some((series, value)) = line.rsplit_once(' ') else {
+            continue;
+        };
+        let name = series.split('{').next().unwrap_or(series);
+        if ["_sum", "_count", "_total"]
+            .iter()
+            .any(|s| name.ends_with(s))
+            && let Ok(v) = value.parse::<f64>()
+        {
+            *out.entry(name.to_string()).or_default() += v;
+        }
+    }
+    out
 }
