@@ -49,6 +49,8 @@ const CHILDREN: [(&str, &str); 4] = [
     ("materialShipment", "materialshipments"),
     ("production", "productions"),
 ];
+/// Writes in flight at once in a paced phase.
+const IN_FLIGHT: usize = 64;
 /// One rate change per this many reports.
 const RATE_CHANGE_EVERY: usize = 40;
 /// One deleted child per this many reports.
@@ -181,7 +183,7 @@ pub struct Paced {
     pub behind: Duration,
 }
 
-/// Write `ops` one by one at `rate` per second (up to 32 in flight, each started at its
+/// Write `ops` one by one at `rate` per second (up to `IN_FLIGHT` at once, each started at its
 /// scheduled time or as soon as a slot frees), until `ops` or `hold` runs out. Each report's
 /// write time goes to `track`.
 pub async fn write_paced(
@@ -210,7 +212,7 @@ pub async fn write_paced(
                 }
             }
         })
-        .buffer_unordered(32)
+        .buffer_unordered(IN_FLIGHT)
         .for_each(|_| async {})
         .await;
     let behind = *behind.lock().unwrap();

@@ -75,6 +75,9 @@ impl Plan {
     }
 }
 
+/// How long the daemon's idle CPU is measured.
+const IDLE: Duration = Duration::from_secs(5);
+
 /// Size of the broker-limit messages: about a change event of a child with its document.
 const BROKER_MESSAGE_BYTES: usize = 1_200;
 
@@ -169,6 +172,14 @@ async fn run(plan: Plan) {
         .catch_up(daemon.pid(), &pg, backlog.len(), reports_written)
         .await;
 
+    // The daemon's cost with nothing to do.
+    let idle_from = services::sample(daemon.pid(), services::clk_tck());
+    tokio::time::sleep(IDLE).await;
+    let idle_ms_per_s = (services::sample(daemon.pid(), services::clk_tck()).cpu_us
+        - idle_from.cpu_us)
+        / 1e3
+        / IDLE.as_secs_f64();
+
     let mut phases = Vec::new();
     for rate in plan.rates {
         eprintln!("e2e: {rate} events/s for {} s", plan.hold.as_secs());
@@ -202,6 +213,7 @@ async fn run(plan: Plan) {
         "catch_up": catch_up.to_json(broker),
         "paced": phases.iter().map(Phase::to_json).collect::<Vec<Value>>(),
         "daemon_peak_rss_mib": hwm as f64 / 1024.0,
+        "daemon_idle_cpu_ms_per_s": (idle_ms_per_s * 10.0).round() / 10.0,
         "daily_reports": {"written": reports_written, "in_postgres": count},
         "run_s": started.elapsed().as_secs_f64().round(),
     });
@@ -212,6 +224,7 @@ async fn run(plan: Plan) {
         serde_json::to_string_pretty(&report).expect("json") + "\n",
     )
     .expect("write the JSON report");
+    println!("daemon idle CPU: {idle_ms_per_s:.1} ms/s");
     println!("JSON: {path}");
     drop(sim);
 }

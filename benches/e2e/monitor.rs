@@ -87,6 +87,8 @@ fn stages(before: &BTreeMap<String, f64>, after: &BTreeMap<String, f64>) -> Valu
 }
 
 pub struct CatchUp {
+    /// Cores used per command over the phase.
+    pub cores: Value,
     pub stages: Value,
     pub events: usize,
     pub secs: f64,
@@ -109,12 +111,14 @@ impl CatchUp {
             "max_queue_depth": self.series.max_depth(),
             "steady_rss_mib": self.series.median_rss(self.secs / 2.0, f64::MAX),
             "daemon_stages": self.stages,
+            "cores_by_command": self.cores,
             "queue_depth_per_s": self.series.per_second(),
         })
     }
 }
 
 pub struct Phase {
+    pub cores: Value,
     pub stages: Value,
     pub rate: f64,
     pub paced: Paced,
@@ -171,6 +175,7 @@ impl Phase {
             "steady_rss_mib": self.series.median_rss(hold / 2.0, hold),
             "max_queue_depth": self.series.max_depth(),
             "daemon_stages": self.stages,
+            "cores_by_command": self.cores,
             "queue_depth_per_s": self.series.per_second(),
         })
     }
@@ -219,6 +224,7 @@ impl<'s> Monitor<'s> {
         let start = services::sample(pid, self.tck);
         let mut series = Series::default();
         let mut before = BTreeMap::new();
+        let machine = services::cpu_by_command(self.tck);
         loop {
             if before.is_empty() {
                 before = scrape(pid).await;
@@ -230,10 +236,12 @@ impl<'s> Monitor<'s> {
                 .expect("count reports")
                 .get(0);
             if n >= reports {
+                let secs = t0.elapsed().as_secs_f64();
                 return CatchUp {
+                    cores: services::cpu_split(&machine, &services::cpu_by_command(self.tck), secs),
                     stages: stages(&before, &scrape(pid).await),
                     events,
-                    secs: t0.elapsed().as_secs_f64(),
+                    secs,
                     cpu_us: s.cpu_us - start.cpu_us,
                     series,
                 };
@@ -264,6 +272,7 @@ impl<'s> Monitor<'s> {
         let t0 = Instant::now();
         let start = services::sample(pid, self.tck);
         let before = scrape(pid).await;
+        let machine = services::cpu_by_command(self.tck);
         let mut series = Series::default();
         let mut writer = std::pin::pin!(write());
         let mut next_sample = Instant::now();
@@ -280,6 +289,11 @@ impl<'s> Monitor<'s> {
             }
         };
         let end = Instant::now();
+        let cores = services::cpu_split(
+            &machine,
+            &services::cpu_by_command(self.tck),
+            t0.elapsed().as_secs_f64(),
+        );
         while tracker.pending().await > 0 && end.elapsed() < DRAIN_LIMIT {
             tracker.poll(pg).await;
             if Instant::now() >= next_sample {
@@ -292,6 +306,7 @@ impl<'s> Monitor<'s> {
         let cpu_us = services::sample(pid, self.tck).cpu_us - start.cpu_us;
         let (latencies, missing) = tracker.take().await;
         Phase {
+            cores,
             stages: stages(&before, &scrape(pid).await),
             rate,
             paced,
@@ -366,6 +381,12 @@ pub fn print_table(report: &Value, c: &CatchUp, phases: &[Phase], broker: f64, h
     row("catch-up".into(), &c.stages);
     for p in phases {
         row(format!("{:.0} events/s", p.rate), &p.stages);
+    }
+    println!();
+    println!("cores used by command (machine busy = all of them):");
+    println!("  catch-up: {}", c.cores);
+    for p in phases {
+        println!("  {:.0} events/s: {}", p.rate, p.cores);
     }
     println!(
         "daemon peak RSS (VmHWM): {:.0} MiB",

@@ -118,6 +118,12 @@ pub fn target_dir() -> String {
         .unwrap_or_else(|_| format!("{}/target", env!("CARGO_MANIFEST_DIR")))
 }
 
+/// The pipeline file the daemon runs: `pipeline/paving.toml`, or `CDC_E2E_PIPELINE` (a copy
+/// with other `[projector]` or `[capture]` settings, to compare them).
+pub fn pipeline_file() -> String {
+    std::env::var("CDC_E2E_PIPELINE").unwrap_or_else(|_| "pipeline/paving.toml".into())
+}
+
 /// `bowmark-cdc run --role all` as a separate process, stopped with SIGTERM on drop.
 pub struct Daemon {
     child: Child,
@@ -126,7 +132,8 @@ pub struct Daemon {
 impl Daemon {
     pub fn start(p: &Private, mongo_uri: &str) -> Daemon {
         let child = daemon_cmd(p, mongo_uri)
-            .args(["run", "--role", "all", "--pipeline", "pipeline/paving.toml"])
+            .args(["run", "--role", "all", "--pipeline"])
+            .arg(pipeline_file())
             .stdout(Stdio::null())
             .stderr(log_file())
             .spawn()
@@ -266,4 +273,70 @@ pub async fn scrape(port: u16) -> std::collections::BTreeMap<String, f64> {
         }
     }
     out
+}
+
+/// CPU µs (utime+stime) of every live process, summed by command name (`postgres`,
+/// `beam.smp`, `bowmark-cdc`, this harness with its in-process mongosim, …), and the machine's
+/// busy and total µs from /proc/stat.
+pub fn cpu_by_command(tck: f64) -> std::collections::BTreeMap<String, f64> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return out;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        if !name.to_string_lossy().bytes().all(|b| b.is_ascii_digit()) {
+            continue;
+        }
+        let Ok(stat) = std::fs::read_to_string(e.path().join("stat")) else {
+            continue;
+        };
+        let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+            continue;
+        };
+        let comm = stat[open + 1..close].to_string();
+        let f: Vec<&str> = stat[close + 1..].split_whitespace().collect();
+        let t = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+        *out.entry(comm).or_default() += (t(11) + t(12)) * 1e6 / tck;
+    }
+    if let Some(cpu) = std::fs::read_to_string("/proc/stat")
+        .ok()
+        .and_then(|s| s.lines().next().map(str::to_string))
+    {
+        let v: Vec<f64> = cpu
+            .split_whitespace()
+            .skip(1)
+            .filter_map(|x| x.parse().ok())
+            .collect();
+        let total: f64 = v.iter().sum();
+        let idle = v.get(3).copied().unwrap_or(0.0) + v.get(4).copied().unwrap_or(0.0);
+        out.insert("(machine busy)".into(), (total - idle) * 1e6 / tck);
+        out.insert("(machine total)".into(), total * 1e6 / tck);
+    }
+    out
+}
+
+/// Per command, the share of one core it used between two `cpu_by_command` readings, for the
+/// commands above 2 %.
+pub fn cpu_split(
+    before: &std::collections::BTreeMap<String, f64>,
+    after: &std::collections::BTreeMap<String, f64>,
+    secs: f64,
+) -> serde_json::Value {
+    let mut v: Vec<(String, f64)> = after
+        .iter()
+        .map(|(k, a)| {
+            (
+                k.clone(),
+                (a - before.get(k).copied().unwrap_or(0.0)) / 1e6 / secs,
+            )
+        })
+        .filter(|(k, c)| *c >= 0.02 && k != "(machine total)")
+        .collect();
+    v.sort_by(|a, b| b.1.total_cmp(&a.1));
+    serde_json::Value::Object(
+        v.into_iter()
+            .map(|(k, c)| (k, serde_json::json!((c * 100.0).round() / 100.0)))
+            .collect(),
+    )
 }
