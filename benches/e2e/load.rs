@@ -4,7 +4,6 @@
 //! broker's own publish-and-confirm limit.
 
 use std::collections::{HashMap, VecDeque};
-use std::sync::Arc;
 use std::time::Duration;
 
 use bson::oid::ObjectId;
@@ -50,7 +49,7 @@ const CHILDREN: [(&str, &str); 4] = [
     ("production", "productions"),
 ];
 /// Writes in flight at once in a paced phase.
-const IN_FLIGHT: usize = 64;
+const IN_FLIGHT: usize = 32;
 /// One rate change per this many reports.
 const RATE_CHANGE_EVERY: usize = 40;
 /// One deleted child per this many reports.
@@ -184,8 +183,8 @@ pub struct Paced {
 }
 
 /// Write `ops` one by one at `rate` per second (up to `IN_FLIGHT` at once, each started at its
-/// scheduled time or as soon as a slot frees), until `ops` or `hold` runs out. Each report's
-/// write time goes to `track`.
+/// scheduled time or as soon as a slot frees) for `hold`: a writer that falls behind stops at
+/// `hold` with fewer written. Each report's write time goes to `track`.
 pub async fn write_paced(
     db: &Database,
     ops: &[Op],
@@ -195,15 +194,18 @@ pub async fn write_paced(
 ) -> Paced {
     let start = Instant::now();
     let n = ops.len().min((rate * hold.as_secs_f64()) as usize);
-    let behind = Arc::new(std::sync::Mutex::new(Duration::ZERO));
+    let behind = std::sync::Mutex::new(Duration::ZERO);
+    let started = std::sync::atomic::AtomicUsize::new(0);
     futures_util::stream::iter(ops[..n].iter().enumerate())
+        .take_while(|_| std::future::ready(start.elapsed() < hold))
         .map(|(k, op)| {
-            let behind = behind.clone();
+            started.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let behind = &behind;
             async move {
                 let due = start + Duration::from_secs_f64(k as f64 / rate);
                 tokio::time::sleep_until(due).await;
                 let at = Instant::now();
-                *behind.lock().unwrap() = at - due;
+                *behind.lock().expect("not poisoned") = at - due;
                 write(db, op).await.expect("write to mongosim");
                 if let Op::Report(d) = op
                     && let Ok(id) = d.get_object_id("_id")
@@ -215,9 +217,10 @@ pub async fn write_paced(
         .buffer_unordered(IN_FLIGHT)
         .for_each(|_| async {})
         .await;
-    let behind = *behind.lock().unwrap();
+    let behind = *behind.lock().expect("not poisoned");
     Paced {
-        written: n,
+        // The stream starts the writes in order, so these are the first `written` of `ops`.
+        written: started.into_inner(),
         elapsed: start.elapsed(),
         behind,
     }

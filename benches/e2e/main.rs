@@ -184,17 +184,17 @@ async fn run(plan: Plan) {
     for rate in plan.rates {
         eprintln!("e2e: {rate} events/s for {} s", plan.hold.as_secs());
         let tracker = Tracker::default();
-        let n = rest.len().min((rate * plan.hold.as_secs_f64()) as usize);
         let phase = mon
             .paced(daemon.pid(), &pg, &tracker, rate, plan.hold, || {
-                load::write_paced(&db, &rest[..n], rate, plan.hold, &tracker)
+                load::write_paced(&db, rest, rate, plan.hold, &tracker)
             })
             .await;
-        reports_written += rest[..n]
+        let written = &rest[..phase.paced.written];
+        reports_written += written
             .iter()
             .filter(|o| matches!(o, Op::Report(_)))
             .count() as i64;
-        rest = &rest[n..];
+        rest = &rest[phase.paced.written..];
         phases.push(phase);
     }
     let count: i64 = pg

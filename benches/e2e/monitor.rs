@@ -16,6 +16,8 @@ use crate::services::{self, Private, ProcSample};
 const SAMPLE_EVERY: Duration = Duration::from_millis(100);
 /// How often pending reports are looked up in PostgreSQL.
 const POLL_EVERY: Duration = Duration::from_millis(5);
+/// How long the writer may run past the phase before the run fails as stalled.
+const WRITER_LIMIT: Duration = Duration::from_secs(60);
 /// How long after a phase its reports may take to appear before they count as missing.
 const DRAIN_LIMIT: Duration = Duration::from_secs(120);
 
@@ -152,6 +154,20 @@ impl Phase {
             && self.drain_secs <= 1.0
     }
 
+    /// Empty when held; otherwise which side could not keep the rate.
+    pub fn verdict(&self) -> String {
+        if self.held() {
+            String::new()
+        } else if self.achieved() < 0.95 * self.rate {
+            format!(" (NOT held: the writer reached {:.0}/s)", self.achieved())
+        } else {
+            format!(
+                " (NOT held: the rows came {:.1} s after the writes ended)",
+                self.drain_secs
+            )
+        }
+    }
+
     pub fn percentiles(&self) -> [Option<f64>; 3] {
         let mut v = self.latencies.clone();
         v.sort_unstable();
@@ -167,6 +183,7 @@ impl Phase {
             "achieved_events_per_s": self.achieved().round(),
             "writer_behind_ms": self.paced.behind.as_millis() as u64,
             "held": self.held(),
+            "verdict": self.verdict().trim(),
             "latency_samples": self.latencies.len(),
             "latency_ms": {"p50": p50, "p95": p95, "p99": p99},
             "missing_rows": self.missing,
@@ -277,6 +294,11 @@ impl<'s> Monitor<'s> {
         let mut writer = std::pin::pin!(write());
         let mut next_sample = Instant::now();
         let paced = loop {
+            assert!(
+                t0.elapsed() < hold + WRITER_LIMIT,
+                "the writer stalled: no progress {} s after the phase's end",
+                WRITER_LIMIT.as_secs()
+            );
             tokio::select! {
                 p = &mut writer => break p,
                 _ = tokio::time::sleep(POLL_EVERY) => {
@@ -352,7 +374,7 @@ pub fn print_table(report: &Value, c: &CatchUp, phases: &[Phase], broker: f64, h
             "| {:.0} events/s for {} s{} | {} | {:.0} | {} / {} / {} | {} | {:.0} | {} |",
             p.rate,
             p.hold.as_secs(),
-            if p.held() { "" } else { " (NOT held)" },
+            p.verdict(),
             p.paced.written,
             p.achieved(),
             ms(p50),
