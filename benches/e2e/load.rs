@@ -229,8 +229,11 @@ pub async fn write_paced(
 /// Reports written and not yet seen in PostgreSQL, and the latencies of those seen.
 #[derive(Default)]
 pub struct Tracker {
-    inner: Mutex<(VecDeque<(String, Instant)>, Vec<Duration>)>,
+    inner: Mutex<Tracked>,
 }
+
+/// Pending reports (hex `_id`, write start) and the latencies measured.
+type Tracked = (VecDeque<(String, Instant)>, Vec<Duration>);
 
 impl Tracker {
     async fn written(&self, id: String, at: Instant) {
