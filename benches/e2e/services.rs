@@ -214,7 +214,7 @@ pub fn sample(pid: u32, tck: f64) -> ProcSample {
 pub async fn wait_for<F, Fut>(limit: Duration, every: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: Future<Output = bool>,
 {
     let end = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < end {
