@@ -6,6 +6,7 @@ mod events;
 mod faults;
 mod ha;
 mod process;
+mod unhealing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
