@@ -13,6 +13,7 @@ mod batch;
 pub mod dlq;
 mod error;
 mod flush;
+mod split;
 
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Pipeline, RabbitConn, Settings};
 use crate::health::{Dependency, Health, RoleState, Stage};
 use crate::metrics as m;
-use crate::project::{ErrorClass, SourceDoc};
+use crate::project::ErrorClass;
 use crate::topology;
 
 pub use apply::Applied;
@@ -306,33 +307,6 @@ impl<'s> Worker<'s> {
         self.stage.health.set_connected(Dependency::Postgres, true);
         flush.record(&self.stage.pipeline, &applied, &letters, started);
         Ok(())
-    }
-
-    /// Apply with the retry policy. `None`: shutdown came while waiting to retry, so the batch
-    /// is abandoned whole (nothing committed, nothing acked).
-    async fn apply_with_retry(
-        &self,
-        docs: &[SourceDoc],
-        shutdown: &CancellationToken,
-    ) -> Result<Option<Applied>, ProjectorError> {
-        let mut delays = retry_policy();
-        loop {
-            match apply::apply_batch(&self.stage.pool, &self.stage.pipeline, docs).await {
-                Ok(a) => return Ok(Some(a)),
-                Err(e) if e.class() == ErrorClass::Transient => {
-                    if matches!(e, ProjectorError::Pool(_) | ProjectorError::Postgres { .. }) {
-                        self.stage.health.set_connected(Dependency::Postgres, false);
-                    }
-                    let delay = delays.next_delay();
-                    self.stage.record_retry(&e, delay, "retrying the batch");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
     }
 }
 

@@ -15,6 +15,7 @@ mod ops;
 mod project;
 mod projector;
 mod sim;
+mod timeouts;
 mod tls;
 mod topology;
 mod verify;

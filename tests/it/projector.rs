@@ -130,14 +130,14 @@ impl Rig {
 }
 
 /// `bowmark-cdc run --role project` as a child process; killed when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
-    fn start(db: &TestDb, vhost: &TestVhost) -> Daemon {
+    pub(crate) fn start(db: &TestDb, vhost: &TestVhost) -> Daemon {
         Daemon::spawn(
             &["--role", "project"],
             support::child_env(db, Some(vhost), None),
@@ -163,7 +163,7 @@ impl Daemon {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
@@ -416,7 +416,7 @@ async fn dead_letters(rig: &Rig) -> Vec<(String, String, String, Option<String>)
     out
 }
 
-fn company(key: &str, name: &str, t: u32) -> ChangeEvent {
+pub(crate) fn company(key: &str, name: &str, t: u32) -> ChangeEvent {
     seed::event(
         "paving",
         Entity::Company,
