@@ -52,11 +52,23 @@ impl Proc {
         stderr: std::process::Stdio,
         uri: &str,
     ) -> Proc {
+        Proc::start_env(fx, file, stderr, uri, Vec::new())
+    }
+
+    /// With `extra` environment on top of the fixture's (e.g. another broker).
+    pub(super) fn start_env(
+        fx: &Fixture,
+        file: &tempfile::NamedTempFile,
+        stderr: std::process::Stdio,
+        uri: &str,
+        extra: Vec<(String, String)>,
+    ) -> Proc {
         let child = support::cdc_bin()
             .args(["run", "--role", "capture", "--pipeline"])
             .arg(file.path())
             .args(["--http-listen", "127.0.0.1:0"])
             .envs(support::child_env(&fx.db, Some(&fx.vhost), Some(uri)))
+            .envs(extra)
             .env("RUST_LOG", "bowmark_cdc=info")
             .stdout(std::process::Stdio::null())
             .stderr(stderr)
