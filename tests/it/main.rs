@@ -4,6 +4,7 @@
 
 mod support;
 
+mod alarm;
 mod backfill;
 mod capture;
 mod checkpoint;

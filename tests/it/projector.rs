@@ -144,7 +144,7 @@ impl Daemon {
         )
     }
 
-    fn spawn(args: &[&str], env: Vec<(String, String)>) -> Daemon {
+    pub(crate) fn spawn(args: &[&str], env: Vec<(String, String)>) -> Daemon {
         let mut child = support::cdc_bin()
             .args(["run", "--pipeline", "pipeline/paving.toml"])
             .args(args)
@@ -168,7 +168,7 @@ impl Daemon {
     }
 
     /// GET a path; (status, body).
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         support::http_get(self.addr, path).await
     }
 
@@ -180,7 +180,7 @@ impl Daemon {
         .await;
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -190,7 +190,7 @@ impl Daemon {
     }
 
     /// Wait for the process to exit, at most `deadline`.
-    fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
