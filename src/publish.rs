@@ -12,6 +12,9 @@ use lapin::{BasicProperties, Channel, Confirmation, Connection, ConnectionProper
 use crate::config::{Pipeline, RabbitConn};
 use crate::event::{CLUSTER_TIME_HEADER, CONTENT_TYPE, ChangeEvent, EVENT_TYPE};
 
+/// How long a close may wait for the broker.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Why a publish did not succeed.
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -79,8 +82,17 @@ impl Publisher {
         self.channel.status().connected() && self.connection.status().connected()
     }
 
-    /// Send one event. The returned future resolves when the broker confirms it.
-    pub async fn publish(
+    /// Whether the broker has blocked the connection (a memory or disk alarm,
+    /// `connection.blocked`): publishes wait until it is unblocked.
+    pub fn is_blocked(&self) -> bool {
+        self.connection.status().blocked()
+    }
+
+    /// Send one event: the returned future publishes it and resolves when the broker confirms
+    /// it. It owns what it needs (not the publisher), so under a broker alarm, when the
+    /// connection is blocked and nothing can be written, it is the future that waits, not the
+    /// caller: poll it once to queue the frames in order, then await it with the others.
+    pub fn publish(
         &self,
         event: &ChangeEvent,
     ) -> Result<impl Future<Output = Result<(), PublishError>> + Send + 'static, PublishError> {
@@ -99,27 +111,36 @@ impl Publisher {
             .with_type(EVENT_TYPE.into())
             .with_message_id(event.id.as_str().into())
             .with_headers(headers);
-        let confirm = self
-            .channel
-            .basic_publish(
-                self.exchange.as_str().into(),
-                event.routing_key().into(),
-                BasicPublishOptions {
-                    mandatory: true,
-                    ..BasicPublishOptions::default()
-                },
-                &body,
-                props,
-            )
-            .await?;
+        let channel = self.channel.clone();
+        let routing_key = event.routing_key();
         let event_id = event.id.clone();
         let exchange = self.exchange.clone();
-        Ok(async move { check(confirm.await?, event_id, exchange) })
+        Ok(async move {
+            let confirm = channel
+                .basic_publish(
+                    exchange.as_str().into(),
+                    routing_key.into(),
+                    BasicPublishOptions {
+                        mandatory: true,
+                        ..BasicPublishOptions::default()
+                    },
+                    &body,
+                    props,
+                )
+                .await?;
+            check(confirm.await?, event_id, exchange)
+        })
     }
 
     /// Close the connection politely (before the runtime shuts down).
+    /// Bounded: a blocked connection cannot even send its close (the socket is dropped then).
     pub async fn close(&self) {
-        let _ = self.connection.close(200, "capture stopping".into()).await;
+        let close = self.connection.close(200, "capture stopping".into());
+        if tokio::time::timeout(CLOSE_TIMEOUT, close).await.is_err() {
+            tracing::warn!(
+                "closing the RabbitMQ connection timed out (blocked by a broker alarm?)"
+            );
+        }
     }
 }
 

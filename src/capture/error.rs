@@ -67,7 +67,25 @@ pub enum CaptureError {
     Malformed(#[from] Malformed),
     #[error("configuration: {0}")]
     Config(#[from] ConfigError),
+    /// An error that retrying does not heal (a login refused, a resume token rejected), met
+    /// [`GIVE_UP_AFTER`] times in a row.
+    #[error(
+        "capture of pipeline {pipeline} stopped after {attempts} attempts in a row failed the \
+         same way ({error_type}), which retrying does not heal: {advice}. Last error: {source}"
+    )]
+    GaveUp {
+        pipeline: String,
+        attempts: u32,
+        error_type: &'static str,
+        advice: String,
+        #[source]
+        source: Box<CaptureError>,
+    },
 }
+
+/// How many attempts in a row may fail with an error retrying does not heal
+/// ([`CaptureError::unhealing`]) before the capture stops.
+pub const GIVE_UP_AFTER: u32 = 5;
 
 impl CaptureError {
     /// The reviewed classification of every error.
@@ -85,7 +103,8 @@ impl CaptureError {
             | CaptureError::Invalidated { .. }
             | CaptureError::Resnapshot { .. }
             | CaptureError::BadCheckpoint { .. }
-            | CaptureError::Config(_) => ErrorClass::Fatal,
+            | CaptureError::Config(_)
+            | CaptureError::GaveUp { .. } => ErrorClass::Fatal,
         }
     }
 
@@ -106,6 +125,29 @@ impl CaptureError {
             CaptureError::Checkpoint(_) | CaptureError::Leader(_) => "postgres",
             CaptureError::LeaseLost => "lease_lost",
             CaptureError::Malformed(_) => "malformed",
+            CaptureError::GaveUp { error_type, .. } => error_type,
+        }
+    }
+
+    /// What to do about an error that retrying does not heal (a login or a permission MongoDB
+    /// refuses, a resume token it rejects); `None` for an error a retry may heal. `file` is
+    /// the pipeline file, `database` the watched MongoDB database.
+    pub fn unhealing(&self, file: &str, database: &str) -> Option<String> {
+        match self.error_type() {
+            "mongo_auth" => Some(format!(
+                "MongoDB refuses the capture's login or its change stream (authentication failed \
+                 or not authorized). Check the user and password in the MongoDB connection \
+                 string (MONGO_URI) and that the user may run a change stream on database \
+                 {database} (the `changeStream` and `find` actions, e.g. the `read` role), then \
+                 start the daemon again"
+            )),
+            "resume_rejected" => Some(format!(
+                "MongoDB rejects the checkpoint's resume token (ChangeStreamFatalError, code \
+                 280): the capture cannot continue from it. Run `bowmark-cdc backfill --pipeline \
+                 {file} --restart` (it re-snapshots the collections and stores a fresh \
+                 checkpoint), then start the daemon again"
+            )),
+            _ => None,
         }
     }
 }

@@ -27,7 +27,7 @@ use mongodb::Client;
 use mongodb::options::ClientOptions;
 use tokio_util::sync::CancellationToken;
 
-pub use error::{CaptureError, ErrorClass};
+pub use error::{CaptureError, ErrorClass, GIVE_UP_AFTER};
 
 use crate::config::{HistoryLostPolicy, Settings};
 use crate::health::{Dependency, Health, RoleState, Stage};
@@ -92,6 +92,7 @@ impl CaptureStage {
         let mongo = self.mongo_client().await.map_err(|e| self.fatal(e))?;
         let key = leader::lock_key(&pipeline.name);
         let mut backoff = new_backoff();
+        let mut unhealed = Unhealed::default();
         while !shutdown.is_cancelled() {
             let lease = match self.acquire(key, &mongo, &shutdown).await {
                 Ok(Some(lease)) => lease,
@@ -127,6 +128,13 @@ impl CaptureStage {
                     }
                     Err(err) if err.class() != ErrorClass::Transient => return Err(self.fatal(err)),
                     Err(err) => {
+                        if started.elapsed() > BACKOFF_RESET_AFTER {
+                            unhealed = Unhealed::default();
+                        }
+                        let err = match unhealed.count(err, pipeline) {
+                            Ok(err) => err,
+                            Err(gave_up) => return Err(self.fatal(gave_up)),
+                        };
                         self.report(&err);
                         metrics::counter!(m::CAPTURE_RESUMES, m::LABEL_PIPELINE => pipeline.name.clone(),
                             m::LABEL_ERROR_TYPE => err.error_type()).increment(1);
@@ -272,6 +280,50 @@ impl CaptureError {
         tracing::error!(pipeline = %name, "the capture stopped for good; the process stays up, \
             unready, until it is restarted (after the backfill); the projector goes on");
         self
+    }
+}
+
+/// Attempts in a row that failed with the same error retrying does not heal.
+#[derive(Default)]
+struct Unhealed {
+    error_type: Option<&'static str>,
+    attempts: u32,
+}
+
+impl Unhealed {
+    /// Count a failed attempt; `Err` (the capture stops) on the [`GIVE_UP_AFTER`]th in a row
+    /// that failed with the same error retrying does not heal.
+    fn count(
+        &mut self,
+        err: CaptureError,
+        p: &crate::config::Pipeline,
+    ) -> Result<CaptureError, CaptureError> {
+        let file = p.file.display().to_string();
+        let Some(advice) = err.unhealing(&file, &p.mongo_database) else {
+            *self = Unhealed::default();
+            return Ok(err);
+        };
+        let error_type = err.error_type();
+        if self.error_type != Some(error_type) {
+            *self = Unhealed {
+                error_type: Some(error_type),
+                attempts: 0,
+            };
+        }
+        self.attempts += 1;
+        if self.attempts < GIVE_UP_AFTER {
+            tracing::warn!(pipeline = %p.name, error_type, attempt = self.attempts,
+                give_up_after = GIVE_UP_AFTER, advice = %advice,
+                "capture error that retrying may not heal");
+            return Ok(err);
+        }
+        Err(CaptureError::GaveUp {
+            pipeline: p.name.clone(),
+            attempts: self.attempts,
+            error_type,
+            advice,
+            source: Box::new(err),
+        })
     }
 }
 

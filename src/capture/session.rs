@@ -56,13 +56,18 @@ pub(super) async fn tail(
         .load(&p.name)
         .await
         .map_err(CaptureError::Checkpoint)?;
-    let publisher = Publisher::connect(
+    let conn_name = format!("bowmark-cdc capture {}", p.name);
+    let connect = Publisher::connect(
         &stage.settings.rabbitmq,
         p,
-        &format!("bowmark-cdc capture {}", p.name),
+        &conn_name,
         !stage.exchange_declared.load(Ordering::Relaxed),
-    )
-    .await
+    );
+    // (a broker under an alarm may hold the topology's declarations)
+    let publisher = tokio::select! {
+        _ = shutdown.cancelled() => return Ok(()),
+        c = connect => c,
+    }
     .inspect_err(|e| {
         stage
             .health
@@ -145,6 +150,8 @@ struct Session<'a> {
     /// When the previous stream item arrived.
     last_read: Instant,
     last_ping: Instant,
+    /// Whether the broker was blocking publishing at the last tick.
+    blocked: bool,
 }
 
 impl<'a> Session<'a> {
@@ -171,6 +178,7 @@ impl<'a> Session<'a> {
             idle_at: None,
             last_read: Instant::now(),
             last_ping: Instant::now(),
+            blocked: false,
         }
     }
 
@@ -278,7 +286,10 @@ impl<'a> Session<'a> {
                 }
             });
         c.captured.increment(1);
-        let confirm = self.publisher.publish(&e).await?;
+        let mut confirm = Box::pin(self.publisher.publish(&e)?);
+        // Queue the frames now, in stream order; under a broker alarm the future waits in
+        // `pending` (bounded by the confirm window), never in this loop.
+        let early = futures_util::poll!(confirm.as_mut());
         c.published.increment(1);
         let confirmed = c.confirmed.clone();
         let wall: std::time::SystemTime = e.wall_time.into();
@@ -289,7 +300,10 @@ impl<'a> Session<'a> {
         };
         let published_at = Instant::now();
         pending.push_back(Box::pin(async move {
-            let result = confirm.await;
+            let result = match early {
+                std::task::Poll::Ready(r) => r,
+                std::task::Poll::Pending => confirm.await,
+            };
             Done {
                 pos,
                 counted: Some((confirmed, wall)),
@@ -307,6 +321,7 @@ impl<'a> Session<'a> {
         if !self.publisher.is_connected() {
             return Err(CaptureError::BrokerClosed);
         }
+        self.report_blocked(in_flight);
         if self.last_ping.elapsed() >= LEASE_PING {
             self.last_ping = Instant::now();
             self.lease.check().await?;
@@ -319,6 +334,28 @@ impl<'a> Session<'a> {
             }
         }
         Ok(())
+    }
+
+    /// Readiness while the broker blocks publishing (a memory or disk alarm): the capture
+    /// stays responsive (lease, checkpoint, SIGTERM) and publishes again when it clears.
+    fn report_blocked(&mut self, in_flight: usize) {
+        let blocked = self.publisher.is_blocked();
+        if blocked == self.blocked {
+            return;
+        }
+        self.blocked = blocked;
+        let name = &self.stage.settings.pipeline.name;
+        if blocked {
+            tracing::warn!(pipeline = %name, in_flight, "broker blocked: RabbitMQ blocks \
+                publishing (a memory or disk alarm); the capture waits and resumes when it clears");
+            self.stage.health.set_failed(
+                Dependency::Broker,
+                "broker blocked: RabbitMQ raised a memory or disk alarm; publishing waits",
+            );
+        } else {
+            tracing::info!(pipeline = %name, "broker unblocked: publishing again");
+            self.stage.health.set_connected(Dependency::Broker, true);
+        }
     }
 
     /// Store the safe checkpoint if it moved.

@@ -34,7 +34,7 @@ use crate::metrics as m;
 
 pub use error::{ErrorClass, ProjectError, classify_pg, describe_pg};
 pub use mirror::storable_form;
-pub use quarantine::{quarantined, set_quarantine_gauge};
+pub use quarantine::{quarantine_underived, quarantined, set_quarantine_gauge};
 pub use rederive::{derive_afresh, entities_of_tables, reproject, reproject_all};
 pub use rules::{RULES_VERSION, RulesState, check_at_start, record_rules_version, rules_state};
 pub use sanitize::Adjustment;

@@ -189,3 +189,49 @@ async fn fails_with(
         Err(e) => Err(e),
     }
 }
+
+/// Isolate one document whose projection keeps timing out (PostgreSQL's `statement_timeout`
+/// or `lock_timeout`, even applied alone): store it in the mirror, list it in
+/// `cdc.quarantine` with `reason`, and derive nothing (its star rows stay as they were, so no
+/// lock is waited on again). Its next version, a `reproject`, or any later derivation of it
+/// that succeeds takes it out. A version the mirror already has (or a newer one) changes
+/// nothing.
+pub async fn quarantine_underived(
+    tx: &Transaction<'_>,
+    pipeline: &Pipeline,
+    doc: &SourceDoc,
+    reason: &str,
+) -> Result<ApplyStats, ProjectError> {
+    let (batch, skipped) = dedupe(std::slice::from_ref(doc))?;
+    let mut stats = ApplyStats {
+        stale: skipped,
+        ..ApplyStats::default()
+    };
+    tx.batch_execute(&format!("{}; {}", sql::LOCK_EXCLUSIVE, sql::SCRATCH))
+        .await
+        .map_err(ProjectError::pg("scratch"))?;
+    if batch.is_empty() {
+        return Ok(stats);
+    }
+    let storable = storable(&batch, &mut stats);
+    stats.changed = upsert_mirror(tx, &batch, &storable, Guard::Newer).await?;
+    stats.applied = stats.changed.len() as u64;
+    stats.stale += batch.len() as u64 - stats.applied;
+    for (entity, key) in &stats.changed {
+        tracing::warn!(entity = entity.as_str(), key = %key, reason = %reason,
+            "document quarantined: its projection keeps timing out in PostgreSQL; it is in \
+             the mirror, its star rows are not derived");
+        tx.execute(
+            "INSERT INTO pg_temp.cdc_quarantined (entity, key, reason) VALUES ($1, $2, $3)
+             ON CONFLICT DO NOTHING",
+            &[&entity.as_str(), key, &reason],
+        )
+        .await
+        .map_err(ProjectError::pg("quarantine"))?;
+        stats
+            .quarantined
+            .insert((entity.as_str().to_string(), key.clone()));
+    }
+    sync_quarantine(tx, pipeline).await?;
+    Ok(stats)
+}

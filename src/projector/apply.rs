@@ -65,6 +65,46 @@ pub async fn apply_batch(
     Ok(out)
 }
 
+/// Isolate `doc`, whose projection keeps timing out even alone: store it in the mirror and
+/// quarantine it without deriving its rows ([`project::quarantine_underived`]), in one
+/// transaction.
+pub async fn isolate(
+    pool: &Pool,
+    pipeline: &Pipeline,
+    doc: &SourceDoc,
+    reason: &str,
+) -> Result<Applied, ProjectorError> {
+    let mut client = pool.get().await.map_err(ProjectorError::Pool)?;
+    let tx = client
+        .transaction()
+        .await
+        .map_err(ProjectorError::pg("begin"))?;
+    let stats = project::quarantine_underived(&tx, pipeline, doc, reason).await?;
+    tx.commit().await.map_err(ProjectorError::pg("commit"))?;
+    let mut out = Applied::default();
+    let slot = if stats.applied > 0 {
+        &mut out.fresh
+    } else {
+        &mut out.stale
+    };
+    *slot.entry(doc.entity).or_default() += 1;
+    out.stats = stats;
+    Ok(out)
+}
+
+/// Add `part`, the outcome of `docs[offset..]`'s prefix applied on its own, to `into`.
+pub fn absorb(into: &mut Applied, part: Applied, offset: usize) {
+    merge(&mut into.stats, part.stats);
+    for (e, n) in part.fresh {
+        *into.fresh.entry(e).or_default() += n;
+    }
+    for (e, n) in part.stale {
+        *into.stale.entry(e).or_default() += n;
+    }
+    into.rejected
+        .extend(part.rejected.into_iter().map(|(i, dl)| (i + offset, dl)));
+}
+
 /// Apply `docs` in a savepoint; on Poison roll it back and split, down to single events.
 fn bisect<'a, 't>(
     tx: &'a mut Transaction<'t>,

@@ -60,6 +60,21 @@ impl ProjectorError {
         }
     }
 
+    /// A PostgreSQL statement or lock timeout (SQLSTATE 57014 `query_canceled`, from
+    /// `statement_timeout` or a cancel; 55P03 `lock_not_available`, from `lock_timeout`):
+    /// transient, but a batch that keeps meeting it is split, down to the one document.
+    pub fn is_timeout(&self) -> bool {
+        let error = match self {
+            ProjectorError::Postgres { error, .. }
+            | ProjectorError::Project(ProjectError::Postgres { error, .. }) => error,
+            _ => return false,
+        };
+        error.code().is_some_and(|c| {
+            *c == tokio_postgres::error::SqlState::QUERY_CANCELED
+                || *c == tokio_postgres::error::SqlState::LOCK_NOT_AVAILABLE
+        })
+    }
+
     /// A bounded label for metrics and logs (every value is in
     /// `metrics::PROJECTOR_ERROR_TYPES`, whose counters start at 0).
     pub fn error_type(&self) -> &'static str {

@@ -13,6 +13,7 @@ mod batch;
 pub mod dlq;
 mod error;
 mod flush;
+mod split;
 
 use std::time::Duration;
 
@@ -32,7 +33,7 @@ use tracing::{debug, error, info, warn};
 use crate::config::{Pipeline, RabbitConn, Settings};
 use crate::health::{Dependency, Health, RoleState, Stage};
 use crate::metrics as m;
-use crate::project::{ErrorClass, SourceDoc};
+use crate::project::ErrorClass;
 use crate::topology;
 
 pub use apply::Applied;
@@ -44,6 +45,8 @@ use flush::Flush;
 
 /// How often the queue depths are sampled.
 pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
+/// How long a stop waits for dead letters the broker has not confirmed (a broker alarm).
+const DEAD_LETTER_GRACE: Duration = Duration::from_secs(5);
 /// Bound on broker and database calls that could otherwise hang the stage at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -123,8 +126,26 @@ impl ProjectorStage {
             _ = shutdown.cancelled() => return Ok(()),
             c = connect => c.map_err(ProjectorError::broker("connect"))?,
         };
+        // Dead letters are published on a connection of their own: a broker alarm blocks a
+        // connection that publishes, and must not block the consumer's acks with it.
+        let dlq_props = ConnectionProperties::default().with_connection_name(
+            format!("bowmark-cdc projector {} dead letters", self.pipeline.name).into(),
+        );
+        let dlq_conn = tokio::select! {
+            _ = shutdown.cancelled() => {
+                close(&conn).await;
+                return Ok(());
+            }
+            c = crate::amqp::connect(&self.amqp, dlq_props) => match c {
+                Ok(c) => c,
+                Err(e) => {
+                    close(&conn).await;
+                    return Err(ProjectorError::broker("connect")(e));
+                }
+            },
+        };
         let result = async {
-            let worker = Worker::open(self, &conn).await?;
+            let worker = Worker::open(self, &conn, &dlq_conn).await?;
             self.health.set_connected(Dependency::Broker, true);
             self.health.set_state(Stage::Projector, RoleState::Active);
             info!(queue = %self.pipeline.queue, prefetch = self.pipeline.projector.prefetch,
@@ -137,6 +158,7 @@ impl ProjectorStage {
             self.health.set_connected(Dependency::Broker, false);
             self.health.set_state(Stage::Projector, RoleState::Starting);
         }
+        close(&dlq_conn).await;
         close(&conn).await;
         result
     }
@@ -155,7 +177,11 @@ async fn close(conn: &Connection) {
 struct Worker<'s> {
     stage: &'s ProjectorStage,
     consume_ch: Channel,
+    /// On the dead-letter connection.
     publish_ch: Channel,
+    dlq_status: lapin::ConnectionStatus,
+    /// Whether the dead-letter connection was blocked (a broker alarm) at the last check.
+    blocked: std::sync::atomic::AtomicBool,
     consumer: Consumer,
     batch: Batch<Delivery>,
     depth_every: Interval,
@@ -165,9 +191,10 @@ impl<'s> Worker<'s> {
     async fn open(
         stage: &'s ProjectorStage,
         conn: &Connection,
+        dlq_conn: &Connection,
     ) -> Result<Worker<'s>, ProjectorError> {
         let p = &stage.pipeline;
-        let publish_ch = conn
+        let publish_ch = dlq_conn
             .create_channel()
             .await
             .map_err(ProjectorError::broker("open channel"))?;
@@ -201,6 +228,8 @@ impl<'s> Worker<'s> {
             stage,
             consume_ch,
             publish_ch,
+            dlq_status: dlq_conn.status().clone(),
+            blocked: std::sync::atomic::AtomicBool::new(false),
             consumer,
             batch: Batch::new(Limits::of(p)),
             depth_every,
@@ -259,6 +288,7 @@ impl<'s> Worker<'s> {
     }
 
     async fn handle_depth_tick(&mut self) -> Result<(), ProjectorError> {
+        self.report_blocked();
         let p = &self.stage.pipeline;
         for (queue, gauge) in [
             (&p.queue, m::PROJECTOR_QUEUE_MESSAGES),
@@ -267,12 +297,36 @@ impl<'s> Worker<'s> {
                 m::PROJECTOR_DEAD_LETTER_QUEUE_MESSAGES,
             ),
         ] {
-            let n = topology::depth(&self.publish_ch, queue)
+            let n = topology::depth(&self.consume_ch, queue)
                 .await
                 .map_err(ProjectorError::broker("queue depth"))?;
             metrics::gauge!(gauge, m::LABEL_PIPELINE => p.name.clone()).set(f64::from(n));
         }
         Ok(())
+    }
+
+    /// Readiness while the broker blocks the dead-letter connection (a broker alarm).
+    fn report_blocked(&self) {
+        let blocked = self.dlq_status.blocked();
+        if self
+            .blocked
+            .swap(blocked, std::sync::atomic::Ordering::Relaxed)
+            != blocked
+        {
+            if blocked {
+                warn!(
+                    "broker blocked: RabbitMQ blocks publishing (a memory or disk alarm); \
+                    dead letters wait, consuming and acks go on"
+                );
+                self.stage.health.set_failed(
+                    Dependency::Broker,
+                    "broker blocked: RabbitMQ raised a memory or disk alarm; publishing waits",
+                );
+            } else {
+                info!("broker unblocked: publishing again");
+                self.stage.health.set_connected(Dependency::Broker, true);
+            }
+        }
     }
 
     /// Apply the batch in hand, dead-letter what can never apply, then ack up to its last tag.
@@ -292,13 +346,33 @@ impl<'s> Worker<'s> {
         };
         let letters = flush.dead_letters(&deliveries, &applied);
         if !letters.is_empty() {
-            dlq::publish_all(
+            let publish = dlq::publish_all(
                 &self.publish_ch,
                 &self.stage.pipeline.dead_letter_queue,
                 &letters,
-            )
-            .await?;
+            );
+            // Under a broker alarm the publish waits; SIGTERM gives it DEAD_LETTER_GRACE, then
+            // abandons the batch unacked (redelivered; its commit is idempotent).
+            let give_up = async {
+                shutdown.cancelled().await;
+                tokio::time::sleep(DEAD_LETTER_GRACE).await;
+            };
+            tokio::pin!(publish, give_up);
+            let mut check = tokio::time::interval(Duration::from_secs(1));
+            loop {
+                tokio::select! {
+                    r = &mut publish => break r?,
+                    _ = &mut give_up => {
+                        warn!(events = deliveries.len(), "projector: dead letters not confirmed \
+                            by the stop deadline (broker blocked?); the batch stays unacked and \
+                            will be redelivered");
+                        return Ok(());
+                    }
+                    _ = check.tick() => self.report_blocked(),
+                }
+            }
         }
+        self.report_blocked();
         self.consume_ch
             .basic_ack(last.delivery_tag, BasicAckOptions { multiple: true })
             .await
@@ -306,33 +380,6 @@ impl<'s> Worker<'s> {
         self.stage.health.set_connected(Dependency::Postgres, true);
         flush.record(&self.stage.pipeline, &applied, &letters, started);
         Ok(())
-    }
-
-    /// Apply with the retry policy. `None`: shutdown came while waiting to retry, so the batch
-    /// is abandoned whole (nothing committed, nothing acked).
-    async fn apply_with_retry(
-        &self,
-        docs: &[SourceDoc],
-        shutdown: &CancellationToken,
-    ) -> Result<Option<Applied>, ProjectorError> {
-        let mut delays = retry_policy();
-        loop {
-            match apply::apply_batch(&self.stage.pool, &self.stage.pipeline, docs).await {
-                Ok(a) => return Ok(Some(a)),
-                Err(e) if e.class() == ErrorClass::Transient => {
-                    if matches!(e, ProjectorError::Pool(_) | ProjectorError::Postgres { .. }) {
-                        self.stage.health.set_connected(Dependency::Postgres, false);
-                    }
-                    let delay = delays.next_delay();
-                    self.stage.record_retry(&e, delay, "retrying the batch");
-                    tokio::select! {
-                        _ = shutdown.cancelled() => return Ok(None),
-                        _ = tokio::time::sleep(delay) => {}
-                    }
-                }
-                Err(e) => return Err(e),
-            }
-        }
     }
 }
 

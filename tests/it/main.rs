@@ -4,6 +4,7 @@
 
 mod support;
 
+mod alarm;
 mod backfill;
 mod capture;
 mod checkpoint;
@@ -15,6 +16,7 @@ mod ops;
 mod project;
 mod projector;
 mod sim;
+mod timeouts;
 mod tls;
 mod topology;
 mod verify;

@@ -130,21 +130,21 @@ impl Rig {
 }
 
 /// `bowmark-cdc run --role project` as a child process; killed when dropped.
-struct Daemon {
+pub(crate) struct Daemon {
     child: Child,
     addr: SocketAddr,
     log: Arc<Mutex<Vec<String>>>,
 }
 
 impl Daemon {
-    fn start(db: &TestDb, vhost: &TestVhost) -> Daemon {
+    pub(crate) fn start(db: &TestDb, vhost: &TestVhost) -> Daemon {
         Daemon::spawn(
             &["--role", "project"],
             support::child_env(db, Some(vhost), None),
         )
     }
 
-    fn spawn(args: &[&str], env: Vec<(String, String)>) -> Daemon {
+    pub(crate) fn spawn(args: &[&str], env: Vec<(String, String)>) -> Daemon {
         let mut child = support::cdc_bin()
             .args(["run", "--pipeline", "pipeline/paving.toml"])
             .args(args)
@@ -163,12 +163,12 @@ impl Daemon {
         }
     }
 
-    fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
 
     /// GET a path; (status, body).
-    async fn get(&self, path: &str) -> (u16, String) {
+    pub(crate) async fn get(&self, path: &str) -> (u16, String) {
         support::http_get(self.addr, path).await
     }
 
@@ -180,7 +180,7 @@ impl Daemon {
         .await;
     }
 
-    fn signal(&self, sig: &str) {
+    pub(crate) fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -190,7 +190,7 @@ impl Daemon {
     }
 
     /// Wait for the process to exit, at most `deadline`.
-    fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
+    pub(crate) fn wait_exit(&mut self, deadline: Duration) -> std::process::ExitStatus {
         let start = Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("try_wait") {
@@ -416,7 +416,7 @@ async fn dead_letters(rig: &Rig) -> Vec<(String, String, String, Option<String>)
     out
 }
 
-fn company(key: &str, name: &str, t: u32) -> ChangeEvent {
+pub(crate) fn company(key: &str, name: &str, t: u32) -> ChangeEvent {
     event(
         "paving",
         Entity::Company,

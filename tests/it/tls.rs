@@ -356,24 +356,20 @@ async fn amqps_from_the_parts_builds_an_amqps_url_on_5671() {
 /// A RabbitMQ node of this test's own (own node name, ports, config and data under a temp
 /// folder) listening only on AMQPS with a certificate for "localhost" signed by a test CA.
 struct TlsBroker {
-    child: std::process::Child,
-    dir: tempfile::TempDir,
+    node: support::broker::PrivateBroker,
     port: u16,
 }
 
 impl TlsBroker {
     /// `None` (with the reason printed) when `rabbitmq-server` or `openssl` is missing.
     async fn start() -> Option<TlsBroker> {
-        let server = std::path::Path::new("/usr/lib/rabbitmq/bin/rabbitmq-server");
-        if !server.exists() {
-            eprintln!(
-                "SKIP: {} is absent, so AMQPS cannot be tested",
-                server.display()
-            );
+        use crate::support::broker::PrivateBroker;
+        if !PrivateBroker::available("AMQPS cannot be tested") {
             return None;
         }
-        let dir = tempfile::tempdir().unwrap();
-        let d = dir.path();
+        let dir = PrivateBroker::folder();
+        let d = dir.path().to_path_buf();
+        let d = d.as_path();
         let openssl = |args: &[&str]| {
             std::process::Command::new("openssl")
                 .current_dir(d)
@@ -434,17 +430,8 @@ impl TlsBroker {
             eprintln!("SKIP: openssl could not make the test broker's certificates");
             return None;
         }
-        let free_port = || {
-            std::net::TcpListener::bind("127.0.0.1:0")
-                .unwrap()
-                .local_addr()
-                .unwrap()
-                .port()
-        };
-        let (port, dist) = (free_port(), free_port());
         let p = |f: &str| d.join(f).display().to_string();
-        std::fs::write(
-            d.join("rabbitmq.conf"),
+        let conf = |port: u16| {
             format!(
                 "listeners.tcp = none\nlisteners.ssl.default = 127.0.0.1:{port}\n\
                  ssl_options.cacertfile = {}\nssl_options.certfile = {}\n\
@@ -453,49 +440,16 @@ impl TlsBroker {
                 p("ca.pem"),
                 p("server.pem"),
                 p("server.key")
-            ),
-        )
-        .unwrap();
-        std::fs::write(d.join("enabled_plugins"), "[].\n").unwrap();
-        std::fs::write(d.join("rabbitmq-env.conf"), "").unwrap();
-        let child = std::process::Command::new(server)
-            .current_dir(d)
-            .env("HOME", d)
-            .env("RABBITMQ_CONF_ENV_FILE", p("rabbitmq-env.conf"))
-            .env(
-                "RABBITMQ_NODENAME",
-                format!("cdc-tls-{}@localhost", std::process::id()),
             )
-            .env("RABBITMQ_NODE_IP_ADDRESS", "127.0.0.1")
-            .env("RABBITMQ_DIST_PORT", dist.to_string())
-            .env("ERL_EPMD_ADDRESS", "127.0.0.1")
-            .env("RABBITMQ_CONFIG_FILE", p("rabbitmq.conf"))
-            .env("RABBITMQ_MNESIA_BASE", p("mnesia"))
-            .env("RABBITMQ_LOG_BASE", p("log"))
-            .env("RABBITMQ_ENABLED_PLUGINS_FILE", p("enabled_plugins"))
-            .env("RABBITMQ_PID_FILE", p("pid"))
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("start rabbitmq-server");
-        let broker = TlsBroker { child, dir, port };
-        // Up when a TLS client completes a handshake (about 10 s on 2 cores).
-        support::eventually(
-            "the private AMQPS node to listen",
-            Duration::from_secs(90),
-            || async {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ())
-            },
-        )
-        .await;
-        Some(broker)
+        };
+        // (up when a TLS client can connect: about 10 s on 2 cores)
+        let node = PrivateBroker::start("tls", dir, conf).await;
+        let port = node.port;
+        Some(TlsBroker { node, port })
     }
 
     fn ca(&self) -> String {
-        self.dir.path().join("ca.pem").display().to_string()
+        self.node.path("ca.pem").display().to_string()
     }
 
     fn settings(&self, db: &TestDb, extra: &[(&str, &str)]) -> Result<Settings, String> {
@@ -507,23 +461,6 @@ impl TlsBroker {
         ];
         env.extend_from_slice(extra);
         settings(db, &env)
-    }
-}
-
-impl Drop for TlsBroker {
-    fn drop(&mut self) {
-        // SIGTERM: the node stops cleanly (and leaves epmd); SIGKILL if it does not.
-        let _ = std::process::Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        for _ in 0..100 {
-            if matches!(self.child.try_wait(), Ok(Some(_))) {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 

@@ -2,10 +2,12 @@
 //! PostgreSQL database per test. A test queue bound on the vhost's exchange shows what a
 //! consumer of `bowmark.sync` would see. This module is the shared harness.
 
+mod alarm;
 mod events;
 mod faults;
 mod ha;
 mod process;
+mod unhealing;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -5,8 +5,8 @@ use super::*;
 // --- the real binary: `bowmark-cdc run --role capture` -------------------------------------
 
 /// A `bowmark-cdc run --role capture` child process for a fixture.
-struct Proc {
-    child: std::process::Child,
+pub(super) struct Proc {
+    pub(super) child: std::process::Child,
 }
 
 /// The paving pipeline file, pointed at this test's MongoDB database, which holds a watched
@@ -33,21 +33,42 @@ pub(super) async fn pipeline_file(fx: &Fixture) -> tempfile::NamedTempFile {
 }
 
 impl Proc {
-    fn start(fx: &Fixture, file: &tempfile::NamedTempFile) -> Proc {
+    pub(super) fn start(fx: &Fixture, file: &tempfile::NamedTempFile) -> Proc {
         Proc::start_with(fx, file, std::process::Stdio::inherit())
     }
 
-    fn start_with(
+    pub(super) fn start_with(
         fx: &Fixture,
         file: &tempfile::NamedTempFile,
         stderr: std::process::Stdio,
     ) -> Proc {
-        let uri = fx.m.uri().to_string();
+        Proc::start_at(fx, file, stderr, fx.m.uri())
+    }
+
+    /// With MongoDB at `uri` (e.g. with options added to the fixture's).
+    pub(super) fn start_at(
+        fx: &Fixture,
+        file: &tempfile::NamedTempFile,
+        stderr: std::process::Stdio,
+        uri: &str,
+    ) -> Proc {
+        Proc::start_env(fx, file, stderr, uri, Vec::new())
+    }
+
+    /// With `extra` environment on top of the fixture's (e.g. another broker).
+    pub(super) fn start_env(
+        fx: &Fixture,
+        file: &tempfile::NamedTempFile,
+        stderr: std::process::Stdio,
+        uri: &str,
+        extra: Vec<(String, String)>,
+    ) -> Proc {
         let child = support::cdc_bin()
             .args(["run", "--role", "capture", "--pipeline"])
             .arg(file.path())
             .args(["--http-listen", "127.0.0.1:0"])
-            .envs(support::child_env(&fx.db, Some(&fx.vhost), Some(&uri)))
+            .envs(support::child_env(&fx.db, Some(&fx.vhost), Some(uri)))
+            .envs(extra)
             .env("RUST_LOG", "bowmark_cdc=info")
             .stdout(std::process::Stdio::null())
             .stderr(stderr)
@@ -62,7 +83,7 @@ impl Proc {
         let _ = self.child.wait();
     }
 
-    fn signal(&self, sig: &str) {
+    pub(super) fn signal(&self, sig: &str) {
         let ok = std::process::Command::new("kill")
             .args([sig, &self.child.id().to_string()])
             .status()
@@ -70,7 +91,7 @@ impl Proc {
         assert!(ok.success());
     }
 
-    async fn wait(mut self, within: Duration) -> std::process::Output {
+    pub(super) async fn wait(mut self, within: Duration) -> std::process::Output {
         let start = std::time::Instant::now();
         loop {
             if let Some(status) = self.child.try_wait().expect("wait") {
