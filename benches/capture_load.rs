@@ -13,13 +13,15 @@ use bowmark_cdc::config::{PostgresConn, Secret};
 use bson::{doc, oid::ObjectId};
 use lapin::{Connection, ConnectionProperties};
 
-fn rabbitmqctl(args: &[&str]) {
-    let ok = Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .expect("rabbitmqctl");
-    assert!(ok.success(), "rabbitmqctl {args:?}");
+#[path = "support/process.rs"]
+mod process;
+
+use process::{clk_tck, rabbitmqctl};
+
+/// CPU ticks so far and peak RSS (KiB) of a process.
+fn proc_stat(pid: u32) -> (u64, u64) {
+    let s = process::proc_stat(pid);
+    (s.cpu_ticks, s.hwm_kib)
 }
 
 fn pg(db: &str) -> PostgresConn {
@@ -57,31 +59,6 @@ async fn has_checkpoint(db: &str) -> bool {
         .await
         .unwrap()
         .is_some()
-}
-
-fn proc_stat(pid: u32) -> (u64, u64) {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let after = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<&str> = after.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let hwm_kb = status
-        .lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0);
-    // fields after the command: state(0) ... utime(11) stime(12)
-    (ticks(11) + ticks(12), hwm_kb)
-}
-
-fn clk_tck() -> u64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100)
 }
 
 fn spawn_capture(db: &str, vhost: &str, uri: &str) -> std::process::Child {

@@ -51,6 +51,26 @@ pub async fn connect(
     Ok(session)
 }
 
+/// One session for a command (the backfill, an operator command): [`connect`], its connection
+/// driven on a task of its own (an end logged as `what`), and the projection's scratch-table
+/// notices silenced.
+pub async fn command_session(
+    cfg: &Config,
+    tls: &PgTls,
+    what: &'static str,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, conn) = connect(cfg, tls).await?;
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            tracing::debug!(error = %e, "{what}: PostgreSQL connection closed");
+        }
+    });
+    client
+        .batch_execute("SET client_min_messages TO warning")
+        .await?;
+    Ok(client)
+}
+
 /// `host:port` of a config, for logs.
 fn target(cfg: &Config) -> String {
     let host = match cfg.get_hosts().first() {

@@ -29,6 +29,8 @@ mod workload;
 
 mod load;
 mod monitor;
+#[path = "../support/process.rs"]
+mod process;
 mod services;
 
 use std::time::Duration;

@@ -12,15 +12,6 @@ pub struct Private {
     pub db: String,
 }
 
-fn rabbitmqctl(args: &[&str]) {
-    let ok = Command::new("rabbitmqctl")
-        .args(args)
-        .stdout(Stdio::null())
-        .status()
-        .expect("rabbitmqctl");
-    assert!(ok.success(), "rabbitmqctl {args:?}");
-}
-
 fn psql(db: &str, sql: &str) {
     let ok = Command::new("psql")
         .args([
@@ -48,8 +39,16 @@ impl Private {
             vhost: format!("cdc-e2e-{id}"),
             db: format!("cdc_e2e_{id}"),
         };
-        rabbitmqctl(&["add_vhost", &p.vhost]);
-        rabbitmqctl(&["set_permissions", "-p", &p.vhost, "guest", ".*", ".*", ".*"]);
+        crate::process::rabbitmqctl(&["add_vhost", &p.vhost]);
+        crate::process::rabbitmqctl(&[
+            "set_permissions",
+            "-p",
+            &p.vhost,
+            "guest",
+            ".*",
+            ".*",
+            ".*",
+        ]);
         psql("postgres", &format!("CREATE DATABASE \"{}\"", p.db));
         let ok = daemon_cmd(&p, "")
             .args(["migrate", "--pipeline", "pipeline/paving.toml"])
@@ -78,7 +77,7 @@ impl Private {
 
 impl Drop for Private {
     fn drop(&mut self) {
-        rabbitmqctl(&["delete_vhost", &self.vhost]);
+        crate::process::rabbitmqctl(&["delete_vhost", &self.vhost]);
         psql(
             "postgres",
             &format!("DROP DATABASE IF EXISTS \"{}\" WITH (FORCE)", self.db),
@@ -176,37 +175,15 @@ pub struct ProcSample {
 }
 
 pub fn clk_tck() -> f64 {
-    Command::new("getconf")
-        .arg("CLK_TCK")
-        .output()
-        .ok()
-        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
-        .unwrap_or(100.0)
+    crate::process::clk_tck() as f64
 }
 
 pub fn sample(pid: u32, tck: f64) -> ProcSample {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let f: Vec<&str> = stat
-        .rsplit(')')
-        .next()
-        .unwrap_or("")
-        .split_whitespace()
-        .collect();
-    // after the command: state(0) … utime(11) stime(12)
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| {
-        status
-            .lines()
-            .find(|l| l.starts_with(key))
-            .and_then(|l| l.split_whitespace().nth(1))
-            .and_then(|v| v.parse().ok())
-            .unwrap_or(0)
-    };
+    let s = crate::process::proc_stat(pid);
     ProcSample {
-        cpu_us: (ticks(11) + ticks(12)) as f64 * 1e6 / tck,
-        rss_kib: kib("VmRSS:"),
-        hwm_kib: kib("VmHWM:"),
+        cpu_us: s.cpu_ticks as f64 * 1e6 / tck,
+        rss_kib: s.rss_kib,
+        hwm_kib: s.hwm_kib,
     }
 }
 

@@ -185,22 +185,12 @@ pub(super) async fn connect_pg(settings: &Settings) -> Result<Client, BackfillEr
         .postgres
         .pg_config()
         .map_err(BackfillError::Config)?;
-    let (client, conn) = crate::pg::connect(&cfg, &settings.postgres.tls)
+    crate::pg::command_session(&cfg, &settings.postgres.tls, "backfill")
         .await
         .map_err(|source| BackfillError::Connect {
             database: settings.postgres.database.clone(),
             source,
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::error!(error = %e, "PostgreSQL connection closed");
-        }
-    });
-    // The projection's `CREATE TEMP TABLE IF NOT EXISTS` notices are noise in a Job's log.
-    client
-        .batch_execute("SET client_min_messages TO warning")
-        .await?;
-    Ok(client)
+        })
 }
 
 /// The pipeline's unfinished run, to continue, when it read the same source; an unfinished run

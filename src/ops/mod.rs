@@ -72,23 +72,12 @@ impl OpsError {
 /// silenced).
 pub async fn connect_pg(settings: &Settings) -> Result<Client, OpsError> {
     let cfg = settings.postgres.pg_config()?;
-    let database = settings.postgres.database.clone();
-    let (client, conn) = crate::pg::connect(&cfg, &settings.postgres.tls)
+    crate::pg::command_session(&cfg, &settings.postgres.tls, "operator command")
         .await
         .map_err(|source| OpsError::Connect {
-            database: database.clone(),
+            database: settings.postgres.database.clone(),
             source,
-        })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "PostgreSQL connection closed");
-        }
-    });
-    client
-        .batch_execute("SET client_min_messages TO warning")
-        .await
-        .map_err(|source| OpsError::Connect { database, source })?;
-    Ok(client)
+        })
 }
 
 /// Fail with [`OpsError::NotMigrated`] when one of `tables` is missing.

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_postgres::Client;
 
-use super::star::{self, Star};
+use super::star::{self, Star, differing, object};
 use crate::ops::OpsError;
 
 /// A difference the README lists ("Differences from the legacy sync"), by its number there.
@@ -140,18 +140,12 @@ pub async fn compare_with_legacy(
     let (cfg, tls) =
         crate::pg::config_from_url(legacy_url, "--legacy-db").map_err(OpsError::Usage)?;
     let database = cfg.get_dbname().unwrap_or("(default)").to_string();
-    let (legacy, conn) =
-        crate::pg::connect(&cfg, &tls)
-            .await
-            .map_err(|source| OpsError::Connect {
-                database: format!("{database} (--legacy-db)"),
-                source,
-            })?;
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            tracing::debug!(error = %e, "legacy PostgreSQL connection closed");
-        }
-    });
+    let legacy = crate::pg::command_session(&cfg, &tls, "--legacy-db")
+        .await
+        .map_err(|source| OpsError::Connect {
+            database: format!("{database} (--legacy-db)"),
+            source,
+        })?;
     let theirs = star::read(&legacy, "public")
         .await
         .map_err(OpsError::pg("legacy star rows"))?;
@@ -276,21 +270,6 @@ pub fn classify(
         report.tables.push(tr);
     }
     report
-}
-
-fn object(content: &str) -> Map<String, Value> {
-    match serde_json::from_str(content) {
-        Ok(Value::Object(o)) => o,
-        _ => Map::new(),
-    }
-}
-
-fn differing(a: &Map<String, Value>, b: &Map<String, Value>) -> Vec<String> {
-    let cols: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
-    cols.into_iter()
-        .filter(|c| a.get(*c) != b.get(*c))
-        .cloned()
-        .collect()
 }
 
 /// Values the app's schema gives a missing field, which the legacy left NULL.

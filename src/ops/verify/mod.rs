@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio_postgres::{Client, IsolationLevel};
 
 use super::{OpsError, connect_pg, require_tables};
-use crate::config::{Pipeline, Settings};
+use crate::config::Settings;
 use crate::metrics as m;
 use crate::project;
 
@@ -95,7 +95,7 @@ pub async fn run_verify(
         Some(spec) => source::check(&pg, settings, spec, opts.max_keys, opts.settle).await?,
         None => Vec::new(),
     };
-    let (tables, quarantined) = check_star(&mut pg, p, opts.max_keys).await?;
+    let (tables, quarantined) = check_star(&mut pg, settings, opts.max_keys).await?;
     let drift = collections.iter().map(CollectionReport::drift).sum::<u64>()
         + tables.iter().map(TableReport::drift).sum::<u64>();
     let report = VerifyReport {
@@ -130,9 +130,10 @@ pub async fn run_legacy_compare(
 /// them; compare; roll back.
 async fn check_star(
     pg: &mut Client,
-    pipeline: &Pipeline,
+    settings: &Settings,
     max_keys: usize,
 ) -> Result<(Vec<TableReport>, Vec<(String, String)>), OpsError> {
+    let pipeline = &settings.pipeline;
     let tables = crate::model::star_tables();
     let schema: Option<String> = pg
         .query_one(
@@ -144,7 +145,7 @@ async fn check_star(
         .map_err(OpsError::pg("catalog"))?
         .get(0);
     let schema = schema.ok_or_else(|| OpsError::NotMigrated {
-        database: String::new(),
+        database: settings.postgres.database.clone(),
         table: "the star tables",
     })?;
     let live = format!("\"{}\"", schema.replace('"', "\"\""));

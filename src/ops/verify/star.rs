@@ -37,6 +37,7 @@ pub struct Row {
 struct Raw {
     table: &'static str,
     id: Option<String>,
+    mongo_id: Option<String>,
     archived: bool,
     /// A dimension row a fresh projection holds whether or not anything references it.
     eager: bool,
@@ -73,6 +74,10 @@ pub async fn read(
             all.push(Raw {
                 table: t,
                 id: v.get("id").and_then(Value::as_str).map(str::to_string),
+                mongo_id: v
+                    .get("mongo_id")
+                    .and_then(Value::as_str)
+                    .map(str::to_string),
                 archived,
                 eager: eager(t, &v),
                 refs,
@@ -88,11 +93,10 @@ pub async fn read(
         out.entry(t.to_string()).or_default();
     }
     for (n, r) in all.iter().enumerate() {
-        if is_dim(r.table) {
-            let v: Value = serde_json::from_str(&r.text).unwrap_or(Value::Null);
-            if let (Some(id), Some(m)) = (&r.id, v.get("mongo_id").and_then(Value::as_str)) {
-                ids.insert(id.clone(), (m.to_string(), retired[n]));
-            }
+        if is_dim(r.table)
+            && let (Some(id), Some(m)) = (&r.id, &r.mongo_id)
+        {
+            ids.insert(id.clone(), (m.clone(), retired[n]));
         }
     }
     for (n, r) in all.into_iter().enumerate() {
@@ -301,7 +305,8 @@ fn display_key(key: &str) -> String {
     }
 }
 
-fn object(content: &str) -> serde_json::Map<String, Value> {
+/// A row's content as a JSON object (empty when it is not one).
+pub(super) fn object(content: &str) -> serde_json::Map<String, Value> {
     match serde_json::from_str(content) {
         Ok(Value::Object(o)) => o,
         _ => serde_json::Map::new(),
@@ -314,7 +319,14 @@ fn columns_of(content: &str) -> Vec<String> {
 
 /// The columns whose values differ between two rows' contents.
 pub fn differing_columns(a: &str, b: &str) -> Vec<String> {
-    let (a, b) = (object(a), object(b));
+    differing(&object(a), &object(b))
+}
+
+/// The keys whose values differ between two rows, in order.
+pub(super) fn differing(
+    a: &serde_json::Map<String, Value>,
+    b: &serde_json::Map<String, Value>,
+) -> Vec<String> {
     let cols: BTreeSet<&String> = a.keys().chain(b.keys()).collect();
     cols.into_iter()
         .filter(|c| a.get(*c) != b.get(*c))

@@ -9,6 +9,14 @@ pub(super) struct Proc {
     pub(super) child: std::process::Child,
 }
 
+/// Run the capture until it stored a checkpoint, then stop it with SIGTERM (exit 0).
+pub(super) async fn checkpoint_and_stop(fx: &Fixture, file: &tempfile::NamedTempFile) {
+    let proc = Proc::start(fx, file);
+    fx.wait_checkpoint().await;
+    proc.signal("-TERM");
+    assert!(proc.wait(WAIT).await.status.success());
+}
+
 /// The paving pipeline file, pointed at this test's MongoDB database, which holds a watched
 /// collection (the capture refuses a database that holds none).
 pub(super) async fn pipeline_file(fx: &Fixture) -> tempfile::NamedTempFile {
@@ -232,10 +240,7 @@ async fn process_on_history_loss_names_the_backfill_and_exits_non_zero_when_stop
     let fx = Fixture::new("paving").await;
     let file = pipeline_file(&fx).await;
     let _tap = Tap::new(&fx.vhost, &["#"]).await;
-    let proc = Proc::start(&fx, &file);
-    fx.wait_checkpoint().await;
-    proc.signal("-TERM");
-    assert!(proc.wait(WAIT).await.status.success());
+    checkpoint_and_stop(&fx, &file).await;
     fx.coll("crews")
         .insert_one(doc! {"_id": oid(1)})
         .await

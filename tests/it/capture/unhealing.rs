@@ -2,7 +2,7 @@
 //! capture gives up after `GIVE_UP_AFTER` attempts in a row, says what to do, and the daemon
 //! exits non-zero instead of retrying for ever.
 
-use super::process::{Proc, pipeline_file};
+use super::process::{Proc, checkpoint_and_stop, pipeline_file};
 use super::*;
 
 /// Long enough for `GIVE_UP_AFTER` attempts with the capture's backoff (250 ms doubling,
@@ -76,10 +76,7 @@ async fn a_resume_token_mongodb_rejects_stops_the_daemon_with_the_backfill_to_ru
     let fx = Fixture::new("paving").await;
     let file = pipeline_file(&fx).await;
     let _tap = Tap::new(&fx.vhost, &["#"]).await;
-    let proc = Proc::start(&fx, &file);
-    fx.wait_checkpoint().await;
-    proc.signal("-TERM");
-    assert!(proc.wait(WAIT).await.status.success());
+    checkpoint_and_stop(&fx, &file).await;
     // When MongoDB rejects its resume token (ChangeStreamFatalError, code 280) at every start
     let uri = fail_every_stream_open(&fx, 280).await;
     let (status, log) = run_until_it_gives_up(&fx, &file, &uri).await;
