@@ -1,5 +1,5 @@
 //! Projection throughput against a real PostgreSQL (127.0.0.1:5432, user postgres, or
-//! TEST_POSTGRES_HOST/PORT/USER): documents per second through `project::apply` for a
+//! TEST_POSTGRES_HOST/PORT/USER): documents per second through `project::project` for a
 //! backfill-sized batch (500 new documents of a realistic mix) and for streaming batches of
 //! 1 and 100 updates. Run: `cargo bench --bench project`.
 
@@ -8,60 +8,27 @@ use std::time::{Duration, Instant};
 
 use bowmark_cdc::config::Pipeline;
 use bowmark_cdc::event::Entity;
-use bowmark_cdc::project::{self, Guard, SourceDoc};
+use bowmark_cdc::project::{self, Lock, SourceDoc, Versions};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use serde_json::json;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 #[path = "support/project_workload.rs"]
 mod workload;
 use workload::*;
 
-async fn connect(db: &str) -> Client {
-    let host = std::env::var("TEST_POSTGRES_HOST").unwrap_or_else(|_| "127.0.0.1".into());
-    let port = std::env::var("TEST_POSTGRES_PORT").unwrap_or_else(|_| "5432".into());
-    let user = std::env::var("TEST_POSTGRES_USER").unwrap_or_else(|_| "postgres".into());
-    let (c, conn) = tokio_postgres::connect(
-        &format!("host={host} port={port} user={user} dbname={db}"),
-        NoTls,
-    )
-    .await
-    .expect("connect to PostgreSQL");
-    tokio::spawn(async move {
-        let _ = conn.await;
-    });
-    c
-}
-
-async fn fresh_db(name: &str) -> Client {
-    let admin = connect("postgres").await;
-    admin
-        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-        .await
-        .expect("drop db");
-    admin
-        .batch_execute(&format!("CREATE DATABASE {name}"))
-        .await
-        .expect("create db");
-    let c = connect(name).await;
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
-    let mut files: Vec<_> = std::fs::read_dir(dir)
-        .expect("migrations")
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    files.sort();
-    for f in files {
-        c.batch_execute(&std::fs::read_to_string(f).expect("sql"))
-            .await
-            .expect("migration");
-    }
-    c
-}
-
-async fn apply(c: &mut Client, p: &Pipeline, docs: &[SourceDoc], guard: Guard) -> Duration {
+/// One batch through the projection's entry point: the backfill's version rule and lock
+/// (`Versions::NewerOrEqual`) or the projector's (`Versions::Newer`).
+async fn apply(c: &mut Client, p: &Pipeline, docs: &[SourceDoc], versions: Versions) -> Duration {
+    let lock = match versions {
+        Versions::Newer => Lock::Exclusive,
+        Versions::NewerOrEqual => Lock::Shared,
+    };
     let start = Instant::now();
-    let tx = c.transaction().await.expect("begin");
-    project::apply(&tx, p, docs, guard).await.expect("apply");
+    let mut tx = c.transaction().await.expect("begin");
+    project::project(&mut tx, p, docs, versions, lock)
+        .await
+        .expect("apply");
     tx.commit().await.expect("commit");
     start.elapsed()
 }
@@ -91,7 +58,7 @@ impl Loader<'_> {
                 })
                 .collect();
             self.rt
-                .block_on(apply(c, self.pipeline, &docs, Guard::NewerOrEqual));
+                .block_on(apply(c, self.pipeline, &docs, Versions::NewerOrEqual));
         }
     }
 }
@@ -104,7 +71,7 @@ fn bench(cr: &mut Criterion) {
     let mut c = rt.block_on(fresh_db("cdc_bench_project"));
     let mut g = Gen { t: 0 };
     let dims = g.dimensions();
-    rt.block_on(apply(&mut c, &pipeline, &dims, Guard::NewerOrEqual));
+    rt.block_on(apply(&mut c, &pipeline, &dims, Versions::NewerOrEqual));
     // A base of 2,000 reports (22,000 documents) so lookups run against a populated mirror.
     let mut next_report = 0u64;
     let base: u64 = std::env::var("BENCH_BASE_REPORTS")
@@ -135,7 +102,7 @@ fn bench(cr: &mut Criterion) {
                         g.report(next_report)
                     })
                     .collect();
-                total += rt.block_on(apply(&mut c, &pipeline, &docs, Guard::NewerOrEqual));
+                total += rt.block_on(apply(&mut c, &pipeline, &docs, Versions::NewerOrEqual));
             }
             total
         })
@@ -160,7 +127,7 @@ fn bench(cr: &mut Criterion) {
                             )
                         })
                         .collect();
-                    total += rt.block_on(apply(&mut c, &pipeline, &docs, Guard::Newer));
+                    total += rt.block_on(apply(&mut c, &pipeline, &docs, Versions::Newer));
                 }
                 total
             })
@@ -190,7 +157,7 @@ fn bench(cr: &mut Criterion) {
                     key(3, heavy),
                     json!({ "name": format!("E{heavy}"), "rates": rates }),
                 )];
-                total += rt.block_on(apply(&mut c, &pipeline, &docs, Guard::Newer));
+                total += rt.block_on(apply(&mut c, &pipeline, &docs, Versions::Newer));
             }
             total
         })

@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use bowmark_cdc::config::Pipeline;
 use bowmark_cdc::event::Entity;
-use bowmark_cdc::project::{self, Guard, SourceDoc};
+use bowmark_cdc::project::{self, Lock, SourceDoc, Versions};
 use chrono::Utc;
 use serde_json::json;
 use tokio_postgres::NoTls;
@@ -87,10 +87,17 @@ async fn main() {
             })
             .collect();
         let t = Instant::now();
-        let tx = c.transaction().await.expect("begin");
-        let st = project::apply(&tx, &pipeline, &docs, Guard::NewerOrEqual)
-            .await
-            .expect("apply");
+        let mut tx = c.transaction().await.expect("begin");
+        let st = project::project(
+            &mut tx,
+            &pipeline,
+            &docs,
+            Versions::NewerOrEqual,
+            Lock::Shared,
+        )
+        .await
+        .expect("apply")
+        .stats;
         tx.commit().await.expect("commit");
         let el = t.elapsed();
         println!(
@@ -115,10 +122,11 @@ async fn main() {
             json!({ "name": "E0", "rates": rates }),
         )];
         let t = Instant::now();
-        let tx = c.transaction().await.expect("begin");
-        let st = project::apply(&tx, &pipeline, &docs, Guard::Newer)
+        let mut tx = c.transaction().await.expect("begin");
+        let st = project::project(&mut tx, &pipeline, &docs, Versions::Newer, Lock::Exclusive)
             .await
-            .expect("apply");
+            .expect("apply")
+            .stats;
         tx.commit().await.expect("commit");
         println!(
             "employee rate change: {:.1} ms, rows written {:?}",
@@ -141,11 +149,12 @@ async fn main() {
             })
             .collect();
         let t = Instant::now();
-        let tx = c.transaction().await.expect("begin");
+        let mut tx = c.transaction().await.expect("begin");
         let t_apply = Instant::now();
-        let st = project::apply(&tx, &pipeline, &docs, Guard::Newer)
+        let st = project::project(&mut tx, &pipeline, &docs, Versions::Newer, Lock::Exclusive)
             .await
-            .expect("apply");
+            .expect("apply")
+            .stats;
         let apply_ms = t_apply.elapsed().as_secs_f64() * 1e3;
         let t_commit = Instant::now();
         tx.commit().await.expect("commit");

@@ -5,7 +5,6 @@ use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, Promet
 
 /// Label names (bounded sets only: never ids).
 pub const LABEL_PIPELINE: &str = "pipeline";
-pub const LABEL_STAGE: &str = "stage";
 pub const LABEL_COLLECTION: &str = "collection";
 pub const LABEL_ENTITY: &str = "entity";
 pub const LABEL_OP: &str = "op";

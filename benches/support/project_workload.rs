@@ -1,5 +1,6 @@
 //! A linked Bow-Mark workload as `SourceDoc`s (dimensions, daily reports with their children,
-//! edits), shared by `benches/project.rs` and `examples/project_profile.rs`.
+//! edits), and a freshly migrated database to apply it to; shared by `benches/project.rs`,
+//! `examples/project_profile.rs` and `examples/plan_server_side.rs`.
 
 #![allow(dead_code)]
 
@@ -7,6 +8,7 @@ use bowmark_cdc::event::{ClusterTime, Entity, Version};
 use bowmark_cdc::project::SourceDoc;
 use chrono::Utc;
 use serde_json::{Value, json};
+use tokio_postgres::{Client, NoTls};
 
 pub const EMPLOYEES: u64 = 50;
 pub const VEHICLES: u64 = 20;
@@ -153,4 +155,47 @@ impl Gen {
         ));
         out
     }
+}
+
+/// A connection to `db` (127.0.0.1:5432, user postgres, or TEST_POSTGRES_HOST/PORT/USER).
+pub async fn connect(db: &str) -> Client {
+    let host = std::env::var("TEST_POSTGRES_HOST").unwrap_or_else(|_| "127.0.0.1".into());
+    let port = std::env::var("TEST_POSTGRES_PORT").unwrap_or_else(|_| "5432".into());
+    let user = std::env::var("TEST_POSTGRES_USER").unwrap_or_else(|_| "postgres".into());
+    let (c, conn) = tokio_postgres::connect(
+        &format!("host={host} port={port} user={user} dbname={db}"),
+        NoTls,
+    )
+    .await
+    .expect("connect to PostgreSQL");
+    tokio::spawn(async move {
+        let _ = conn.await;
+    });
+    c
+}
+
+/// A new, migrated database `name` (dropped first if it exists).
+pub async fn fresh_db(name: &str) -> Client {
+    let admin = connect("postgres").await;
+    admin
+        .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+        .await
+        .expect("drop db");
+    admin
+        .batch_execute(&format!("CREATE DATABASE {name}"))
+        .await
+        .expect("create db");
+    let c = connect(name).await;
+    let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+    let mut files: Vec<_> = std::fs::read_dir(dir)
+        .expect("migrations")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .collect();
+    files.sort();
+    for f in files {
+        c.batch_execute(&std::fs::read_to_string(f).expect("sql"))
+            .await
+            .expect("migration");
+    }
+    c
 }

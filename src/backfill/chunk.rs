@@ -7,14 +7,13 @@ use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
 use bson::{Bson, Document};
-use futures_util::future::BoxFuture;
 use tokio::sync::watch;
 use tokio_postgres::Transaction;
 
 use crate::config::Pipeline;
 use crate::event::Entity;
 use crate::metrics as m;
-use crate::project::{self, ErrorClass, Guard, ProjectError, SourceDoc};
+use crate::project::{self, ErrorClass, Lock, ProjectError, SourceDoc, Versions};
 use crate::retry::Backoff;
 
 use super::schedule::Worker;
@@ -119,14 +118,17 @@ struct Outcome {
 }
 
 impl Outcome {
-    fn merge(&mut self, other: Outcome) {
-        self.stats.applied += other.stats.applied;
-        self.stats.stale += other.stats.stale;
-        self.stats.merge_adjusted(&other.stats);
-        for (t, n) in other.stats.rows_written {
-            *self.stats.rows_written.entry(t).or_default() += n;
+    fn of(docs: &[SourceDoc], p: project::Projected) -> Outcome {
+        Outcome {
+            rejected: p
+                .rejected()
+                .map(|(i, why)| Rejected {
+                    key: docs[i].key.clone(),
+                    reason: why.to_string(),
+                })
+                .collect(),
+            stats: p.stats,
         }
-        self.rejected.extend(other.rejected);
     }
 
     /// Add this chunk to a collection's cumulative checkpoint figures.
@@ -152,7 +154,7 @@ impl Worker<'_> {
         coll: &str,
         chunk: Chunk,
         tally: &Mutex<Tally>,
-        guard: Guard,
+        lock: Lock,
         turn: Turn<'_>,
     ) -> Result<(), BackfillError> {
         let mut backoff = Backoff::new(RETRY_MIN, RETRY_MAX);
@@ -160,7 +162,7 @@ impl Worker<'_> {
         loop {
             attempt += 1;
             let tx = self.client.transaction().await?;
-            match project_chunk(tx, self.run.pipeline, coll, &chunk, tally, guard, turn).await {
+            match project_chunk(tx, self.run.pipeline, coll, &chunk, tally, lock, turn).await {
                 Ok(outcome) => {
                     {
                         let mut t = tally.lock().unwrap_or_else(PoisonError::into_inner);
@@ -232,10 +234,12 @@ async fn project_chunk(
     coll: &str,
     chunk: &Chunk,
     tally: &Mutex<Tally>,
-    guard: Guard,
+    lock: Lock,
     turn: Turn<'_>,
 ) -> Result<Outcome, ProjectError> {
-    let outcome = apply_isolating(&mut tx, pipeline, &chunk.docs, guard).await?;
+    let projected =
+        project::project(&mut tx, pipeline, &chunk.docs, Versions::NewerOrEqual, lock).await?;
+    let outcome = Outcome::of(&chunk.docs, projected);
     turn.turns.wait(turn.seq).await;
     let mut next = tally
         .lock()
@@ -252,51 +256,6 @@ async fn project_chunk(
         .map_err(pg)?;
     tx.commit().await.map_err(pg)?;
     Ok(outcome)
-}
-
-/// Project `docs` inside a savepoint; when PostgreSQL rejects the data (a poison error),
-/// bisect to isolate the documents it rejects and project the rest.
-fn apply_isolating<'a, 'b: 'a>(
-    tx: &'a mut Transaction<'b>,
-    pipeline: &'a Pipeline,
-    docs: &'a [SourceDoc],
-    guard: Guard,
-) -> BoxFuture<'a, Result<Outcome, ProjectError>> {
-    Box::pin(async move {
-        // (documents whose own rows fail are quarantined; what still fails is bisected)
-        match project::apply_isolated(tx, pipeline, docs, guard).await {
-            Ok(stats) => Ok(Outcome {
-                stats,
-                rejected: Vec::new(),
-            }),
-            Err(e) if e.class() == ErrorClass::Poison => {
-                if let [one] = docs {
-                    return Ok(Outcome {
-                        stats: project::ApplyStats::default(),
-                        rejected: vec![Rejected {
-                            key: one.key.clone(),
-                            reason: reason(&e),
-                        }],
-                    });
-                }
-                let (a, b) = docs.split_at(docs.len() / 2);
-                let mut out = apply_isolating(tx, pipeline, a, guard).await?;
-                out.merge(apply_isolating(tx, pipeline, b, guard).await?);
-                Ok(out)
-            }
-            Err(e) => Err(e),
-        }
-    })
-}
-
-/// A short reason for a rejected document: the step and PostgreSQL's message (no values).
-fn reason(e: &ProjectError) -> String {
-    match e {
-        ProjectError::Postgres { step, error } => {
-            format!("{step}: {}", project::describe_pg(error))
-        }
-        other => other.to_string(),
-    }
 }
 
 #[cfg(test)]

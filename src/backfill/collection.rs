@@ -12,7 +12,7 @@ use tokio_postgres::Client;
 
 use crate::event::Entity;
 use crate::model;
-use crate::project::{self, Guard, SourceDoc};
+use crate::project::{self, Lock, SourceDoc, Versions};
 
 use super::chunk::Tally;
 use super::dump::{self, DumpError};
@@ -120,7 +120,7 @@ impl Worker<'_> {
             // Open to the other connections once they run out of collections.
             self.load_splitting(&load).await
         } else {
-            self.drain(&load, Guard::NewerOrEqual).await
+            self.drain(&load, Lock::Shared).await
         };
         let Tally {
             checkpoint,
@@ -251,10 +251,17 @@ impl Worker<'_> {
                     deleted: true,
                 })
                 .collect();
-            let tx = self.client.transaction().await?;
-            let stats = project::apply(&tx, self.run.pipeline, &docs, Guard::NewerOrEqual)
-                .await
-                .map_err(BackfillError::Project)?;
+            let mut tx = self.client.transaction().await?;
+            let stats = project::project(
+                &mut tx,
+                self.run.pipeline,
+                &docs,
+                Versions::NewerOrEqual,
+                Lock::Shared,
+            )
+            .await
+            .map_err(BackfillError::Project)?
+            .stats;
             tx.commit().await?;
             n += stats.applied;
             for (t, c) in &stats.rows_written {

@@ -1,13 +1,13 @@
 //! The backfill stage (docs/architecture.md): load every watched collection from a live MongoDB or a
 //! mongodump folder through the same mirror and derivation code as streamed events
-//! ([`crate::project::apply`]), in chunks, one PostgreSQL transaction per chunk.
+//! ([`crate::project::project`]), in chunks, one PostgreSQL transaction per chunk.
 //!
 //! - **Order**: from the entity catalog ([`crate::model`]): dimension collections first, then
 //!   the daily reports, then the rest side by side. The derivation does not depend on it; it
 //!   only avoids recomputation.
 //! - **Versions**: dump documents carry [`Version::ZERO`] (older than any streamed event);
 //!   live documents carry the cluster time read before the scan. The version guard
-//!   ([`crate::project::Guard::NewerOrEqual`]) lets streamed changes win, so a backfill and the
+//!   ([`crate::project::Versions::NewerOrEqual`]) lets streamed changes win, so a backfill and the
 //!   daemon may run against one database at once.
 //! - **Resumable**: each chunk's transaction also advances that collection's checkpoint
 //!   (`cdc.backfill_progress`: last `_id` or dump byte offset); a killed run continues from

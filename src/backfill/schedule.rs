@@ -24,7 +24,7 @@ use tokio_util::sync::CancellationToken;
 use crate::config::{Pipeline, Settings};
 use crate::event::Entity;
 use crate::model;
-use crate::project::{self, Guard};
+use crate::project::{self, Lock};
 
 use super::chunk::{Chunk, Tally, Turn, Turns};
 use super::guard::Budget;
@@ -259,7 +259,7 @@ impl Worker<'_> {
             };
             tracing::info!(pipeline = %self.run.pipeline.name, collection = load.coll,
                 "no collection left to start: this connection takes chunks of one still loading");
-            self.drain(&load, Guard::NewerOrEqual).await?;
+            self.drain(&load, Lock::Shared).await?;
         }
     }
 
@@ -267,7 +267,7 @@ impl Worker<'_> {
     /// connections that run out of collections.
     pub(super) async fn load_splitting(&mut self, load: &Arc<Load>) -> Result<(), BackfillError> {
         self.run.open().push(Arc::clone(load));
-        let result = self.drain(load, Guard::NewerOrEqual).await;
+        let result = self.drain(load, Lock::Shared).await;
         self.run.open().retain(|l| !Arc::ptr_eq(l, load));
         if result.is_ok() {
             load.settled().await;
@@ -278,7 +278,7 @@ impl Worker<'_> {
     /// Take the collection's next chunk, project it and commit it with its checkpoint in its
     /// turn, until the reader is done. Other connections may take chunks of the same
     /// collection meanwhile.
-    pub(super) async fn drain(&mut self, load: &Load, guard: Guard) -> Result<(), BackfillError> {
+    pub(super) async fn drain(&mut self, load: &Load, lock: Lock) -> Result<(), BackfillError> {
         loop {
             let (seq, chunk) = {
                 let mut feed = load.feed.lock().await;
@@ -293,7 +293,7 @@ impl Worker<'_> {
                 turns: &load.turns,
                 seq,
             };
-            self.commit_chunk(&load.coll, chunk, &load.tally, guard, turn)
+            self.commit_chunk(&load.coll, chunk, &load.tally, lock, turn)
                 .await?;
         }
     }
@@ -349,12 +349,8 @@ impl Worker<'_> {
             .iter_mut()
             .map(|client| Worker { run, client })
             .collect();
-        let mut runs = vec![self.drain(load, Guard::NewerOrEqualHeld).boxed()];
-        runs.extend(
-            others
-                .iter_mut()
-                .map(|w| w.drain(load, Guard::NewerOrEqualHeld).boxed()),
-        );
+        let mut runs = vec![self.drain(load, Lock::Held).boxed()];
+        runs.extend(others.iter_mut().map(|w| w.drain(load, Lock::Held).boxed()));
         futures_util::future::try_join_all(runs).await?;
         Ok(())
     }

@@ -85,7 +85,7 @@ pub(super) async fn upsert_mirror(
     tx: &Transaction<'_>,
     batch: &[&SourceDoc],
     storable: &[Option<DocJson>],
-    mode: Guard,
+    versions: Versions,
 ) -> Result<BTreeSet<(Entity, String)>, ProjectError> {
     let entity: Vec<&str> = batch.iter().map(|d| d.entity.as_str()).collect();
     let key: Vec<&str> = batch.iter().map(|d| d.key.as_str()).collect();
@@ -105,7 +105,7 @@ pub(super) async fn upsert_mirror(
         .map(|(d, fixed)| fixed.as_deref().or(d.doc.as_deref()).map(Json))
         .collect();
     let deleted: Vec<bool> = batch.iter().map(|d| d.deleted).collect();
-    let or_equal = mode != Guard::Newer;
+    let or_equal = versions == Versions::NewerOrEqual;
     let params: [(&(dyn ToSql + Sync), Type); 9] = [
         (&entity, Type::TEXT_ARRAY),
         (&key, Type::TEXT_ARRAY),

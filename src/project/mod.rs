@@ -1,6 +1,6 @@
 //! The projection core shared by the streaming projector and the backfill (docs/architecture.md).
 //!
-//! [`apply`] takes a batch of source document states, upserts them into the version-guarded
+//! [`project`] (the one entry point, with per-document outcomes) takes a batch of source document states, upserts them into the version-guarded
 //! source mirror (`cdc.source_doc`), computes every star row the changed documents affect and
 //! recomputes exactly those rows with set-based SQL reading the mirror's JSON. The star schema
 //! is therefore a pure function of the mirror (THE LAW), except archived rows of documents
@@ -12,6 +12,7 @@
 
 mod error;
 mod mirror;
+mod outcome;
 mod plan;
 mod quarantine;
 mod rederive;
@@ -34,6 +35,7 @@ use crate::metrics as m;
 
 pub use error::{ErrorClass, ProjectError, classify_pg, describe_pg};
 pub use mirror::storable_form;
+pub use outcome::{DocOutcome, Lock, Projected, Versions, project};
 pub use quarantine::{quarantine_underived, quarantined, set_quarantine_gauge};
 pub use rederive::{derive_afresh, entities_of_tables, reproject, reproject_all};
 pub use rules::{RULES_VERSION, RulesState, check_at_start, record_rules_version, rules_state};
@@ -90,28 +92,12 @@ impl From<&ChangeEvent> for SourceDoc {
     }
 }
 
-/// Which versions may change the mirror, and how the projection lock is held.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Guard {
-    /// Streaming: only strictly newer versions change the mirror (re-deliveries are no-ops).
-    /// Takes the projection lock exclusive.
-    Newer,
-    /// Backfill: an equal version is applied again (a re-run recomputes its rows). Takes the
-    /// projection lock shared: the backfill's own workers load independent collections side
-    /// by side, while streaming batches wait for them (and they for it).
-    NewerOrEqual,
-    /// Backfill, versions as [`Guard::NewerOrEqual`], under the projection lock that the
-    /// caller's session already holds exclusive (a backfill loading one collection on several
-    /// connections at once): takes no lock.
-    NewerOrEqualHeld,
-}
-
 /// What one call did.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ApplyStats {
     /// Documents that changed the mirror.
     pub applied: u64,
-    /// Documents ignored: older (or, for [`Guard::Newer`], equal) versions, duplicates within
+    /// Documents ignored: older (or, under [`Versions::Newer`], equal) versions, duplicates within
     /// the batch, and updates without a document.
     pub stale: u64,
     /// Star rows inserted, updated, archived or deleted, by star table.
@@ -123,88 +109,36 @@ pub struct ApplyStats {
     /// `cdc.source_doc`, column = the document's top-level field).
     pub adjusted: BTreeMap<(String, String, String), u64>,
     /// Documents (entity, `_id`) quarantined by this call: their rows are rejected by
-    /// PostgreSQL and left out ([`apply_isolated`]).
+    /// PostgreSQL and left out ([`project`]).
     pub quarantined: BTreeSet<(String, String)>,
 }
 
 impl ApplyStats {
-    /// Add another call's adjustments to these.
-    pub fn merge_adjusted(&mut self, other: &ApplyStats) {
-        for (k, n) in &other.adjusted {
-            *self.adjusted.entry(k.clone()).or_default() += n;
+    /// Add another call's figures to these: the one merge of the projector, the backfill and
+    /// the isolation of rejected documents.
+    pub fn merge(&mut self, other: ApplyStats) {
+        self.applied += other.applied;
+        self.stale += other.stale;
+        for (table, n) in other.rows_written {
+            *self.rows_written.entry(table).or_default() += n;
         }
-        self.quarantined.extend(other.quarantined.iter().cloned());
+        self.changed.extend(other.changed);
+        for (k, n) in other.adjusted {
+            *self.adjusted.entry(k).or_default() += n;
+        }
+        self.quarantined.extend(other.quarantined);
     }
 }
 
-/// Project a batch inside the caller's transaction.
-///
-/// A derived row that PostgreSQL rejects fails the whole call (class
-/// [`ErrorClass::Poison`]): [`apply_isolated`] then quarantines the documents whose rows fail.
-pub async fn apply(
-    tx: &Transaction<'_>,
-    pipeline: &Pipeline,
-    docs: &[SourceDoc],
-    mode: Guard,
-) -> Result<ApplyStats, ProjectError> {
-    apply_inner(tx, pipeline, docs, mode, false).await
-}
-
-/// The one isolation routine of the projector and the backfill: [`apply`] in a savepoint;
-/// when PostgreSQL rejects a derived row, again in another with each derivation statement in
-/// a savepoint of its own: when one fails on the data, the source documents whose own rows it
-/// rejects are found (by halving the statement's keys), recorded in `cdc.quarantine` and left
-/// out (their earlier rows are archived or removed like any row no longer derivable), and
-/// everything else applies: their daily report, their siblings, the rest of the batch. A
-/// Poison error then (a document the mirror itself cannot hold) leaves the transaction as it
-/// was before the call, for the caller to isolate the documents by halving the batch.
-pub async fn apply_isolated(
-    tx: &mut Transaction<'_>,
-    pipeline: &Pipeline,
-    docs: &[SourceDoc],
-    mode: Guard,
-) -> Result<ApplyStats, ProjectError> {
-    match in_savepoint(tx, pipeline, docs, mode, false).await {
-        Err(e) if e.class() == ErrorClass::Poison => {
-            in_savepoint(tx, pipeline, docs, mode, true).await
-        }
-        done => done,
-    }
-}
-
-/// One attempt of [`apply_isolated`]: committed when it succeeds, rolled back when it fails.
-async fn in_savepoint(
-    tx: &mut Transaction<'_>,
-    pipeline: &Pipeline,
-    docs: &[SourceDoc],
-    mode: Guard,
-    quarantine: bool,
-) -> Result<ApplyStats, ProjectError> {
-    let sp = tx
-        .savepoint("cdc_apply")
-        .await
-        .map_err(ProjectError::pg("savepoint"))?;
-    match apply_inner(&sp, pipeline, docs, mode, quarantine).await {
-        Ok(stats) => {
-            sp.commit().await.map_err(ProjectError::pg("savepoint"))?;
-            Ok(stats)
-        }
-        Err(e) => {
-            // (a Poison error leaves the transaction usable; after any other the caller
-            // abandons it)
-            if e.class() == ErrorClass::Poison {
-                sp.rollback().await.map_err(ProjectError::pg("savepoint"))?;
-            }
-            Err(e)
-        }
-    }
-}
-
+/// Apply `docs` in `tx` (no isolation: a rejected row fails the call with class
+/// [`ErrorClass::Poison`]); with `quarantine`, each derivation statement runs in a savepoint
+/// of its own and the documents whose own rows fail are quarantined.
 async fn apply_inner(
     tx: &Transaction<'_>,
     pipeline: &Pipeline,
     docs: &[SourceDoc],
-    mode: Guard,
+    versions: Versions,
+    lock: Lock,
     quarantine: bool,
 ) -> Result<ApplyStats, ProjectError> {
     let started = Instant::now();
@@ -213,10 +147,10 @@ async fn apply_inner(
         stale: skipped,
         ..ApplyStats::default()
     };
-    let lock = match mode {
-        Guard::Newer => sql::LOCK_EXCLUSIVE,
-        Guard::NewerOrEqual => sql::LOCK_SHARED,
-        Guard::NewerOrEqualHeld => "SELECT 1",
+    let lock = match lock {
+        Lock::Exclusive => sql::LOCK_EXCLUSIVE,
+        Lock::Shared => sql::LOCK_SHARED,
+        Lock::Held => "SELECT 1",
     };
     tx.batch_execute(&format!("{lock}; {}", sql::SCRATCH))
         .await
@@ -224,7 +158,7 @@ async fn apply_inner(
     if !batch.is_empty() {
         let t0 = Instant::now();
         let storable = storable(&batch, &mut stats);
-        stats.changed = upsert_mirror(tx, &batch, &storable, mode).await?;
+        stats.changed = upsert_mirror(tx, &batch, &storable, versions).await?;
         stats.applied = stats.changed.len() as u64;
         tracing::debug!(
             docs = batch.len(),

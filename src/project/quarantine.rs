@@ -214,7 +214,7 @@ pub async fn quarantine_underived(
         return Ok(stats);
     }
     let storable = storable(&batch, &mut stats);
-    stats.changed = upsert_mirror(tx, &batch, &storable, Guard::Newer).await?;
+    stats.changed = upsert_mirror(tx, &batch, &storable, Versions::Newer).await?;
     stats.applied = stats.changed.len() as u64;
     stats.stale += batch.len() as u64 - stats.applied;
     for (entity, key) in &stats.changed {

@@ -4,7 +4,7 @@
 use super::*;
 
 /// Rebuild every star row derivable from the mirror alone (after a schema or rule change).
-/// Rows whose documents are no longer derivable are archived or deleted as in [`apply`];
+/// Rows whose documents are no longer derivable are archived or deleted as in [`project`];
 /// rows of documents the mirror never saw are left alone.
 pub async fn reproject_all(
     tx: &Transaction<'_>,

@@ -1,6 +1,6 @@
 //! The projector stage (docs/architecture.md): consumes the pipeline's quorum queue with a bounded
 //! prefetch, batches deliveries by count, bytes and linger time, applies each batch in one
-//! PostgreSQL transaction through [`crate::project::apply`] and acks only after the commit.
+//! PostgreSQL transaction through [`crate::project::project`] and acks only after the commit.
 //!
 //! Delivery guarantee: at least once into an idempotent, version-guarded projection. A crash
 //! anywhere before the ack leaves the batch unacked, so the broker redelivers it and the guard

@@ -36,7 +36,7 @@ impl Worker<'_> {
             let part = &docs[a..b];
             let e = match apply::apply_batch(pool, pipeline, part).await {
                 Ok(applied) => {
-                    apply::absorb(&mut out, applied, a);
+                    out.absorb(applied, a);
                     alone_timeouts = 0;
                     continue;
                 }
@@ -61,7 +61,7 @@ impl Worker<'_> {
                     );
                     match apply::isolate(pool, pipeline, &part[0], &reason).await {
                         Ok(applied) => {
-                            apply::absorb(&mut out, applied, a);
+                            out.absorb(applied, a);
                             alone_timeouts = 0;
                             continue;
                         }

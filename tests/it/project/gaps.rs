@@ -1,7 +1,7 @@
 //! What the legacy tests never covered (the legacy checklist's "gaps"), plus version handling.
 
 use bowmark_cdc::event::{Entity, Op};
-use bowmark_cdc::project::{Guard, SourceDoc};
+use bowmark_cdc::project::{DocOutcome, SourceDoc, Versions};
 use serde_json::json;
 
 use super::Harness;
@@ -301,7 +301,13 @@ async fn stale_duplicate_and_documentless_versions_change_nothing() {
     // An equal version: ignored when streaming, re-applied by the backfill guard.
     let same = upsert(Entity::EmployeeWork, EMPLOYEE_WORK_1, old, t);
     assert_eq!(h.apply(std::slice::from_ref(&same)).await.applied, 0);
-    assert_eq!(h.apply_with(&[same], Guard::NewerOrEqual).await.applied, 1);
+    assert_eq!(
+        h.project(&[same], Versions::NewerOrEqual)
+            .await
+            .stats
+            .applied,
+        1
+    );
     assert_eq!(
         h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
         "2.00"
@@ -410,10 +416,10 @@ async fn canonical_extended_json_forms_are_read() {
 }
 
 #[tokio::test]
-async fn a_document_postgres_rejects_is_poison_and_the_batch_rolls_back() {
+async fn the_entry_point_says_what_became_of_each_document_of_a_batch() {
     let mut h = Harness::new().await;
     h.seed().await;
-    let t = h.tick();
+    let (t1, t2) = (h.tick(), h.tick());
     let mut w = employee_work(
         EMPLOYEE_WORK_1,
         BASE_FOREMAN_1,
@@ -421,27 +427,43 @@ async fn a_document_postgres_rejects_is_poison_and_the_batch_rolls_back() {
         "2022-02-23T15:00:00Z",
     );
     w["endTime"] = json!({ "$date": "not a date" });
-    let tx = h.client.transaction().await.unwrap();
-    let err = bowmark_cdc::project::apply(
-        &tx,
-        &h.pipeline,
-        &[upsert(Entity::EmployeeWork, EMPLOYEE_WORK_1, w, t)],
-        Guard::Newer,
-    )
-    .await
-    .expect_err("an unparseable date cannot apply");
+    let vw = |hours| vehicle_work(VEHICLE_WORK_1, SKIDSTEER_1, hours);
+    let batch = [
+        // a derived row PostgreSQL rejects (an unparseable date)
+        upsert(Entity::EmployeeWork, EMPLOYEE_WORK_1, w, t1),
+        // superseded by the next one in the same batch
+        upsert(Entity::VehicleWork, VEHICLE_WORK_1, vw(4.0), t1),
+        upsert(Entity::VehicleWork, VEHICLE_WORK_1, vw(6.0), t2),
+        // a key the mirror cannot hold
+        upsert(Entity::Crew, "", json!({ "name": "no id" }), t1),
+    ];
+    let out = h.project(&batch, Versions::Newer).await;
+    assert_eq!(out.docs.len(), batch.len());
+    assert_eq!(out.docs[0], DocOutcome::Quarantined, "{:?}", out.docs);
+    assert_eq!(out.docs[1], DocOutcome::Stale);
+    assert_eq!(out.docs[2], DocOutcome::Applied);
+    match &out.docs[3] {
+        DocOutcome::Rejected(why) => assert!(why.contains("empty _id"), "{why}"),
+        other => panic!("the empty key was not rejected: {other:?}"),
+    }
+    // The rest of the batch committed; the rejected row's document waits in the quarantine.
     assert_eq!(
-        err.class(),
-        bowmark_cdc::project::ErrorClass::Poison,
-        "{err}: {:?}",
-        std::error::Error::source(&err)
+        h.num("fact_vehicle_work", "hours", VEHICLE_WORK_1).await,
+        "6.00"
     );
-    tx.rollback().await.unwrap();
-    // The star is as before.
     assert_eq!(
-        h.num("fact_employee_work", "hours", EMPLOYEE_WORK_1).await,
-        "8.00"
+        h.count(
+            "SELECT count(*) FROM cdc.quarantine WHERE key = $1",
+            &[&EMPLOYEE_WORK_1]
+        )
+        .await,
+        1
     );
+    // Applied again as the backfill does: an equal version is re-applied, the rest is stale.
+    let again = h.project(&batch[2..3], Versions::NewerOrEqual).await;
+    assert_eq!(again.docs, [DocOutcome::Applied]);
+    let again = h.project(&batch[2..3], Versions::Newer).await;
+    assert_eq!(again.docs, [DocOutcome::Stale]);
 }
 
 /// The name of the TABLE row with this mongo_id.

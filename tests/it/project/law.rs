@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 
 use bowmark_cdc::event::Entity;
-use bowmark_cdc::project::{Guard, SourceDoc};
+use bowmark_cdc::project::{SourceDoc, Versions};
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use serde_json::{Value, json};
@@ -401,7 +401,7 @@ async fn check(
             // The fresh database: only the current state of each live document, once.
             reset(fresh).await;
             let finals: Vec<SourceDoc> = seen.values().filter(|d| !d.deleted).cloned().collect();
-            fresh.apply_with(&finals, Guard::NewerOrEqual).await;
+            fresh.project(&finals, Versions::NewerOrEqual).await;
             compare(
                 &star_of(&streamed.client).await,
                 &star_of(&fresh.client).await,

@@ -13,7 +13,7 @@ mod real_data;
 
 use bowmark_cdc::config::Pipeline;
 use bowmark_cdc::event::Entity;
-use bowmark_cdc::project::{self, ApplyStats, Guard, SourceDoc};
+use bowmark_cdc::project::{self, ApplyStats, Lock, Projected, SourceDoc, Versions};
 use serde_json::Value;
 use tokio_postgres::Client;
 use tokio_postgres::types::ToSql;
@@ -52,19 +52,20 @@ impl Harness {
         self.t
     }
 
-    /// Apply a batch in its own transaction (streaming guard) and commit; documents whose rows
-    /// PostgreSQL rejects are quarantined, as the projector and the backfill do.
+    /// Apply a batch in its own transaction as the projector does (newer versions only) and
+    /// commit; documents whose rows PostgreSQL rejects are quarantined.
     pub async fn apply(&mut self, docs: &[SourceDoc]) -> ApplyStats {
-        self.apply_with(docs, Guard::Newer).await
+        self.project(docs, Versions::Newer).await.stats
     }
 
-    pub async fn apply_with(&mut self, docs: &[SourceDoc], guard: Guard) -> ApplyStats {
+    /// Apply a batch through the projection's entry point under `versions`, and commit.
+    pub async fn project(&mut self, docs: &[SourceDoc], versions: Versions) -> Projected {
         let mut tx = self.client.transaction().await.expect("begin");
-        let stats = project::apply_isolated(&mut tx, &self.pipeline, docs, guard)
+        let out = project::project(&mut tx, &self.pipeline, docs, versions, Lock::Exclusive)
             .await
             .unwrap_or_else(|e| panic!("apply failed: {e}: {:?}", std::error::Error::source(&e)));
         tx.commit().await.expect("commit");
-        stats
+        out
     }
 
     /// Upsert one document at the next version.
