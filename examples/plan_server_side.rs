@@ -124,7 +124,15 @@ async fn main() {
     )
     .expect("pipeline");
     let tz = pipeline.report_timezone.name().to_string();
-    let stmts = derivation_statements();
+    // (the context and adjustment scratch tables are emptied first, as at the start of every
+    // apply: the replay fills them again)
+    let stmts: Vec<String> = [
+        "DELETE FROM pg_temp.cdc_ctx".to_string(),
+        "DELETE FROM pg_temp.cdc_adjusted".to_string(),
+    ]
+    .into_iter()
+    .chain(derivation_statements())
+    .collect();
     let mut c = fresh_db("cdc_plan_measure").await;
     c.batch_execute(RUN_ALL).await.expect("plan function");
     let mut g = Gen { t: 1 };

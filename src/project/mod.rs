@@ -18,6 +18,7 @@ mod quarantine;
 mod rederive;
 mod rules;
 mod sanitize;
+mod server;
 mod sql;
 
 use std::collections::{BTreeMap, BTreeSet, btree_map};
@@ -173,20 +174,25 @@ async fn apply_inner(
         // The entities that may have affected keys so far: a statement none of whose source
         // entities is here would find nothing (a child chunk of a backfill skips them all).
         let mut present: BTreeSet<&str> = stats.changed.iter().map(|(e, _)| e.as_str()).collect();
-        for step in plan::MIRROR_STEPS.iter() {
-            if step.sources.iter().any(|e| present.contains(e)) {
-                ctx.run(tx, step, "mirror").await?;
-            }
-        }
-        for step in plan::AFFECTED_STEPS.iter() {
-            if step.sources.iter().any(|e| present.contains(e)) {
-                ctx.run(tx, step, "affected").await?;
-                if let plan::Kind::Closure { to, .. } = &step.kind {
-                    present.extend(to.iter().copied());
+        if quarantine {
+            for step in plan::MIRROR_STEPS.iter() {
+                if step.sources.iter().any(|e| present.contains(e)) {
+                    ctx.run(tx, step, "mirror").await?;
                 }
             }
+            for step in plan::AFFECTED_STEPS.iter() {
+                if step.sources.iter().any(|e| present.contains(e)) {
+                    ctx.run(tx, step, "affected").await?;
+                    if let plan::Kind::Closure { to, .. } = &step.kind {
+                        present.extend(to.iter().copied());
+                    }
+                }
+            }
+            derive(tx, &ctx, &mut stats, true).await?;
+        } else {
+            // (the same steps under the same rules, in one round trip)
+            server::run(tx, &ctx, &present, &mut stats).await?;
         }
-        derive(tx, &ctx, &mut stats, quarantine).await?;
         cut_values(tx, &mut stats, true).await?;
         sync_quarantine(tx, pipeline).await?;
     }
@@ -277,13 +283,19 @@ impl Ctx {
 }
 
 /// Run the derivation statements whose source entity has affected keys (the others would
-/// find nothing to do).
+/// find nothing to do): server-side in one call ([`server::run`]), or, with `quarantine`, one
+/// statement at a time, each isolating the documents whose own rows PostgreSQL rejects. The
+/// rules for which statements run are the same in both (`cdc.run_plan`).
 async fn derive(
     tx: &Transaction<'_>,
     ctx: &Ctx,
     stats: &mut ApplyStats,
     quarantine: bool,
 ) -> Result<(), ProjectError> {
+    if !quarantine {
+        // (the same rules in one round trip)
+        return server::run(tx, ctx, &BTreeSet::new(), stats).await;
+    }
     let affected: BTreeMap<String, u64> = tx
         .query(sql::AFFECTED_ENTITIES, &[])
         .await
