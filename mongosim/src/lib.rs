@@ -14,13 +14,18 @@
 mod codec;
 mod crud;
 mod cursors;
+mod ddl;
+mod diff;
 mod dump;
+mod events;
+mod expr;
 mod failpoint;
 mod filter;
 mod oplog;
 pub mod order;
 mod server;
 mod split;
+mod stages;
 mod state;
 mod streams;
 mod topology;

@@ -14,6 +14,11 @@ pub enum Op {
     Drop,
     Rename,
     DropDatabase,
+    /// Expanded events (`showExpandedEvents`): DDL on a collection.
+    Create,
+    CreateIndexes,
+    DropIndexes,
+    Modify,
 }
 
 impl Op {
@@ -26,7 +31,19 @@ impl Op {
             Op::Drop => "drop",
             Op::Rename => "rename",
             Op::DropDatabase => "dropDatabase",
+            Op::Create => "create",
+            Op::CreateIndexes => "createIndexes",
+            Op::DropIndexes => "dropIndexes",
+            Op::Modify => "modify",
         }
+    }
+
+    /// Seen only by streams opened with `showExpandedEvents`.
+    pub fn expanded(self) -> bool {
+        matches!(
+            self,
+            Op::Create | Op::CreateIndexes | Op::DropIndexes | Op::Modify
+        )
     }
 }
 
@@ -50,6 +67,15 @@ pub struct Entry {
     pub txn: Option<(Document, i64)>,
     /// Rename target `(db, coll)`.
     pub to: Option<(String, String)>,
+    /// The collection recorded pre- and post-images (`changeStreamPreAndPostImages`) when
+    /// this write happened.
+    pub images: bool,
+    /// The collection's UUID at write time (`collectionUUID` of expanded events).
+    pub uuid: Option<bson::Binary>,
+    /// `operationDescription` of DDL events.
+    pub desc: Option<Document>,
+    /// `stateBeforeChange` of `modify` events.
+    pub before_change: Option<Document>,
 }
 
 impl Entry {
@@ -70,6 +96,10 @@ impl Entry {
             upd: None,
             txn: None,
             to: None,
+            images: false,
+            uuid: None,
+            desc: None,
+            before_change: None,
         }
     }
 }

@@ -133,7 +133,7 @@ mod tests {
             "fullDocument": {"big": "x".repeat(300)},
             "fullDocumentBeforeChange": {"big": "y".repeat(300)},
         };
-        let frags = split(&encode(&ev), 400, 0, |k| doc! {"_data": format!("82{k}")}).unwrap();
+        let frags = split(&encode(&ev), 450, 0, |k| doc! {"_data": format!("82{k}")}).unwrap();
         let frags: Vec<Document> = frags
             .iter()
             .map(|b| Document::from_reader(&b[..]).unwrap())
@@ -150,7 +150,7 @@ mod tests {
             frags[1].get_document("_id").unwrap(),
             &doc! {"_data": "821"}
         );
-        let skipped = split(&encode(&ev), 400, 1, |k| doc! {"_data": format!("82{k}")}).unwrap();
+        let skipped = split(&encode(&ev), 450, 1, |k| doc! {"_data": format!("82{k}")}).unwrap();
         assert_eq!(skipped.len(), 1);
     }
 }

@@ -1,12 +1,12 @@
 //! Change streams over the oplog: `$changeStream` options, start positions, event shapes,
-//! `$match`/`$project` on events, invalidation, postBatchResumeToken and history loss (286).
+//! the pipeline's stages, invalidation, postBatchResumeToken and history loss (286).
 
-use bson::{Bson, Document, doc};
+use bson::{Bson, Document};
 
-use crate::filter;
-use crate::oplog::{Entry, Op, append_raw, encode, fragment_token, parse_position, token};
-use crate::split;
+use crate::events::{event, invalidate_event, with_type_bits};
+use crate::oplog::{Entry, Op, encode, fragment_token, parse_position, token};
 use crate::state::{CmdError, State};
+use crate::{split, stages};
 
 pub const HISTORY_LOST: &str =
     "Resume of change stream was not possible, as the resume point may no longer be in the oplog.";
@@ -23,6 +23,9 @@ pub struct StreamCursor {
     pub full_document: String,
     pub before_change: String,
     pub stages: Vec<Document>,
+    /// `showExpandedEvents`: DDL events, `collectionUUID`, `operationDescription`,
+    /// `disambiguatedPaths`.
+    pub expanded: bool,
     /// The pipeline ends with `$changeStreamSplitLargeEvent`.
     pub split: bool,
     /// Fragments `0..=k` of the split event at `pos` were delivered (more may follow).
@@ -49,29 +52,7 @@ pub fn open(
         _ => None,
     };
     let split = split::parse(&pipeline[1..])?;
-    let mut stages = Vec::new();
-    for s in &pipeline[1..] {
-        match s {
-            Bson::Document(d) if d.contains_key(split::STAGE) => {}
-            Bson::Document(d)
-                if d.contains_key("$match")
-                    || d.contains_key("$project")
-                    || d.contains_key("$addFields")
-                    || d.contains_key("$set")
-                    || d.contains_key("$unset") =>
-            {
-                stages.push(d.clone())
-            }
-            other => {
-                return Err(CmdError::new(
-                    280,
-                    format!(
-                        "Stage not supported by the simulator in a $changeStream pipeline: {other}"
-                    ),
-                ));
-            }
-        }
-    }
+    let stages = stages::parse(&pipeline[1..])?;
     let str_opt = |k: &str, d: &str| opts.get_str(k).unwrap_or(d).to_string();
     let full_document = str_opt("fullDocument", "default");
     let before_change = str_opt("fullDocumentBeforeChange", "off");
@@ -129,77 +110,18 @@ pub fn open(
         full_document,
         before_change,
         stages,
+        expanded: opts.get_bool("showExpandedEvents").unwrap_or(false),
         split,
         frag,
         invalidated: false,
     })
 }
 
-/// One event as encoded BSON. The images are spliced in as raw bytes (no re-encoding).
-fn event(state: &State, cur: &StreamCursor, e: &Entry) -> Vec<u8> {
-    let mut ev = doc! {
-        "_id": with_type_bits(state, token(e.seq, false), e.seq),
-        "operationType": e.op.name(),
-        "clusterTime": e.ts,
-        "wallTime": e.wall,
-    };
-    if e.op == Op::DropDatabase {
-        ev.insert("ns", doc! {"db": &e.db});
-    } else {
-        ev.insert("ns", doc! {"db": &e.db, "coll": &e.coll});
-    }
-    if let Some((db, coll)) = &e.to {
-        ev.insert("to", doc! {"db": db, "coll": coll});
-    }
-    if let Some(k) = &e.key {
-        ev.insert("documentKey", doc! {"_id": k.clone()});
-    }
-    if let Some(u) = &e.upd {
-        ev.insert("updateDescription", u.clone());
-    }
-    if let Some((lsid, n)) = &e.txn {
-        ev.insert("txnNumber", Bson::Int64(*n));
-        ev.insert("lsid", lsid.clone());
-    }
-    let mut out = encode(&ev);
-    match e.op {
-        Op::Insert | Op::Replace => append_raw(&mut out, "fullDocument", 3, e.doc.as_deref()),
-        Op::Update => match cur.full_document.as_str() {
-            "updateLookup" => {
-                let now = e.key.as_ref().and_then(|k| {
-                    state
-                        .coll(&e.db, &e.coll)
-                        .and_then(|c| c.docs.get(&crate::order::Key(k.clone())))
-                        .map(encode)
-                });
-                append_raw(&mut out, "fullDocument", 3, now.as_deref());
-            }
-            "whenAvailable" | "required" => {
-                append_raw(&mut out, "fullDocument", 3, e.doc.as_deref())
-            }
-            _ => {}
-        },
-        _ => {}
-    }
-    if matches!(e.op, Op::Update | Op::Replace | Op::Delete)
-        && matches!(cur.before_change.as_str(), "whenAvailable" | "required")
-    {
-        append_raw(&mut out, "fullDocumentBeforeChange", 3, e.pre.as_deref());
-    }
-    out
-}
-
-fn invalidate_event(state: &State, e: &Entry) -> Document {
-    doc! {
-        "_id": with_type_bits(state, token(e.seq, true), e.seq),
-        "operationType": "invalidate",
-        "clusterTime": e.ts,
-        "wallTime": e.wall,
-    }
-}
-
 /// Does this entry concern the stream, and does it invalidate it?
 fn relevance(cur: &StreamCursor, e: &Entry) -> (bool, bool) {
+    if e.op.expanded() && !cur.expanded {
+        return (false, false);
+    }
     let Some(db) = &cur.db else {
         // A cluster-wide stream is never invalidated.
         return (true, false);
@@ -217,43 +139,6 @@ fn relevance(cur: &StreamCursor, e: &Entry) -> (bool, bool) {
     }
 }
 
-fn apply_stages(stages: &[Document], raw: Vec<u8>) -> Result<Option<Vec<u8>>, CmdError> {
-    if stages.is_empty() {
-        return Ok(Some(raw));
-    }
-    let mut ev = Document::from_reader(&raw[..])
-        .map_err(|e| CmdError::new(1, format!("cannot decode event: {e}")))?;
-    for st in stages {
-        if let Ok(m) = st.get_document("$match") {
-            if !filter::matches(&ev, m).map_err(|e| CmdError::bad_value(e.0))? {
-                return Ok(None);
-            }
-        } else if let Ok(p) = st.get_document("$project") {
-            ev = crate::crud::project(&ev, p);
-        } else if let Ok(p) = st
-            .get_document("$addFields")
-            .or_else(|_| st.get_document("$set"))
-        {
-            for (k, v) in p {
-                ev.insert(k.clone(), v.clone());
-            }
-        } else if let Some(u) = st.get("$unset") {
-            let fields: Vec<String> = match u {
-                Bson::String(s) => vec![s.clone()],
-                Bson::Array(a) => a
-                    .iter()
-                    .filter_map(|x| x.as_str().map(String::from))
-                    .collect(),
-                _ => vec![],
-            };
-            for f in fields {
-                ev.remove(&f);
-            }
-        }
-    }
-    Ok(Some(encode(&ev)))
-}
-
 /// The event of entry `e` after the pipeline, cut into fragments when it is too large for
 /// one reply document (`$changeStreamSplitLargeEvent`), or error 10334 without that stage.
 /// Empty when the entry does not concern the stream or a `$match` dropped it.
@@ -263,15 +148,9 @@ fn fragments(
     e: &Entry,
     resume: Option<u32>,
 ) -> Result<Vec<Vec<u8>>, CmdError> {
-    let Some(ev) = apply_stages(&cur.stages, event(state, cur, e))? else {
+    let Some(ev) = stages::apply(&cur.stages, event(state, cur, e)?)? else {
         return Ok(vec![]);
     };
-    if cur.full_document == "required" && e.op == Op::Update && e.doc.is_none() {
-        return Err(CmdError::new(
-            280,
-            "Change stream was configured to require a post-image for all update events, but the post-image was not found",
-        ));
-    }
     let limit = state.config.max_event_bytes;
     let id = with_type_bits(state, token(e.seq, false), e.seq);
     if !cur.split {
@@ -378,19 +257,4 @@ pub fn pbrt(state: &State, cur: &StreamCursor) -> Document {
         None => token(cur.pos, cur.invalidated),
     };
     with_type_bits(state, t, cur.pos)
-}
-
-/// With `SimConfig::token_type_bits`, odd positions carry `_typeBits` as real tokens
-/// sometimes do, so a consumer that keeps only `_data` is caught.
-fn with_type_bits(state: &State, mut t: Document, seq: u64) -> Document {
-    if state.config.token_type_bits && seq % 2 == 1 {
-        t.insert(
-            "_typeBits",
-            bson::Binary {
-                subtype: bson::spec::BinarySubtype::Generic,
-                bytes: vec![0x40],
-            },
-        );
-    }
-    t
 }

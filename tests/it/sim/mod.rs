@@ -4,6 +4,7 @@
 mod crud;
 mod dump;
 mod faults;
+mod spec;
 mod split;
 mod streams;
 
