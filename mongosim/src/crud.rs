@@ -1,6 +1,6 @@
 //! CRUD and namespace commands: insert, update, delete, findAndModify, find, count, plain
-//! aggregate, listCollections, listDatabases, create, drop, dropDatabase, renameCollection,
-//! index commands (accepted, `_id_` only).
+//! aggregate, listCollections, listDatabases, drop, dropDatabase, renameCollection (the
+//! other DDL is in `ddl`).
 
 use std::cmp::Ordering;
 use std::collections::VecDeque;
@@ -203,14 +203,15 @@ fn update_key(
         Bson::Document(u) => {
             let mut after = before.clone();
             let desc = update::apply_ops(&mut after, u, false).map_err(upd_err)?;
+            let desc = desc.to_doc(&after);
             (after, Op::Update, Some(desc))
         }
-        _ => {
-            return Err(CmdError::new(
-                9,
-                "pipeline-style updates are not supported by the simulator",
-            ));
+        Bson::Array(stages) => {
+            let after = crate::diff::pipeline_update(&before, stages)?;
+            let desc = crate::diff::describe(&before, &after);
+            (after, Op::Update, Some(desc))
         }
+        _ => return Err(CmdError::new(9, "update must be a document or a pipeline")),
     };
     if after == before {
         return Ok((false, after));
@@ -220,7 +221,7 @@ fn update_key(
         .insert(key.clone(), after.clone());
     let mut e = Entry::new(op, db, coll);
     e.key = Some(key.0.clone());
-    e.upd = desc.map(|d| d.to_doc(&after));
+    e.upd = desc;
     e.doc = Some(crate::oplog::encode(&after));
     e.pre = Some(crate::oplog::encode(&before));
     let undo = txn.map(|_| Undo {
@@ -857,18 +858,6 @@ pub fn list_databases(st: &State, cmd: &Document) -> Result<Document, CmdError> 
     Ok(r)
 }
 
-pub fn create(st: &mut State, db: &str, cmd: &Document) -> Result<Document, CmdError> {
-    let coll = coll_name(cmd, "create")?;
-    if st.coll(db, coll).is_some() {
-        return Err(CmdError::new(
-            48,
-            format!("Collection {db}.{coll} already exists."),
-        ));
-    }
-    st.coll_mut(db, coll);
-    Ok(Document::new())
-}
-
 /// Drop a collection, emitting a `drop` entry. Returns false when it did not exist.
 pub fn drop_coll(st: &mut State, db: &str, coll: &str) -> bool {
     let existed = st.dbs.get_mut(db).and_then(|d| d.remove(coll)).is_some();
@@ -934,28 +923,4 @@ pub fn rename_collection(st: &mut State, cmd: &Document) -> Result<Document, Cmd
     e.to = Some((tdb, tc));
     st.record(e, None, None);
     Ok(Document::new())
-}
-
-pub fn create_indexes(st: &mut State, db: &str, cmd: &Document) -> Result<Document, CmdError> {
-    let coll = coll_name(cmd, "createIndexes")?;
-    let created = st.coll(db, coll).is_none();
-    st.coll_mut(db, coll);
-    Ok(
-        doc! {"createdCollectionAutomatically": created, "numIndexesBefore": 1, "numIndexesAfter": 1, "note": "indexes are accepted and ignored by the simulator"},
-    )
-}
-
-pub fn list_indexes(st: &mut State, db: &str, cmd: &Document) -> Result<Document, CmdError> {
-    let coll = coll_name(cmd, "listIndexes")?;
-    if st.coll(db, coll).is_none() {
-        return Err(CmdError::new(26, format!("ns does not exist: {db}.{coll}")));
-    }
-    let idx = VecDeque::from(vec![doc! {"v": 2, "key": {"_id": 1}, "name": "_id_"}]);
-    Ok(open_cursor(
-        st,
-        format!("{db}.$cmd.listIndexes.{coll}"),
-        idx,
-        usize::MAX,
-        false,
-    ))
 }

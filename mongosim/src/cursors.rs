@@ -153,7 +153,12 @@ pub fn is_stream_getmore(state: &State, cmd: &Document) -> bool {
 }
 
 /// `getMore`. Change-stream cursors wait up to `maxTimeMS` (default 1 s) for events.
-pub async fn get_more(shared: &SharedRef, db: &str, cmd: &Document) -> Result<Body, CmdError> {
+pub async fn get_more(
+    shared: &SharedRef,
+    db: &str,
+    cmd: &Document,
+    app: Option<&str>,
+) -> Result<Body, CmdError> {
     let id = cursor_id(cmd)?;
     let coll = cmd.get_str("collection").unwrap_or_default();
     let ns = format!("{db}.{coll}");
@@ -164,6 +169,7 @@ pub async fn get_more(shared: &SharedRef, db: &str, cmd: &Document) -> Result<Bo
         .map(|ms| Duration::from_millis(ms.clamp(0.0, 86_400_000.0) as u64))
         .unwrap_or(Duration::from_secs(1));
     let deadline = Instant::now() + wait;
+    let mut first_pass = true;
     loop {
         let mut rx = shared.changed.subscribe();
         {
@@ -189,6 +195,18 @@ pub async fn get_more(shared: &SharedRef, db: &str, cmd: &Document) -> Result<Bo
                     ),
                 ));
             }
+            let stream = matches!(cursor, Cursor::Stream { .. });
+            if first_pass
+                && let Some(e) = crate::failpoint::check_after_checkout(state, app, stream)
+            {
+                // An error while the cursor is checked out kills it.
+                state.cursors.remove(&id);
+                return Err(e);
+            }
+            first_pass = false;
+            let Some(cursor) = state.cursors.get_mut(&id) else {
+                return Err(CmdError::new(43, format!("cursor id {id} not found")));
+            };
             match cursor {
                 Cursor::Find { docs, .. } => {
                     let batch = take_batch(docs, n);

@@ -1,5 +1,12 @@
-//! Fault injection: `configureFailPoint: "failCommand"` with the real server's semantics,
-//! plus one-shot faults queued from Rust (`Sim::fail_next`).
+//! Fault injection: `configureFailPoint` `failCommand` and `failGetMoreAfterCursorCheckout`
+//! with the real server's semantics, plus one-shot faults queued from Rust (`Sim::fail_next`).
+//!
+//! Error labels follow the server: `failCommand` fires before a getMore checks out its
+//! cursor, so the server cannot know it is a change stream and adds no
+//! `ResumableChangeStreamError` (an `aggregate` carries its `$changeStream` pipeline, so it
+//! does get the label); `failGetMoreAfterCursorCheckout` fires after, so a change-stream
+//! getMore gets the label for the resumable codes. `RetryableWriteError` is added to
+//! retryable writes for the retryable codes.
 
 use std::time::Duration;
 
@@ -58,12 +65,19 @@ fn num(b: &Bson) -> Option<u64> {
 /// `configureFailPoint`.
 pub fn configure(state: &mut State, cmd: &Document) -> Result<Document, CmdError> {
     let name = cmd.get_str("configureFailPoint").unwrap_or_default();
-    if name != "failCommand" {
-        return Err(CmdError::bad_value(format!("Unknown fail point: {name}")));
-    }
+    let after_checkout = match name {
+        "failCommand" => false,
+        "failGetMoreAfterCursorCheckout" => true,
+        _ => return Err(CmdError::bad_value(format!("Unknown fail point: {name}"))),
+    };
+    let slot = if after_checkout {
+        &mut state.getmore_failpoint
+    } else {
+        &mut state.failpoint
+    };
     let mode = match cmd.get("mode") {
         Some(Bson::String(s)) if s == "off" => {
-            state.failpoint = None;
+            *slot = None;
             return Ok(bson::doc! {"count": 0});
         }
         Some(Bson::String(s)) if s == "alwaysOn" => Mode::AlwaysOn,
@@ -79,12 +93,15 @@ pub fn configure(state: &mut State, cmd: &Document) -> Result<Document, CmdError
         _ => return Err(CmdError::bad_value("bad fail point mode")),
     };
     let data = cmd.get_document("data").cloned().unwrap_or_default();
-    let commands: Vec<String> = data
-        .get_array("failCommands")
-        .map_err(|_| CmdError::bad_value("failCommand requires 'failCommands'"))?
-        .iter()
-        .filter_map(|b| b.as_str().map(String::from))
-        .collect();
+    let commands: Vec<String> = if after_checkout {
+        vec!["getMore".into()]
+    } else {
+        data.get_array("failCommands")
+            .map_err(|_| CmdError::bad_value("failCommand requires 'failCommands'"))?
+            .iter()
+            .filter_map(|b| b.as_str().map(String::from))
+            .collect()
+    };
     let block = if data.get_bool("blockConnection").unwrap_or(false) {
         Some(Duration::from_millis(
             data.get("blockTimeMS")
@@ -94,7 +111,7 @@ pub fn configure(state: &mut State, cmd: &Document) -> Result<Document, CmdError
     } else {
         None
     };
-    state.failpoint = Some(FailPoint {
+    let fp = Some(FailPoint {
         mode,
         commands,
         close_connection: data.get_bool("closeConnection").unwrap_or(false),
@@ -107,6 +124,11 @@ pub fn configure(state: &mut State, cmd: &Document) -> Result<Document, CmdError
         block,
         app_name: data.get_str("appName").ok().map(String::from),
     });
+    if after_checkout {
+        state.getmore_failpoint = fp;
+    } else {
+        state.failpoint = fp;
+    }
     Ok(bson::doc! {"count": 0})
 }
 
@@ -135,28 +157,9 @@ pub fn error_for(
     e
 }
 
-/// Decide the fault for a command (consuming `times`/`skip` and one-shot faults).
-pub fn check(
-    state: &mut State,
-    name: &str,
-    app: Option<&str>,
-    stream_getmore: bool,
-    retryable_write: bool,
-) -> Option<Action> {
-    if let Some(i) = state.faults.iter().position(|(c, _)| c == name) {
-        let (_, f) = state.faults.remove(i);
-        let mut a = Action::default();
-        match f {
-            Fault::CloseConnection => a.close = true,
-            Fault::CloseAfterExecute => a.close_after = true,
-            Fault::Block(d) => a.block = Some(d),
-            Fault::Error { code, labels } => {
-                a.error = Some(error_for(code, labels, stream_getmore, retryable_write))
-            }
-        }
-        return Some(a);
-    }
-    let fp = state.failpoint.as_mut()?;
+/// Consume one firing of a fail point for a command; `None` when it does not fire.
+fn fire(slot: &mut Option<FailPoint>, name: &str, app: Option<&str>) -> Option<FailPoint> {
+    let fp = slot.as_mut()?;
     if !fp.commands.iter().any(|c| c == name) {
         return None;
     }
@@ -174,7 +177,7 @@ pub fn check(
         Mode::Skip(_) => {}
         Mode::Times(n) => {
             if *n == 0 {
-                state.failpoint = None;
+                *slot = None;
                 return None;
             }
             *n -= 1;
@@ -182,14 +185,63 @@ pub fn check(
     }
     let fp = fp.clone();
     if matches!(fp.mode, Mode::Times(0)) {
-        state.failpoint = None;
+        *slot = None;
     }
+    Some(fp)
+}
+
+/// What a command's context means for the server's automatic labels.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Context {
+    /// A getMore on a change-stream cursor.
+    pub stream_getmore: bool,
+    /// An aggregate whose pipeline starts with `$changeStream`.
+    pub stream_aggregate: bool,
+    /// A retryable write (or commit/abort).
+    pub retryable_write: bool,
+}
+
+/// Decide the fault for a command (consuming `times`/`skip` and one-shot faults).
+pub fn check(state: &mut State, name: &str, app: Option<&str>, ctx: Context) -> Option<Action> {
+    if let Some(i) = state.faults.iter().position(|(c, _)| c == name) {
+        let (_, f) = state.faults.remove(i);
+        let mut a = Action::default();
+        match f {
+            Fault::CloseConnection => a.close = true,
+            Fault::CloseAfterExecute => a.close_after = true,
+            Fault::Block(d) => a.block = Some(d),
+            Fault::Error { code, labels } => {
+                // A fault from Rust models an error raised inside the command.
+                let stream = ctx.stream_getmore || ctx.stream_aggregate;
+                a.error = Some(error_for(code, labels, stream, ctx.retryable_write))
+            }
+        }
+        return Some(a);
+    }
+    let fp = fire(&mut state.failpoint, name, app)?;
     Some(Action {
         block: fp.block,
         close: fp.close_connection,
         close_after: false,
-        error: fp
-            .error_code
-            .map(|c| error_for(c, fp.error_labels.clone(), stream_getmore, retryable_write)),
+        error: fp.error_code.map(|c| {
+            error_for(
+                c,
+                fp.error_labels.clone(),
+                ctx.stream_aggregate,
+                ctx.retryable_write,
+            )
+        }),
     })
+}
+
+/// `failGetMoreAfterCursorCheckout` for a getMore whose cursor was found: the error, with
+/// `ResumableChangeStreamError` for the resumable codes on a change-stream cursor.
+pub fn check_after_checkout(
+    state: &mut State,
+    app: Option<&str>,
+    stream: bool,
+) -> Option<CmdError> {
+    let fp = fire(&mut state.getmore_failpoint, "getMore", app)?;
+    fp.error_code
+        .map(|c| error_for(c, fp.error_labels.clone(), stream, false))
 }

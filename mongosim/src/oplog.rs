@@ -14,6 +14,11 @@ pub enum Op {
     Drop,
     Rename,
     DropDatabase,
+    /// Expanded events (`showExpandedEvents`): DDL on a collection.
+    Create,
+    CreateIndexes,
+    DropIndexes,
+    Modify,
 }
 
 impl Op {
@@ -26,7 +31,19 @@ impl Op {
             Op::Drop => "drop",
             Op::Rename => "rename",
             Op::DropDatabase => "dropDatabase",
+            Op::Create => "create",
+            Op::CreateIndexes => "createIndexes",
+            Op::DropIndexes => "dropIndexes",
+            Op::Modify => "modify",
         }
+    }
+
+    /// Seen only by streams opened with `showExpandedEvents`.
+    pub fn expanded(self) -> bool {
+        matches!(
+            self,
+            Op::Create | Op::CreateIndexes | Op::DropIndexes | Op::Modify
+        )
     }
 }
 
@@ -50,6 +67,15 @@ pub struct Entry {
     pub txn: Option<(Document, i64)>,
     /// Rename target `(db, coll)`.
     pub to: Option<(String, String)>,
+    /// The collection recorded pre- and post-images (`changeStreamPreAndPostImages`) when
+    /// this write happened.
+    pub images: bool,
+    /// The collection's UUID at write time (`collectionUUID` of expanded events).
+    pub uuid: Option<bson::Binary>,
+    /// `operationDescription` of DDL events.
+    pub desc: Option<Document>,
+    /// `stateBeforeChange` of `modify` events.
+    pub before_change: Option<Document>,
 }
 
 impl Entry {
@@ -70,6 +96,10 @@ impl Entry {
             upd: None,
             txn: None,
             to: None,
+            images: false,
+            uuid: None,
+            desc: None,
+            before_change: None,
         }
     }
 }
@@ -181,17 +211,42 @@ pub fn token(seq: u64, invalidate: bool) -> Document {
     bson::doc! {"_data": data}
 }
 
-/// Decode a token: `(seq, is_invalidate)`.
-pub fn parse_token(tok: &Bson) -> Option<(u64, bool)> {
+/// Resume token of fragment `k` (0-based) of the split event of entry `seq`: sorts after the
+/// event's own token and before the invalidate that may follow it.
+pub fn fragment_token(seq: u64, k: u32) -> Document {
+    bson::doc! {"_data": format!("82{seq:016X}00{k:08X}")}
+}
+
+/// A decoded resume token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPos {
+    pub seq: u64,
+    pub invalidate: bool,
+    /// Fragment index (0-based) of a split event.
+    pub fragment: Option<u32>,
+}
+
+/// Decode any token of this simulator.
+pub fn parse_position(tok: &Bson) -> Option<TokenPos> {
     let Bson::Document(d) = tok else {
         return None;
     };
     let data = d.get_str("_data").ok()?;
     let hex = data.strip_prefix("82")?;
     let seq = u64::from_str_radix(hex.get(..16)?, 16).ok()?;
+    let pos = |invalidate, fragment| {
+        Some(TokenPos {
+            seq,
+            invalidate,
+            fragment,
+        })
+    };
     match hex.get(16..) {
-        Some("") | None => Some((seq, false)),
-        Some("01") => Some((seq, true)),
+        Some("") | None => pos(false, None),
+        Some("01") => pos(true, None),
+        Some(f) if f.len() == 10 && f.starts_with("00") => {
+            pos(false, Some(u32::from_str_radix(&f[2..], 16).ok()?))
+        }
         _ => None,
     }
 }
@@ -205,10 +260,19 @@ mod tests {
         let a = token(5, false);
         let b = token(5, true);
         let c = token(6, false);
-        assert_eq!(parse_token(&Bson::Document(a.clone())), Some((5, false)));
-        assert_eq!(parse_token(&Bson::Document(b.clone())), Some((5, true)));
+        let p = |d: &Document| {
+            parse_position(&Bson::Document(d.clone())).map(|p| (p.seq, p.invalidate))
+        };
+        assert_eq!(p(&a), Some((5, false)));
+        assert_eq!(p(&b), Some((5, true)));
         let s = |d: &Document| d.get_str("_data").unwrap().to_string();
         assert!(s(&a) < s(&b) && s(&b) < s(&c));
+        let f = fragment_token(5, 2);
+        assert!(s(&a) < s(&f) && s(&f) < s(&b));
+        assert_eq!(
+            parse_position(&Bson::Document(f)).and_then(|p| p.fragment),
+            Some(2)
+        );
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::net::{TcpListener, TcpStream};
 use crate::codec::{self, FLAG_MORE_TO_COME, Message};
 use crate::cursors::{self, Body, Cursor};
 use crate::state::{CmdError, SharedRef, State, code_name};
-use crate::{crud, failpoint, streams, topology, txn};
+use crate::{crud, ddl, failpoint, streams, topology, txn};
 
 static REQUEST_IDS: AtomicI32 = AtomicI32::new(1);
 static CONN_IDS: AtomicU32 = AtomicU32::new(1);
@@ -131,6 +131,16 @@ fn envelope(st: &State, r: Result<Document, CmdError>) -> Document {
     envelope_tv(st, r, None)
 }
 
+const NON_RESUMABLE: &str = "NonResumableChangeStreamError";
+
+/// Does an aggregate's pipeline start with `$changeStream`?
+fn is_stream_pipeline(body: &Document) -> bool {
+    matches!(
+        body.get_array("pipeline").ok().and_then(|p| p.first()),
+        Some(Bson::Document(d)) if d.contains_key("$changeStream")
+    )
+}
+
 /// State-change codes that carry `topologyVersion` in streaming mode.
 const STATE_CHANGE: &[i32] = &[91, 189, 10107, 11600, 11602, 13435, 13436];
 
@@ -146,8 +156,13 @@ fn envelope_tv(
         }
         Err(e) => {
             let mut d = doc! {"ok": 0.0, "errmsg": e.msg.clone(), "code": e.code, "codeName": code_name(e.code)};
-            if !e.labels.is_empty() {
-                d.insert("errorLabels", e.labels.clone());
+            let mut labels = e.labels.clone();
+            // The server's NonResumableChangeStreamError category.
+            if matches!(e.code, 280 | 286) && !labels.iter().any(|l| l == NON_RESUMABLE) {
+                labels.push(NON_RESUMABLE.into());
+            }
+            if !labels.is_empty() {
+                d.insert("errorLabels", labels);
             }
             if let (Some(pid), true) = (
                 process_id,
@@ -216,10 +231,13 @@ async fn handle(shared: &SharedRef, conn: u32, app: &mut Option<String>, msg: Me
 
     let action = {
         let mut st = shared.lock();
-        let stream_gm = name == "getMore" && cursors::is_stream_getmore(&st, &body);
-        let retry_write = (WRITES.contains(&name.as_str()) && txn::txn_number(&body).is_some())
-            || matches!(name.as_str(), "commitTransaction" | "abortTransaction");
-        failpoint::check(&mut st, &name, app.as_deref(), stream_gm, retry_write)
+        let ctx = failpoint::Context {
+            stream_getmore: name == "getMore" && cursors::is_stream_getmore(&st, &body),
+            stream_aggregate: name == "aggregate" && is_stream_pipeline(&body),
+            retryable_write: (WRITES.contains(&name.as_str()) && txn::txn_number(&body).is_some())
+                || matches!(name.as_str(), "commitTransaction" | "abortTransaction"),
+        };
+        failpoint::check(&mut st, &name, app.as_deref(), ctx)
     };
     let mut close_after = false;
     if let Some(a) = action {
@@ -249,7 +267,7 @@ async fn handle(shared: &SharedRef, conn: u32, app: &mut Option<String>, msg: Me
     }
 
     let r = if name == "getMore" {
-        let r = cursors::get_more(shared, &db, &body).await;
+        let r = cursors::get_more(shared, &db, &body, app.as_deref()).await;
         let st = shared.lock();
         finish(&st, r, shared.process_id)
     } else {
@@ -371,14 +389,14 @@ fn run(
         "killCursors" => cursors::kill_cursors(st, body),
         "listCollections" => crud::list_collections(st, db, body),
         "listDatabases" => crud::list_databases(st, body),
-        "create" => crud::create(st, db, body),
+        "create" => ddl::create(st, db, body),
         "drop" => crud::drop(st, db, body),
         "dropDatabase" => crud::drop_database(st, db),
         "renameCollection" => crud::rename_collection(st, body),
-        "createIndexes" => crud::create_indexes(st, db, body),
-        "listIndexes" => crud::list_indexes(st, db, body),
-        "dropIndexes" => Ok(doc! {"nIndexesWas": 1}),
-        "collMod" => Ok(Document::new()),
+        "createIndexes" => ddl::create_indexes(st, db, body),
+        "listIndexes" => ddl::list_indexes(st, db, body),
+        "dropIndexes" => ddl::drop_indexes(st, db, body),
+        "collMod" => ddl::coll_mod(st, db, body),
         "commitTransaction" => txn::commit(st, body),
         "abortTransaction" => txn::abort(st, body),
         "configureFailPoint" => failpoint::configure(st, body),
@@ -427,9 +445,7 @@ fn aggregate(st: &mut State, db: &str, body: &Document) -> Result<Body, CmdError
     let pipeline = body
         .get_array("pipeline")
         .map_err(|_| CmdError::bad_value("aggregate needs a pipeline"))?;
-    let is_stream =
-        matches!(pipeline.first(), Some(Bson::Document(d)) if d.contains_key("$changeStream"));
-    if !is_stream {
+    if !is_stream_pipeline(body) {
         if !matches!(body.get("aggregate"), Some(Bson::String(_))) {
             return Err(CmdError::new(
                 40324,

@@ -73,7 +73,11 @@ pub fn code_name(code: i32) -> &'static str {
         263 => "OperationNotSupportedInTransaction",
         280 => "ChangeStreamFatalError",
         286 => "ChangeStreamHistoryLost",
+        47 => "NoMatchingDocument",
+        168 => "InvalidPipelineOperator",
+        216 => "ElectionInProgress",
         9001 => "SocketException",
+        10334 => "BSONObjectTooLarge",
         10107 => "NotWritablePrimary",
         11000 => "DuplicateKey",
         11600 => "InterruptedAtShutdown",
@@ -100,6 +104,10 @@ pub const RETRYABLE_WRITE_CODES: &[i32] = &[
 pub struct Collection {
     pub docs: BTreeMap<Key, Document>,
     pub uuid: bson::Binary,
+    /// `changeStreamPreAndPostImages: {enabled: true}` (create / collMod).
+    pub images: bool,
+    /// Secondary indexes by name (accepted, never used for queries).
+    pub indexes: Vec<Document>,
 }
 
 impl Collection {
@@ -107,6 +115,8 @@ impl Collection {
         Collection {
             docs: BTreeMap::new(),
             uuid: bson::Binary::from_uuid(bson::Uuid::new()),
+            images: false,
+            indexes: Vec::new(),
         }
     }
 }
@@ -170,6 +180,8 @@ pub struct State {
     pub retry_cache: HashMap<(Vec<u8>, i64), Document>,
     pub txns: HashMap<Vec<u8>, Txn>,
     pub log: Vec<LoggedCommand>,
+    /// `failGetMoreAfterCursorCheckout`: fails getMores once their cursor is found.
+    pub getmore_failpoint: Option<FailPoint>,
     /// Commands held before running until released (`Sim::stall`, `simStallGetMore`).
     pub stalled: std::collections::HashSet<String>,
 }
@@ -195,6 +207,7 @@ impl State {
                 increment: 1,
             },
             failpoint: None,
+            getmore_failpoint: None,
             faults: Vec::new(),
             topo: Topology::default(),
             retry_cache: HashMap::new(),
@@ -234,6 +247,10 @@ impl State {
     /// Record a write: into the open transaction, or straight into the oplog.
     /// Returns true when the oplog grew (waiters must be woken).
     pub fn record(&mut self, mut e: Entry, txn: Option<&TxnCtx>, undo: Option<Undo>) -> bool {
+        if let Some(c) = self.coll(&e.db, &e.coll) {
+            e.images = c.images;
+            e.uuid.get_or_insert_with(|| c.uuid.clone());
+        }
         if let Some(t) = txn
             && let Some(tx) = self
                 .txns

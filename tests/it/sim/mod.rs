@@ -4,6 +4,8 @@
 mod crud;
 mod dump;
 mod faults;
+mod spec;
+mod split;
 mod streams;
 
 use std::time::{Duration, Instant};

@@ -176,12 +176,17 @@ async fn labelled_errors_resume_and_unlabelled_ones_surface() {
     let m = TestMongo::start().await;
     let c = m.db().collection::<Document>("items");
     let mut s = watch(&c, 200).await;
-    // 10107 on a change-stream getMore: the server labels it ResumableChangeStreamError.
-    m.fail_command(
-        doc! {"times": 1}.into(),
-        doc! {"failCommands": ["getMore"], "errorCode": 10107},
-    )
-    .await;
+    // 10107 raised once the getMore has its change-stream cursor: the server labels it
+    // ResumableChangeStreamError (failCommand fires before that and adds no label).
+    m.client()
+        .database("admin")
+        .run_command(doc! {
+            "configureFailPoint": "failGetMoreAfterCursorCheckout",
+            "mode": {"times": 1},
+            "data": {"errorCode": 10107},
+        })
+        .await
+        .unwrap();
     c.insert_one(doc! {"_id": 1}).await.unwrap();
     assert!(next_event(&mut s, WAIT).await.is_some());
     // 43 CursorNotFound: resumable without a label.
