@@ -3,9 +3,11 @@
 //! consumer of `bowmark.sync` would see. This module is the shared harness.
 
 mod alarm;
+mod ddl;
 mod events;
 mod faults;
 mod ha;
+mod keys;
 mod process;
 mod unhealing;
 
