@@ -20,6 +20,7 @@ mod filter;
 mod oplog;
 pub mod order;
 mod server;
+mod split;
 mod state;
 mod streams;
 mod topology;
@@ -53,6 +54,11 @@ pub struct SimConfig {
     pub listen: SocketAddr,
     /// Add `_typeBits` to every other resume token (opaque extra field, as real servers do).
     pub token_type_bits: bool,
+    /// Largest change event returned whole: 16 MiB (BSONObjMaxUserSize) as on a server.
+    /// Above it `$changeStreamSplitLargeEvent` splits the event; without that stage an event
+    /// above this plus 16 KiB (the server's internal slack) fails the getMore with 10334
+    /// (BSONObjectTooLarge). Tests lower it to split small events.
+    pub max_event_bytes: usize,
 }
 
 impl Default for SimConfig {
@@ -63,6 +69,7 @@ impl Default for SimConfig {
             streaming_hello: false,
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             token_type_bits: false,
+            max_event_bytes: 16 * 1024 * 1024,
         }
     }
 }

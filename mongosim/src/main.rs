@@ -30,6 +30,10 @@ struct Args {
     /// Add `_typeBits` to every other resume token.
     #[arg(long)]
     token_type_bits: bool,
+    /// Largest change event returned whole (default 16 MiB, as a server); larger ones are
+    /// split by `$changeStreamSplitLargeEvent` or fail with 10334.
+    #[arg(long, default_value_t = 16 * 1024 * 1024)]
+    max_event_bytes: usize,
     /// Load a mongodump folder into a database before serving: DB=DIR (repeatable). DIR is
     /// mongodump's output folder (its DB subfolder is read) or the DB folder itself.
     #[arg(long = "load-dump", value_name = "DB=DIR")]
@@ -71,6 +75,7 @@ async fn main() {
         streaming_hello: args.streaming_hello,
         listen: args.listen,
         token_type_bits: args.token_type_bits,
+        max_event_bytes: args.max_event_bytes,
     };
     let sim = match mongosim::Sim::start_with(config).await {
         Ok(s) => s,

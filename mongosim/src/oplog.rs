@@ -181,17 +181,42 @@ pub fn token(seq: u64, invalidate: bool) -> Document {
     bson::doc! {"_data": data}
 }
 
-/// Decode a token: `(seq, is_invalidate)`.
-pub fn parse_token(tok: &Bson) -> Option<(u64, bool)> {
+/// Resume token of fragment `k` (0-based) of the split event of entry `seq`: sorts after the
+/// event's own token and before the invalidate that may follow it.
+pub fn fragment_token(seq: u64, k: u32) -> Document {
+    bson::doc! {"_data": format!("82{seq:016X}00{k:08X}")}
+}
+
+/// A decoded resume token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TokenPos {
+    pub seq: u64,
+    pub invalidate: bool,
+    /// Fragment index (0-based) of a split event.
+    pub fragment: Option<u32>,
+}
+
+/// Decode any token of this simulator.
+pub fn parse_position(tok: &Bson) -> Option<TokenPos> {
     let Bson::Document(d) = tok else {
         return None;
     };
     let data = d.get_str("_data").ok()?;
     let hex = data.strip_prefix("82")?;
     let seq = u64::from_str_radix(hex.get(..16)?, 16).ok()?;
+    let pos = |invalidate, fragment| {
+        Some(TokenPos {
+            seq,
+            invalidate,
+            fragment,
+        })
+    };
     match hex.get(16..) {
-        Some("") | None => Some((seq, false)),
-        Some("01") => Some((seq, true)),
+        Some("") | None => pos(false, None),
+        Some("01") => pos(true, None),
+        Some(f) if f.len() == 10 && f.starts_with("00") => {
+            pos(false, Some(u32::from_str_radix(&f[2..], 16).ok()?))
+        }
         _ => None,
     }
 }
@@ -205,10 +230,19 @@ mod tests {
         let a = token(5, false);
         let b = token(5, true);
         let c = token(6, false);
-        assert_eq!(parse_token(&Bson::Document(a.clone())), Some((5, false)));
-        assert_eq!(parse_token(&Bson::Document(b.clone())), Some((5, true)));
+        let p = |d: &Document| {
+            parse_position(&Bson::Document(d.clone())).map(|p| (p.seq, p.invalidate))
+        };
+        assert_eq!(p(&a), Some((5, false)));
+        assert_eq!(p(&b), Some((5, true)));
         let s = |d: &Document| d.get_str("_data").unwrap().to_string();
         assert!(s(&a) < s(&b) && s(&b) < s(&c));
+        let f = fragment_token(5, 2);
+        assert!(s(&a) < s(&f) && s(&f) < s(&b));
+        assert_eq!(
+            parse_position(&Bson::Document(f)).and_then(|p| p.fragment),
+            Some(2)
+        );
     }
 
     #[test]

@@ -74,6 +74,7 @@ pub fn code_name(code: i32) -> &'static str {
         280 => "ChangeStreamFatalError",
         286 => "ChangeStreamHistoryLost",
         9001 => "SocketException",
+        10334 => "BSONObjectTooLarge",
         10107 => "NotWritablePrimary",
         11000 => "DuplicateKey",
         11600 => "InterruptedAtShutdown",

@@ -4,7 +4,8 @@
 use bson::{Bson, Document, doc};
 
 use crate::filter;
-use crate::oplog::{Entry, Op, append_raw, encode, parse_token, token};
+use crate::oplog::{Entry, Op, append_raw, encode, fragment_token, parse_position, token};
+use crate::split;
 use crate::state::{CmdError, State};
 
 pub const HISTORY_LOST: &str =
@@ -22,6 +23,10 @@ pub struct StreamCursor {
     pub full_document: String,
     pub before_change: String,
     pub stages: Vec<Document>,
+    /// The pipeline ends with `$changeStreamSplitLargeEvent`.
+    pub split: bool,
+    /// Fragments `0..=k` of the split event at `pos` were delivered (more may follow).
+    pub frag: Option<u32>,
     /// Set once an invalidate was returned: the cursor is closed.
     pub invalidated: bool,
 }
@@ -43,9 +48,11 @@ pub fn open(
         Bson::String(s) => Some(s.clone()),
         _ => None,
     };
+    let split = split::parse(&pipeline[1..])?;
     let mut stages = Vec::new();
     for s in &pipeline[1..] {
         match s {
+            Bson::Document(d) if d.contains_key(split::STAGE) => {}
             Bson::Document(d)
                 if d.contains_key("$match")
                     || d.contains_key("$project")
@@ -71,9 +78,17 @@ pub fn open(
     let oplog = &state.oplog;
     let resume = opts.get("resumeAfter").filter(|b| !matches!(b, Bson::Null));
     let start_after = opts.get("startAfter").filter(|b| !matches!(b, Bson::Null));
+    let mut frag = None;
     let pos = if let Some(tok) = resume.or(start_after) {
-        let (seq, inv) =
-            parse_token(tok).ok_or_else(|| CmdError::new(260, "Invalid resume token"))?;
+        let p = parse_position(tok).ok_or_else(|| CmdError::new(260, "Invalid resume token"))?;
+        let (seq, inv) = (p.seq, p.invalidate);
+        if p.fragment.is_some() && !split {
+            return Err(CmdError::new(
+                280,
+                "To resume from a split event, the $changeStream pipeline must include a $changeStreamSplitLargeEvent stage",
+            ));
+        }
+        frag = p.fragment;
         if inv && resume.is_some() {
             return Err(CmdError::new(
                 260,
@@ -114,6 +129,8 @@ pub fn open(
         full_document,
         before_change,
         stages,
+        split,
+        frag,
         invalidated: false,
     })
 }
@@ -237,8 +254,65 @@ fn apply_stages(stages: &[Document], raw: Vec<u8>) -> Result<Option<Vec<u8>>, Cm
     Ok(Some(encode(&ev)))
 }
 
-/// Scan forward from the cursor's position; at most `limit` events and about `max_bytes`.
-/// Returns the events; `cur.invalidated` is set when an invalidate was emitted.
+/// The event of entry `e` after the pipeline, cut into fragments when it is too large for
+/// one reply document (`$changeStreamSplitLargeEvent`), or error 10334 without that stage.
+/// Empty when the entry does not concern the stream or a `$match` dropped it.
+fn fragments(
+    state: &State,
+    cur: &StreamCursor,
+    e: &Entry,
+    resume: Option<u32>,
+) -> Result<Vec<Vec<u8>>, CmdError> {
+    let Some(ev) = apply_stages(&cur.stages, event(state, cur, e))? else {
+        return Ok(vec![]);
+    };
+    if cur.full_document == "required" && e.op == Op::Update && e.doc.is_none() {
+        return Err(CmdError::new(
+            280,
+            "Change stream was configured to require a post-image for all update events, but the post-image was not found",
+        ));
+    }
+    let limit = state.config.max_event_bytes;
+    let id = with_type_bits(state, token(e.seq, false), e.seq);
+    if !cur.split {
+        if ev.len() > limit + split::INTERNAL_SLACK {
+            return Err(split::too_large(
+                ev.len(),
+                limit + split::INTERNAL_SLACK,
+                &Bson::Document(id),
+            ));
+        }
+        return Ok(vec![ev]);
+    }
+    if ev.len() <= limit {
+        if resume.is_some() {
+            return Err(CmdError::new(
+                280,
+                "Attempted to resume from a split event fragment, but the event in the resumed stream was not large enough to be split",
+            ));
+        }
+        return Ok(vec![ev]);
+    }
+    let max = limit.saturating_sub(encode(&id).len());
+    // Resuming after fragment k: fragment k itself must exist and is swallowed.
+    let skip = resume.map_or(0, |k| k as usize);
+    let mut frags = split::split(&ev, max, skip, |k| {
+        with_type_bits(state, fragment_token(e.seq, k), e.seq)
+    })?;
+    if resume.is_some() && !frags.is_empty() {
+        frags.remove(0);
+    } else if resume.is_some() {
+        return Err(CmdError::new(
+            280,
+            "Attempted to resume from a split event, but the resumed stream produced a different split. Ensure that the pipeline used to resume is the same as the original",
+        ));
+    }
+    Ok(frags)
+}
+
+/// Scan forward from the cursor's position; at most `limit` events and about `max_bytes`
+/// (a batch always takes its first event). `cur.invalidated` is set when an invalidate was
+/// emitted.
 pub fn scan(
     state: &State,
     cur: &mut StreamCursor,
@@ -250,22 +324,44 @@ pub fn scan(
     if cur.pos < state.oplog.floor {
         return Err(CmdError::new(286, HISTORY_LOST));
     }
-    while out.len() < limit && bytes < max_bytes && !cur.invalidated {
-        let next = cur.pos + 1;
-        let Some(e) = state.oplog.get(next) else {
+    while out.len() < limit && !cur.invalidated {
+        // Within a split event, resume at its next fragment.
+        let (seq, resume) = match cur.frag {
+            Some(k) => (cur.pos, Some(k)),
+            None => (cur.pos + 1, None),
+        };
+        let skip = resume.map_or(0, |k| k as usize + 1);
+        let Some(e) = state.oplog.get(seq) else {
             break;
         };
-        cur.pos = next;
         let (relevant, invalidates) = relevance(cur, e);
-        if relevant && let Some(ev) = apply_stages(&cur.stages, event(state, cur, e))? {
-            if cur.full_document == "required" && e.op == Op::Update && e.doc.is_none() {
-                return Err(CmdError::new(
-                    280,
-                    "Change stream was configured to require a post-image for all update events, but the post-image was not found",
-                ));
+        let frags = if relevant {
+            fragments(state, cur, e, resume)?
+        } else {
+            vec![]
+        };
+        let split = frags.len() > 1 || skip > 0;
+        let produced = !frags.is_empty();
+        for (i, f) in frags.into_iter().enumerate() {
+            if out.len() >= limit || (!out.is_empty() && bytes + f.len() > max_bytes) {
+                if i > 0 {
+                    cur.pos = seq;
+                    cur.frag = Some((skip + i - 1) as u32);
+                }
+                return Ok(out);
             }
-            bytes += ev.len();
-            out.push(ev);
+            bytes += f.len();
+            out.push(f);
+            if split {
+                cur.pos = seq;
+                cur.frag = Some((skip + i) as u32);
+            }
+        }
+        cur.pos = seq;
+        if !(split && produced) {
+            // A split event keeps its last fragment's token as the position (the
+            // postBatchResumeToken); the next scan moves past it.
+            cur.frag = None;
         }
         if invalidates {
             out.push(encode(&invalidate_event(state, e)));
@@ -277,7 +373,11 @@ pub fn scan(
 
 /// The postBatchResumeToken after a scan.
 pub fn pbrt(state: &State, cur: &StreamCursor) -> Document {
-    with_type_bits(state, token(cur.pos, cur.invalidated), cur.pos)
+    let t = match cur.frag {
+        Some(k) => fragment_token(cur.pos, k),
+        None => token(cur.pos, cur.invalidated),
+    };
+    with_type_bits(state, t, cur.pos)
 }
 
 /// With `SimConfig::token_type_bits`, odd positions carry `_typeBits` as real tokens

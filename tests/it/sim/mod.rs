@@ -4,6 +4,7 @@
 mod crud;
 mod dump;
 mod faults;
+mod split;
 mod streams;
 
 use std::time::{Duration, Instant};
