@@ -14,6 +14,7 @@
 mod error;
 pub mod leader;
 pub mod normalize;
+mod reassemble;
 mod session;
 mod stream;
 

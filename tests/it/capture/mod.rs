@@ -8,6 +8,7 @@ mod events;
 mod faults;
 mod ha;
 mod keys;
+mod large;
 mod process;
 mod unhealing;
 
