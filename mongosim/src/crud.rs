@@ -948,7 +948,10 @@ fn rename(
     let Some(c) = st.dbs.get_mut(fdb).and_then(|d| d.remove(fc)) else {
         return Err(CmdError::new(26, "source namespace does not exist"));
     };
-    st.dbs.entry(tdb.to_string()).or_default().insert(tc.to_string(), c);
+    st.dbs
+        .entry(tdb.to_string())
+        .or_default()
+        .insert(tc.to_string(), c);
     let mut e = Entry::new(Op::Rename, fdb, fc);
     e.to = Some((tdb.to_string(), tc.to_string()));
     st.record(e, None, None);

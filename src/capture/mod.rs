@@ -100,7 +100,8 @@ impl CaptureStage {
         }
     }
 
-    /// Recover from lost history with `resnapshot` when the pipeline's policy is `backfill`.
+    /// Recover from lost history, and from a drop, rename or `$out` of a watched collection,
+    /// with `resnapshot` when the pipeline's policy is `backfill`.
     pub fn on_history_lost(mut self, resnapshot: Resnapshot) -> CaptureStage {
         self.resnapshot = Some(resnapshot);
         self
@@ -136,7 +137,9 @@ impl CaptureStage {
                     }
                     Err(err) if self.resnapshot_cause(&err).is_some() => {
                         self.report(&err);
-                        let cause = self.resnapshot_cause(&err).unwrap_or(ResnapshotCause::HistoryLost);
+                        let cause = self
+                            .resnapshot_cause(&err)
+                            .unwrap_or(ResnapshotCause::HistoryLost);
                         match self.resnapshot(cause, &shutdown).await {
                             Ok(()) => backoff.reset(),
                             // SIGTERM during the re-snapshot: its progress is kept; a restart

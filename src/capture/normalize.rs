@@ -191,9 +191,7 @@ fn stop(pipeline: &Pipeline, raw: &Document, operation: &str) -> Normalized {
             && coll.is_none_or(|c| pipeline.entity_of(c).is_some())
     };
     let touches = match operation {
-        "rename" => {
-            ours(db, coll) || to.is_some_and(|(d, c)| ours(Some(d), Some(c)))
-        }
+        "rename" => ours(db, coll) || to.is_some_and(|(d, c)| ours(Some(d), Some(c))),
         _ => ours(db, coll),
     };
     if !touches {

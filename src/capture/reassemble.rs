@@ -152,7 +152,7 @@ mod tests {
 
     fn frag(i: i32, of: i32, field: &str) -> Document {
         doc! {"_id": {"_data": format!("82{i}")}, "splitEvent": {"fragment": i, "of": of},
-              field: i}
+        field: i}
     }
 
     #[test]
@@ -166,7 +166,10 @@ mod tests {
         assert_eq!(e.get_document("_id").unwrap(), &doc! {"_data": "823"});
         assert!(!e.contains_key("splitEvent"));
         let keys: Vec<&String> = e.keys().collect();
-        assert_eq!(keys, ["_id", "operationType", "fullDocument", "updateDescription"]);
+        assert_eq!(
+            keys,
+            ["_id", "operationType", "fullDocument", "updateDescription"]
+        );
         let whole = doc! {"_id": {"_data": "9"}, "operationType": "insert"};
         assert_eq!(r.push(whole.clone()), Ok(Some(whole)));
     }
@@ -175,13 +178,19 @@ mod tests {
     fn missing_or_out_of_order_fragments_are_errors_naming_the_event() {
         let mut r = Reassembler::default();
         let err = r.push(frag(2, 2, "x")).unwrap_err();
-        assert!(err.0.contains("fragment 1 is missing") && err.0.contains("82"), "{err}");
+        assert!(
+            err.0.contains("fragment 1 is missing") && err.0.contains("82"),
+            "{err}"
+        );
         let mut r = Reassembler::default();
         let mut first = frag(1, 3, "operationType");
         first.insert("operationType", "update");
         r.push(first).unwrap();
         let err = r.push(frag(3, 3, "y")).unwrap_err();
-        assert!(err.0.contains("update") && err.0.contains("fragment 2 of 3"), "{err}");
+        assert!(
+            err.0.contains("update") && err.0.contains("fragment 2 of 3"),
+            "{err}"
+        );
         let mut r = Reassembler::default();
         r.push(frag(1, 2, "a")).unwrap();
         assert!(r.push(doc! {"_id": {"_data": "9"}}).is_err());

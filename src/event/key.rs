@@ -45,9 +45,7 @@ fn normal(v: Bson) -> Bson {
             Bson::Int64(f as i64)
         }
         Bson::Decimal128(d) => match d.to_string().parse::<f64>() {
-            Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() <= EXACT => {
-                Bson::Int64(f as i64)
-            }
+            Ok(f) if f.is_finite() && f.fract() == 0.0 && f.abs() <= EXACT => Bson::Int64(f as i64),
             _ => Bson::Decimal128(d),
         },
         Bson::Document(d) => Bson::Document(
@@ -82,7 +80,10 @@ mod tests {
         assert_ne!(mongo_key(&Bson::String("5".into())), five);
         assert_ne!(mongo_key(&Bson::String(five.clone())), five);
         assert_eq!(mongo_key(&Bson::Double(5.5)), r#"{"$numberDouble":"5.5"}"#);
-        assert_eq!(mongo_key(&Bson::Double(f64::NAN)), r#"{"$numberDouble":"NaN"}"#);
+        assert_eq!(
+            mongo_key(&Bson::Double(f64::NAN)),
+            r#"{"$numberDouble":"NaN"}"#
+        );
     }
 
     #[test]
@@ -90,11 +91,17 @@ mod tests {
         let hex = "621664558c026b7ac8fb32f0";
         assert_eq!(mongo_key(&Bson::String(hex.into())), format!("\"{hex}\""));
         assert_eq!(mongo_key(&Bson::String("true".into())), r#""true""#);
-        assert_ne!(mongo_key(&Bson::String("true".into())), mongo_key(&Bson::Boolean(true)));
+        assert_ne!(
+            mongo_key(&Bson::String("true".into())),
+            mongo_key(&Bson::Boolean(true))
+        );
         assert_eq!(mongo_key(&Bson::String("a\0b".into())), r#""a\u0000b""#);
         let q = mongo_key(&Bson::String("\"x\"".into()));
         assert_ne!(q, mongo_key(&Bson::String("x".into())));
-        assert_ne!(q, mongo_key(&Bson::String("\"x\"".into())).trim_matches('"'));
+        assert_ne!(
+            q,
+            mongo_key(&Bson::String("\"x\"".into())).trim_matches('"')
+        );
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The daemon's side of the capture stage: the start guard (the MongoDB database holds at
 //! least one watched collection) and the re-snapshot it runs, through the backfill, when the
-//! change stream's history is lost under `history_lost = "backfill"`.
+//! change stream's history is lost, or a watched collection is dropped, renamed or replaced by
+//! `$out`, under `history_lost = "backfill"`.
 
 use std::sync::Arc;
 

@@ -31,18 +31,27 @@ impl Ddl {
         let db = fx.m.db_name().to_string();
         let rename = |from: &str, to: &str, drop_target: bool| {
             doc! {"renameCollection": format!("{db}.{from}"), "to": format!("{db}.{to}"),
-                  "dropTarget": drop_target}
+            "dropTarget": drop_target}
         };
         let admin = fx.mongo.database("admin");
         match self {
             Ddl::RenameIn => {
-                admin.run_command(rename("staging", "materials", false)).await.unwrap();
+                admin
+                    .run_command(rename("staging", "materials", false))
+                    .await
+                    .unwrap();
             }
             Ddl::RenameOut => {
-                admin.run_command(rename("crews", "crews_old", false)).await.unwrap();
+                admin
+                    .run_command(rename("crews", "crews_old", false))
+                    .await
+                    .unwrap();
             }
             Ddl::RenameOnto => {
-                admin.run_command(rename("staging", "crews", true)).await.unwrap();
+                admin
+                    .run_command(rename("staging", "crews", true))
+                    .await
+                    .unwrap();
             }
             Ddl::Out => {
                 let out: Vec<Document> = fx
@@ -97,11 +106,17 @@ async fn source_keys(fx: &Fixture, coll: &str) -> BTreeSet<String> {
         .try_collect()
         .await
         .unwrap();
-    docs.iter().map(|d| mongo_key(d.get("_id").unwrap())).collect()
+    docs.iter()
+        .map(|d| mongo_key(d.get("_id").unwrap()))
+        .collect()
 }
 
 async fn mirror_equals_source(fx: &Fixture) -> Option<()> {
-    for (entity, coll) in [("crew", "crews"), ("material", "materials"), ("jobsite", "jobsites")] {
+    for (entity, coll) in [
+        ("crew", "crews"),
+        ("material", "materials"),
+        ("jobsite", "jobsites"),
+    ] {
         if mirror_keys(fx, entity).await != source_keys(fx, coll).await {
             return None;
         }
@@ -115,17 +130,26 @@ async fn backfill(fx: &Fixture) {
         progress: ProgressMode::Log,
         ..BackfillOptions::default()
     };
-    run_backfill(&fx.settings, opts).await.expect("initial backfill");
+    run_backfill(&fx.settings, opts)
+        .await
+        .expect("initial backfill");
 }
 
 async fn scenario(ddl: Ddl) {
     // Given watched `crews` and `jobsites`, an unwatched `staging`, all in the mirror, and a
     // capture tailing under history_lost = "fail"
     let mut fx = Fixture::new("paving").await;
-    let crews: Vec<Document> = (1..=3).map(|i| doc! {"_id": oid(i), "name": format!("C{i}")}).collect();
+    let crews: Vec<Document> = (1..=3)
+        .map(|i| doc! {"_id": oid(i), "name": format!("C{i}")})
+        .collect();
     fx.coll("crews").insert_many(crews).await.unwrap();
-    fx.coll("jobsites").insert_one(doc! {"_id": oid(50), "name": "J"}).await.unwrap();
-    let staging: Vec<Document> = (100..102).map(|i| doc! {"_id": oid(i), "name": format!("S{i}")}).collect();
+    fx.coll("jobsites")
+        .insert_one(doc! {"_id": oid(50), "name": "J"})
+        .await
+        .unwrap();
+    let staging: Vec<Document> = (100..102)
+        .map(|i| doc! {"_id": oid(i), "name": format!("S{i}")})
+        .collect();
     fx.coll("staging").insert_many(staging).await.unwrap();
     backfill(&fx).await;
     assert_eq!(mirror_keys(&fx, "crew").await.len(), 3);
@@ -144,20 +168,37 @@ async fn scenario(ddl: Ddl) {
     for part in ddl.named() {
         assert!(msg.contains(part), "{ddl:?}: {part} missing in: {msg}");
     }
-    assert!(msg.contains("bowmark-cdc backfill --pipeline") && msg.contains("--restart"), "{msg}");
-    assert!(mirror_equals_source(&fx).await.is_none(), "{ddl:?}: the mirror is stale");
+    assert!(
+        msg.contains("bowmark-cdc backfill --pipeline") && msg.contains("--restart"),
+        "{msg}"
+    );
+    assert!(
+        mirror_equals_source(&fx).await.is_none(),
+        "{ddl:?}: the mirror is stale"
+    );
     // When it is restarted under history_lost = "backfill"
     fx.settings.pipeline.history_lost = HistoryLostPolicy::Backfill;
     let run = fx.spawn(Health::default());
     // Then it meets the same change (its checkpoint stayed before it), re-snapshots, and the
     // mirror equals MongoDB
-    eventually("the mirror equal to MongoDB", WAIT, || mirror_equals_source(&fx)).await;
+    eventually("the mirror equal to MongoDB", WAIT, || {
+        mirror_equals_source(&fx)
+    })
+    .await;
     // And it streams on after the change
-    fx.coll("jobsites").insert_one(doc! {"_id": oid(51), "name": "After"}).await.unwrap();
+    fx.coll("jobsites")
+        .insert_one(doc! {"_id": oid(51), "name": "After"})
+        .await
+        .unwrap();
     let want = oid(51).to_hex();
-    tap.until("the write after the re-snapshot", |g| g.iter().any(|d| d.event.key == want))
-        .await;
-    assert!(!run.handle.is_finished(), "{ddl:?}: the capture is still running");
+    tap.until("the write after the re-snapshot", |g| {
+        g.iter().any(|d| d.event.key == want)
+    })
+    .await;
+    assert!(
+        !run.handle.is_finished(),
+        "{ddl:?}: the capture is still running"
+    );
     run.stop().await;
 }
 

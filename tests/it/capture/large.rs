@@ -15,8 +15,16 @@ fn of_key<'a>(got: &'a [Delivered], key: &str, updates: bool) -> Vec<&'a ChangeE
 }
 
 fn field_len(e: &ChangeEvent, field: &str, starts: char) -> usize {
-    let s = e.doc.as_ref().and_then(|d| d[field].as_str()).unwrap_or_default();
-    assert!(s.starts_with(starts), "{field} of {} is not the new value", e.key);
+    let s = e
+        .doc
+        .as_ref()
+        .and_then(|d| d[field].as_str())
+        .unwrap_or_default();
+    assert!(
+        s.starts_with(starts),
+        "{field} of {} is not the new value",
+        e.key
+    );
     s.len()
 }
 
@@ -44,7 +52,10 @@ async fn an_update_event_over_the_limit_arrives_whole() {
         .await
         .unwrap();
     crews
-        .update_one(doc! {"_id": oid(1)}, doc! {"$set": {"a": "y".repeat(30_000)}})
+        .update_one(
+            doc! {"_id": oid(1)},
+            doc! {"$set": {"a": "y".repeat(30_000)}},
+        )
         .await
         .unwrap();
     // Then the update is published once, whole
@@ -61,12 +72,20 @@ async fn an_update_event_over_the_limit_arrives_whole() {
     let last = aggregates
         .iter()
         .filter_map(|a| a.get_array("pipeline").ok())
-        .filter(|p| p.iter().any(|s| s.as_document().is_some_and(|d| d.contains_key("$changeStream"))))
+        .filter(|p| {
+            p.iter().any(|s| {
+                s.as_document()
+                    .is_some_and(|d| d.contains_key("$changeStream"))
+            })
+        })
         .filter_map(|p| p.last().and_then(|s| s.as_document()).cloned())
         .next_back()
         .expect("the change stream aggregate");
     assert!(last.contains_key("$changeStreamSplitLargeEvent"), "{last}");
-    assert!(tap.drain(Duration::from_millis(500)).await.is_empty(), "one event, not fragments");
+    assert!(
+        tap.drain(Duration::from_millis(500)).await.is_empty(),
+        "one event, not fragments"
+    );
     run.stop().await;
 }
 
@@ -89,7 +108,9 @@ async fn a_15_mib_document_arrives_whole_and_a_kill_between_fragments_resumes_be
         .await
         .unwrap();
     let key = oid(2).to_hex();
-    let got = tap.until("the 15 MiB insert", |g| !of_key(g, &key, false).is_empty()).await;
+    let got = tap
+        .until("the 15 MiB insert", |g| !of_key(g, &key, false).is_empty())
+        .await;
     assert_eq!(field_len(&got[0].event, "a", 'x'), BIG);
     let inserted = got[0].event.id.clone();
     eventually("the checkpoint at the insert", WAIT, || async {
@@ -103,7 +124,11 @@ async fn a_15_mib_document_arrives_whole_and_a_kill_between_fragments_resumes_be
     // its own batch) and the capture is killed after the first fragment
     let after = crews
         .find_one_and_update(doc! {"_id": oid(2)}, doc! {"$set": {"a": "y".repeat(BIG)}})
-        .with_options(FindOneAndUpdateOptions::builder().return_document(ReturnDocument::After).build())
+        .with_options(
+            FindOneAndUpdateOptions::builder()
+                .return_document(ReturnDocument::After)
+                .build(),
+        )
         .await
         .unwrap()
         .unwrap();
@@ -111,15 +136,24 @@ async fn a_15_mib_document_arrives_whole_and_a_kill_between_fragments_resumes_be
     let stall = sim.stall("getMore");
     sim.clear_command_log();
     let run = fx.spawn(Health::default());
-    eventually("the capture waiting for the second fragment", WAIT, || async {
-        (!sim.commands_named("getMore").is_empty()).then_some(())
-    })
+    eventually(
+        "the capture waiting for the second fragment",
+        WAIT,
+        || async { (!sim.commands_named("getMore").is_empty()).then_some(()) },
+    )
     .await;
     run.kill().await;
     drop(stall);
     // Then nothing was published and the checkpoint did not move into the event
-    assert!(tap.drain(Duration::from_millis(500)).await.is_empty(), "no partial event");
-    assert_eq!(fx.checkpoint().await, before, "no checkpoint inside the event");
+    assert!(
+        tap.drain(Duration::from_millis(500)).await.is_empty(),
+        "no partial event"
+    );
+    assert_eq!(
+        fx.checkpoint().await,
+        before,
+        "no checkpoint inside the event"
+    );
     // And restarted, the capture publishes the update once, whole
     let run = fx.start().await;
     let got = tap
