@@ -1,5 +1,5 @@
 //! Document keys and awkward values end to end (capture, broker, projector, mirror): a numeric
-//! `_id` 5 and a string "5" are two documents; NaN and NUL reach the projection's rules
+//! `_id` 5 and a string "5" are two documents, NumberLong 7 and 7.0 one; NaN and NUL reach the projection's rules
 //! unchanged, which make them storable (NaN as null, NUL removed).
 
 use bowmark_cdc::projector::ProjectorStage;
@@ -8,7 +8,8 @@ use serde_json::json;
 use super::*;
 
 #[tokio::test]
-async fn numeric_and_string_ids_stay_apart_and_nan_and_nul_reach_the_projection_rules() {
+async fn numeric_and_string_ids_stay_apart_equal_numbers_meet_and_nan_and_nul_reach_the_projection_rules()
+ {
     // Given a capture and a projector of one pipeline
     let fx = Fixture::new("paving").await;
     let mut tap = Tap::new(&fx.vhost, &["crew.*"]).await;
@@ -66,6 +67,37 @@ async fn numeric_and_string_ids_stay_apart_and_nan_and_nul_reach_the_projection_
     let odd = &by_key[r#""nul\u0000id""#];
     assert_eq!(odd["name"], json!("ab"), "NUL removed by the projection");
     assert_eq!(odd["rate"], json!(null), "NaN counts as missing");
+    // And NumberLong 7 and the double 7.0, one _id to MongoDB, are one mirror document
+    crews
+        .insert_one(doc! {"_id": 7_i64, "name": "seven"})
+        .await
+        .unwrap();
+    crews.delete_one(doc! {"_id": 7_i64}).await.unwrap();
+    crews
+        .insert_one(doc! {"_id": 7.0_f64, "name": "seven again"})
+        .await
+        .unwrap();
+    let sevens = eventually("the second seven in the mirror", WAIT, || async {
+        let rows = pg
+            .query(
+                "SELECT key, deleted FROM cdc.source_doc WHERE entity = 'crew' AND key LIKE '%7%'",
+                &[],
+            )
+            .await
+            .unwrap();
+        let again: i64 = pg
+            .query_one(
+                "SELECT count(*) FROM cdc.source_doc WHERE doc->>'name' = 'seven again'",
+                &[],
+            )
+            .await
+            .unwrap()
+            .get(0);
+        (again == 1).then_some(rows)
+    })
+    .await;
+    let sevens: Vec<(String, bool)> = sevens.iter().map(|r| (r.get(0), r.get(1))).collect();
+    assert_eq!(sevens, vec![(r#"{"$numberLong":"7"}"#.to_string(), false)]);
     stop_projector.cancel();
     let _ = projector.await;
     run.stop().await;
