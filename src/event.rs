@@ -7,6 +7,9 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 
+mod key;
+pub use key::mongo_key;
+
 /// AMQP `type` property of every v1 event.
 pub const EVENT_TYPE: &str = "bowmark.cdc.v1";
 /// AMQP header carrying the cluster time as `t.i`.

@@ -703,6 +703,9 @@ pub fn aggregate(
                 }
                 docs = vec![out];
             }
+            ("$out", target) => {
+                out(st, db, target, std::mem::take(&mut docs))?;
+            }
             (other, _) => {
                 return Err(CmdError::new(
                     40324,
@@ -907,20 +910,61 @@ pub fn rename_collection(st: &mut State, cmd: &Document) -> Result<Document, Cmd
         (Some(a), Some(b)) => (a, b),
         _ => return Err(CmdError::new(73, "invalid namespace")),
     };
-    let Some(c) = st.dbs.get_mut(&fdb).and_then(|d| d.remove(&fc)) else {
+    let drop_target = cmd.get_bool("dropTarget").unwrap_or(false);
+    rename(st, (&fdb, &fc), (&tdb, &tc), drop_target)?;
+    Ok(Document::new())
+}
+
+/// Rename `from` onto `to`, emitting one `rename` entry. With `drop_target` an existing target
+/// is replaced: as on a server, its drop is part of the rename (no `drop` event of its own).
+fn rename(
+    st: &mut State,
+    (fdb, fc): (&str, &str),
+    (tdb, tc): (&str, &str),
+    drop_target: bool,
+) -> Result<(), CmdError> {
+    if st.coll(fdb, fc).is_none() {
         return Err(CmdError::new(26, "source namespace does not exist"));
-    };
-    if st.coll(&tdb, &tc).is_some() {
-        if cmd.get_bool("dropTarget").unwrap_or(false) {
-            drop_coll(st, &tdb, &tc);
-        } else {
-            st.dbs.entry(fdb.clone()).or_default().insert(fc, c);
+    }
+    if st.coll(tdb, tc).is_some() {
+        if !drop_target {
             return Err(CmdError::new(48, "target namespace exists"));
         }
+        if let Some(d) = st.dbs.get_mut(tdb) {
+            d.remove(tc);
+        }
     }
-    st.dbs.entry(tdb.clone()).or_default().insert(tc.clone(), c);
-    let mut e = Entry::new(Op::Rename, &fdb, &fc);
-    e.to = Some((tdb, tc));
+    let Some(c) = st.dbs.get_mut(fdb).and_then(|d| d.remove(fc)) else {
+        return Err(CmdError::new(26, "source namespace does not exist"));
+    };
+    st.dbs
+        .entry(tdb.to_string())
+        .or_default()
+        .insert(tc.to_string(), c);
+    let mut e = Entry::new(Op::Rename, fdb, fc);
+    e.to = Some((tdb.to_string(), tc.to_string()));
     st.record(e, None, None);
-    Ok(Document::new())
+    Ok(())
+}
+
+/// `$out`, as a server runs it: the results are inserted into a temporary collection
+/// `tmp.agg_out.<uuid>` of the target's database (insert events of that namespace), which is
+/// then renamed onto the target with `dropTarget` (one `rename` event).
+fn out(st: &mut State, db: &str, target: &Bson, docs: Vec<Document>) -> Result<(), CmdError> {
+    let (tdb, tc) = match target {
+        Bson::String(c) => (db.to_string(), c.clone()),
+        Bson::Document(d) => (
+            d.get_str("db").unwrap_or(db).to_string(),
+            d.get_str("coll")
+                .map_err(|_| CmdError::bad_value("$out needs 'coll'"))?
+                .to_string(),
+        ),
+        _ => return Err(CmdError::bad_value("$out needs a collection name")),
+    };
+    let tmp = format!("tmp.agg_out.{}", bson::Uuid::new());
+    st.coll_mut(&tdb, &tmp);
+    for d in docs {
+        insert_one(st, &tdb, &tmp, d, None)?;
+    }
+    rename(st, (&tdb, &tmp), (&tdb, &tc), true)
 }

@@ -66,14 +66,9 @@ impl Chunk {
     }
 }
 
-/// A document's mirror key: an ObjectId's hex, a string itself, anything else its relaxed
-/// extended JSON.
+/// A document's mirror key ([`crate::event::mongo_key`], shared with the capture).
 pub(super) fn key_of(id: &Bson) -> String {
-    match id {
-        Bson::ObjectId(oid) => oid.to_hex(),
-        Bson::String(s) => s.clone(),
-        other => other.clone().into_relaxed_extjson().to_string(),
-    }
+    crate::event::mongo_key(id)
 }
 
 /// A collection's checkpoint figures and summary while it loads.

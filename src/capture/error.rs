@@ -29,9 +29,13 @@ pub enum CaptureError {
         source: mongodb::error::Error,
     },
     #[error(
-        "change stream of pipeline {pipeline} stopped: `{}` on {}. The capture cannot continue \
-         past it; check the database, then run `bowmark-cdc backfill --pipeline {file} --restart` \
-         and start the capture again", reason.operation, reason.namespace
+        "change stream of pipeline {pipeline} stopped at {reason}: the watched data changed \
+         outside the change stream, so the mirror would diverge from MongoDB. The capture cannot \
+         continue past it and published nothing after it (the checkpoint stays before it). \
+         Check the database, then run `bowmark-cdc backfill --pipeline {file} --restart \
+         --allow-deletes` (it re-snapshots the collections and stores a checkpoint after it) \
+         and start the capture again; with history_lost = \"backfill\" in {file} the capture \
+         re-snapshots by itself"
     )]
     Invalidated {
         pipeline: String,
@@ -39,13 +43,14 @@ pub enum CaptureError {
         reason: StopReason,
     },
     #[error(
-        "change stream history of pipeline {pipeline} was lost and the re-snapshot \
-         (history_lost = \"backfill\") failed; run `bowmark-cdc backfill --pipeline {file} \
-         --restart` by hand, then start the capture again"
+        "the re-snapshot of pipeline {pipeline} after {cause} (history_lost = \"backfill\") \
+         failed; run `bowmark-cdc backfill --pipeline {file} --restart` by hand, then start the \
+         capture again"
     )]
     Resnapshot {
         pipeline: String,
         file: String,
+        cause: crate::capture::ResnapshotCause,
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },

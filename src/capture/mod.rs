@@ -14,6 +14,7 @@
 mod error;
 pub mod leader;
 pub mod normalize;
+mod reassemble;
 mod session;
 mod stream;
 
@@ -43,16 +44,36 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// A session that ran this long resets the backoff.
 const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 
-/// What recovers from lost change-stream history under `history_lost = "backfill"`: a
-/// re-snapshot of the watched collections that stores a fresh checkpoint, stopping early when
-/// the token is cancelled. The runtime supplies it ([`crate::runtime::capture_stage`]).
+/// What recovers under `history_lost = "backfill"` from lost change-stream history or a
+/// drop, rename or `$out` of a watched collection: a re-snapshot of the watched collections
+/// that stores a fresh checkpoint (taken after the cause), stopping early when the token is
+/// cancelled. The runtime supplies it ([`crate::runtime::capture_stage`]).
 pub type Resnapshot = Arc<
     dyn Fn(
+            ResnapshotCause,
             CancellationToken,
         ) -> BoxFuture<'static, Result<(), Box<dyn std::error::Error + Send + Sync>>>
         + Send
         + Sync,
 >;
+
+/// Why the capture re-snapshots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ResnapshotCause {
+    /// The checkpoint's resume point left the oplog (code 286).
+    HistoryLost,
+    /// A drop, rename or `$out` replaced or removed a watched collection.
+    Collection(normalize::StopReason),
+}
+
+impl std::fmt::Display for ResnapshotCause {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ResnapshotCause::HistoryLost => f.write_str("lost change-stream history"),
+            ResnapshotCause::Collection(r) => r.fmt(f),
+        }
+    }
+}
 
 /// The capture role of one pipeline.
 pub struct CaptureStage {
@@ -79,7 +100,8 @@ impl CaptureStage {
         }
     }
 
-    /// Recover from lost history with `resnapshot` when the pipeline's policy is `backfill`.
+    /// Recover from lost history, and from a drop, rename or `$out` of a watched collection,
+    /// with `resnapshot` when the pipeline's policy is `backfill`.
     pub fn on_history_lost(mut self, resnapshot: Resnapshot) -> CaptureStage {
         self.resnapshot = Some(resnapshot);
         self
@@ -113,12 +135,12 @@ impl CaptureStage {
                         metrics::gauge!(m::CAPTURE_LEADER, m::LABEL_PIPELINE => pipeline.name.clone()).set(0.0);
                         return Ok(());
                     }
-                    Err(err @ CaptureError::HistoryLost { .. })
-                        if pipeline.history_lost == HistoryLostPolicy::Backfill
-                            && self.resnapshot.is_some() =>
-                    {
+                    Err(err) if self.resnapshot_cause(&err).is_some() => {
                         self.report(&err);
-                        match self.resnapshot(&shutdown).await {
+                        let cause = self
+                            .resnapshot_cause(&err)
+                            .unwrap_or(ResnapshotCause::HistoryLost);
+                        match self.resnapshot(cause, &shutdown).await {
                             Ok(()) => backoff.reset(),
                             // SIGTERM during the re-snapshot: its progress is kept; a restart
                             // meets the lost history again and continues it.
@@ -154,19 +176,41 @@ impl CaptureStage {
         Ok(())
     }
 
-    /// History lost under policy `backfill`: the re-snapshot stores its pre-scan position as
-    /// the checkpoint; tailing then resumes from there, so nothing between the lost history
-    /// and now is missed. The capture keeps its lease meanwhile.
-    async fn resnapshot(&self, shutdown: &CancellationToken) -> Result<(), CaptureError> {
+    /// What `err` asks to re-snapshot under policy `backfill` (`None` under `fail`).
+    fn resnapshot_cause(&self, err: &CaptureError) -> Option<ResnapshotCause> {
+        if self.settings.pipeline.history_lost != HistoryLostPolicy::Backfill
+            || self.resnapshot.is_none()
+        {
+            return None;
+        }
+        match err {
+            CaptureError::HistoryLost { .. } => Some(ResnapshotCause::HistoryLost),
+            CaptureError::Invalidated { reason, .. } => {
+                Some(ResnapshotCause::Collection(reason.clone()))
+            }
+            _ => None,
+        }
+    }
+
+    /// History lost, or a watched collection dropped, renamed or replaced, under policy
+    /// `backfill`: the re-snapshot stores its pre-scan position (taken after the cause) as the
+    /// checkpoint; tailing then resumes from there, so nothing between the cause and now is
+    /// missed. The capture keeps its lease meanwhile.
+    async fn resnapshot(
+        &self,
+        cause: ResnapshotCause,
+        shutdown: &CancellationToken,
+    ) -> Result<(), CaptureError> {
         let p = &self.settings.pipeline;
         let Some(resnapshot) = &self.resnapshot else {
             return Ok(());
         };
-        resnapshot(shutdown.clone())
+        resnapshot(cause.clone(), shutdown.clone())
             .await
             .map_err(|source| CaptureError::Resnapshot {
                 pipeline: p.name.clone(),
                 file: p.file.display().to_string(),
+                cause,
                 source,
             })
     }

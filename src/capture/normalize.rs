@@ -18,11 +18,26 @@ pub enum Normalized {
     Skip,
 }
 
-/// Why the stream stopped; the operator message names the operation and namespace.
+/// Why the stream stopped; the operator message names the operation and namespace(s).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct StopReason {
     pub operation: String,
     pub namespace: String,
+    /// A rename's target namespace (`$out` is a rename of `tmp.agg_out.<uuid>` onto it).
+    pub to: Option<String>,
+}
+
+impl std::fmt::Display for StopReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "`{}` of {}", self.operation, self.namespace)?;
+        if let Some(to) = &self.to {
+            write!(f, " to {to}")?;
+            if self.namespace.contains(".tmp.agg_out.") {
+                f.write_str(" (an aggregation's `$out` replacing it)")?;
+            }
+        }
+        Ok(())
+    }
 }
 
 /// A change document we cannot read: never skipped silently.
@@ -55,7 +70,8 @@ pub const DATA_OPS: [&str; 4] = ["insert", "update", "replace", "delete"];
 /// The operation types that end the stream with an explained stop.
 pub const STOP_OPS: [&str; 4] = ["drop", "rename", "dropDatabase", "invalidate"];
 
-/// The `$match` stage of the pipeline's database-level stream.
+/// The `$match` stage of the pipeline's database-level stream: the data changes, drops and
+/// renames of the watched collections, a rename (or `$out`) onto one, and the database's end.
 pub fn match_stage(pipeline: &Pipeline) -> Document {
     let colls: Vec<Bson> = pipeline
         .collections
@@ -70,7 +86,9 @@ pub fn match_stage(pipeline: &Pipeline) -> Document {
     bson::doc! {
         "$match": {
             "$or": [
-                { "ns.coll": { "$in": colls }, "operationType": { "$in": watched_ops } },
+                { "ns.coll": { "$in": colls.clone() }, "operationType": { "$in": watched_ops } },
+                { "operationType": "rename", "to.db": &pipeline.mongo_database,
+                  "to.coll": { "$in": colls } },
                 { "operationType": { "$in": ["dropDatabase", "invalidate"] } },
             ]
         }
@@ -97,15 +115,7 @@ pub fn normalize(
         "update" => Op::Update,
         "replace" => Op::Replace,
         "delete" => Op::Delete,
-        other if STOP_OPS.contains(&other) => {
-            return Ok(Normalized::Stop(StopReason {
-                operation: other.to_string(),
-                namespace: match coll {
-                    Some(c) => format!("{}.{c}", db.unwrap_or("?")),
-                    None => db.unwrap_or(&pipeline.mongo_database).to_string(),
-                },
-            }));
-        }
+        other if STOP_OPS.contains(&other) => return Ok(stop(pipeline, raw, other)),
         _ => return Ok(Normalized::Skip),
     };
     let (Some(db), Some(coll)) = (db, coll) else {
@@ -168,6 +178,35 @@ pub fn normalize(
     })))
 }
 
+/// A drop, rename, dropDatabase or invalidate: a stop when it touches a watched collection
+/// (a rename on either side) or the database, else nothing of ours.
+fn stop(pipeline: &Pipeline, raw: &Document, operation: &str) -> Normalized {
+    let (db, coll) = namespace(raw);
+    let to = raw
+        .get_document("to")
+        .ok()
+        .and_then(|t| Some((t.get_str("db").ok()?, t.get_str("coll").ok()?)));
+    let ours = |db: Option<&str>, coll: Option<&str>| {
+        db.is_none_or(|d| d == pipeline.mongo_database)
+            && coll.is_none_or(|c| pipeline.entity_of(c).is_some())
+    };
+    let touches = match operation {
+        "rename" => ours(db, coll) || to.is_some_and(|(d, c)| ours(Some(d), Some(c))),
+        _ => ours(db, coll),
+    };
+    if !touches {
+        return Normalized::Skip;
+    }
+    Normalized::Stop(StopReason {
+        operation: operation.to_string(),
+        namespace: match coll {
+            Some(c) => format!("{}.{c}", db.unwrap_or("?")),
+            None => db.unwrap_or(&pipeline.mongo_database).to_string(),
+        },
+        to: to.map(|(d, c)| format!("{d}.{c}")),
+    })
+}
+
 fn namespace(raw: &Document) -> (Option<&str>, Option<&str>) {
     match raw.get_document("ns") {
         Ok(ns) => (ns.get_str("db").ok(), ns.get_str("coll").ok()),
@@ -183,19 +222,14 @@ fn wall_time(raw: &Document, ct: ClusterTime) -> DateTime<Utc> {
     }
 }
 
-/// The document's `_id` as text: ObjectIds as 24 lowercase hex, strings as they are, other
-/// types as their relaxed extended JSON.
+/// The document's `_id` as its mirror key ([`crate::event::mongo_key`]).
 fn document_key(raw: &Document) -> Result<String, Malformed> {
     let id = raw
         .get_document("documentKey")
         .ok()
         .and_then(|k| k.get("_id"))
         .ok_or_else(|| Malformed("documentKey._id is missing".into()))?;
-    Ok(match id {
-        Bson::ObjectId(oid) => oid.to_hex(),
-        Bson::String(s) => s.clone(),
-        other => relaxed(other.clone()).to_string(),
-    })
+    Ok(crate::event::mongo_key(id))
 }
 
 fn update_description(raw: &Document) -> (Vec<String>, Vec<String>) {

@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 
 use super::error::{CaptureError, HISTORY_LOST, mongo_code};
 use super::normalize::{Malformed, Normalized, Ordinals, StopReason, match_stage, normalize};
+use super::reassemble::{Reassembler, SPLIT_STAGE, supports_split};
 use crate::config::Pipeline;
 use crate::event::ChangeEvent;
 
@@ -32,10 +33,14 @@ pub(super) async fn open_stream(
     mongo: &mongodb::Client,
     token: Option<ResumeToken>,
 ) -> Result<ChangeStream<Document>, CaptureError> {
+    let mut pipeline = vec![match_stage(p)];
+    if split_supported(p, mongo).await {
+        pipeline.push(bson::doc! {SPLIT_STAGE: {}});
+    }
     let stream = mongo
         .database(&p.mongo_database)
         .watch()
-        .pipeline([match_stage(p)])
+        .pipeline(pipeline)
         .full_document(FullDocumentType::UpdateLookup)
         .batch_size(STREAM_BATCH_SIZE)
         .max_await_time(Duration::from_millis(p.capture.max_await_ms))
@@ -43,6 +48,23 @@ pub(super) async fn open_stream(
         .await
         .map_err(|e| classify(p, e))?;
     Ok(stream.with_type::<Document>())
+}
+
+/// Whether the server takes `$changeStreamSplitLargeEvent` (by `buildInfo`). A server that
+/// cannot say is streamed without it (an event over 16 MiB then fails with 10334).
+async fn split_supported(p: &Pipeline, mongo: &mongodb::Client) -> bool {
+    let info = mongo
+        .database("admin")
+        .run_command(bson::doc! {"buildInfo": 1})
+        .await;
+    match info {
+        Ok(info) => supports_split(&info),
+        Err(e) => {
+            tracing::warn!(pipeline = %p.name, error = %e, "buildInfo failed: streaming without \
+                $changeStreamSplitLargeEvent (events over 16 MiB cannot be read)");
+            false
+        }
+    }
 }
 
 pub(super) fn classify(p: &Pipeline, e: mongodb::error::Error) -> CaptureError {
@@ -82,6 +104,7 @@ pub(super) async fn read_stream(
     tx: mpsc::Sender<Item>,
 ) {
     let mut ordinals = Ordinals::default();
+    let mut fragments = Reassembler::default();
     if let Some(t) = stream.resume_token().as_ref().and_then(token_to_json)
         && tx.send(Item::Idle(t)).await.is_err()
     {
@@ -89,12 +112,18 @@ pub(super) async fn read_stream(
     }
     loop {
         let item = match stream.next_if_any().await {
-            Ok(Some(raw)) => match normalize(&p, &raw, &mut ordinals) {
-                Ok(Normalized::Event(e)) => Item::Event(e),
-                Ok(Normalized::Skip) => continue,
-                Ok(Normalized::Stop(r)) => Item::Stop(r),
+            Ok(Some(raw)) => match fragments.push(raw) {
+                Ok(None) => continue,
+                Ok(Some(raw)) => match normalize(&p, &raw, &mut ordinals) {
+                    Ok(Normalized::Event(e)) => Item::Event(e),
+                    Ok(Normalized::Skip) => continue,
+                    Ok(Normalized::Stop(r)) => Item::Stop(r),
+                    Err(m) => Item::Malformed(m),
+                },
                 Err(m) => Item::Malformed(m),
             },
+            // Never a position inside a split event: a resume there would miss its start.
+            Ok(None) if fragments.mid_event() => continue,
             Ok(None) => match stream.resume_token().as_ref().and_then(token_to_json) {
                 Some(t) => Item::Idle(t),
                 None => continue,

@@ -1,6 +1,7 @@
 //! The daemon's side of the capture stage: the start guard (the MongoDB database holds at
 //! least one watched collection) and the re-snapshot it runs, through the backfill, when the
-//! change stream's history is lost under `history_lost = "backfill"`.
+//! change stream's history is lost, or a watched collection is dropped, renamed or replaced by
+//! `$out`, under `history_lost = "backfill"`.
 
 use std::sync::Arc;
 
@@ -8,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::backfill::{BackfillOptions, ProgressMode, run_backfill, watched_in_database};
-use crate::capture::CaptureStage;
+use crate::capture::{CaptureStage, ResnapshotCause};
 use crate::config::{HistoryLostPolicy, Settings};
 use crate::health::{Health, Stage};
 
@@ -21,22 +22,26 @@ pub fn capture_stage(settings: &Settings, health: Health) -> CaptureStage {
         return stage;
     }
     let settings = settings.clone();
-    stage.on_history_lost(Arc::new(move |shutdown| {
-        Box::pin(resnapshot(settings.clone(), shutdown))
+    stage.on_history_lost(Arc::new(move |cause, shutdown| {
+        Box::pin(resnapshot(settings.clone(), cause, shutdown))
     }))
 }
 
 /// Re-snapshot every watched collection with a fresh backfill (`--restart`, so the position
-/// handed off is taken now), which stores its pre-scan position as the capture checkpoint.
+/// handed off is taken now, after `cause`), which stores its pre-scan position as the capture
+/// checkpoint. After a drop, rename or `$out` the documents the collection no longer holds are
+/// marked deleted however many they are (`--allow-deletes`): the change stream showed why.
 async fn resnapshot(
     settings: Settings,
+    cause: ResnapshotCause,
     shutdown: CancellationToken,
 ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
     let p = &settings.pipeline;
-    warn!(pipeline = %p.name, "change stream history lost: re-snapshotting with the backfill \
+    warn!(pipeline = %p.name, %cause, "re-snapshotting with the backfill \
         (history_lost = \"backfill\"), then streaming from its position");
     let opts = BackfillOptions {
         restart: true,
+        allow_deletes: matches!(cause, ResnapshotCause::Collection(_)),
         progress: ProgressMode::Log,
         shutdown,
         ..BackfillOptions::default()

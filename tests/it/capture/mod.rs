@@ -3,9 +3,12 @@
 //! consumer of `bowmark.sync` would see. This module is the shared harness.
 
 mod alarm;
+mod ddl;
 mod events;
 mod faults;
 mod ha;
+mod keys;
+mod large;
 mod process;
 mod unhealing;
 
