@@ -926,10 +926,13 @@ fn rename(
     if st.coll(fdb, fc).is_none() {
         return Err(CmdError::new(26, "source namespace does not exist"));
     }
-    if st.coll(tdb, tc).is_some() {
+    // (the replaced collection's UUID: `operationDescription.dropTarget` of expanded events)
+    let mut replaced = None;
+    if let Some(target) = st.coll(tdb, tc) {
         if !drop_target {
             return Err(CmdError::new(48, "target namespace exists"));
         }
+        replaced = Some(target.uuid.clone());
         if let Some(d) = st.dbs.get_mut(tdb) {
             d.remove(tc);
         }
@@ -943,6 +946,9 @@ fn rename(
         .insert(tc.to_string(), c);
     let mut e = Entry::new(Op::Rename, fdb, fc);
     e.to = Some((tdb.to_string(), tc.to_string()));
+    if let Some(uuid) = replaced {
+        e.desc = Some(doc! {"to": {"db": tdb, "coll": tc}, "dropTarget": uuid});
+    }
     st.record(e, None, None);
     Ok(())
 }

@@ -47,13 +47,7 @@ pub fn event(state: &State, cur: &StreamCursor, e: &Entry) -> Result<Vec<u8>, Cm
     if cur.expanded {
         let desc = match (&e.desc, &e.to) {
             (Some(d), _) => Some(d.clone()),
-            (None, Some((db, coll))) => {
-                let mut d = doc! {"to": {"db": db, "coll": coll}};
-                if let Some(u) = drop_target(state, e, db, coll) {
-                    d.insert("dropTarget", u);
-                }
-                Some(d)
-            }
+            (None, Some((db, coll))) => Some(doc! {"to": {"db": db, "coll": coll}}),
             _ => None,
         };
         if let Some(d) = desc {
@@ -115,22 +109,6 @@ pub fn event(state: &State, cur: &StreamCursor, e: &Entry) -> Result<Vec<u8>, Cm
         }
     }
     Ok(out)
-}
-
-/// The UUID of the collection a rename replaced (`dropTarget: true`): the rename follows
-/// a `drop` of its target; the UUID is the newest one recorded for that namespace.
-fn drop_target(state: &State, e: &Entry, db: &str, coll: &str) -> Option<bson::Binary> {
-    let prev = state.oplog.get(e.seq.checked_sub(1)?)?;
-    if prev.op != Op::Drop || prev.db != db || prev.coll != coll {
-        return None;
-    }
-    state
-        .oplog
-        .entries
-        .iter()
-        .rev()
-        .filter(|x| x.seq < prev.seq && x.db == db && x.coll == coll)
-        .find_map(|x| x.uuid.clone())
 }
 
 pub fn invalidate_event(state: &State, e: &Entry) -> Document {
