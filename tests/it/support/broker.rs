@@ -228,7 +228,7 @@ impl Cluster {
     pub fn leader(&self, ask: usize, vhost: &str, queue: &str) -> Option<(usize, usize)> {
         let out = Self::script(self.dir.path(), "ctl", &[&ask.to_string()])
             .args(["list_queues", "-p", vhost, "name", "leader", "online"])
-            .args(["--formatter", "json", "--no-table-headers"])
+            .args(["--formatter", "json"])
             .output()
             .ok()?;
         let rows: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
