@@ -84,7 +84,9 @@ impl HostList {
     }
 }
 
-/// `RABBITMQ_HOSTS`: `host[:port]` separated by commas (a missing port is `default_port`).
+/// `RABBITMQ_HOSTS`: `host[:port]` separated by commas (a missing port is `default_port`). It
+/// overrides `RABBITMQ_HOST` (a Secret may keep providing it); beside `RABBITMQ_URL` it is an
+/// error.
 pub fn hosts_from_env(env: &dyn Environment, default_port: u16) -> Result<HostList, ConfigError> {
     let Some(text) = env.get("RABBITMQ_HOSTS") else {
         return Ok(HostList::default());
@@ -93,10 +95,10 @@ pub fn hosts_from_env(env: &dyn Environment, default_port: u16) -> Result<HostLi
         name: "RABBITMQ_HOSTS".into(),
         message,
     };
-    for other in ["RABBITMQ_HOST", "RABBITMQ_URL"] {
-        if env.get(other).is_some() {
-            return Err(err(format!("is set together with {other}: set one of them")));
-        }
+    if env.get("RABBITMQ_URL").is_some() {
+        return Err(err(
+            "is set together with RABBITMQ_URL: set one of them".into()
+        ));
     }
     let mut nodes = Vec::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -160,7 +162,9 @@ fn node_of(uri: &str) -> &str {
     let rest = uri.split_once("://").map_or(uri, |(_, r)| r);
     let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let authority = &rest[..end];
-    authority.rfind('@').map_or(authority, |at| &authority[at + 1..])
+    authority
+        .rfind('@')
+        .map_or(authority, |at| &authority[at + 1..])
 }
 
 /// Open an AMQP connection to `conn`: AMQPS when configured, trusting the CA file besides the
@@ -194,7 +198,10 @@ pub async fn connect(
         match result {
             Ok(c) => {
                 if at != start {
-                    tracing::info!(node = node_of(uri.expose()), "connected to the next broker node");
+                    tracing::info!(
+                        node = node_of(uri.expose()),
+                        "connected to the next broker node"
+                    );
                 }
                 conn.hosts.next.store(at, Ordering::Relaxed);
                 return Ok(c);
@@ -282,6 +289,8 @@ mod tests {
         assert!(hosts_from_env(&env(&[]), 5672).unwrap().nodes.is_empty());
         let err = hosts_from_env(&env(&[("RABBITMQ_HOSTS", "a:x")]), 5672).unwrap_err();
         assert!(err.to_string().contains("not a port"), "{err}");
+        let over = env(&[("RABBITMQ_HOSTS", "a"), ("RABBITMQ_HOST", "h")]);
+        assert_eq!(hosts_from_env(&over, 1).unwrap().nodes, [("a".into(), 1)]);
         let both = env(&[("RABBITMQ_HOSTS", "a,b"), ("RABBITMQ_URL", "amqp://h/v")]);
         let err = hosts_from_env(&both, 5672).unwrap_err().to_string();
         assert!(err.contains("RABBITMQ_URL"), "{err}");

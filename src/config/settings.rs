@@ -74,7 +74,7 @@ pub struct RabbitConn {
     pub tls: bool,
     /// `RABBITMQ_CA_FILE`: the broker's CA, beside the public web roots.
     pub ca: Option<crate::tls::CaFile>,
-    /// `RABBITMQ_HOSTS`: the nodes of a cluster, tried in turn (instead of `host` and `port`).
+    /// `RABBITMQ_HOSTS`: the nodes of a cluster, tried in turn (overrides `host` and `port`).
     pub hosts: crate::amqp::HostList,
 }
 
