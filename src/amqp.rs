@@ -103,13 +103,13 @@ pub fn hosts_from_env(env: &dyn Environment, default_port: u16) -> Result<HostLi
     let mut nodes = Vec::new();
     for item in text.split(',').map(str::trim).filter(|s| !s.is_empty()) {
         let node = match item.rsplit_once(':') {
-            Some((host, port)) => {
+            Some((host, port)) if !item.ends_with(']') => {
                 let port = port
                     .parse()
                     .map_err(|_| err(format!("{item:?}: {port:?} is not a port number")))?;
                 (host.to_string(), port)
             }
-            None => (item.to_string(), default_port),
+            _ => (item.to_string(), default_port),
         };
         if node.0.is_empty() {
             return Err(err(format!("{item:?} has no host name")));
@@ -150,11 +150,16 @@ fn split_authority(url: &str) -> Vec<String> {
         Some(at) => (&authority[..=at], &authority[at + 1..]),
         None => ("", authority),
     };
-    hosts
+    let urls: Vec<String> = hosts
         .split(',')
         .filter(|h| !h.is_empty())
         .map(|h| format!("{scheme}://{userinfo}{h}{tail}"))
-        .collect()
+        .collect();
+    if urls.is_empty() {
+        // (no host: the client's default, as before)
+        return vec![url.to_string()];
+    }
+    urls
 }
 
 /// The node a URI names (`host:port`, for logs: never the password).
@@ -281,10 +286,14 @@ mod tests {
 
     #[test]
     fn a_host_list_names_each_node_with_the_default_port_where_none_is_given() {
-        let hosts = hosts_from_env(&env(&[("RABBITMQ_HOSTS", "a:5673, b ,c:5674")]), 5672);
+        let hosts = hosts_from_env(&env(&[("RABBITMQ_HOSTS", "a:5673, b ,[::1]")]), 5672);
         assert_eq!(
             hosts.unwrap().nodes,
-            [("a".into(), 5673), ("b".into(), 5672), ("c".into(), 5674)]
+            [
+                ("a".into(), 5673),
+                ("b".into(), 5672),
+                ("[::1]".into(), 5672)
+            ]
         );
         assert!(hosts_from_env(&env(&[]), 5672).unwrap().nodes.is_empty());
         let err = hosts_from_env(&env(&[("RABBITMQ_HOSTS", "a:x")]), 5672).unwrap_err();
@@ -305,6 +314,7 @@ mod tests {
         assert_eq!(split_url("amqp://u:p%2C@a:1,b:2/v?heartbeat=5"), want);
         assert_eq!(split_url(&want.join(",")), want);
         assert_eq!(split_url("amqps://h/v"), ["amqps://h/v"]);
+        assert_eq!(split_url("amqp:///v"), ["amqp:///v"]);
         assert_eq!(node_of(want[1]), "b:2");
     }
 }
