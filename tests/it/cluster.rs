@@ -69,12 +69,13 @@ async fn progress_after(progress: &Progress, more: i64, what: &str) {
 /// Kill the node that leads the projector queue; wait until progress resumes; returns the
 /// node and when it died.
 async fn kill_leader(cluster: &Cluster, alive: usize, progress: &Progress) -> (usize, Instant) {
-    let (leader, online) = cluster
-        .leader(alive, VHOST, "cdc.projector")
-        .expect("cdc.projector has a leader");
+    let (leader, online) =
+        tokio::task::block_in_place(|| cluster.leader(alive, VHOST, "cdc.projector"))
+            .expect("cdc.projector has a leader");
     assert_eq!(online, 3, "all three members are online before a node dies");
     let died = Instant::now();
-    cluster.run("kill", &[&leader.to_string()]);
+    // (blocking calls off the runtime's workers: the simulator serves on them)
+    tokio::task::block_in_place(|| cluster.run("kill", &[&leader.to_string()]));
     eprintln!("cluster: killed node {leader}, the leader of cdc.projector");
     progress_after(progress, 20, "progress after the leader died").await;
     (leader, died)
@@ -82,11 +83,10 @@ async fn kill_leader(cluster: &Cluster, alive: usize, progress: &Progress) -> (u
 
 /// Revive node `n` and wait until the queue has three online members again.
 async fn revive(cluster: &Cluster, n: usize) {
-    cluster.run("revive", &[&n.to_string()]);
+    tokio::task::block_in_place(|| cluster.run("revive", &[&n.to_string()]));
     eventually("the revived node back in cdc.projector", WAIT, || async {
         let ask = if n == 1 { 2 } else { 1 };
-        cluster
-            .leader(ask, VHOST, "cdc.projector")
+        tokio::task::block_in_place(|| cluster.leader(ask, VHOST, "cdc.projector"))
             .filter(|(_, online)| *online == 3)
     })
     .await;
