@@ -55,7 +55,7 @@ PY
 
 # 3. Render. The overlays are rendered as they are (no Prometheus Operator needed) and, in a
 #    copy, with components/prometheus-operator added (the PodMonitor per line).
-targets=(overlays/paving overlays/concrete overlays/paving-shadow overlays/concrete-shadow infra backup monitoring monitoring/operator)
+targets=(overlays/paving overlays/concrete overlays/paving-shadow overlays/concrete-shadow infra infra-cluster backup monitoring monitoring/operator)
 rendered=()
 if have kubectl; then
     for t in "${targets[@]}"; do

@@ -74,14 +74,33 @@ pub struct RabbitConn {
     pub tls: bool,
     /// `RABBITMQ_CA_FILE`: the broker's CA, beside the public web roots.
     pub ca: Option<crate::tls::CaFile>,
+    /// `RABBITMQ_HOSTS`: the nodes of a cluster, tried in turn (overrides `host` and `port`).
+    pub hosts: crate::amqp::HostList,
 }
 
 impl RabbitConn {
-    /// The AMQP URI (a secret: it holds the password).
-    pub fn uri(&self) -> Secret {
+    /// The AMQP URI of each node (secrets: they hold the password), in the configured order:
+    /// one per `RABBITMQ_HOSTS` entry or `RABBITMQ_URL` address, else `host` and `port`.
+    pub fn uris(&self) -> Vec<Secret> {
         if let Some(url) = &self.url {
-            return url.clone();
+            return crate::amqp::split_url(url.expose())
+                .into_iter()
+                .map(Secret::new)
+                .collect();
         }
+        if self.hosts.nodes.is_empty() {
+            return vec![self.uri_of(&self.host, self.port)];
+        }
+        let nodes = &self.hosts.nodes;
+        nodes.iter().map(|(h, p)| self.uri_of(h, *p)).collect()
+    }
+
+    /// The AMQP URI (a secret: it holds the password); of the first node of a cluster.
+    pub fn uri(&self) -> Secret {
+        self.uris().swap_remove(0)
+    }
+
+    fn uri_of(&self, host: &str, port: u16) -> Secret {
         let enc = |s: &str| {
             percent_encoding::utf8_percent_encode(s, percent_encoding::NON_ALPHANUMERIC).to_string()
         };
@@ -90,8 +109,8 @@ impl RabbitConn {
             if self.tls { "amqps" } else { "amqp" },
             enc(&self.user),
             enc(self.password.expose()),
-            self.host,
-            self.port,
+            host,
+            port,
             enc(&self.vhost)
         ))
     }
@@ -147,11 +166,12 @@ impl Settings {
         };
         postgres.pg_config()?;
         let (amqps, ca) = crate::amqp::tls_from_env(env)?;
+        let rabbitmq_port = env_port(env, "RABBITMQ_PORT", if amqps { 5671 } else { 5672 })?;
         let rabbitmq = RabbitConn {
             host: env
                 .get("RABBITMQ_HOST")
                 .unwrap_or_else(|| "127.0.0.1".into()),
-            port: env_port(env, "RABBITMQ_PORT", if amqps { 5671 } else { 5672 })?,
+            port: rabbitmq_port,
             user: env.get("RABBITMQ_USER").unwrap_or_else(|| "guest".into()),
             password: Secret::new(
                 env.get("RABBITMQ_PASSWORD")
@@ -163,6 +183,7 @@ impl Settings {
             url: env.get("RABBITMQ_URL").map(Secret::new),
             tls: amqps,
             ca,
+            hosts: crate::amqp::hosts_from_env(env, rabbitmq_port)?,
         };
         if let Some(url) = &rabbitmq.url
             && !url.expose().starts_with("amqp://")

@@ -9,6 +9,7 @@ mod backfill;
 mod capture;
 mod checkpoint;
 mod cli;
+mod cluster;
 mod first_run;
 mod migrate;
 mod monitoring;

@@ -188,6 +188,7 @@ impl TestVhost {
             url: None,
             tls: false,
             ca: None,
+            hosts: Default::default(),
         }
     }
 
