@@ -116,6 +116,14 @@ async fn bench() {
     .unwrap();
     let ch = amqp.create_channel().await.unwrap();
 
+    // A watched collection must exist before the capture starts (it refuses a database that
+    // holds none): one document written before the checkpoint, never captured.
+    sim.insert_raw(
+        "paving",
+        "employeeworks",
+        [doc! {"_id": ObjectId::new(), "i": -1_i64, "hours": 8.5, "jobTitle": "Operator"}],
+    )
+    .unwrap();
     // Start once to store a checkpoint, stop, then write the whole load while it is down.
     let mut child = spawn_capture(&db, &vhost, &sim.uri());
     while !has_checkpoint(&db).await {
