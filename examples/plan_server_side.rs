@@ -1,22 +1,24 @@
-//! Measurement (not a benchmark): the projection plan run from the client, one round trip per
-//! statement as the projector does, against the same statements run server-side by one
-//! PL/pgSQL call (`EXECUTE … USING` in a loop), on the same data.
+//! Measurement (not a benchmark): the projection plan's derivation statements run four ways on
+//! the same data: from the client, one round trip per statement (the projector before
+//! `cdc.run_plan`); server-side by one PL/pgSQL call (`EXECUTE … USING` in a loop, as
+//! `cdc.run_plan` does); from the client as statements prepared once; and from one PL/pgSQL
+//! call running statements prepared once (`PREPARE`/`EXECUTE`).
 //!
 //! It loads a fresh database (`cdc_plan_measure`) with the project bench's workload, then for
 //! each streaming batch (PLAN_REPORTS reports with their children, default 5, about 100
 //! documents) projects it in a transaction and, before the commit, with the batch's affected
 //! set in place, replays every derivation statement of the plan (`src/project/plan.sql`) in a
-//! savepoint rolled back afterwards: once from the client, once from PL/pgSQL. Both replays see
-//! the same state and run the same statements with the same parameters.
+//! savepoint rolled back afterwards, once each way. Every replay sees the same state and runs
+//! the same statements with the same parameters.
 //!
 //! Run: `cargo run --release --example plan_server_side -- [batches]`.
 
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use bowmark_cdc::config::Pipeline;
 use bowmark_cdc::project::{self, Lock, SourceDoc, Versions};
 use chrono::{DateTime, Utc};
-use tokio_postgres::types::Type;
+use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Transaction};
 
 #[path = "../benches/support/project_workload.rs"]
@@ -44,6 +46,15 @@ fn derivation_statements() -> Vec<String> {
         .collect()
 }
 
+const RUN_PREPARED: &str = "
+CREATE OR REPLACE FUNCTION pg_temp.cdc_run_prepared(n int, tz text, stamp timestamptz)
+RETURNS void LANGUAGE plpgsql AS $$
+BEGIN
+    FOR i IN 1 .. n LOOP
+        EXECUTE format('EXECUTE cdc_s%s(%L, %L)', i, tz, stamp);
+    END LOOP;
+END $$;";
+
 const RUN_ALL: &str = "
 CREATE OR REPLACE FUNCTION pg_temp.cdc_run_plan(stmts text[], tz text, stamp timestamptz)
 RETURNS bigint LANGUAGE plpgsql AS $$
@@ -57,36 +68,77 @@ BEGIN
     RETURN total;
 END $$;";
 
-async fn client_side(
-    c: &Transaction<'_>,
-    stmts: &[String],
-    tz: &str,
-    stamp: DateTime<Utc>,
-) -> Duration {
-    let t = Instant::now();
-    // (typed parameters: one round trip per statement, as the projection sends them)
-    for s in stmts {
-        c.query_typed(s, &[(&tz, Type::TEXT), (&stamp, Type::TIMESTAMPTZ)])
-            .await
-            .expect("statement");
-    }
-    t.elapsed()
+/// The ways the statements are run.
+#[derive(Clone, Copy)]
+enum Way {
+    /// From the client, one round trip per statement (the projector before `cdc.run_plan`).
+    Client,
+    /// One PL/pgSQL call, `EXECUTE … USING` per statement (`cdc.run_plan`).
+    Server,
+    /// From the client, statements prepared once on the connection.
+    Prepared,
+    /// One PL/pgSQL call running statements prepared once (`PREPARE` / `EXECUTE`).
+    ServerPrepared,
 }
 
-async fn server_side(
-    c: &Transaction<'_>,
-    stmts: &[String],
+const WAYS: [Way; 4] = [Way::Client, Way::Server, Way::Prepared, Way::ServerPrepared];
+
+struct Plan {
+    stmts: Vec<String>,
+    prepared: Vec<tokio_postgres::Statement>,
+}
+
+/// Run the statements one way in a savepoint, roll it back, and return the milliseconds.
+async fn replay(
+    tx: &Transaction<'_>,
+    plan: &Plan,
+    way: Way,
     tz: &str,
     stamp: DateTime<Utc>,
-) -> Duration {
+) -> f64 {
+    let typed = [
+        (&tz as &(dyn ToSql + Sync), Type::TEXT),
+        (&stamp, Type::TIMESTAMPTZ),
+    ];
+    tx.batch_execute("SAVEPOINT replay")
+        .await
+        .expect("savepoint");
     let t = Instant::now();
-    c.query_one(
-        "SELECT pg_temp.cdc_run_plan($1, $2, $3)",
-        &[&stmts, &tz, &stamp],
-    )
-    .await
-    .expect("plan function");
-    t.elapsed()
+    match way {
+        Way::Client => {
+            // (typed parameters: one round trip per statement, as the projection sends them)
+            for s in &plan.stmts {
+                tx.query_typed(s, &typed).await.expect("statement");
+            }
+        }
+        Way::Server => {
+            tx.query_one(
+                "SELECT pg_temp.cdc_run_plan($1, $2, $3)",
+                &[&plan.stmts, &tz, &stamp],
+            )
+            .await
+            .expect("plan function");
+        }
+        Way::Prepared => {
+            for s in &plan.prepared {
+                tx.query(s, &[&tz, &stamp]).await.expect("statement");
+            }
+        }
+        Way::ServerPrepared => {
+            let n = i32::try_from(plan.stmts.len()).expect("a few statements");
+            tx.query_one(
+                "SELECT pg_temp.cdc_run_prepared($1, $2, $3)",
+                &[&n, &tz, &stamp],
+            )
+            .await
+            .expect("prepared plan function");
+        }
+    }
+    let ms = t.elapsed().as_secs_f64() * 1e3;
+    tx.batch_execute("ROLLBACK TO SAVEPOINT replay")
+        .await
+        .expect("rollback");
+    ms
 }
 
 /// Load `docs` as the backfill does, and commit.
@@ -141,7 +193,21 @@ async fn main() {
         let docs = (0..50).flat_map(|r| g.report(chunk * 50 + r)).collect();
         load(&mut c, &pipeline, docs).await;
     }
-    let (mut rt_client, mut rt_server, mut rtt) = (vec![], vec![], vec![]);
+    c.batch_execute(RUN_PREPARED).await.expect("function");
+    let mut prepared = Vec::new();
+    for (i, s) in stmts.iter().enumerate() {
+        c.batch_execute(&format!("PREPARE cdc_s{}(text, timestamptz) AS {s}", i + 1))
+            .await
+            .expect("PREPARE");
+        prepared.push(
+            c.prepare_typed(s, &[Type::TEXT, Type::TIMESTAMPTZ])
+                .await
+                .expect("prepare"),
+        );
+    }
+    let plan = Plan { stmts, prepared };
+    let mut took: [Vec<f64>; 4] = Default::default();
+    let mut rtt = vec![];
     let mut docs_per_batch = 0;
     for b in 0..batches as u64 {
         // Edits of existing reports and their children: a streaming batch.
@@ -154,44 +220,33 @@ async fn main() {
             .await
             .expect("apply");
         let stamp = Utc::now();
-        for server in [b % 2 == 0, b % 2 == 1] {
-            tx.batch_execute("SAVEPOINT replay")
-                .await
-                .expect("savepoint");
-            let took = if server {
-                server_side(&tx, &stmts, &tz, stamp).await
-            } else {
-                client_side(&tx, &stmts, &tz, stamp).await
-            };
-            tx.batch_execute("ROLLBACK TO SAVEPOINT replay")
-                .await
-                .expect("rollback");
-            let ms = took.as_secs_f64() * 1e3;
-            if server {
-                rt_server.push(ms);
-            } else {
-                rt_client.push(ms);
-            }
+        // (each batch starts with another way: none always runs first)
+        for k in 0..WAYS.len() {
+            let w = (k + b as usize) % WAYS.len();
+            took[w].push(replay(&tx, &plan, WAYS[w], &tz, stamp).await);
         }
         let t = Instant::now();
-        for _ in 0..stmts.len() {
+        for _ in 0..plan.stmts.len() {
             tx.query_typed("SELECT 1", &[]).await.expect("select 1");
         }
         rtt.push(t.elapsed().as_secs_f64() * 1e3);
         tx.commit().await.expect("commit");
     }
-    let (client, server) = (median(rt_client), median(rt_server));
+    let [client, server, prepared, server_prepared] = took.map(median);
     println!(
         "{batches} batches of {docs_per_batch} documents; {} derivation statements each",
-        stmts.len()
+        plan.stmts.len()
     );
-    println!("client round trips (today):   median {client:.2} ms per batch");
-    println!("one PL/pgSQL call (cdc.project): median {server:.2} ms per batch");
+    println!("client round trips (before cdc.run_plan): median {client:.2} ms per batch");
+    println!("one PL/pgSQL call (cdc.run_plan): median {server:.2} ms per batch");
+    println!("client round trips, statements prepared once: median {prepared:.2} ms per batch");
     println!(
-        "difference: {:.2} ms ({:+.1} %); {} bare round trips (SELECT 1): median {:.2} ms",
-        client - server,
+        "one PL/pgSQL call over statements prepared once: median {server_prepared:.2} ms per batch"
+    );
+    println!(
+        "cdc.run_plan against the client: {:+.1} %; {} bare round trips (SELECT 1): median {:.2} ms",
         (server - client) / client * 100.0,
-        stmts.len(),
+        plan.stmts.len(),
         median(rtt)
     );
 }
