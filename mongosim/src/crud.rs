@@ -15,7 +15,8 @@ use crate::order::{Key, as_f64, cmp_bson};
 use crate::state::{CmdError, State, TxnCtx, Undo};
 use crate::update::{self, UpdateError};
 
-fn coll_name<'a>(cmd: &'a Document, field: &str) -> Result<&'a str, CmdError> {
+/// The collection named by a command's `field`: a non-empty string, else error 73.
+pub(crate) fn coll_name<'a>(cmd: &'a Document, field: &str) -> Result<&'a str, CmdError> {
     match cmd.get(field) {
         Some(Bson::String(s)) if !s.is_empty() => Ok(s),
         _ => Err(CmdError::new(

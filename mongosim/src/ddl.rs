@@ -6,6 +6,7 @@ use std::collections::VecDeque;
 
 use bson::{Bson, Document, doc};
 
+use crate::crud::coll_name;
 use crate::oplog::{Entry, Op};
 use crate::state::{CmdError, State};
 
@@ -27,16 +28,6 @@ fn is_generic(k: &str) -> bool {
                 | "apiStrict"
                 | "apiDeprecationErrors"
         )
-}
-
-fn coll_name<'a>(cmd: &'a Document, field: &str) -> Result<&'a str, CmdError> {
-    match cmd.get(field) {
-        Some(Bson::String(s)) if !s.is_empty() => Ok(s),
-        _ => Err(CmdError::new(
-            73,
-            format!("'{field}' must be a collection name"),
-        )),
-    }
 }
 
 fn images_option(cmd: &Document) -> Result<Option<bool>, CmdError> {

@@ -202,21 +202,7 @@ async fn the_queue_leader_dying_twice_under_load_loses_no_write() {
     );
 
     // And the reports equal a fresh backfill of the final MongoDB state
-    let fresh = support::migrated_db().await;
-    let file = support::project_root().join("pipeline/paving.toml");
-    let env = support::child_env(&fresh, None, Some(&sim.uri()));
-    let out = tokio::task::spawn_blocking(move || {
-        support::cdc_bin()
-            .arg("backfill")
-            .arg("--pipeline")
-            .arg(file)
-            .envs(env)
-            .output()
-            .expect("run bowmark-cdc backfill")
-    })
-    .await
-    .unwrap();
-    crate::backfill::assert_success(&out);
+    let (fresh, _) = crate::backfill::fresh_backfill(Some(&sim.uri()), &[]).await;
     assert_eq!(
         count_written(&fresh.client().await).await,
         written,

@@ -1104,22 +1104,7 @@ async fn streaming_a_workload_equals_backfilling_its_final_state() {
     drain_and_stop(&mut daemon, &rig, &db).await;
 
     // And the final MongoDB state is backfilled into a fresh database B
-    let fresh = support::migrated_db().await;
-    let pipeline = support::project_root().join("pipeline/paving.toml");
-    let env = support::child_env(&fresh, None, Some(&sim.uri()));
-    // (blocking on the child in the blocking pool: the simulator runs on this test's runtime)
-    let out = tokio::task::spawn_blocking(move || {
-        support::cdc_bin()
-            .arg("backfill")
-            .arg("--pipeline")
-            .arg(pipeline)
-            .envs(env)
-            .output()
-            .expect("run bowmark-cdc backfill")
-    })
-    .await
-    .unwrap();
-    crate::backfill::assert_success(&out);
+    let (fresh, _) = crate::backfill::fresh_backfill(Some(&sim.uri()), &[]).await;
 
     // Then both hold the same star rows (the streamed one may also keep archived rows of the
     // deleted and detached documents, never live ones)
@@ -1158,25 +1143,8 @@ async fn streaming_a_production_shaped_dump_children_first_equals_backfilling_th
     w.insert_children_first(&db).await.expect("insert workload");
     let metrics = drain_and_stop(&mut daemon, &rig, &db).await;
     // And the same dump is backfilled into a fresh database B
-    let fresh = support::migrated_db().await;
-    let pipeline = support::project_root().join("pipeline/paving.toml");
-    let dump = dir.path().to_str().unwrap().to_string();
-    let out = tokio::task::spawn_blocking({
-        let fresh_env = support::child_env(&fresh, None, None);
-        move || {
-            let mut cmd = support::cdc_bin();
-            cmd.arg("backfill")
-                .arg("--pipeline")
-                .arg(pipeline)
-                .arg("--from-dump")
-                .arg(dump)
-                .envs(fresh_env);
-            cmd.output().expect("run bowmark-cdc backfill")
-        }
-    })
-    .await
-    .unwrap();
-    crate::backfill::assert_success(&out);
+    let dump = dir.path().to_str().unwrap();
+    let (fresh, out) = crate::backfill::fresh_backfill(None, &["--from-dump", dump]).await;
     let summary = crate::backfill::text(&out.stdout);
 
     // Then both hold the same star rows (the marker aside), nothing was dead-lettered, and

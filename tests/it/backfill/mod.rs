@@ -79,6 +79,31 @@ pub fn assert_success(out: &Output) {
     );
 }
 
+/// A fresh database backfilled by `bowmark-cdc backfill` (paving pipeline) from the MongoDB at
+/// `mongo_uri`, or from what `args` name (`--from-dump DIR`): what the star schema should be
+/// for that source. Panics unless the run succeeds; returns its output too.
+pub async fn fresh_backfill(mongo_uri: Option<&str>, args: &[&str]) -> (TestDb, Output) {
+    let fresh = support::migrated_db().await;
+    let pipeline = support::project_root().join("pipeline/paving.toml");
+    let env = support::child_env(&fresh, None, mongo_uri);
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    // (blocking on the child in the blocking pool: a simulator may run on the test's runtime)
+    let out = tokio::task::spawn_blocking(move || {
+        support::cdc_bin()
+            .arg("backfill")
+            .arg("--pipeline")
+            .arg(pipeline)
+            .args(args)
+            .envs(env)
+            .output()
+            .expect("run bowmark-cdc backfill")
+    })
+    .await
+    .unwrap();
+    assert_success(&out);
+    (fresh, out)
+}
+
 pub async fn count(c: &tokio_postgres::Client, sql: &str) -> i64 {
     c.query_one(sql, &[])
         .await

@@ -86,15 +86,7 @@ async fn test_that_comment_is_set_on_get_more() {
 async fn to_field_is_set_in_a_rename_change_event() {
     let t = Spec::start().await;
     let mut s = watch(&t.coll0(), vec![]).await;
-    let _ = t.coll(&t.db0(), "collection1").drop().await;
-    t.client()
-        .database("admin")
-        .run_command(doc! {
-            "renameCollection": format!("{}.collection0", t.db0()),
-            "to": format!("{}.collection1", t.db0()),
-        })
-        .await
-        .unwrap();
+    rename_collection0_to_collection1(&t).await;
     assert_result(
         &iterate(&mut s).await,
         doc! {
@@ -355,15 +347,7 @@ async fn test_insert_update_replace_and_delete_event_types() {
 async fn test_rename_and_invalidate_event_types() {
     let t = Spec::start().await;
     let mut s = watch(&t.coll0(), vec![]).await;
-    let _ = t.coll(&t.db0(), "collection1").drop().await;
-    t.client()
-        .database("admin")
-        .run_command(doc! {
-            "renameCollection": format!("{}.collection0", t.db0()),
-            "to": format!("{}.collection1", t.db0()),
-        })
-        .await
-        .unwrap();
+    rename_collection0_to_collection1(&t).await;
     assert_result(
         &iterate(&mut s).await,
         doc! {"operationType": "rename", "ns": {"db": t.db0(), "coll": "collection0"}, "to": {"db": t.db0(), "coll": "collection1"}},
@@ -426,4 +410,17 @@ async fn cluster_time_is_present() {
         &iterate(&mut s).await,
         doc! {"ns": {"db": t.db0(), "coll": "collection0"}, "clusterTime": {"$$exists": true}},
     );
+}
+
+/// The scenarios' rename: `collection0` onto a fresh `collection1` of the same database.
+async fn rename_collection0_to_collection1(t: &Spec) {
+    let _ = t.coll(&t.db0(), "collection1").drop().await;
+    t.client()
+        .database("admin")
+        .run_command(doc! {
+            "renameCollection": format!("{}.collection0", t.db0()),
+            "to": format!("{}.collection1", t.db0()),
+        })
+        .await
+        .unwrap();
 }

@@ -113,17 +113,12 @@ async fn change_stream_resumes_after_each_resumable_code() {
 #[tokio::test]
 async fn change_stream_resumes_if_error_contains_resumable_change_stream_error() {
     let t = Spec::start().await;
-    t.m.fail_command(
-        doc! {"times": 1}.into(),
+    resumes_after_one_failed_get_more(
+        &t,
         doc! {"failCommands": ["getMore"], "errorCode": 50, "closeConnection": false,
         "errorLabels": ["ResumableChangeStreamError"]},
     )
     .await;
-    let mut s = watch(&t.coll0(), vec![]).await;
-    t.coll0().insert_one(doc! {"x": 1}).await.unwrap();
-    assert_result(&iterate(&mut s).await, inserted_x1(&t));
-    resumed(&t);
-    t.m.fail_command_off().await;
 }
 
 /// failCommand fires before the getMore checks out its cursor: the server cannot tell it
@@ -147,29 +142,29 @@ async fn change_stream_does_not_resume_if_error_does_not_contain_resumable_chang
 #[tokio::test]
 async fn change_stream_resumes_after_a_network_error() {
     let t = Spec::start().await;
-    t.m.fail_command(
-        doc! {"times": 1}.into(),
+    resumes_after_one_failed_get_more(
+        &t,
         doc! {"failCommands": ["getMore"], "closeConnection": true},
     )
     .await;
-    let mut s = watch(&t.coll0(), vec![]).await;
-    t.coll0().insert_one(doc! {"x": 1}).await.unwrap();
-    assert_result(&iterate(&mut s).await, inserted_x1(&t));
-    resumed(&t);
-    t.m.fail_command_off().await;
 }
 
 #[tokio::test]
 async fn change_stream_resumes_after_cursor_not_found() {
     let t = Spec::start().await;
-    t.m.fail_command(
-        doc! {"times": 1}.into(),
+    resumes_after_one_failed_get_more(
+        &t,
         doc! {"failCommands": ["getMore"], "errorCode": 43, "closeConnection": false},
     )
     .await;
+}
+
+/// One getMore fails as `fail` says; the stream resumes and delivers the insert after it.
+async fn resumes_after_one_failed_get_more(t: &Spec, fail: Document) {
+    t.m.fail_command(doc! {"times": 1}.into(), fail).await;
     let mut s = watch(&t.coll0(), vec![]).await;
     t.coll0().insert_one(doc! {"x": 1}).await.unwrap();
-    assert_result(&iterate(&mut s).await, inserted_x1(&t));
-    resumed(&t);
+    assert_result(&iterate(&mut s).await, inserted_x1(t));
+    resumed(t);
     t.m.fail_command_off().await;
 }
