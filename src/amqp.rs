@@ -17,7 +17,7 @@ use crate::tls::{CaFile, read_ca_file};
 
 /// Whether RabbitMQ is reached over AMQPS (`RABBITMQ_TLS`, or an `amqps://` `RABBITMQ_URL`;
 /// they must agree) and the CA file (`RABBITMQ_CA_FILE`, only with AMQPS).
-pub fn tls_from_env(env: &dyn Environment) -> Result<(bool, Option<CaFile>), ConfigError> {
+pub(crate) fn tls_from_env(env: &dyn Environment) -> Result<(bool, Option<CaFile>), ConfigError> {
     let err = |name: &str, message: String| ConfigError::Env {
         name: name.to_string(),
         message,
@@ -64,7 +64,7 @@ pub fn tls_from_env(env: &dyn Environment) -> Result<(bool, Option<CaFile>), Con
 }
 
 /// How long one node may take to accept a connection before the next one is tried.
-pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The nodes of a broker cluster (`RABBITMQ_HOSTS`), and where the next connect starts.
 #[derive(Debug, Clone, Default)]
@@ -87,7 +87,10 @@ impl HostList {
 /// `RABBITMQ_HOSTS`: `host[:port]` separated by commas (a missing port is `default_port`). It
 /// overrides `RABBITMQ_HOST` (a Secret may keep providing it); beside `RABBITMQ_URL` it is an
 /// error.
-pub fn hosts_from_env(env: &dyn Environment, default_port: u16) -> Result<HostList, ConfigError> {
+pub(crate) fn hosts_from_env(
+    env: &dyn Environment,
+    default_port: u16,
+) -> Result<HostList, ConfigError> {
     let Some(text) = env.get("RABBITMQ_HOSTS") else {
         return Ok(HostList::default());
     };
@@ -125,7 +128,7 @@ pub fn hosts_from_env(env: &dyn Environment, default_port: u16) -> Result<HostLi
 /// The URIs of a `RABBITMQ_URL` naming several nodes, one per node: either URLs separated by
 /// commas (`amqp://u:p@a/v,amqp://u:p@b/v`) or several hosts in one URL
 /// (`amqp://u:p@a:5672,b:5672/v`). A URL of one node is returned as it is.
-pub fn split_url(url: &str) -> Vec<String> {
+pub(crate) fn split_url(url: &str) -> Vec<String> {
     let mut urls: Vec<String> = Vec::new();
     for part in url.split(',') {
         match urls.last_mut() {

@@ -8,7 +8,7 @@ use tokio_postgres::error::{DbError, SqlState};
 
 /// The server's message of a PostgreSQL error: `FATAL: role "x" does not exist (SQLSTATE 28000)`.
 /// Not its DETAIL, which can quote row values ("Failing row contains …"): logs never carry them.
-pub fn db_message(db: &DbError) -> String {
+pub(crate) fn db_message(db: &DbError) -> String {
     let mut s = format!(
         "{}: {} (SQLSTATE {})",
         db.severity(),
@@ -51,7 +51,7 @@ pub fn chain(e: &(dyn Error + 'static)) -> String {
 }
 
 /// The first PostgreSQL server error in `e`'s source chain.
-pub fn find_db_error<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a DbError> {
+pub(crate) fn find_db_error<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a DbError> {
     let mut link: Option<&(dyn Error + 'static)> = Some(e);
     while let Some(err) = link {
         if let Some(db) = err.downcast_ref::<DbError>() {
@@ -69,7 +69,7 @@ pub fn find_db_error<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a DbError> {
 
 /// A PostgreSQL login that no retry fixes: a wrong user or password (SQLSTATE class 28),
 /// a database that does not exist (3D000). Anywhere in `e`'s source chain.
-pub fn is_pg_login_error(e: &(dyn Error + 'static)) -> bool {
+pub(crate) fn is_pg_login_error(e: &(dyn Error + 'static)) -> bool {
     find_db_error(e).is_some_and(|db| {
         let code = db.code();
         code.code().starts_with("28") || *code == SqlState::INVALID_CATALOG_NAME
@@ -78,7 +78,7 @@ pub fn is_pg_login_error(e: &(dyn Error + 'static)) -> bool {
 
 /// A RabbitMQ login that no retry fixes: `ACCESS_REFUSED` (wrong user or password, 403) or
 /// `NOT_ALLOWED` (no such vhost or no permission on it, 530).
-pub fn is_amqp_login_error(e: &lapin::Error) -> bool {
+pub(crate) fn is_amqp_login_error(e: &lapin::Error) -> bool {
     match e.kind() {
         lapin::ErrorKind::ProtocolError(amqp) => matches!(amqp.get_id(), 403 | 530),
         lapin::ErrorKind::AuthProviderError(_) => true,

@@ -140,7 +140,7 @@ pub struct Tracker {
 
 impl Tracker {
     /// A tracker continuing from a stored checkpoint (which is not rewritten until it moves).
-    pub fn resume_from(stored: Option<Checkpoint>) -> Tracker {
+    pub(crate) fn resume_from(stored: Option<Checkpoint>) -> Tracker {
         Tracker {
             open_group: None,
             safe: stored,
@@ -181,7 +181,7 @@ impl Tracker {
 
     /// The stream showed an event of `cluster_time` after the confirmed ones (not published):
     /// the open group is complete if that is another cluster time.
-    pub fn next_group_seen(&mut self, cluster_time: ClusterTime) {
+    pub(crate) fn next_group_seen(&mut self, cluster_time: ClusterTime) {
         if let Some(open) = self.open_group.take() {
             if open.cluster_time == Some(cluster_time) {
                 self.open_group = Some(open);
@@ -199,7 +199,7 @@ impl Tracker {
     }
 
     /// The safe checkpoint if it changed since the last call.
-    pub fn take_changed(&mut self) -> Option<Checkpoint> {
+    pub(crate) fn take_changed(&mut self) -> Option<Checkpoint> {
         if self.dirty {
             self.dirty = false;
             self.safe.clone()
@@ -209,7 +209,7 @@ impl Tracker {
     }
 
     /// Whether an event group is confirmed but not yet safe to store.
-    pub fn has_open_group(&self) -> bool {
+    pub(crate) fn has_open_group(&self) -> bool {
         self.open_group.is_some()
     }
 }

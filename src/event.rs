@@ -13,7 +13,7 @@ pub use key::mongo_key;
 /// AMQP `type` property of every v1 event.
 pub const EVENT_TYPE: &str = "bowmark.cdc.v1";
 /// AMQP header carrying the cluster time as `t.i`.
-pub const CLUSTER_TIME_HEADER: &str = "x-cdc-cluster-time";
+pub(crate) const CLUSTER_TIME_HEADER: &str = "x-cdc-cluster-time";
 /// JSON content type of the body.
 pub const CONTENT_TYPE: &str = "application/json";
 
@@ -241,11 +241,11 @@ pub mod rfc3339_millis {
     use chrono::{DateTime, SecondsFormat, Utc};
     use serde::{Deserialize, Deserializer, Serializer};
 
-    pub fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
+    pub(crate) fn serialize<S: Serializer>(t: &DateTime<Utc>, s: S) -> Result<S::Ok, S::Error> {
         s.serialize_str(&t.to_rfc3339_opts(SecondsFormat::Millis, true))
     }
 
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
+    pub(crate) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<DateTime<Utc>, D::Error> {
         let s = String::deserialize(d)?;
         DateTime::parse_from_rfc3339(&s)
             .map(|t| t.with_timezone(&Utc))

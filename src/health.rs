@@ -44,7 +44,7 @@ impl RoleState {
 
 /// What is known about a dependency's connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Link {
+pub(crate) enum Link {
     /// Not tried yet.
     Unchecked,
     /// A start-up check reached it; no stage uses it yet (not ready, but not the problem).
@@ -110,7 +110,7 @@ impl Health {
     }
 
     /// Connected, or down without a known cause.
-    pub fn set_connected(&self, dep: Dependency, up: bool) {
+    pub(crate) fn set_connected(&self, dep: Dependency, up: bool) {
         self.set_cause(dep, None);
         self.dep(dep)
             .state
@@ -118,14 +118,14 @@ impl Health {
     }
 
     /// Down, with the cause (shown by `/readyz`).
-    pub fn set_failed(&self, dep: Dependency, cause: impl Into<String>) {
+    pub(crate) fn set_failed(&self, dep: Dependency, cause: impl Into<String>) {
         self.set_cause(dep, Some(cause.into()));
         self.dep(dep).state.store(2, Ordering::Relaxed);
     }
 
     /// A start-up check reached `dep`: recorded only while nothing else is known, so a stage's
     /// own report always wins and readiness still waits for the stage.
-    pub fn set_reachable(&self, dep: Dependency) {
+    pub(crate) fn set_reachable(&self, dep: Dependency) {
         let _ = self
             .dep(dep)
             .state
@@ -137,7 +137,7 @@ impl Health {
     }
 
     /// What is known about `dep`.
-    pub fn link(&self, dep: Dependency) -> Link {
+    pub(crate) fn link(&self, dep: Dependency) -> Link {
         match self.dep(dep).state.load(Ordering::Relaxed) {
             0 => Link::Unchecked,
             1 => Link::Connected,
@@ -152,12 +152,12 @@ impl Health {
         }
     }
 
-    pub fn set_state(&self, stage: Stage, state: RoleState) {
+    pub(crate) fn set_state(&self, stage: Stage, state: RoleState) {
         self.slot(stage).store(state as u8, Ordering::Relaxed);
     }
 
     /// `stage` stopped for good: `/readyz` shows `cause` until the process restarts.
-    pub fn set_stage_failed(&self, stage: Stage, cause: impl Into<String>) {
+    pub(crate) fn set_stage_failed(&self, stage: Stage, cause: impl Into<String>) {
         *self.0.failure.lock().unwrap_or_else(|p| p.into_inner()) = Some(cause.into());
         self.set_state(stage, RoleState::Failed);
     }

@@ -19,7 +19,7 @@ use crate::health::{Dependency, Health, Link, RoleState, Stage};
 
 /// What the endpoints read.
 #[derive(Clone)]
-pub struct HttpState {
+pub(crate) struct HttpState {
     metrics: PrometheusHandle,
     health: Health,
     roles: Arc<[Stage]>,
@@ -36,7 +36,7 @@ impl HttpState {
     }
 }
 
-pub fn router(state: HttpState) -> Router {
+pub(crate) fn router(state: HttpState) -> Router {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/healthz", get(|| async { "ok\n" }))
@@ -45,7 +45,7 @@ pub fn router(state: HttpState) -> Router {
 }
 
 /// The backfill Job's port: `/metrics` and `/healthz` (a Job has no readiness).
-pub fn metrics_router(metrics: PrometheusHandle) -> Router {
+pub(crate) fn metrics_router(metrics: PrometheusHandle) -> Router {
     Router::new()
         .route(
             "/metrics",
@@ -96,7 +96,7 @@ pub async fn serve_metrics(
 }
 
 /// Serve until `stop` is cancelled.
-pub async fn serve(
+pub(crate) async fn serve(
     listener: TcpListener,
     state: HttpState,
     stop: CancellationToken,

@@ -19,16 +19,16 @@
 //!    load, taken after [`PROJECT`] shared.
 
 /// `migrate` runs (the bytes of "bowmark" followed by 0x01).
-pub const MIGRATE: i64 = 0x626f_776d_6172_6b01;
+pub(crate) const MIGRATE: i64 = 0x626f_776d_6172_6b01;
 
 /// Projections (0x02).
-pub const PROJECT: i64 = 0x626f_776d_6172_6b02;
+pub(crate) const PROJECT: i64 = 0x626f_776d_6172_6b02;
 
 /// Rebuilds of deferred indexes and foreign keys (0x04).
-pub const REBUILD: i64 = 0x626f_776d_6172_6b04;
+pub(crate) const REBUILD: i64 = 0x626f_776d_6172_6b04;
 
 /// Class id of the backfill's per-pipeline lock (the second key is `hashtext(pipeline)`).
-pub const BACKFILL_CLASS: i32 = 0x00cd_cbf1;
+pub(crate) const BACKFILL_CLASS: i32 = 0x00cd_cbf1;
 
 /// The key of a pipeline's capture lock: FNV-1a 64 of `bowmark-cdc:capture:<name>` (stable
 /// across builds and platforms, unlike the std hasher).

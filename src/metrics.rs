@@ -4,136 +4,138 @@
 use metrics_exporter_prometheus::{BuildError, Matcher, PrometheusBuilder, PrometheusHandle};
 
 /// Label names (bounded sets only: never ids).
-pub const LABEL_PIPELINE: &str = "pipeline";
-pub const LABEL_COLLECTION: &str = "collection";
-pub const LABEL_ENTITY: &str = "entity";
-pub const LABEL_OP: &str = "op";
-pub const LABEL_OUTCOME: &str = "outcome";
-pub const LABEL_ERROR_TYPE: &str = "error_type";
-pub const LABEL_TABLE: &str = "table";
-pub const LABEL_REASON: &str = "reason";
-pub const LABEL_COLUMN: &str = "column";
-pub const LABEL_ADJUSTMENT: &str = "adjustment";
+pub(crate) const LABEL_PIPELINE: &str = "pipeline";
+pub(crate) const LABEL_COLLECTION: &str = "collection";
+pub(crate) const LABEL_ENTITY: &str = "entity";
+pub(crate) const LABEL_OP: &str = "op";
+pub(crate) const LABEL_OUTCOME: &str = "outcome";
+pub(crate) const LABEL_ERROR_TYPE: &str = "error_type";
+pub(crate) const LABEL_TABLE: &str = "table";
+pub(crate) const LABEL_REASON: &str = "reason";
+pub(crate) const LABEL_COLUMN: &str = "column";
+pub(crate) const LABEL_ADJUSTMENT: &str = "adjustment";
 
 // --- capture ---------------------------------------------------------------------------------
 
 /// Counter {pipeline, collection, op}: changes read from the change stream and normalized.
-pub const CAPTURE_EVENTS_CAPTURED: &str = "cdc_capture_events_captured_total";
+pub(crate) const CAPTURE_EVENTS_CAPTURED: &str = "cdc_capture_events_captured_total";
 /// Counter {pipeline, collection, op}: events handed to RabbitMQ.
-pub const CAPTURE_EVENTS_PUBLISHED: &str = "cdc_capture_events_published_total";
+pub(crate) const CAPTURE_EVENTS_PUBLISHED: &str = "cdc_capture_events_published_total";
 /// Counter {pipeline, collection, op}: events the broker confirmed (`Ack`, not returned).
-pub const CAPTURE_EVENTS_CONFIRMED: &str = "cdc_capture_events_confirmed_total";
+pub(crate) const CAPTURE_EVENTS_CONFIRMED: &str = "cdc_capture_events_confirmed_total";
 /// Histogram {pipeline}: seconds from publish to the broker's confirm.
-pub const CAPTURE_CONFIRM_LATENCY: &str = "cdc_capture_confirm_latency_seconds";
+pub(crate) const CAPTURE_CONFIRM_LATENCY: &str = "cdc_capture_confirm_latency_seconds";
 /// Gauge {pipeline}: publishes awaiting their confirm.
-pub const CAPTURE_CONFIRMS_IN_FLIGHT: &str = "cdc_capture_confirms_in_flight";
+pub(crate) const CAPTURE_CONFIRMS_IN_FLIGHT: &str = "cdc_capture_confirms_in_flight";
 /// Gauge {pipeline}: now minus the wall time of the last confirmed event (0 when idle).
-pub const CAPTURE_SOURCE_LAG: &str = "cdc_capture_source_lag_seconds";
+pub(crate) const CAPTURE_SOURCE_LAG: &str = "cdc_capture_source_lag_seconds";
 /// Gauge {pipeline}: MongoDB wall time (Unix seconds) of the last confirmed event; 0 until this
 /// process confirmed one. With [`PROJECTOR_LAST_EVENT_TIMESTAMP`]: how far (in event time) the
 /// projector is behind the capture.
-pub const CAPTURE_LAST_EVENT_TIMESTAMP: &str = "cdc_capture_last_event_timestamp_seconds";
+pub(crate) const CAPTURE_LAST_EVENT_TIMESTAMP: &str = "cdc_capture_last_event_timestamp_seconds";
 /// Gauge {pipeline}: Unix time up to which the stored checkpoint covers the change stream: now
 /// when every change read is confirmed and stored (caught up, idle or busy), else the cluster
 /// time of the stored checkpoint's last event; 0 until this process stored or confirmed one.
 /// A timestamp, so that its age (`time() - …`) grows while the capture is stuck or frozen.
-pub const CAPTURE_CHECKPOINT_TIMESTAMP: &str = "cdc_capture_checkpoint_timestamp_seconds";
+pub(crate) const CAPTURE_CHECKPOINT_TIMESTAMP: &str = "cdc_capture_checkpoint_timestamp_seconds";
 /// Counter {pipeline, error_type}: change streams reopened from the checkpoint after an error.
-pub const CAPTURE_RESUMES: &str = "cdc_capture_resumes_total";
+pub(crate) const CAPTURE_RESUMES: &str = "cdc_capture_resumes_total";
 /// Counter {pipeline, error_type}: capture errors (transient and fatal).
-pub const CAPTURE_ERRORS: &str = "cdc_capture_errors_total";
+pub(crate) const CAPTURE_ERRORS: &str = "cdc_capture_errors_total";
 /// Gauge {pipeline}: 1 while this replica holds the capture lock and tails, 0 on standby.
-pub const CAPTURE_LEADER: &str = "cdc_capture_leader";
+pub(crate) const CAPTURE_LEADER: &str = "cdc_capture_leader";
 /// Gauge {pipeline}: 1 while the capture is stopped because the change stream's history after
 /// the checkpoint is gone (`history_lost = "fail"`); the process stays up, unready.
-pub const CAPTURE_HISTORY_LOST: &str = "cdc_capture_history_lost";
+pub(crate) const CAPTURE_HISTORY_LOST: &str = "cdc_capture_history_lost";
 
 // --- projector -------------------------------------------------------------------------------
 
 /// Source documents that changed the mirror (version newer than the stored one).
-pub const PROJECTOR_DOCS_APPLIED_TOTAL: &str = "cdc_projector_docs_applied_total";
+pub(crate) const PROJECTOR_DOCS_APPLIED_TOTAL: &str = "cdc_projector_docs_applied_total";
 /// Source documents ignored: an older or equal version, a duplicate in the batch, or an
 /// update whose looked-up document was gone.
-pub const PROJECTOR_DOCS_STALE_TOTAL: &str = "cdc_projector_docs_stale_total";
+pub(crate) const PROJECTOR_DOCS_STALE_TOTAL: &str = "cdc_projector_docs_stale_total";
 /// Star rows inserted, updated, archived or deleted, by table (label `table`).
-pub const PROJECTOR_ROWS_WRITTEN_TOTAL: &str = "cdc_projector_rows_written_total";
+pub(crate) const PROJECTOR_ROWS_WRITTEN_TOTAL: &str = "cdc_projector_rows_written_total";
 /// Time to project one batch into the mirror and the star schema (inside the transaction).
-pub const PROJECTOR_APPLY_DURATION_SECONDS: &str = "cdc_projector_apply_duration_seconds";
+pub(crate) const PROJECTOR_APPLY_DURATION_SECONDS: &str = "cdc_projector_apply_duration_seconds";
 /// Events taken from the queue, by entity and outcome (`applied`, `stale`, `dead_lettered`).
-pub const PROJECTOR_EVENTS_APPLIED_TOTAL: &str = "cdc_projector_events_applied_total";
+pub(crate) const PROJECTOR_EVENTS_APPLIED_TOTAL: &str = "cdc_projector_events_applied_total";
 /// Messages published to the dead-letter queue, by reason.
-pub const PROJECTOR_DEAD_LETTERED_TOTAL: &str = "cdc_projector_dead_lettered_total";
+pub(crate) const PROJECTOR_DEAD_LETTERED_TOTAL: &str = "cdc_projector_dead_lettered_total";
 /// Events per committed batch.
-pub const PROJECTOR_BATCH_EVENTS: &str = "cdc_projector_batch_events";
+pub(crate) const PROJECTOR_BATCH_EVENTS: &str = "cdc_projector_batch_events";
 /// Time from taking a batch to acking it (decode, transaction, dead letters, ack).
-pub const PROJECTOR_BATCH_DURATION_SECONDS: &str = "cdc_projector_batch_duration_seconds";
+pub(crate) const PROJECTOR_BATCH_DURATION_SECONDS: &str = "cdc_projector_batch_duration_seconds";
 /// MongoDB wall time (Unix seconds) of the newest event of the last committed batch; 0 until
 /// this process committed one. A timestamp, so that `time() - …` keeps growing when the
 /// projector is stuck.
-pub const PROJECTOR_LAST_EVENT_TIMESTAMP: &str = "cdc_projector_last_event_timestamp_seconds";
+pub(crate) const PROJECTOR_LAST_EVENT_TIMESTAMP: &str =
+    "cdc_projector_last_event_timestamp_seconds";
 /// Messages ready in the projector queue (sampled every few seconds).
-pub const PROJECTOR_QUEUE_MESSAGES: &str = "cdc_projector_queue_messages";
+pub(crate) const PROJECTOR_QUEUE_MESSAGES: &str = "cdc_projector_queue_messages";
 /// Messages in the dead-letter queue (sampled every few seconds).
-pub const PROJECTOR_DEAD_LETTER_QUEUE_MESSAGES: &str = "cdc_projector_dead_letter_queue_messages";
+pub(crate) const PROJECTOR_DEAD_LETTER_QUEUE_MESSAGES: &str =
+    "cdc_projector_dead_letter_queue_messages";
 /// Batch retries and broker reconnects after a transient failure, by `error_type`.
-pub const PROJECTOR_RETRIES_TOTAL: &str = "cdc_projector_retries_total";
+pub(crate) const PROJECTOR_RETRIES_TOTAL: &str = "cdc_projector_retries_total";
 
 /// Counter {pipeline, table, column, adjustment}: values the projection changed so that a
 /// valid document's rows are never rejected (`truncated`: text cut to its column's width;
 /// `nul_removed`, `not_finite`, `date_out_of_range`: made storable in the mirror, where
 /// `table` is `cdc.source_doc` and `column` the document's top-level field).
-pub const PROJECT_VALUES_ADJUSTED_TOTAL: &str = "cdc_project_values_adjusted_total";
+pub(crate) const PROJECT_VALUES_ADJUSTED_TOTAL: &str = "cdc_project_values_adjusted_total";
 /// Gauge {pipeline, entity}: source documents whose own rows PostgreSQL rejected, left out of
 /// the star schema and listed in `cdc.quarantine` until a newer version applies.
-pub const PROJECT_QUARANTINED_DOCUMENTS: &str = "cdc_project_quarantined_documents";
+pub(crate) const PROJECT_QUARANTINED_DOCUMENTS: &str = "cdc_project_quarantined_documents";
 
 // --- verify ----------------------------------------------------------------------------------
 
 /// Gauge {pipeline}: documents and star rows that drifted in the last `verify` run.
-pub const VERIFY_DRIFT_ROWS: &str = "cdc_verify_drift_rows";
+pub(crate) const VERIFY_DRIFT_ROWS: &str = "cdc_verify_drift_rows";
 /// Gauge {pipeline}: when the last `verify` run finished (the daemon's start when none has).
-pub const VERIFY_LAST_RUN_TIMESTAMP: &str = "cdc_verify_last_run_timestamp_seconds";
+pub(crate) const VERIFY_LAST_RUN_TIMESTAMP: &str = "cdc_verify_last_run_timestamp_seconds";
 
 /// `outcome` values of [`PROJECTOR_EVENTS_APPLIED_TOTAL`].
-pub const OUTCOME_APPLIED: &str = "applied";
-pub const OUTCOME_STALE: &str = "stale";
-pub const OUTCOME_DEAD_LETTERED: &str = "dead_lettered";
+pub(crate) const OUTCOME_APPLIED: &str = "applied";
+pub(crate) const OUTCOME_STALE: &str = "stale";
+pub(crate) const OUTCOME_DEAD_LETTERED: &str = "dead_lettered";
 /// A legacy sync message (`{mongoId, action, timestamp}`, no `type`) from the Node producers
 /// running beside the daemon during a migration: the capture sees the same write, so it is
 /// acknowledged and counted, not dead-lettered.
-pub const OUTCOME_IGNORED_LEGACY: &str = "ignored_legacy";
-pub const ENTITY_LEGACY: &str = "legacy";
+pub(crate) const OUTCOME_IGNORED_LEGACY: &str = "ignored_legacy";
+pub(crate) const ENTITY_LEGACY: &str = "legacy";
 /// `entity` value of a message whose entity could not be read.
-pub const ENTITY_UNKNOWN: &str = "unknown";
+pub(crate) const ENTITY_UNKNOWN: &str = "unknown";
 
 /// Histogram buckets of every `*_seconds` histogram.
-pub const SECONDS_BUCKETS: [f64; 14] = [
+pub(crate) const SECONDS_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 /// Buckets of [`PROJECTOR_BATCH_EVENTS`].
-pub const BATCH_EVENTS_BUCKETS: [f64; 10] =
+pub(crate) const BATCH_EVENTS_BUCKETS: [f64; 10] =
     [1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0];
 
 // --- backfill --------------------------------------------------------------------------------
 
 /// Documents of a collection the backfill has completed (committed), including earlier runs
 /// of a resumed backfill (labels `pipeline`, `collection`).
-pub const BACKFILL_DOCUMENTS_DONE: &str = "cdc_backfill_documents_done";
+pub(crate) const BACKFILL_DOCUMENTS_DONE: &str = "cdc_backfill_documents_done";
 /// Documents of a collection to backfill: the dump's count, or the server's estimate (a gauge,
 /// so no `_total` suffix).
-pub const BACKFILL_DOCUMENTS_EXPECTED: &str = "cdc_backfill_documents_expected";
+pub(crate) const BACKFILL_DOCUMENTS_EXPECTED: &str = "cdc_backfill_documents_expected";
 
 // --- process ---------------------------------------------------------------------------------
 
 /// Gauge {pipeline, version}: always 1; the version of the running binary.
-pub const BUILD_INFO: &str = "cdc_build_info";
-pub const LABEL_VERSION: &str = "version";
+pub(crate) const BUILD_INFO: &str = "cdc_build_info";
+pub(crate) const LABEL_VERSION: &str = "version";
 /// Documents the backfill read but did not project, by `reason` (`no_id`, `rejected`,
 /// `stale`).
-pub const BACKFILL_DOCUMENTS_SKIPPED_TOTAL: &str = "cdc_backfill_documents_skipped_total";
+pub(crate) const BACKFILL_DOCUMENTS_SKIPPED_TOTAL: &str = "cdc_backfill_documents_skipped_total";
 
 /// The `error_type` values of the capture's error and resume counters.
-pub const CAPTURE_ERROR_TYPES: [&str; 15] = [
+pub(crate) const CAPTURE_ERROR_TYPES: [&str; 15] = [
     "mongo",
     "mongo_auth",
     "resume_rejected",
@@ -152,7 +154,7 @@ pub const CAPTURE_ERROR_TYPES: [&str; 15] = [
 ];
 
 /// The `error_type` values of [`PROJECTOR_RETRIES_TOTAL`].
-pub const PROJECTOR_ERROR_TYPES: [&str; 6] = [
+pub(crate) const PROJECTOR_ERROR_TYPES: [&str; 6] = [
     "broker",
     "consumer_ended",
     "dead_letter_refused",
@@ -215,7 +217,7 @@ pub fn zero(pipeline: &str, capture: bool, project: bool) {
 
 /// Install the process-wide Prometheus recorder: real histograms (buckets), every metric
 /// described.
-pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
+pub(crate) fn install_recorder() -> Result<PrometheusHandle, BuildError> {
     let handle = PrometheusBuilder::new()
         .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), &SECONDS_BUCKETS)?
         .set_buckets_for_metric(
@@ -228,10 +230,10 @@ pub fn install_recorder() -> Result<PrometheusHandle, BuildError> {
 }
 
 /// `reason` values of [`BACKFILL_DOCUMENTS_SKIPPED_TOTAL`].
-pub const BACKFILL_SKIP_REASONS: [&str; 3] = ["no_id", "stale", "rejected"];
+pub(crate) const BACKFILL_SKIP_REASONS: [&str; 3] = ["no_id", "stale", "rejected"];
 
 /// Register a backfilled collection's skip counters at 0 (see [`zero`]).
-pub fn zero_backfill(pipeline: &str, collection: &str) {
+pub(crate) fn zero_backfill(pipeline: &str, collection: &str) {
     for r in BACKFILL_SKIP_REASONS {
         metrics::counter!(BACKFILL_DOCUMENTS_SKIPPED_TOTAL, LABEL_PIPELINE => pipeline.to_string(),
             LABEL_COLLECTION => collection.to_string(), LABEL_REASON => r)
@@ -260,7 +262,7 @@ fn process_collector() -> &'static metrics_process::Collector {
 }
 
 /// Sample the process metrics (called by `/metrics` before rendering).
-pub fn collect_process() {
+pub(crate) fn collect_process() {
     process_collector().collect();
 }
 

@@ -31,16 +31,17 @@ mod embedded {
 
 /// Key of the session-level advisory lock that serializes `migrate` runs on one database
 /// ([`crate::locks`]).
-pub const MIGRATE_LOCK_KEY: i64 = crate::locks::MIGRATE;
+pub(crate) const MIGRATE_LOCK_KEY: i64 = crate::locks::MIGRATE;
 
 /// refinery's history table (its default name), in the connection's default schema.
-pub const HISTORY_TABLE: &str = "refinery_schema_history";
+pub(crate) const HISTORY_TABLE: &str = "refinery_schema_history";
 
 /// dbmate's ledger table.
-pub const DBMATE_TABLE: &str = "schema_migrations";
+pub(crate) const DBMATE_TABLE: &str = "schema_migrations";
 
 /// The versions the legacy dbmate migrations applied, oldest first.
-pub const LEGACY_VERSIONS: [i64; 4] = [
+#[cfg(test)]
+const LEGACY_VERSIONS: [i64; 4] = [
     20260128205200,
     20260202120000,
     20260203100000,

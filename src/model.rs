@@ -67,7 +67,7 @@ const fn child(
 }
 
 /// The catalog, in backfill order.
-pub const CATALOG: [Model; 14] = [
+pub(crate) const CATALOG: [Model; 14] = [
     dim(Entity::Company, &["dim_company"], 0, true),
     dim(Entity::Material, &["dim_material"], 1, true),
     dim(Entity::Crew, &["dim_crew"], 2, false),
@@ -164,7 +164,7 @@ pub fn star_tables() -> Vec<&'static str> {
 }
 
 /// The daily-report children, with the report array that lists each.
-pub fn report_children() -> impl Iterator<Item = (Entity, &'static str)> {
+pub(crate) fn report_children() -> impl Iterator<Item = (Entity, &'static str)> {
     CATALOG
         .iter()
         .filter_map(|m| m.report_array.map(|a| (m.entity, a)))

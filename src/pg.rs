@@ -17,7 +17,8 @@ use crate::config::{ConfigError, Environment};
 use crate::tls::{PgTls, SslMode};
 
 /// The connection half of a session opened by [`connect`] (spawn it).
-pub type PgConnection = Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
+pub(crate) type PgConnection =
+    Connection<Socket, <MakeRustlsConnect as MakeTlsConnect<Socket>>::Stream>;
 
 /// Whether a plaintext `prefer` session was logged at warn level already (later ones log at
 /// debug: a pool opens many).
@@ -54,7 +55,7 @@ pub async fn connect(
 /// One session for a command (the backfill, an operator command): [`connect`], its connection
 /// driven on a task of its own (an end logged as `what`), and the projection's scratch-table
 /// notices silenced.
-pub async fn command_session(
+pub(crate) async fn command_session(
     cfg: &Config,
     tls: &PgTls,
     what: &'static str,
@@ -84,7 +85,7 @@ fn target(cfg: &Config) -> String {
 }
 
 /// The deadpool connector: every pooled session is opened by [`connect`].
-pub struct PoolConnect(pub PgTls);
+pub(crate) struct PoolConnect(pub PgTls);
 
 impl deadpool_postgres::Connect for PoolConnect {
     fn connect(
@@ -174,7 +175,7 @@ impl TlsConnect<Socket> for Handshake {
 /// The PostgreSQL TLS settings from the environment: `sslmode` and `sslrootcert` in
 /// `POSTGRES_URL`, or `POSTGRES_SSLMODE` and `POSTGRES_SSLROOTCERT` (both given and different
 /// is an error naming both); `prefer` by default, as libpq.
-pub fn tls_from_env(env: &dyn Environment) -> Result<PgTls, ConfigError> {
+pub(crate) fn tls_from_env(env: &dyn Environment) -> Result<PgTls, ConfigError> {
     let from_url = env
         .get("POSTGRES_URL")
         .map(|u| split_url(&u))
@@ -207,7 +208,7 @@ pub fn tls_from_env(env: &dyn Environment) -> Result<PgTls, ConfigError> {
 /// A PostgreSQL URL given elsewhere than the environment (`verify --legacy-db`): its config and
 /// TLS settings (its own `sslmode` and `sslrootcert`, `prefer` by default). Errors name
 /// `setting`.
-pub fn config_from_url(url: &str, setting: &str) -> Result<(Config, PgTls), String> {
+pub(crate) fn config_from_url(url: &str, setting: &str) -> Result<(Config, PgTls), String> {
     let parts = split_url(url);
     let cfg: Config = parts
         .rest
@@ -226,13 +227,13 @@ pub fn config_from_url(url: &str, setting: &str) -> Result<(Config, PgTls), Stri
 /// (`postgresql://…?sslmode=verify-full&sslrootcert=/ca.pem`) and the key/value form
 /// (`host=… sslmode=verify-full`) are understood.
 #[derive(Debug, Default, PartialEq)]
-pub struct UrlTls {
+pub(crate) struct UrlTls {
     pub rest: String,
     pub sslmode: Option<String>,
     pub sslrootcert: Option<String>,
 }
 
-pub fn split_url(url: &str) -> UrlTls {
+pub(crate) fn split_url(url: &str) -> UrlTls {
     let mut out = UrlTls::default();
     let mut take = |key: &str, value: String| match key {
         "sslmode" => out.sslmode = Some(value),

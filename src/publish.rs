@@ -78,13 +78,13 @@ impl Publisher {
     }
 
     /// Whether the channel and its connection are still open.
-    pub fn is_connected(&self) -> bool {
+    pub(crate) fn is_connected(&self) -> bool {
         self.channel.status().connected() && self.connection.status().connected()
     }
 
     /// Whether the broker has blocked the connection (a memory or disk alarm,
     /// `connection.blocked`): publishes wait until it is unblocked.
-    pub fn is_blocked(&self) -> bool {
+    pub(crate) fn is_blocked(&self) -> bool {
         self.connection.status().blocked()
     }
 

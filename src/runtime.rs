@@ -199,7 +199,7 @@ async fn run_stages(
 }
 
 /// Install the process-wide Prometheus recorder (histogram buckets, metric descriptions).
-pub fn install_recorder() -> Result<PrometheusHandle, RuntimeError> {
+pub(crate) fn install_recorder() -> Result<PrometheusHandle, RuntimeError> {
     m::install_recorder().map_err(RuntimeError::Recorder)
 }
 
@@ -342,7 +342,7 @@ async fn wait_for_schema(
 }
 
 /// Bind the HTTP port, or say which port is busy and how to choose another.
-pub async fn bind_http(addr: SocketAddr) -> Result<TcpListener, RuntimeError> {
+pub(crate) async fn bind_http(addr: SocketAddr) -> Result<TcpListener, RuntimeError> {
     TcpListener::bind(addr).await.map_err(|e| {
         let port = addr.port();
         let why = if e.kind() == std::io::ErrorKind::AddrInUse {

@@ -8,7 +8,7 @@ use tracing_subscriber::EnvFilter;
 /// lapin: it logs every broken connection at ERROR (three lines per broker retry, and
 /// `invalid channel state: Closing` on every clean shutdown), while bowmark-cdc already logs
 /// each broker failure once, with its cause, at the level it deserves.
-pub fn filter_directives(rust_log: Option<&str>) -> String {
+pub(crate) fn filter_directives(rust_log: Option<&str>) -> String {
     let base = rust_log
         .map(str::trim)
         .filter(|s| !s.is_empty())

@@ -31,7 +31,7 @@ use tokio_postgres_rustls::MakeRustlsConnect;
 use crate::config::ConfigError;
 
 /// The value of `sslrootcert` that selects the public web roots instead of a file (as libpq).
-pub const SYSTEM_ROOTS: &str = "system";
+pub(crate) const SYSTEM_ROOTS: &str = "system";
 
 /// How a PostgreSQL session is secured (libpq's `sslmode`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,7 +172,7 @@ impl PgTls {
     }
 
     /// The rustls connector for tokio-postgres.
-    pub fn connector(&self) -> MakeRustlsConnect {
+    pub(crate) fn connector(&self) -> MakeRustlsConnect {
         self.connector.clone()
     }
 
@@ -206,7 +206,7 @@ impl fmt::Debug for CaFile {
 }
 
 /// Read a CA file named by setting `setting`: at least one PEM certificate.
-pub fn read_ca_file(setting: &str, path: &Path) -> Result<CaFile, ConfigError> {
+pub(crate) fn read_ca_file(setting: &str, path: &Path) -> Result<CaFile, ConfigError> {
     let err = |message: String| ConfigError::Env {
         name: setting.to_string(),
         message,

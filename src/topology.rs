@@ -10,7 +10,7 @@ use lapin::{Channel, ExchangeKind};
 use crate::config::Pipeline;
 
 /// Binding key of the projector queue: every event.
-pub const BIND_ALL: &str = "#";
+pub(crate) const BIND_ALL: &str = "#";
 
 fn quorum_args(single_active_consumer: bool) -> FieldTable {
     let mut args = FieldTable::default();
@@ -127,7 +127,8 @@ impl Policy {
     }
 
     /// This policy as an entry of a definitions file (`"policies": [...]`).
-    pub fn to_definitions(&self, vhost: &str) -> serde_json::Value {
+    #[cfg(test)]
+    fn to_definitions(&self, vhost: &str) -> serde_json::Value {
         serde_json::json!({
             "vhost": vhost,
             "name": self.name,

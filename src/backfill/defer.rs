@@ -24,13 +24,13 @@ use crate::project::PROJECT_LOCK_KEY;
 
 /// The star tables a collection loads in bulk (tens of thousands of rows per business line);
 /// the dimension tables of the other collections are small.
-pub fn bulk_tables(e: Entity) -> &'static [&'static str] {
+pub(crate) fn bulk_tables(e: Entity) -> &'static [&'static str] {
     crate::model::model(e).bulk_tables
 }
 
 /// The report-child links: loaded in bulk with the reports. Their primary key is deferred too
 /// (nothing reads the links while the reports load on a first load, [`defer`]'s `keys`).
-pub const LINKS: &str = "cdc.report_child";
+pub(crate) const LINKS: &str = "cdc.report_child";
 
 /// Record and drop the non-unique indexes, the foreign keys and a primary key nothing
 /// references (when a unique constraint stays) of every table in `tables` that holds no rows,
@@ -40,7 +40,7 @@ pub const LINKS: &str = "cdc.report_child";
 ///
 /// A role that does not own the tables cannot alter them: then nothing is deferred, the load
 /// keeps the indexes in place, and a warning says why.
-pub async fn defer(
+pub(crate) async fn defer(
     client: &mut Client,
     tables: &[&str],
     keys: bool,
@@ -139,7 +139,7 @@ async fn defer_in_tx(
 /// workers keep loading (the tables it locks are ones they don't write), a streaming
 /// projection waits. Rebuilds take a lock of their own exclusive, so two never wait for each
 /// other's locks on the same dimension tables in different orders.
-pub async fn restore(
+pub(crate) async fn restore(
     client: &mut Client,
     tables: Option<&[&str]>,
 ) -> Result<usize, tokio_postgres::Error> {

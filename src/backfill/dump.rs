@@ -50,7 +50,7 @@ pub enum DumpError {
 
 /// What the dump folder holds for one collection.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum DumpEntry {
+pub(crate) enum DumpEntry {
     /// `<coll>.bson` with at least one byte.
     Data(PathBuf),
     /// No `.bson` (only metadata, or nothing at all) or an empty one.
@@ -58,7 +58,7 @@ pub enum DumpEntry {
 }
 
 /// Locate a collection's `.bson` in a dump folder.
-pub fn locate(dir: &Path, collection: &str) -> Result<DumpEntry, DumpError> {
+pub(crate) fn locate(dir: &Path, collection: &str) -> Result<DumpEntry, DumpError> {
     let file = dir.join(format!("{collection}.bson"));
     match std::fs::metadata(&file) {
         Ok(m) if m.len() == 0 => Ok(DumpEntry::Missing {
@@ -80,7 +80,7 @@ pub fn locate(dir: &Path, collection: &str) -> Result<DumpEntry, DumpError> {
 }
 
 /// A `.bson` file read document by document from a byte offset.
-pub struct DumpReader {
+pub(crate) struct DumpReader {
     file: PathBuf,
     reader: BufReader<File>,
     offset: u64,
@@ -157,7 +157,7 @@ impl DumpReader {
     }
 
     /// The next document, or `None` at the end of the file.
-    pub fn next_doc(&mut self) -> Result<Option<Document>, DumpError> {
+    pub(crate) fn next_doc(&mut self) -> Result<Option<Document>, DumpError> {
         let Some(n) = self.next_len()? else {
             return Ok(None);
         };
@@ -182,7 +182,7 @@ impl DumpReader {
 
     /// Count the documents from the current offset to the end by walking the length headers
     /// only (no parsing); leaves the reader where it was. Finds truncation before any work.
-    pub fn count_remaining(&mut self) -> Result<u64, DumpError> {
+    pub(crate) fn count_remaining(&mut self) -> Result<u64, DumpError> {
         let start = self.offset;
         let mut count = 0u64;
         while let Some(n) = self.next_len()? {
@@ -224,7 +224,7 @@ impl DumpReader {
 
 /// Read `reader` to the end in chunks of `chunk_size` documents into `tx` (blocking: run on a
 /// blocking thread). Stops at the first error, which is sent, or when the receiver is gone.
-pub fn produce(
+pub(crate) fn produce(
     mut reader: DumpReader,
     entity: Entity,
     chunk_size: usize,

@@ -55,7 +55,7 @@ pub struct CollectionEstimate {
 
 impl DeleteEstimate {
     /// The collections that lose documents, e.g. `invoices: 120 in the mirror, 0 in MongoDB`.
-    pub fn per_collection(&self) -> String {
+    pub(crate) fn per_collection(&self) -> String {
         self.collections
             .iter()
             .filter(|c| c.deleted > 0)
@@ -80,7 +80,7 @@ fn too_many(deleted: u64, mirror: u64) -> bool {
 
 /// What a run may still mark deleted.
 #[derive(Debug)]
-pub struct Budget {
+pub(crate) struct Budget {
     /// `None`: no limit (`--allow-deletes`, or a dump).
     scope: Option<String>,
     mirror: BTreeMap<String, u64>,

@@ -73,7 +73,7 @@ pub async fn position(client: &Client, database: &str) -> Result<StreamPosition,
 }
 
 /// The collection's document count as the server estimates it (for progress only).
-pub async fn estimated_count(coll: &Collection<Document>) -> Result<u64, BackfillError> {
+pub(crate) async fn estimated_count(coll: &Collection<Document>) -> Result<u64, BackfillError> {
     coll.estimated_document_count()
         .await
         .map_err(BackfillError::Mongo)
@@ -199,7 +199,7 @@ fn after(last: &Bson) -> Document {
 }
 
 /// The names of the collections in `database` (sorted).
-pub async fn collection_names(
+pub(crate) async fn collection_names(
     client: &Client,
     database: &str,
 ) -> Result<Vec<String>, BackfillError> {

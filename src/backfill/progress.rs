@@ -11,7 +11,7 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use crate::metrics as m;
 
 /// How often the log mode writes a line per collection.
-pub const LOG_INTERVAL: Duration = Duration::from_secs(5);
+pub(crate) const LOG_INTERVAL: Duration = Duration::from_secs(5);
 
 const BAR_TEMPLATE: &str = "{prefix:>18} [{bar:30}] {pos:>9}/{len:9} {msg}";
 

@@ -146,7 +146,7 @@ impl Load {
         self.turns.wait(taken).await;
     }
 
-    pub fn tally(&self) -> Tally {
+    pub(crate) fn tally(&self) -> Tally {
         self.tally
             .lock()
             .unwrap_or_else(PoisonError::into_inner)

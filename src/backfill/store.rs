@@ -41,7 +41,7 @@ impl SourceKind {
 
 /// Where one collection stands in the current run (`cdc.backfill_progress.status`).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum CollectionState {
+pub(crate) enum CollectionState {
     /// Started, not finished (also a collection not started yet).
     #[default]
     Running,
@@ -69,7 +69,7 @@ impl CollectionState {
     }
 
     /// Nothing left to do for the collection in this run.
-    pub fn settled(self) -> bool {
+    pub(crate) fn settled(self) -> bool {
         self != CollectionState::Running
     }
 }
@@ -106,7 +106,7 @@ pub struct Progress {
 
 /// Where a completed chunk ends.
 #[derive(Debug, Clone, PartialEq)]
-pub enum ResumeAt {
+pub(crate) enum ResumeAt {
     LastId(Value),
     Offset(u64),
 }
@@ -120,7 +120,7 @@ fn to_i64(v: u64) -> i64 {
 }
 
 /// Are the backfill tables there? (`bowmark-cdc migrate` creates them.)
-pub async fn schema_present(c: &Client) -> Result<bool, tokio_postgres::Error> {
+pub(crate) async fn schema_present(c: &Client) -> Result<bool, tokio_postgres::Error> {
     let row = c
         .query_one(
             "SELECT to_regclass('cdc.backfill_progress') IS NOT NULL \
@@ -143,7 +143,10 @@ pub async fn try_lock(c: &Client, pipeline: &str) -> Result<bool, tokio_postgres
     Ok(row.get(0))
 }
 
-pub async fn load_run(c: &Client, pipeline: &str) -> Result<Option<Run>, tokio_postgres::Error> {
+pub(crate) async fn load_run(
+    c: &Client,
+    pipeline: &str,
+) -> Result<Option<Run>, tokio_postgres::Error> {
     let row = c
         .query_opt(
             "SELECT source, source_name, resume_token, cluster_time_t, cluster_time_i, started_at, \
@@ -187,7 +190,7 @@ pub async fn reset(c: &Client, pipeline: &str) -> Result<(), tokio_postgres::Err
 }
 
 /// Record a new run; returns its start time (the wall time stamped on its documents).
-pub async fn start_run(
+pub(crate) async fn start_run(
     c: &Client,
     pipeline: &str,
     source: SourceKind,
@@ -209,7 +212,7 @@ pub async fn start_run(
 }
 
 /// Mark the run finished (and whether its position was handed to the capture).
-pub async fn finish_run(
+pub(crate) async fn finish_run(
     c: &Client,
     pipeline: &str,
     handed_off: bool,
@@ -225,7 +228,7 @@ pub async fn finish_run(
 }
 
 /// Every collection checkpoint of the pipeline's current run.
-pub async fn load_progress(
+pub(crate) async fn load_progress(
     c: &Client,
     pipeline: &str,
 ) -> Result<BTreeMap<String, Progress>, tokio_postgres::Error> {
@@ -266,7 +269,7 @@ pub async fn load_progress(
 }
 
 /// Create (or update the total and status of) a collection's checkpoint.
-pub async fn begin_collection(
+pub(crate) async fn begin_collection(
     c: &Client,
     pipeline: &str,
     collection: &str,
@@ -289,7 +292,7 @@ pub async fn begin_collection(
 
 /// Advance a collection's checkpoint past a chunk, with the collection's cumulative figures:
 /// call inside the chunk's transaction.
-pub async fn record_chunk(
+pub(crate) async fn record_chunk(
     c: &impl GenericClient,
     pipeline: &str,
     collection: &str,
@@ -321,7 +324,7 @@ pub async fn record_chunk(
 }
 
 /// Mark a collection complete.
-pub async fn complete_collection(
+pub(crate) async fn complete_collection(
     c: &Client,
     pipeline: &str,
     collection: &str,
@@ -337,7 +340,7 @@ pub async fn complete_collection(
 
 /// A live mirror document a scan did not see.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Unseen {
+pub(crate) struct Unseen {
     pub key: String,
     /// Its `_id` as the mirror holds it (relaxed extended JSON), when the document has one.
     pub id: Option<Value>,
@@ -345,7 +348,7 @@ pub struct Unseen {
 
 /// An entity's live mirror documents older than `before`: documents the mirror holds that a
 /// full scan at `before` did not see (deleted in MongoDB before the scan, or not loaded).
-pub async fn unseen(
+pub(crate) async fn unseen(
     c: &Client,
     entity: &str,
     before: ClusterTime,
@@ -367,7 +370,7 @@ pub async fn unseen(
 }
 
 /// Live mirror documents per entity of `entities`.
-pub async fn mirror_counts(
+pub(crate) async fn mirror_counts(
     c: &Client,
     entities: &[&str],
 ) -> Result<BTreeMap<String, u64>, tokio_postgres::Error> {
@@ -386,7 +389,7 @@ pub async fn mirror_counts(
 
 /// What the handoff did to the capture checkpoint.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Handoff {
+pub(crate) enum Handoff {
     /// The pre-scan position is now the capture checkpoint.
     Stored(ClusterTime),
     /// The capture checkpoint was already at or past the pre-scan position; left alone.

@@ -10,7 +10,7 @@ use crate::event::{ClusterTime, Entity};
 use super::store::SourceKind;
 
 /// Examples of rejected documents kept per collection for the summary.
-pub const MAX_REJECTED_EXAMPLES: usize = 5;
+pub(crate) const MAX_REJECTED_EXAMPLES: usize = 5;
 
 /// How a collection ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -116,7 +116,7 @@ impl CollectionSummary {
         }
     }
 
-    pub fn docs_per_sec(&self) -> f64 {
+    pub(crate) fn docs_per_sec(&self) -> f64 {
         let s = self.duration.as_secs_f64();
         if s > 0.0 { self.read as f64 / s } else { 0.0 }
     }

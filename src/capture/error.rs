@@ -158,7 +158,7 @@ impl CaptureError {
 }
 
 /// The server error code of a MongoDB error, if it is a command error.
-pub fn mongo_code(err: &mongodb::error::Error) -> Option<i32> {
+pub(crate) fn mongo_code(err: &mongodb::error::Error) -> Option<i32> {
     match err.kind.as_ref() {
         mongodb::error::ErrorKind::Command(c) => Some(c.code),
         _ => None,
@@ -191,4 +191,4 @@ const CHANGE_STREAM_FATAL: i32 = 280;
 const BSON_OBJECT_TOO_LARGE: i32 = 10334;
 
 /// ChangeStreamHistoryLost.
-pub const HISTORY_LOST: i32 = 286;
+pub(crate) const HISTORY_LOST: i32 = 286;

@@ -31,9 +31,9 @@ use super::CaptureError;
 use crate::config::PostgresConn;
 
 /// How often a standby replica asks for the lock.
-pub const STANDBY_POLL: Duration = Duration::from_secs(1);
+pub(crate) const STANDBY_POLL: Duration = Duration::from_secs(1);
 /// How often the lock session is pinged (keeping the server's idle timer from firing).
-pub const LEASE_PING: Duration = Duration::from_secs(2);
+pub(crate) const LEASE_PING: Duration = Duration::from_secs(2);
 /// How long the lock outlives its holder's last query: the server ends an idle lock session
 /// after this long (`idle_session_timeout`).
 pub const LEASE_TTL: Duration = Duration::from_secs(10);

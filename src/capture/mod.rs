@@ -48,7 +48,7 @@ const BACKOFF_RESET_AFTER: Duration = Duration::from_secs(30);
 /// drop, rename or `$out` of a watched collection: a re-snapshot of the watched collections
 /// that stores a fresh checkpoint (taken after the cause), stopping early when the token is
 /// cancelled. The runtime supplies it ([`crate::runtime::capture_stage`]).
-pub type Resnapshot = Arc<
+pub(crate) type Resnapshot = Arc<
     dyn Fn(
             ResnapshotCause,
             CancellationToken,
@@ -102,7 +102,7 @@ impl CaptureStage {
 
     /// Recover from lost history, and from a drop, rename or `$out` of a watched collection,
     /// with `resnapshot` when the pipeline's policy is `backfill`.
-    pub fn on_history_lost(mut self, resnapshot: Resnapshot) -> CaptureStage {
+    pub(crate) fn on_history_lost(mut self, resnapshot: Resnapshot) -> CaptureStage {
         self.resnapshot = Some(resnapshot);
         self
     }
@@ -311,7 +311,7 @@ impl CaptureError {
     /// An error that stops the capture for good, which the daemon reports by staying up
     /// (unready, [`m::CAPTURE_HISTORY_LOST`] at 1) rather than exiting: history lost under
     /// `history_lost = "fail"` (a restart would only meet it again).
-    pub fn needs_operator(&self) -> bool {
+    pub(crate) fn needs_operator(&self) -> bool {
         matches!(self, CaptureError::HistoryLost { .. })
     }
 

@@ -9,7 +9,7 @@ use crate::event::{ChangeEvent, ClusterTime, Namespace, Op, Txn};
 
 /// What one raw change means for the capture.
 #[derive(Debug, Clone, PartialEq)]
-pub enum Normalized {
+pub(crate) enum Normalized {
     /// A data change of a watched collection, ready to publish.
     Event(Box<ChangeEvent>),
     /// The stream cannot continue past this change (drop, rename, dropDatabase, invalidate).
@@ -47,14 +47,14 @@ pub struct Malformed(pub String);
 
 /// Numbers the events that share a cluster time, in stream order (the event's ordinal).
 #[derive(Debug, Default, Clone)]
-pub struct Ordinals {
+pub(crate) struct Ordinals {
     last: Option<ClusterTime>,
     next: u32,
 }
 
 impl Ordinals {
     /// The ordinal of the next event of cluster time `ct`.
-    pub fn assign(&mut self, ct: ClusterTime) -> u32 {
+    pub(crate) fn assign(&mut self, ct: ClusterTime) -> u32 {
         if self.last == Some(ct) {
             self.next += 1;
         } else {
@@ -66,13 +66,13 @@ impl Ordinals {
 }
 
 /// The operation types the capture publishes.
-pub const DATA_OPS: [&str; 4] = ["insert", "update", "replace", "delete"];
+pub(crate) const DATA_OPS: [&str; 4] = ["insert", "update", "replace", "delete"];
 /// The operation types that end the stream with an explained stop.
-pub const STOP_OPS: [&str; 4] = ["drop", "rename", "dropDatabase", "invalidate"];
+pub(crate) const STOP_OPS: [&str; 4] = ["drop", "rename", "dropDatabase", "invalidate"];
 
 /// The `$match` stage of the pipeline's database-level stream: the data changes, drops and
 /// renames of the watched collections, a rename (or `$out`) onto one, and the database's end.
-pub fn match_stage(pipeline: &Pipeline) -> Document {
+pub(crate) fn match_stage(pipeline: &Pipeline) -> Document {
     let colls: Vec<Bson> = pipeline
         .collections
         .keys()
@@ -101,7 +101,7 @@ pub fn relaxed(value: Bson) -> serde_json::Value {
 }
 
 /// Normalize one raw change. `ordinals` is advanced only for published events.
-pub fn normalize(
+pub(crate) fn normalize(
     pipeline: &Pipeline,
     raw: &Document,
     ordinals: &mut Ordinals,

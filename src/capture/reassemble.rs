@@ -10,11 +10,11 @@ use bson::{Bson, Document};
 use super::normalize::Malformed;
 
 /// The pipeline stage, appended last when the server supports it.
-pub const SPLIT_STAGE: &str = "$changeStreamSplitLargeEvent";
+pub(crate) const SPLIT_STAGE: &str = "$changeStreamSplitLargeEvent";
 
 /// Whether a server of this `buildInfo.versionArray` (or `version`) has the split stage:
 /// 6.0.9 and later 6.0 releases, 7.0 and later (the rapid releases 6.1 to 6.3 do not).
-pub fn supports_split(build_info: &Document) -> bool {
+pub(crate) fn supports_split(build_info: &Document) -> bool {
     let parts: Vec<i64> = match build_info.get_array("versionArray") {
         Ok(a) => a.iter().filter_map(number).collect(),
         Err(_) => build_info
@@ -43,14 +43,14 @@ fn number(b: &Bson) -> Option<i64> {
 
 /// Fragments of the event being read.
 #[derive(Debug, Default)]
-pub struct Reassembler {
+pub(crate) struct Reassembler {
     /// The merged fields so far, the next fragment expected and the count.
     open: Option<(Document, i32, i32)>,
 }
 
 impl Reassembler {
     /// Whether an event is partly read (its position must not be stored).
-    pub fn mid_event(&self) -> bool {
+    pub(crate) fn mid_event(&self) -> bool {
         self.open.is_some()
     }
 

@@ -6,7 +6,7 @@ use super::*;
 /// The pipeline file, exactly as written (unknown keys are errors).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PipelineFile {
+pub(crate) struct PipelineFile {
     pub name: String,
     #[serde(default = "default_timezone")]
     pub report_timezone: String,
@@ -27,7 +27,7 @@ pub struct PipelineFile {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MongoSection {
+pub(crate) struct MongoSection {
     pub database: String,
     /// Collection name → entity name (`daily_report`, `employee_work`, …).
     pub collections: BTreeMap<String, String>,
@@ -35,7 +35,7 @@ pub struct MongoSection {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RabbitSection {
+pub(crate) struct RabbitSection {
     pub vhost: String,
     #[serde(default = "default_exchange")]
     pub exchange: String,
@@ -47,7 +47,7 @@ pub struct RabbitSection {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct PostgresSection {
+pub(crate) struct PostgresSection {
     pub database: String,
 }
 
@@ -107,7 +107,7 @@ impl Default for BackfillSection {
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
-pub struct HttpSection {
+pub(crate) struct HttpSection {
     pub listen: String,
 }
 

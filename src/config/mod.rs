@@ -17,29 +17,29 @@ use serde::Deserialize;
 use crate::event::Entity;
 
 /// Default exchange, shared with the legacy sync.
-pub const DEFAULT_EXCHANGE: &str = "bowmark.sync";
+pub(crate) const DEFAULT_EXCHANGE: &str = "bowmark.sync";
 /// Default projector queue.
-pub const DEFAULT_QUEUE: &str = "cdc.projector";
+pub(crate) const DEFAULT_QUEUE: &str = "cdc.projector";
 /// Default dead-letter queue of the projector.
-pub const DEFAULT_DLQ: &str = "cdc.projector.dlq";
+pub(crate) const DEFAULT_DLQ: &str = "cdc.projector.dlq";
 /// Default report time zone: what the legacy production holds.
-pub const DEFAULT_TIMEZONE: &str = "UTC";
+pub(crate) const DEFAULT_TIMEZONE: &str = "UTC";
 /// Default HTTP listen address for `/metrics`, `/healthz`, `/readyz`.
-pub const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
+pub(crate) const DEFAULT_HTTP_LISTEN: &str = "0.0.0.0:9464";
 /// Default MongoDB URI for a local simulator or replica set.
-pub const DEFAULT_MONGO_URI: &str = "mongodb://127.0.0.1:27017/?replicaSet=rs0";
+pub(crate) const DEFAULT_MONGO_URI: &str = "mongodb://127.0.0.1:27017/?replicaSet=rs0";
 /// Default publisher-confirm window (events in flight).
-pub const DEFAULT_CONFIRM_WINDOW: usize = 1024;
+pub(crate) const DEFAULT_CONFIRM_WINDOW: usize = 1024;
 /// Default projector prefetch.
-pub const DEFAULT_PREFETCH: u16 = 5000;
+pub(crate) const DEFAULT_PREFETCH: u16 = 5000;
 /// Default projector batch limits.
-pub const DEFAULT_BATCH_MAX_EVENTS: usize = 2500;
-pub const DEFAULT_BATCH_MAX_BYTES: usize = 8 * 1024 * 1024;
-pub const DEFAULT_BATCH_LINGER_MS: u64 = 50;
+pub(crate) const DEFAULT_BATCH_MAX_EVENTS: usize = 2500;
+pub(crate) const DEFAULT_BATCH_MAX_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const DEFAULT_BATCH_LINGER_MS: u64 = 50;
 /// Default backfill chunk size (documents per transaction).
-pub const DEFAULT_BACKFILL_CHUNK: usize = 5000;
+pub(crate) const DEFAULT_BACKFILL_CHUNK: usize = 5000;
 /// Default backfill workers for the daily-report children.
-pub const DEFAULT_BACKFILL_WORKERS: usize = 2;
+pub(crate) const DEFAULT_BACKFILL_WORKERS: usize = 2;
 
 /// A value that must never be printed.
 #[derive(Clone, PartialEq, Eq, Default)]
@@ -196,16 +196,8 @@ impl Pipeline {
     }
 
     /// The entity of a watched collection.
-    pub fn entity_of(&self, collection: &str) -> Option<Entity> {
+    pub(crate) fn entity_of(&self, collection: &str) -> Option<Entity> {
         self.collections.get(collection).copied()
-    }
-
-    /// The collection that holds an entity.
-    pub fn collection_of(&self, entity: Entity) -> Option<&str> {
-        self.collections
-            .iter()
-            .find(|(_, e)| **e == entity)
-            .map(|(c, _)| c.as_str())
     }
 
     /// The MongoDB database: the one `MONGO_URI` names (`mongodb://host/<database>?…`, as the
@@ -238,7 +230,7 @@ impl Pipeline {
     }
 
     /// Batch linger as a duration.
-    pub fn linger(&self) -> Duration {
+    pub(crate) fn linger(&self) -> Duration {
         Duration::from_millis(self.projector.batch_linger_ms)
     }
 }

@@ -81,7 +81,7 @@ pub struct RabbitConn {
 impl RabbitConn {
     /// The AMQP URI of each node (secrets: they hold the password), in the configured order:
     /// one per `RABBITMQ_HOSTS` entry or `RABBITMQ_URL` address, else `host` and `port`.
-    pub fn uris(&self) -> Vec<Secret> {
+    pub(crate) fn uris(&self) -> Vec<Secret> {
         if let Some(url) = &self.url {
             return crate::amqp::split_url(url.expose())
                 .into_iter()
@@ -122,7 +122,7 @@ pub trait Environment {
 }
 
 /// The process environment.
-pub struct ProcessEnv;
+pub(crate) struct ProcessEnv;
 
 impl Environment for ProcessEnv {
     fn get(&self, name: &str) -> Option<String> {

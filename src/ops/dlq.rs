@@ -27,7 +27,7 @@ use crate::projector::dlq::{
 use super::{OpsError, close_broker, connect_broker, human_duration};
 
 /// Header added to a replayed message: the reason it had been dead-lettered for.
-pub const REPLAYED_HEADER: &str = "x-cdc-replayed-after";
+pub(crate) const REPLAYED_HEADER: &str = "x-cdc-replayed-after";
 
 /// What to do with the matching dead letters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

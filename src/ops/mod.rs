@@ -70,7 +70,7 @@ impl OpsError {
 
 /// One PostgreSQL session for an operator command (notices of the projection's scratch tables
 /// silenced).
-pub async fn connect_pg(settings: &Settings) -> Result<Client, OpsError> {
+pub(crate) async fn connect_pg(settings: &Settings) -> Result<Client, OpsError> {
     let cfg = settings.postgres.pg_config()?;
     crate::pg::command_session(&cfg, &settings.postgres.tls, "operator command")
         .await
@@ -81,7 +81,7 @@ pub async fn connect_pg(settings: &Settings) -> Result<Client, OpsError> {
 }
 
 /// Fail with [`OpsError::NotMigrated`] when one of `tables` is missing.
-pub async fn require_tables(
+pub(crate) async fn require_tables(
     client: &Client,
     settings: &Settings,
     tables: &[&'static str],
@@ -103,7 +103,10 @@ pub async fn require_tables(
 }
 
 /// A broker connection for an operator command, named in the management UI.
-pub async fn connect_broker(settings: &Settings, who: &str) -> Result<lapin::Connection, OpsError> {
+pub(crate) async fn connect_broker(
+    settings: &Settings,
+    who: &str,
+) -> Result<lapin::Connection, OpsError> {
     let props = lapin::ConnectionProperties::default()
         .with_connection_name(format!("bowmark-cdc {who} {}", settings.pipeline.name).into());
     crate::amqp::connect(&settings.rabbitmq, props)
@@ -115,7 +118,7 @@ pub async fn connect_broker(settings: &Settings, who: &str) -> Result<lapin::Con
 }
 
 /// Close a broker connection (lapin must be closed before the runtime shuts down).
-pub async fn close_broker(conn: &lapin::Connection) {
+pub(crate) async fn close_broker(conn: &lapin::Connection) {
     let _ = tokio::time::timeout(
         std::time::Duration::from_secs(5),
         conn.close(200, "bye".into()),
@@ -124,7 +127,7 @@ pub async fn close_broker(conn: &lapin::Connection) {
 }
 
 /// `1h02m`, `3m05s`, `12s`: a duration for people.
-pub fn human_duration(secs: i64) -> String {
+pub(crate) fn human_duration(secs: i64) -> String {
     let s = secs.max(0);
     if s >= 86_400 {
         format!("{}d{:02}h", s / 86_400, (s % 86_400) / 3600)

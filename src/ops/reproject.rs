@@ -133,7 +133,7 @@ pub async fn run_reproject(
 }
 
 impl ReprojectSummary {
-    pub fn total_rows(&self) -> u64 {
+    pub(crate) fn total_rows(&self) -> u64 {
         self.rows_written.values().sum()
     }
 }

@@ -64,7 +64,7 @@ pub struct SourceDoc {
 }
 
 /// A document body as JSON text, sent to PostgreSQL as is.
-pub type DocJson = Box<RawValue>;
+pub(crate) type DocJson = Box<RawValue>;
 
 /// Serialize a document body.
 pub fn doc_json(v: &serde_json::Value) -> DocJson {
@@ -117,7 +117,7 @@ pub struct ApplyStats {
 impl ApplyStats {
     /// Add another call's figures to these: the one merge of the projector, the backfill and
     /// the isolation of rejected documents.
-    pub fn merge(&mut self, other: ApplyStats) {
+    pub(crate) fn merge(&mut self, other: ApplyStats) {
         self.applied += other.applied;
         self.stale += other.stale;
         for (table, n) in other.rows_written {
@@ -224,7 +224,7 @@ async fn cut_values(
 }
 
 /// Whether the mirror holds any daily-report child document yet.
-pub async fn mirror_holds_children(
+pub(crate) async fn mirror_holds_children(
     client: &impl tokio_postgres::GenericClient,
 ) -> Result<bool, tokio_postgres::Error> {
     Ok(client.query_one(sql::ANY_CHILD.as_str(), &[]).await?.get(0))

@@ -66,7 +66,7 @@ pub struct Projected {
 
 impl Projected {
     /// Documents per entity whose outcome satisfies `pick`.
-    pub fn count_by_entity(
+    pub(crate) fn count_by_entity(
         &self,
         docs: &[SourceDoc],
         pick: impl Fn(&DocOutcome) -> bool,

@@ -57,7 +57,7 @@ impl Step {
     /// The key of the rows-written metric and summary: the table written (`dim_*` for the
     /// archive of deleted dimension documents); `None` for steps that write no star row of
     /// their own (closure, context, placeholders, mirror).
-    pub fn rows_label(&self) -> Option<&'static str> {
+    pub(crate) fn rows_label(&self) -> Option<&'static str> {
         match self.kind {
             Kind::Upsert | Kind::Cleanup => self.table,
             Kind::ArchiveDeleted => Some(ARCHIVED_DIMENSIONS),

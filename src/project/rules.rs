@@ -24,17 +24,6 @@ pub enum RulesState {
     Unknown,
 }
 
-impl RulesState {
-    /// Whether the star rows may have been derived by older rules than this binary's.
-    pub fn is_outdated(&self) -> bool {
-        match self {
-            RulesState::Recorded { version, .. } => *version < RULES_VERSION,
-            RulesState::Empty => false,
-            RulesState::Unknown => true,
-        }
-    }
-}
-
 /// Record that every star row of `pipeline` was just derived by this binary's rules.
 pub async fn record_rules_version(
     client: &impl GenericClient,

@@ -26,7 +26,7 @@ pub struct Adjustment {
 }
 
 /// Make the document storable; returns what changed.
-pub fn sanitize(doc: &mut Value) -> Vec<Adjustment> {
+pub(crate) fn sanitize(doc: &mut Value) -> Vec<Adjustment> {
     let mut out = Vec::new();
     if let Value::Object(o) = doc {
         let fields: Vec<String> = o.keys().cloned().collect();

@@ -41,7 +41,7 @@ impl Applied {
     }
 
     /// Add `part`, the outcome of `docs[offset..]`'s prefix applied on its own.
-    pub fn absorb(&mut self, part: Applied, offset: usize) {
+    pub(crate) fn absorb(&mut self, part: Applied, offset: usize) {
         self.stats.merge(part.stats);
         for (e, n) in part.fresh {
             *self.fresh.entry(e).or_default() += n;
@@ -56,7 +56,7 @@ impl Applied {
 
 /// Apply `docs` in one transaction and commit. Nothing is acked here: the caller acks after
 /// this returns `Ok`.
-pub async fn apply_batch(
+pub(crate) async fn apply_batch(
     pool: &Pool,
     pipeline: &Pipeline,
     docs: &[SourceDoc],
@@ -78,7 +78,7 @@ pub async fn apply_batch(
 /// Isolate `doc`, whose projection keeps timing out even alone: store it in the mirror and
 /// quarantine it without deriving its rows ([`project::quarantine_underived`]), in one
 /// transaction.
-pub async fn isolate(
+pub(crate) async fn isolate(
     pool: &Pool,
     pipeline: &Pipeline,
     doc: &SourceDoc,

@@ -58,7 +58,7 @@ impl<T> Batch<T> {
     }
 
     /// Count or byte limit reached: flush now.
-    pub fn is_full(&self) -> bool {
+    pub(crate) fn is_full(&self) -> bool {
         self.items.len() >= self.limits.max_events || self.bytes >= self.limits.max_bytes
     }
 
@@ -86,7 +86,7 @@ impl<T> Batch<T> {
 
 /// Whether a delivery is a legacy sync message (`{mongoId, action, timestamp}` with no `type`
 /// property and no `v`), published by the Node producers while they still run.
-pub fn is_legacy_sync_message(body: &[u8], amqp_type: Option<&str>) -> bool {
+pub(crate) fn is_legacy_sync_message(body: &[u8], amqp_type: Option<&str>) -> bool {
     if amqp_type.is_some() {
         return false;
     }

@@ -17,9 +17,9 @@ pub const ORIGINAL_ROUTING_KEY_HEADER: &str = "x-original-routing-key";
 /// Header: the exchange the message was published to.
 pub const ORIGINAL_EXCHANGE_HEADER: &str = "x-original-exchange";
 /// Header: when the message was dead-lettered (a timestamp, seconds since the epoch).
-pub const DEAD_LETTERED_AT_HEADER: &str = "x-cdc-dead-lettered-at";
+pub(crate) const DEAD_LETTERED_AT_HEADER: &str = "x-cdc-dead-lettered-at";
 /// Longest error message carried in a header.
-pub const MAX_ERROR_LEN: usize = 1024;
+pub(crate) const MAX_ERROR_LEN: usize = 1024;
 
 /// Why a message was dead-lettered: a bounded set (metric label and header value).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -105,7 +105,7 @@ fn properties(d: &Delivery, dl: &DeadLetter) -> BasicProperties {
 
 /// Publish every dead letter to `queue` (default exchange) and wait for all confirms. A nack,
 /// a returned message or a channel error fails the whole call: the originals stay unacked.
-pub async fn publish_all(
+pub(crate) async fn publish_all(
     ch: &Channel,
     queue: &str,
     letters: &[(&Delivery, &DeadLetter)],

@@ -63,7 +63,7 @@ impl ProjectorError {
     /// A PostgreSQL statement or lock timeout (SQLSTATE 57014 `query_canceled`, from
     /// `statement_timeout` or a cancel; 55P03 `lock_not_available`, from `lock_timeout`):
     /// transient, but a batch that keeps meeting it is split, down to the one document.
-    pub fn is_timeout(&self) -> bool {
+    pub(crate) fn is_timeout(&self) -> bool {
         let error = match self {
             ProjectorError::Postgres { error, .. }
             | ProjectorError::Project(ProjectError::Postgres { error, .. }) => error,

@@ -44,14 +44,14 @@ use error::error_chain;
 use flush::Flush;
 
 /// How often the queue depths are sampled.
-pub const DEPTH_EVERY: Duration = Duration::from_secs(5);
+pub(crate) const DEPTH_EVERY: Duration = Duration::from_secs(5);
 /// How long a stop waits for dead letters the broker has not confirmed (a broker alarm).
 const DEAD_LETTER_GRACE: Duration = Duration::from_secs(5);
 /// Bound on broker and database calls that could otherwise hang the stage at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The stage's retries: exponential from 100 ms, capped at 10 s (see `crate::retry`).
-pub fn retry_policy() -> Backoff {
+pub(crate) fn retry_policy() -> Backoff {
     Backoff::new(Duration::from_millis(100), Duration::from_secs(10))
 }
 

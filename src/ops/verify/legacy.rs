@@ -16,7 +16,7 @@ use crate::ops::OpsError;
 /// A difference the README lists ("Differences from the legacy sync"), by its number there.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Explained {
+pub(crate) enum Explained {
     /// 1: calendar dates in the pipeline's report time zone.
     CalendarDates,
     /// 2: trucking by quantity, and the overnight rule for trucking hours.
@@ -121,7 +121,7 @@ pub struct LegacyReport {
 }
 
 impl LegacyReport {
-    pub fn explained_total(&self) -> u64 {
+    pub(crate) fn explained_total(&self) -> u64 {
         self.tables.iter().flat_map(|t| t.explained.values()).sum()
     }
 }
@@ -132,7 +132,7 @@ fn label(e: Explained) -> String {
 }
 
 /// Connect to the legacy database and compare it with ours (`ours`, the pipeline's).
-pub async fn compare_with_legacy(
+pub(crate) async fn compare_with_legacy(
     ours: &Client,
     legacy_url: &str,
     max_keys: usize,
@@ -170,7 +170,7 @@ CROSS JOIN LATERAL jsonb_array_elements(cdc.arr(s.doc -> 'invoices')) AS e(v)
 WHERE s.entity = 'jobsite_material' AND NOT s.deleted AND cdc.oid(e.v) IS NOT NULL";
 
 /// Compare and classify (pure: the rules of the comparison).
-pub fn classify(
+pub(crate) fn classify(
     legacy: &Star,
     ours: &Star,
     material_invoices: &BTreeSet<String>,

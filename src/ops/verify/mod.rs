@@ -204,7 +204,7 @@ async fn record(pg: &Client, report: &VerifyReport) -> Result<(), OpsError> {
 /// The daemon's export of the last verify run of `pipeline`: `cdc_verify_drift_rows` and
 /// `cdc_verify_last_run_timestamp_seconds` (`since` when no run is recorded yet, so that the
 /// "no verify for two days" alert counts from the daemon's start).
-pub async fn export_last_run(
+pub(crate) async fn export_last_run(
     client: &impl tokio_postgres::GenericClient,
     pipeline: &str,
     since: DateTime<Utc>,

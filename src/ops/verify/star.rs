@@ -318,7 +318,7 @@ fn columns_of(content: &str) -> Vec<String> {
 }
 
 /// The columns whose values differ between two rows' contents.
-pub fn differing_columns(a: &str, b: &str) -> Vec<String> {
+pub(crate) fn differing_columns(a: &str, b: &str) -> Vec<String> {
     differing(&object(a), &object(b))
 }
 
