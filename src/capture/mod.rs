@@ -129,17 +129,16 @@ impl CaptureStage {
             };
             loop {
                 let started = Instant::now();
-                match session::tail(&self, &mongo, &lease, &shutdown).await {
-                    Ok(()) => {
+                let result = session::tail(&self, &mongo, &lease, &shutdown).await;
+                let cause = result.as_ref().err().and_then(|e| self.resnapshot_cause(e));
+                match (result, cause) {
+                    (Ok(()), _) => {
                         self.health.set_state(Stage::Capture, RoleState::Stopping);
                         metrics::gauge!(m::CAPTURE_LEADER, m::LABEL_PIPELINE => pipeline.name.clone()).set(0.0);
                         return Ok(());
                     }
-                    Err(err) if self.resnapshot_cause(&err).is_some() => {
+                    (Err(err), Some(cause)) => {
                         self.report(&err);
-                        let cause = self
-                            .resnapshot_cause(&err)
-                            .unwrap_or(ResnapshotCause::HistoryLost);
                         match self.resnapshot(cause, &shutdown).await {
                             Ok(()) => backoff.reset(),
                             // SIGTERM during the re-snapshot: its progress is kept; a restart
@@ -148,10 +147,14 @@ impl CaptureStage {
                             Err(e) => return Err(self.fatal(e)),
                         }
                     }
-                    Err(err) if err.class() != ErrorClass::Transient => return Err(self.fatal(err)),
-                    Err(err) => {
+                    (Err(err), None) if err.class() != ErrorClass::Transient => {
+                        return Err(self.fatal(err));
+                    }
+                    (Err(err), None) => {
+                        // (a session that ran a while starts the counts afresh)
                         if started.elapsed() > BACKOFF_RESET_AFTER {
                             unhealed = Unhealed::default();
+                            backoff.reset();
                         }
                         let err = match unhealed.count(err, pipeline) {
                             Ok(err) => err,
@@ -160,9 +163,6 @@ impl CaptureStage {
                         self.report(&err);
                         metrics::counter!(m::CAPTURE_RESUMES, m::LABEL_PIPELINE => pipeline.name.clone(),
                             m::LABEL_ERROR_TYPE => err.error_type()).increment(1);
-                        if started.elapsed() > BACKOFF_RESET_AFTER {
-                            backoff.reset();
-                        }
                         sleep_or_cancel(backoff.next_delay(), &shutdown).await;
                         if shutdown.is_cancelled() || lease.lost().is_cancelled() {
                             break;

@@ -173,25 +173,12 @@ async fn apply_inner(
         let ctx = Ctx::new(pipeline);
         // The entities that may have affected keys so far: a statement none of whose source
         // entities is here would find nothing (a child chunk of a backfill skips them all).
-        let mut present: BTreeSet<&str> = stats.changed.iter().map(|(e, _)| e.as_str()).collect();
+        let present: BTreeSet<&str> = stats.changed.iter().map(|(e, _)| e.as_str()).collect();
         if quarantine {
-            for step in plan::MIRROR_STEPS.iter() {
-                if step.sources.iter().any(|e| present.contains(e)) {
-                    ctx.run(tx, step, "mirror").await?;
-                }
-            }
-            for step in plan::AFFECTED_STEPS.iter() {
-                if step.sources.iter().any(|e| present.contains(e)) {
-                    ctx.run(tx, step, "affected").await?;
-                    if let plan::Kind::Closure { to, .. } = &step.kind {
-                        present.extend(to.iter().copied());
-                    }
-                }
-            }
+            server::run(tx, &ctx, &present, &mut stats, server::Steps::Before).await?;
             derive(tx, &ctx, &mut stats, true).await?;
         } else {
-            // (the same steps under the same rules, in one round trip)
-            server::run(tx, &ctx, &present, &mut stats).await?;
+            server::run(tx, &ctx, &present, &mut stats, server::Steps::All).await?;
         }
         cut_values(tx, &mut stats, true).await?;
         sync_quarantine(tx, pipeline).await?;
@@ -293,8 +280,7 @@ async fn derive(
     quarantine: bool,
 ) -> Result<(), ProjectError> {
     if !quarantine {
-        // (the same rules in one round trip)
-        return server::run(tx, ctx, &BTreeSet::new(), stats).await;
+        return server::run(tx, ctx, &BTreeSet::new(), stats, server::Steps::Derivation).await;
     }
     let affected: BTreeMap<String, u64> = tx
         .query(sql::AFFECTED_ENTITIES, &[])
@@ -320,11 +306,7 @@ async fn derive(
         {
             continue;
         }
-        let n = if quarantine {
-            run_quarantining(tx, ctx, step, needed, stats).await?
-        } else {
-            ctx.run(tx, step, step.name).await?
-        };
+        let n = run_quarantining(tx, ctx, step, needed, stats).await?;
         if step.kind == plan::Kind::Upsert
             && let Some(table) = step.table
         {

@@ -1,14 +1,14 @@
 //! The plan run server-side: every statement after the mirror upsert (the report-child links,
 //! the affected-set closure, the derivation) in one call of `cdc.run_plan` (migration
-//! `V20261202150000`), which applies the same rules as the client-side loop (a step none of
-//! whose source entities is present or affected is skipped, and a cleanup whose upsert derived
-//! a row for every affected key). One round trip instead of about forty: measured with
+//! `V20261202150000`), which decides which run: a step none of whose source entities is present
+//! or affected is skipped, and a cleanup whose upsert derived a row for every affected key.
+//! One round trip instead of about forty: measured with
 //! `cargo run --release --example plan_server_side` (docs/projection.md).
 //!
 //! The statements run in the caller's transaction and session, so the scratch tables, the
-//! search path (verify's shadow tables) and the error classes are those of the client-side
-//! loop, which still serves the isolation of rejected documents (each statement in a savepoint
-//! of its own, [`super::quarantine`]).
+//! search path (verify's shadow tables) and the error classes are those of a statement sent on
+//! its own. Only the isolation of rejected documents runs the derivation from the client, each
+//! statement in a savepoint of its own ([`super::quarantine`]), under the same two rules.
 
 use std::collections::BTreeSet;
 use std::sync::LazyLock;
@@ -59,29 +59,57 @@ static ARGS: LazyLock<Args> = LazyLock::new(|| {
     }
 });
 
+/// Which of the plan's statements after the mirror upsert a call runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Steps {
+    /// The report-child links, the affected-set closure and the derivation.
+    All,
+    /// Only the links and the closure (the derivation then runs statement by statement,
+    /// isolating rejected documents).
+    Before,
+    /// Only the derivation, of an affected set the caller filled.
+    Derivation,
+}
+
 const CALL: &str = "SELECT step, n, ms FROM cdc.run_plan($1, $2, $3, $4, $5, $6, $7, $8, $9)";
 
-/// Run the plan's statements after the mirror upsert for the `present` entities (those whose
-/// documents changed; none for a re-derivation of an affected set filled by the caller), and
+/// Run `steps` of the plan for the `present` entities (those whose documents changed), and
 /// count the rows each wrote into `stats`.
 pub(super) async fn run(
     tx: &Transaction<'_>,
     ctx: &Ctx,
     present: &BTreeSet<&str>,
     stats: &mut ApplyStats,
+    steps: Steps,
 ) -> Result<(), ProjectError> {
     let a = &*ARGS;
+    let before = plan::MIRROR_STEPS.len() + plan::AFFECTED_STEPS.len();
+    let range = match steps {
+        Steps::All => 0..a.steps.len(),
+        Steps::Before => 0..before,
+        Steps::Derivation => before..a.steps.len(),
+    };
     let present: Vec<&str> = present.iter().copied().collect();
+    let (stmts, selects, kinds) = (
+        &a.stmts[range.clone()],
+        &a.selects[range.clone()],
+        &a.kinds[range.clone()],
+    );
+    let (tables, sources, targets) = (
+        &a.tables[range.clone()],
+        &a.sources[range.clone()],
+        &a.targets[range.clone()],
+    );
     let params: [(&(dyn ToSql + Sync), Type); 9] = [
         (&ctx.tz, Type::TEXT),
         (&ctx.stamp, Type::TIMESTAMPTZ),
         (&present, Type::TEXT_ARRAY),
-        (&a.stmts, Type::TEXT_ARRAY),
-        (&a.selects, Type::BOOL_ARRAY),
-        (&a.kinds, Type::TEXT_ARRAY),
-        (&a.tables, Type::TEXT_ARRAY),
-        (&a.sources, Type::TEXT_ARRAY),
-        (&a.targets, Type::TEXT_ARRAY),
+        (&stmts, Type::TEXT_ARRAY),
+        (&selects, Type::BOOL_ARRAY),
+        (&kinds, Type::TEXT_ARRAY),
+        (&tables, Type::TEXT_ARRAY),
+        (&sources, Type::TEXT_ARRAY),
+        (&targets, Type::TEXT_ARRAY),
     ];
     let rows = tx
         .query_typed(CALL, &params)
@@ -89,7 +117,10 @@ pub(super) async fn run(
         .map_err(ProjectError::pg("plan"))?;
     for r in rows {
         let (i, n, ms): (i32, i64, f64) = (r.get(0), r.get(1), r.get(2));
-        let Some(step) = usize::try_from(i).ok().and_then(|i| a.steps.get(i)) else {
+        let Some(step) = usize::try_from(i)
+            .ok()
+            .and_then(|i| a.steps.get(range.start + i))
+        else {
             continue;
         };
         let n = u64::try_from(n).unwrap_or(0);
