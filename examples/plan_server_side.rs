@@ -11,7 +11,11 @@
 //! savepoint rolled back afterwards, once each way. Every replay sees the same state and runs
 //! the same statements with the same parameters.
 //!
-//! Run: `cargo run --release --example plan_server_side -- [batches]`.
+//! Run: `cargo run --release --example plan_server_side -- [batches]`. Environment:
+//! `PLAN_REPORTS` (reports per batch, default 5); `PLAN_CACHE_MODE` (the session's
+//! `plan_cache_mode`, e.g. `force_generic_plan`); `PLAN_EACH=1` (each statement's median time
+//! as a client round trip, dearest first; with `PLAN_EACH_PREPARED=1`, as a prepared
+//! statement); `PLAN_EXPLAIN=32,36` (`EXPLAIN ANALYZE` of those statements on the first batch).
 
 use std::time::Instant;
 
@@ -95,6 +99,7 @@ async fn replay(
     way: Way,
     tz: &str,
     stamp: DateTime<Utc>,
+    each: &mut [Vec<f64>],
 ) -> f64 {
     let typed = [
         (&tz as &(dyn ToSql + Sync), Type::TEXT),
@@ -107,8 +112,12 @@ async fn replay(
     match way {
         Way::Client => {
             // (typed parameters: one round trip per statement, as the projection sends them)
-            for s in &plan.stmts {
+            for (s, each) in plan.stmts.iter().zip(each.iter_mut()) {
+                let t = Instant::now();
                 tx.query_typed(s, &typed).await.expect("statement");
+                if std::env::var_os("PLAN_EACH_PREPARED").is_none() {
+                    each.push(t.elapsed().as_secs_f64() * 1e3);
+                }
             }
         }
         Way::Server => {
@@ -120,8 +129,12 @@ async fn replay(
             .expect("plan function");
         }
         Way::Prepared => {
-            for s in &plan.prepared {
+            for (s, each) in plan.prepared.iter().zip(each.iter_mut()) {
+                let t = Instant::now();
                 tx.query(s, &[&tz, &stamp]).await.expect("statement");
+                if std::env::var_os("PLAN_EACH_PREPARED").is_some() {
+                    each.push(t.elapsed().as_secs_f64() * 1e3);
+                }
             }
         }
         Way::ServerPrepared => {
@@ -186,6 +199,11 @@ async fn main() {
     .chain(derivation_statements())
     .collect();
     let mut c = fresh_db("cdc_plan_measure").await;
+    if let Ok(mode) = std::env::var("PLAN_CACHE_MODE") {
+        c.batch_execute(&format!("SET plan_cache_mode = {mode}"))
+            .await
+            .expect("plan_cache_mode");
+    }
     c.batch_execute(RUN_ALL).await.expect("plan function");
     let mut g = Gen { t: 1 };
     load(&mut c, &pipeline, g.dimensions()).await;
@@ -208,6 +226,7 @@ async fn main() {
     let plan = Plan { stmts, prepared };
     let mut took: [Vec<f64>; 4] = Default::default();
     let mut rtt = vec![];
+    let mut each: Vec<Vec<f64>> = vec![Vec::new(); plan.stmts.len()];
     let mut docs_per_batch = 0;
     for b in 0..batches as u64 {
         // Edits of existing reports and their children: a streaming batch.
@@ -223,7 +242,31 @@ async fn main() {
         // (each batch starts with another way: none always runs first)
         for k in 0..WAYS.len() {
             let w = (k + b as usize) % WAYS.len();
-            took[w].push(replay(&tx, &plan, WAYS[w], &tz, stamp).await);
+            took[w].push(replay(&tx, &plan, WAYS[w], &tz, stamp, &mut each).await);
+        }
+        if let (Some(n), 0) = (std::env::var("PLAN_EXPLAIN").ok(), b) {
+            for n in n.split(',').filter_map(|n| n.parse::<usize>().ok()) {
+                tx.batch_execute("SAVEPOINT explain")
+                    .await
+                    .expect("savepoint");
+                let typed = [
+                    (&tz as &(dyn ToSql + Sync), Type::TEXT),
+                    (&stamp, Type::TIMESTAMPTZ),
+                ];
+                let rows = tx
+                    .query_typed(
+                        &format!("EXPLAIN (ANALYZE, BUFFERS) {}", plan.stmts[n]),
+                        &typed,
+                    )
+                    .await
+                    .expect("explain");
+                for r in rows {
+                    println!("{}", r.get::<_, String>(0));
+                }
+                tx.batch_execute("ROLLBACK TO SAVEPOINT explain")
+                    .await
+                    .expect("rollback");
+            }
         }
         let t = Instant::now();
         for _ in 0..plan.stmts.len() {
@@ -233,6 +276,19 @@ async fn main() {
         tx.commit().await.expect("commit");
     }
     let [client, server, prepared, server_prepared] = took.map(median);
+    if std::env::var_os("PLAN_EACH").is_some() {
+        // Each statement's median as a client round trip, dearest first, with its first line.
+        let mut rows: Vec<(f64, usize)> = each.into_iter().map(median).zip(0..).collect();
+        rows.sort_by(|a, b| b.0.total_cmp(&a.0));
+        for (ms, i) in rows {
+            let head: String = plan.stmts[i]
+                .split_whitespace()
+                .take(12)
+                .collect::<Vec<_>>()
+                .join(" ");
+            println!("{ms:7.2} ms  #{i:2}  {head}");
+        }
+    }
     println!(
         "{batches} batches of {docs_per_batch} documents; {} derivation statements each",
         plan.stmts.len()

@@ -35,7 +35,8 @@ pub(crate) const DEFAULT_PREFETCH: u16 = 5000;
 /// Default projector batch limits.
 pub(crate) const DEFAULT_BATCH_MAX_EVENTS: usize = 2500;
 pub(crate) const DEFAULT_BATCH_MAX_BYTES: usize = 8 * 1024 * 1024;
-pub(crate) const DEFAULT_BATCH_LINGER_MS: u64 = 50;
+/// 0: a batch is what has arrived when the previous apply ends, applied at once.
+pub(crate) const DEFAULT_BATCH_LINGER_MS: u64 = 0;
 /// Default backfill chunk size (documents per transaction).
 pub(crate) const DEFAULT_BACKFILL_CHUNK: usize = 5000;
 /// Default backfill workers for the daily-report children.

@@ -170,15 +170,32 @@ async fn apply_inner(
         stats.stale += batch.len() as u64 - stats.applied;
     }
     if stats.applied > 0 {
-        let ctx = Ctx::new(pipeline);
+        let mut ctx = Ctx::new(pipeline);
+        ctx.prepared = batch.len() <= server::PREPARED_MAX_DOCS;
         // The entities that may have affected keys so far: a statement none of whose source
         // entities is here would find nothing (a child chunk of a backfill skips them all).
         let present: BTreeSet<&str> = stats.changed.iter().map(|(e, _)| e.as_str()).collect();
         if quarantine {
-            server::run(tx, &ctx, &present, &mut stats, server::Steps::Before).await?;
+            server::run(
+                tx,
+                &ctx,
+                &present,
+                &mut stats,
+                server::Steps::Before,
+                ctx.prepared,
+            )
+            .await?;
             derive(tx, &ctx, &mut stats, true).await?;
         } else {
-            server::run(tx, &ctx, &present, &mut stats, server::Steps::All).await?;
+            server::run(
+                tx,
+                &ctx,
+                &present,
+                &mut stats,
+                server::Steps::All,
+                ctx.prepared,
+            )
+            .await?;
         }
         cut_values(tx, &mut stats, true).await?;
         sync_quarantine(tx, pipeline).await?;
@@ -225,6 +242,8 @@ pub(crate) async fn mirror_holds_children(
 struct Ctx {
     tz: String,
     stamp: DateTime<Utc>,
+    /// Run the plan as prepared statements (a small batch, [`server::PREPARED_MAX_DOCS`]).
+    prepared: bool,
 }
 
 impl Ctx {
@@ -232,6 +251,7 @@ impl Ctx {
         Ctx {
             tz: pipeline.report_timezone.name().to_string(),
             stamp: Utc::now(),
+            prepared: false,
         }
     }
 
@@ -280,7 +300,15 @@ async fn derive(
     quarantine: bool,
 ) -> Result<(), ProjectError> {
     if !quarantine {
-        return server::run(tx, ctx, &BTreeSet::new(), stats, server::Steps::Derivation).await;
+        return server::run(
+            tx,
+            ctx,
+            &BTreeSet::new(),
+            stats,
+            server::Steps::Derivation,
+            ctx.prepared,
+        )
+        .await;
     }
     let affected: BTreeMap<String, u64> = tx
         .query(sql::AFFECTED_ENTITIES, &[])

@@ -28,6 +28,9 @@ struct Args {
     tables: Vec<Option<&'static str>>,
     sources: Vec<String>,
     targets: Vec<String>,
+    /// Each statement's prepared-statement name: a hash of its text, so a changed plan (another
+    /// release on the same session) never runs an old statement under a reused name.
+    names: Vec<String>,
 }
 
 static ARGS: LazyLock<Args> = LazyLock::new(|| {
@@ -55,9 +58,25 @@ static ARGS: LazyLock<Args> = LazyLock::new(|| {
                 _ => String::new(),
             })
             .collect(),
+        names: steps.iter().map(|s| statement_name(&s.sql)).collect(),
         steps,
     }
 });
+
+/// `cdc_plan_<hash of the text>`.
+fn statement_name(sql: &str) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    sql.hash(&mut h);
+    format!("cdc_plan_{:016x}", h.finish())
+}
+
+/// Batches of at most this many documents run the plan as statements prepared once per
+/// session, with generic plans: planning was most of a small apply's time (a one-report batch:
+/// 20 ms planned each time, 17 ms prepared, `examples/plan_server_side.rs`). Larger batches
+/// (catch-up, the backfill) are planned for their own size, as a generic plan made for a small
+/// one could be poor for thousands of documents.
+pub(super) const PREPARED_MAX_DOCS: usize = 500;
 
 /// Which of the plan's statements after the mirror upsert a call runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,16 +90,18 @@ pub(super) enum Steps {
     Derivation,
 }
 
-const CALL: &str = "SELECT step, n, ms FROM cdc.run_plan($1, $2, $3, $4, $5, $6, $7, $8, $9)";
+const CALL: &str = "SELECT step, n, ms FROM cdc.run_plan($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// Run `steps` of the plan for the `present` entities (those whose documents changed), and
-/// count the rows each wrote into `stats`.
+/// count the rows each wrote into `stats`; `prepared`: as statements prepared once per
+/// session, with generic plans (see [`PREPARED_MAX_DOCS`]).
 pub(super) async fn run(
     tx: &Transaction<'_>,
     ctx: &Ctx,
     present: &BTreeSet<&str>,
     stats: &mut ApplyStats,
     steps: Steps,
+    prepared: bool,
 ) -> Result<(), ProjectError> {
     let a = &*ARGS;
     let before = plan::MIRROR_STEPS.len() + plan::AFFECTED_STEPS.len();
@@ -100,7 +121,8 @@ pub(super) async fn run(
         &a.sources[range.clone()],
         &a.targets[range.clone()],
     );
-    let params: [(&(dyn ToSql + Sync), Type); 9] = [
+    let names = prepared.then(|| &a.names[range.clone()]);
+    let params: [(&(dyn ToSql + Sync), Type); 10] = [
         (&ctx.tz, Type::TEXT),
         (&ctx.stamp, Type::TIMESTAMPTZ),
         (&present, Type::TEXT_ARRAY),
@@ -110,6 +132,7 @@ pub(super) async fn run(
         (&tables, Type::TEXT_ARRAY),
         (&sources, Type::TEXT_ARRAY),
         (&targets, Type::TEXT_ARRAY),
+        (&names, Type::TEXT_ARRAY),
     ];
     let rows = tx
         .query_typed(CALL, &params)

@@ -1,5 +1,5 @@
 //! The projector stage (docs/architecture.md): consumes the pipeline's quorum queue with a bounded
-//! prefetch, batches deliveries by count, bytes and linger time, applies each batch in one
+//! prefetch, batches what has arrived (up to a count, bytes and an optional linger time), applies each batch in one
 //! PostgreSQL transaction through [`crate::project::project`] and acks only after the commit.
 //!
 //! Delivery guarantee: at least once into an idempotent, version-guarded projection. A crash
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use crate::retry::Backoff;
 use deadpool_postgres::Pool;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use lapin::message::Delivery;
 use lapin::options::{
     BasicAckOptions, BasicCancelOptions, BasicConsumeOptions, BasicQosOptions, ConfirmSelectOptions,
@@ -271,19 +271,30 @@ impl<'s> Worker<'s> {
         next: Option<Result<Delivery, lapin::Error>>,
         shutdown: &CancellationToken,
     ) -> Result<(), ProjectorError> {
-        match next {
-            Some(Ok(d)) => {
-                let bytes = d.data.len();
-                self.batch.push(d, bytes);
-                if self.batch.is_full() {
-                    self.handle_flush(shutdown).await?;
+        let mut next = next;
+        loop {
+            match next {
+                Some(Ok(d)) => {
+                    let bytes = d.data.len();
+                    self.batch.push(d, bytes);
                 }
-                Ok(())
+                Some(Err(e)) => return Err(ProjectorError::broker("consume")(e)),
+                None => {
+                    return Err(ProjectorError::ConsumerEnded {
+                        queue: self.stage.pipeline.queue.clone(),
+                    });
+                }
             }
-            Some(Err(e)) => Err(ProjectorError::broker("consume")(e)),
-            None => Err(ProjectorError::ConsumerEnded {
-                queue: self.stage.pipeline.queue.clone(),
-            }),
+            if self.batch.is_full() {
+                return self.handle_flush(shutdown).await;
+            }
+            // What has already arrived joins the batch without waiting: while an apply runs,
+            // deliveries pile up and the next batch takes them all, so batches grow with the
+            // load and an idle queue applies an event at once (linger 0).
+            match self.consumer.next().now_or_never() {
+                Some(more) => next = more,
+                None => return Ok(()),
+            }
         }
     }
 
