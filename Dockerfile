@@ -30,6 +30,9 @@ COPY --from=build /out/bowmark-cdc /usr/local/bin/bowmark-cdc
 # Reference copies; in Kubernetes the pipeline file comes from a ConfigMap at /etc/bowmark-cdc.
 COPY pipeline /usr/share/bowmark-cdc/pipeline
 ENV RUST_LOG=info
+# glibc: allocations over 128 KiB (a batch's buffers) are mapped and given back when freed,
+# instead of the heap keeping a catch-up's peak as steady RSS (measured: 5-10 MiB less).
+ENV MALLOC_MMAP_THRESHOLD_=131072 MALLOC_TRIM_THRESHOLD_=131072
 USER 65532:65532
 EXPOSE 9464
 ENTRYPOINT ["/usr/local/bin/bowmark-cdc"]

@@ -109,6 +109,8 @@ build=(cargo build --profile "$PROFILE" --workspace --bins)
 step "${build[@]}"
 [ -x "$BIN" ] || die "$BIN is missing after the build"
 "$BIN" validate "$PIPELINE"
+# As the image sets them (Dockerfile): a batch's large buffers go back to the system when freed.
+export MALLOC_MMAP_THRESHOLD_=${MALLOC_MMAP_THRESHOLD_:-131072} MALLOC_TRIM_THRESHOLD_=${MALLOC_TRIM_THRESHOLD_:-131072}
 
 db=$(sed -n 's/^database *= *"\(.*\)"/\1/p' "$PIPELINE" | head -n 1)
 pg_db=${POSTGRES_DB:-$(sed -n '/^\[postgres\]/,/^\[/s/^database *= *"\(.*\)"/\1/p' "$PIPELINE" | head -n 1)}

@@ -94,6 +94,9 @@ fn daemon_cmd(p: &Private, mongo_uri: &str) -> Command {
         .env("RABBITMQ_VHOST", &p.vhost)
         .env("MONGO_URI", mongo_uri)
         .env("CDC_HTTP_LISTEN", "127.0.0.1:0")
+        // (as the image sets them: see the Dockerfile)
+        .env("MALLOC_MMAP_THRESHOLD_", "131072")
+        .env("MALLOC_TRIM_THRESHOLD_", "131072")
         .env(
             "RUST_LOG",
             std::env::var("CDC_E2E_DAEMON_LOG").unwrap_or_else(|_| "warn".into()),

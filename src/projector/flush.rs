@@ -11,7 +11,7 @@ use crate::metrics as m;
 use crate::project::SourceDoc;
 
 use super::apply::Applied;
-use super::batch::{decode, is_legacy_sync_message};
+use super::batch::{decode_source, is_legacy_sync_message};
 use super::dlq::{self, DeadLetter};
 
 /// A batch decoded: the events to apply (with their delivery index) and the undecodable.
@@ -39,10 +39,10 @@ impl Flush {
                 f.ignored_legacy += 1;
                 continue;
             }
-            match decode(&d.data, &pipeline.name) {
-                Ok(ev) => {
-                    f.newest_wall = f.newest_wall.max(Some(ev.wall_time));
-                    f.docs.push(SourceDoc::from(&ev));
+            match decode_source(&d.data, &pipeline.name) {
+                Ok((doc, wall_time)) => {
+                    f.newest_wall = f.newest_wall.max(Some(wall_time));
+                    f.docs.push(doc);
                     f.doc_delivery.push(i);
                 }
                 Err(dl) => f.undecodable.push((i, dl)),
