@@ -175,27 +175,14 @@ async fn apply_inner(
         // The entities that may have affected keys so far: a statement none of whose source
         // entities is here would find nothing (a child chunk of a backfill skips them all).
         let present: BTreeSet<&str> = stats.changed.iter().map(|(e, _)| e.as_str()).collect();
-        if quarantine {
-            server::run(
-                tx,
-                &ctx,
-                &present,
-                &mut stats,
-                server::Steps::Before,
-                ctx.prepared,
-            )
-            .await?;
-            derive(tx, &ctx, &mut stats, true).await?;
+        let steps = if quarantine {
+            server::Steps::Before
         } else {
-            server::run(
-                tx,
-                &ctx,
-                &present,
-                &mut stats,
-                server::Steps::All,
-                ctx.prepared,
-            )
-            .await?;
+            server::Steps::All
+        };
+        server::run(tx, &ctx, &present, &mut stats, steps).await?;
+        if quarantine {
+            derive(tx, &ctx, &mut stats, true).await?;
         }
         cut_values(tx, &mut stats, true).await?;
         sync_quarantine(tx, pipeline).await?;
@@ -300,15 +287,7 @@ async fn derive(
     quarantine: bool,
 ) -> Result<(), ProjectError> {
     if !quarantine {
-        return server::run(
-            tx,
-            ctx,
-            &BTreeSet::new(),
-            stats,
-            server::Steps::Derivation,
-            ctx.prepared,
-        )
-        .await;
+        return server::run(tx, ctx, &BTreeSet::new(), stats, server::Steps::Derivation).await;
     }
     let affected: BTreeMap<String, u64> = tx
         .query(sql::AFFECTED_ENTITIES, &[])

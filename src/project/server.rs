@@ -93,15 +93,14 @@ pub(super) enum Steps {
 const CALL: &str = "SELECT step, n, ms FROM cdc.run_plan($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)";
 
 /// Run `steps` of the plan for the `present` entities (those whose documents changed), and
-/// count the rows each wrote into `stats`; `prepared`: as statements prepared once per
-/// session, with generic plans (see [`PREPARED_MAX_DOCS`]).
+/// count the rows each wrote into `stats`; with `ctx.prepared`, as statements prepared once
+/// per session, with generic plans (see [`PREPARED_MAX_DOCS`]).
 pub(super) async fn run(
     tx: &Transaction<'_>,
     ctx: &Ctx,
     present: &BTreeSet<&str>,
     stats: &mut ApplyStats,
     steps: Steps,
-    prepared: bool,
 ) -> Result<(), ProjectError> {
     let a = &*ARGS;
     let before = plan::MIRROR_STEPS.len() + plan::AFFECTED_STEPS.len();
@@ -121,7 +120,7 @@ pub(super) async fn run(
         &a.sources[range.clone()],
         &a.targets[range.clone()],
     );
-    let names = prepared.then(|| &a.names[range.clone()]);
+    let names = ctx.prepared.then(|| &a.names[range.clone()]);
     let params: [(&(dyn ToSql + Sync), Type); 10] = [
         (&ctx.tz, Type::TEXT),
         (&ctx.stamp, Type::TIMESTAMPTZ),
