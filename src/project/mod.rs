@@ -153,13 +153,23 @@ async fn apply_inner(
         Lock::Shared => sql::LOCK_SHARED,
         Lock::Held => "SELECT 1",
     };
-    tx.batch_execute(&format!("{lock}; {}", sql::SCRATCH))
-        .await
-        .map_err(ProjectError::pg("scratch"))?;
-    if !batch.is_empty() {
+    let scratch = format!("{lock}; {}", sql::SCRATCH);
+    let scratch = async {
+        tx.batch_execute(&scratch)
+            .await
+            .map_err(ProjectError::pg("scratch"))
+    };
+    if batch.is_empty() {
+        scratch.await?;
+    } else {
         let t0 = Instant::now();
         let storable = storable(&batch, &mut stats);
-        stats.changed = upsert_mirror(tx, &batch, &storable, versions).await?;
+        // (pipelined: the upsert is sent behind the lock and the scratch tables without waiting
+        // for their answer; PostgreSQL runs them in order, and a failure of the first is the
+        // error reported)
+        let ((), changed) =
+            tokio::try_join!(scratch, upsert_mirror(tx, &batch, &storable, versions))?;
+        stats.changed = changed;
         stats.applied = stats.changed.len() as u64;
         tracing::debug!(
             docs = batch.len(),
@@ -184,8 +194,11 @@ async fn apply_inner(
         if quarantine {
             derive(tx, &ctx, &mut stats, true).await?;
         }
-        cut_values(tx, &mut stats, true).await?;
-        sync_quarantine(tx, pipeline).await?;
+        // (pipelined: two independent reads of this call's outcome in one round trip)
+        tokio::try_join!(
+            cut_values(tx, &mut stats, true),
+            sync_quarantine(tx, pipeline)
+        )?;
     }
     record(pipeline, &stats, started);
     Ok(stats)
@@ -197,8 +210,9 @@ async fn cut_values(
     stats: &mut ApplyStats,
     log: bool,
 ) -> Result<(), ProjectError> {
+    // (typed, with no parameters: one round trip, no separate prepare)
     let rows = tx
-        .query(sql::ADJUSTED, &[])
+        .query_typed(sql::ADJUSTED, &[])
         .await
         .map_err(ProjectError::pg("adjusted"))?;
     for r in rows {

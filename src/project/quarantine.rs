@@ -10,10 +10,11 @@ pub(super) async fn sync_quarantine(
     pipeline: &Pipeline,
 ) -> Result<(), ProjectError> {
     let changed: i64 = tx
-        .query_one(sql::QUARANTINE_SYNC, &[])
+        .query_typed(sql::QUARANTINE_SYNC, &[])
         .await
         .map_err(ProjectError::pg("cdc.quarantine"))?
-        .get(0);
+        .first()
+        .map_or(0, |r| r.get(0));
     // The gauge is set when the quarantine changed, and on a pipeline's first apply in this
     // process (every entity then has its series, 0 where nothing is quarantined).
     static SEEDED: std::sync::Mutex<BTreeSet<String>> = std::sync::Mutex::new(BTreeSet::new());
