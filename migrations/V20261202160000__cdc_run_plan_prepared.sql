@@ -6,6 +6,10 @@
 -- was most of its time. Without `names` (large batches, the backfill, verify and reproject)
 -- the statements are planned for each call, as before. The previous function stays, for a
 -- binary of the previous release during a rolling update.
+--
+-- With `names` given, `stmts` may be NULL: the statement texts are then sent only when the
+-- session lacks one of the functions. Such a call runs nothing and returns the single row
+-- (step -1), and the caller repeats it with the texts.
 CREATE OR REPLACE FUNCTION cdc.run_plan(
     tz text, stamp timestamptz, present text[],
     stmts text[], selects boolean[], kinds text[], tables text[],
@@ -25,10 +29,15 @@ BEGIN
     IF names IS NOT NULL THEN
         have := ARRAY(SELECT p.proname::text FROM pg_proc p
                       WHERE p.pronamespace = pg_my_temp_schema() AND p.proname = ANY (names));
+        IF stmts IS NULL AND NOT (names <@ have) THEN
+            step := -1; n := 0; ms := 0;
+            RETURN NEXT;
+            RETURN;
+        END IF;
         mode := current_setting('plan_cache_mode');
         PERFORM set_config('plan_cache_mode', 'force_generic_plan', true);
     END IF;
-    FOR i IN 1 .. coalesce(array_length(stmts, 1), 0) LOOP
+    FOR i IN 1 .. coalesce(array_length(kinds, 1), 0) LOOP
         srcs := string_to_array(sources[i], ',');
         IF kinds[i] = 'pre' THEN
             CONTINUE WHEN NOT (srcs && present);

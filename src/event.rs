@@ -178,9 +178,11 @@ pub struct Txn {
     pub txn_number: i64,
 }
 
-/// One normalized change, as published on `bowmark.sync`.
+/// One normalized change, as published on `bowmark.sync`. `D` is how the document is held:
+/// a JSON value (the capture builds one), or the JSON text it arrived in (the projector reads
+/// it so, building no tree of values for it).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ChangeEvent {
+pub struct ChangeEvent<D = serde_json::Value> {
     pub v: u32,
     pub id: String,
     pub pipeline: String,
@@ -196,7 +198,7 @@ pub struct ChangeEvent {
     pub wall_time: DateTime<Utc>,
     /// Post-image as relaxed extended JSON; `null` for deletes and for an update whose
     /// looked-up document is gone (that is not a delete).
-    pub doc: Option<serde_json::Value>,
+    pub doc: Option<D>,
     #[serde(default)]
     pub changed: Vec<String>,
     #[serde(default)]
@@ -217,7 +219,9 @@ impl ChangeEvent {
     pub fn make_id(pipeline: &str, ct: ClusterTime, ordinal: u32) -> String {
         format!("{pipeline}:{}.{}.{ordinal}", ct.t, ct.i)
     }
+}
 
+impl<D> ChangeEvent<D> {
     pub fn version(&self) -> Version {
         Version {
             cluster_time: self.cluster_time,

@@ -72,24 +72,27 @@ pub fn doc_json(v: &serde_json::Value) -> DocJson {
     serde_json::value::to_raw_value(v).expect("a JSON value serializes")
 }
 
-impl From<&ChangeEvent> for SourceDoc {
-    /// A delete becomes a tombstone. An update whose looked-up document is `null` is not a
-    /// delete: it carries no state, so [`apply`] leaves the mirror as it is (the delete event
-    /// that follows it in the stream does the work).
-    fn from(e: &ChangeEvent) -> Self {
+impl SourceDoc {
+    /// The mirror state `e` carries, its document (if any) as `doc`. A delete becomes a
+    /// tombstone. An update whose looked-up document is `null` is not a delete: it carries no
+    /// state, so [`apply`] leaves the mirror as it is (the delete event that follows it in the
+    /// stream does the work).
+    pub(crate) fn of_event<D>(e: &ChangeEvent<D>, doc: Option<DocJson>) -> SourceDoc {
         let deleted = e.op == Op::Delete;
         SourceDoc {
             entity: e.entity,
             key: e.key.clone(),
             version: e.version(),
             wall_time: e.wall_time,
-            doc: if deleted {
-                None
-            } else {
-                e.doc.as_ref().map(doc_json)
-            },
+            doc: if deleted { None } else { doc },
             deleted,
         }
+    }
+}
+
+impl From<&ChangeEvent> for SourceDoc {
+    fn from(e: &ChangeEvent) -> Self {
+        SourceDoc::of_event(e, e.doc.as_ref().map(doc_json))
     }
 }
 

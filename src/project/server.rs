@@ -121,22 +121,32 @@ pub(super) async fn run(
         &a.targets[range.clone()],
     );
     let names = ctx.prepared.then(|| &a.names[range.clone()]);
-    let params: [(&(dyn ToSql + Sync), Type); 10] = [
-        (&ctx.tz, Type::TEXT),
-        (&ctx.stamp, Type::TIMESTAMPTZ),
-        (&present, Type::TEXT_ARRAY),
-        (&stmts, Type::TEXT_ARRAY),
-        (&selects, Type::BOOL_ARRAY),
-        (&kinds, Type::TEXT_ARRAY),
-        (&tables, Type::TEXT_ARRAY),
-        (&sources, Type::TEXT_ARRAY),
-        (&targets, Type::TEXT_ARRAY),
-        (&names, Type::TEXT_ARRAY),
-    ];
-    let rows = tx
-        .query_typed(CALL, &params)
-        .await
-        .map_err(ProjectError::pg("plan"))?;
+    // Statements prepared in this session need no text: the call asks for it (one row, step
+    // -1, having run nothing) only when the session lacks one of them.
+    let mut texts = (!ctx.prepared).then_some(stmts);
+    let rows = loop {
+        let params: [(&(dyn ToSql + Sync), Type); 10] = [
+            (&ctx.tz, Type::TEXT),
+            (&ctx.stamp, Type::TIMESTAMPTZ),
+            (&present, Type::TEXT_ARRAY),
+            (&texts, Type::TEXT_ARRAY),
+            (&selects, Type::BOOL_ARRAY),
+            (&kinds, Type::TEXT_ARRAY),
+            (&tables, Type::TEXT_ARRAY),
+            (&sources, Type::TEXT_ARRAY),
+            (&targets, Type::TEXT_ARRAY),
+            (&names, Type::TEXT_ARRAY),
+        ];
+        let rows = tx
+            .query_typed(CALL, &params)
+            .await
+            .map_err(ProjectError::pg("plan"))?;
+        if texts.is_none() && rows.first().is_some_and(|r| r.get::<_, i32>(0) < 0) {
+            texts = Some(stmts);
+            continue;
+        }
+        break rows;
+    };
     for r in rows {
         let (i, n, ms): (i32, i64, f64) = (r.get(0), r.get(1), r.get(2));
         let Some(step) = usize::try_from(i)
